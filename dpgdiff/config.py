@@ -1,0 +1,343 @@
+"""One typed configuration for model, diffusion, losses, augmentation, training and evaluation.
+
+Every knob of the project lives here, with its default and its allowed values; `Config.validate`
+is the one place that checks them. Defaults follow ../shared/design/model-spec.md §6 except where
+a comment says why not (mainly `model.dim`, kept CPU-sized; `configs/paper.yaml` has the paper's).
+
+    cfg = Config.from_yaml("cfg.yaml").with_overrides(["model.dim=64", "train.epochs=2"])
+    cfg.to_yaml("resolved.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config field is unknown, mistyped or out of range; the message names the field."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    # Which model the harness trains: DPG-Diff, or one of the baselines in the same harness.
+    name: Literal["dpgdiff", "sasrec", "diffurec"] = "dpgdiff"
+    # Embedding = hidden size. Paper: 512; 128 keeps CPU runs practical (spec §8).
+    dim: int = 128
+    max_len: int = 15  # C2DSR's maxlen for both Amazon pairs
+    n_heads: int = 2
+    n_enc_layers: int = 1  # Encoder_x / Encoder_y blocks (paper: "a self-attention layer")
+    n_c_layers: int = 2  # Encoder_c blocks (shared, domain-invariant)
+    n_dec_layers: int = 1  # decoder cross-attention blocks
+    dropout: float = 0.2
+    emb_dropout: float = 0.2
+    position: Literal["recency", "absolute"] = "recency"  # spec §1.3
+    pool: Literal["last", "mean"] = "last"  # spec §2.2
+    fusion: Literal["concat", "gate", "sum"] = "concat"  # spec §2.3
+    guidance_memory: Literal["tokens3", "seq", "single"] = "tokens3"  # spec §3.5
+    xt_injection: Literal["concat_token", "add"] = "concat_token"  # spec §3.5
+    lambda_u: float = 0.001  # only with xt_injection=add (DiffuRec's lambda_uncertainty)
+    logit_scale: Literal["one", "inv_sqrt_d"] = "one"  # spec §2.1
+    x0_norm: Literal["none", "l2_sqrt_d"] = "none"  # spec §2.1
+    score_alpha: float = 1.0  # weight of g_{d*} in the Eq. 15 score (spec §5.1)
+    # Ablation switches reproducing Table 3 (spec §7.3). A disabled component is not built.
+    disentangled_encoder: bool = True  # DE: Encoder_x / Encoder_y and the fused guidance g_d
+    guidance: bool = True  # G: full guidance memory [g_d, g_x, g_y] instead of [g_d]
+    tri_cl: bool = True  # Tri-CL: the tri-view contrastive loss
+    # DiffuRec baseline: reproduce the reference repo's quirks (spec §7.2).
+    diffurec_faithful: bool = False
+
+
+@dataclass
+class DiffusionConfig:
+    steps: int = 32  # T (DiffuRec default)
+    schedule: Literal["trunc_lin", "linear", "cosine", "sqrt", "trunc_cos", "exp"] = "trunc_lin"
+    beta_scale: float = 1.0  # multiplies beta, clipped to <= 0.999
+    sampler: Literal["ddpm", "ddim"] = "ddpm"  # for the final test evaluation
+    infer_steps: Optional[int] = None  # K reverse steps at test; None = T
+    val_sampler: Literal["ddpm", "ddim"] = "ddim"  # cheap validation during training (spec §3.6)
+    val_infer_steps: int = 4
+    n_samples: int = 1  # average scores over this many noise draws
+    cfg_p: float = 0.0  # classifier-free guidance: p(drop memory) in training
+    cfg_w: float = 0.0  # classifier-free guidance weight at inference
+    target_detach: bool = False  # stop-gradient through x_0 in L_diff (spec §3.1)
+
+
+@dataclass
+class LossConfig:
+    lambda_diff: float = 1.0  # Eq. 14
+    lambda_rec: float = 1.0
+    lambda_s: float = 1.0  # single-domain term L^s relative to L^c (Eq. 10)
+    lambda_mix: float = 0.0  # optional L^mix on (x0_hat + g_d*), spec §4.1
+    lambda_cl: float = 1.0
+    cl_sim: Literal["cos", "dot"] = "cos"  # Eq. 13; "dot" with tau=1 is the paper-literal form
+    cl_tau: float = 0.2
+    cl_aug_view: Literal["history_only", "with_xt", "denoiser"] = "history_only"
+    single_loss_repr: Literal["domain", "fused"] = "domain"
+    domain_loss_norm: Literal["per_domain_mean", "global_mean"] = "per_domain_mean"
+    ce_impl: Literal["full", "sampled"] = "full"
+    ce_negatives: int = 1024  # shared uniform negatives for ce_impl=sampled
+
+
+@dataclass
+class AugmentConfig:
+    crop_eta: float = 0.6
+    mask_gamma: float = 0.3
+    reorder_beta: float = 0.2
+    substitute_rho: float = 0.1
+    insert_rho: float = 0.3
+    sim_model: Literal["itemcf", "random"] = "itemcf"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: Literal["adam", "adamw"] = "adam"
+    grad_clip: Optional[float] = None
+    mode: Literal["prefix", "last"] = "prefix"  # spec §1.4
+    eval_every: int = 1  # epochs between validation passes
+    patience: int = 5  # validation passes without improvement before stopping; 0 = never stop
+    seed: int = 2040
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["fp32", "bf16"] = "fp32"
+    num_threads: Optional[int] = None  # torch intra-op threads; None = torch default
+
+
+@dataclass
+class EvalConfig:
+    n_negatives: int = 999
+    candidate_seed: int = 2040
+    ties: Literal["avg", "pess"] = "avg"
+    full_ranking: bool = True
+    batch_size: int = 1024
+    noise_rate: float = 0.0  # RQ3: random same-domain inserts/substitutions in test histories
+    noise_seed: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # ---------------------------------------------------------------- (de)serialisation
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, source: str = "config") -> "Config":
+        """Build and validate a config from nested dicts; unknown keys are errors."""
+        data = data or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+        sections = {}
+        for f in dataclasses.fields(cls):
+            sections[f.name] = f.default_factory()  # type: ignore[misc]
+        for section_name, values in data.items():
+            if section_name not in sections:
+                raise ConfigError(
+                    f"{source}: unknown section {section_name!r}; expected one of {sorted(sections)}"
+                )
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
+            for key, value in values.items():
+                _set_field(sections[section_name], f"{section_name}.{key}", key, value, source)
+        config = cls(**sections)
+        config.validate(source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Config":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def to_yaml(self, path: str | os.PathLike) -> None:
+        """Write atomically (temp file + rename), so a crash never leaves half a config."""
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def with_overrides(self, assignments: list[str] | dict[str, Any], source: str = "--set") -> "Config":
+        """Return a copy with `section.key=value` assignments applied (values parsed as YAML)."""
+        data = self.to_dict()
+        items = assignments.items() if isinstance(assignments, dict) else [
+            _split_assignment(a, source) for a in assignments
+        ]
+        for dotted, value in items:
+            section, _, key = dotted.partition(".")
+            if not key or section not in data:
+                raise ConfigError(
+                    f"{source}: {dotted!r} is not a config field; expected section.key with "
+                    f"section in {sorted(data)}"
+                )
+            if key not in data[section]:
+                raise ConfigError(
+                    f"{source}: unknown field {dotted!r}; {section} has {sorted(data[section])}"
+                )
+            data[section][key] = value
+        return Config.from_dict(data, source=source)
+
+    @staticmethod
+    def field_names() -> dict[str, type]:
+        """All dotted field names with their annotated types (for search-space validation)."""
+        out: dict[str, Any] = {}
+        for section in dataclasses.fields(Config):
+            hints = typing.get_type_hints(section.default_factory)  # type: ignore[arg-type]
+            for f in dataclasses.fields(section.default_factory):  # type: ignore[arg-type]
+                out[f"{section.name}.{f.name}"] = hints[f.name]
+        return out
+
+    # ---------------------------------------------------------------- validation
+
+    def validate(self, source: str = "config") -> None:
+        """Range and consistency checks that types alone cannot express."""
+
+        def need(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                value = _get(self, name)
+                raise ConfigError(f"{source}: {name}={value!r} is out of range; allowed: {allowed}")
+
+        m, d, lo, a, t, e = self.model, self.diffusion, self.loss, self.augment, self.train, self.eval
+        need(m.dim >= 2, "model.dim", "an integer >= 2")
+        need(m.n_heads >= 1 and m.dim % m.n_heads == 0, "model.n_heads", f"a divisor of model.dim={m.dim}")
+        need(m.max_len >= 2, "model.max_len", ">= 2")
+        for name in ("n_enc_layers", "n_c_layers", "n_dec_layers"):
+            need(getattr(m, name) >= 1, f"model.{name}", ">= 1")
+        for name in ("dropout", "emb_dropout"):
+            need(0.0 <= getattr(m, name) < 1.0, f"model.{name}", "0 <= p < 1")
+        need(m.lambda_u > 0, "model.lambda_u", "> 0")
+        need(d.steps >= 1, "diffusion.steps", ">= 1")
+        need(d.beta_scale > 0, "diffusion.beta_scale", "> 0")
+        need(d.infer_steps is None or 1 <= d.infer_steps <= d.steps, "diffusion.infer_steps",
+             f"null or 1..diffusion.steps={d.steps}")
+        need(1 <= d.val_infer_steps <= d.steps, "diffusion.val_infer_steps", f"1..diffusion.steps={d.steps}")
+        need(d.n_samples >= 1, "diffusion.n_samples", ">= 1")
+        need(0.0 <= d.cfg_p < 1.0, "diffusion.cfg_p", "0 <= p < 1")
+        need(d.cfg_w >= 0.0, "diffusion.cfg_w", ">= 0")
+        for name in ("lambda_diff", "lambda_rec", "lambda_s", "lambda_mix", "lambda_cl"):
+            need(getattr(lo, name) >= 0.0 and math.isfinite(getattr(lo, name)), f"loss.{name}", "a finite number >= 0")
+        need(lo.cl_tau > 0, "loss.cl_tau", "> 0")
+        need(lo.ce_negatives >= 1, "loss.ce_negatives", ">= 1")
+        need(0.0 < a.crop_eta <= 1.0, "augment.crop_eta", "0 < eta <= 1")
+        for name in ("mask_gamma", "reorder_beta", "substitute_rho", "insert_rho"):
+            need(0.0 <= getattr(a, name) <= 1.0, f"augment.{name}", "0 <= rate <= 1")
+        need(t.epochs >= 1, "train.epochs", ">= 1")
+        need(t.batch_size >= 1, "train.batch_size", ">= 1")
+        need(t.lr > 0 and math.isfinite(t.lr), "train.lr", "a finite number > 0")
+        need(t.weight_decay >= 0, "train.weight_decay", ">= 0")
+        need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "null or > 0")
+        need(t.eval_every >= 1, "train.eval_every", ">= 1")
+        need(t.patience >= 0, "train.patience", ">= 0")
+        need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
+             "auto, cpu, cuda or cuda:N")
+        need(t.num_threads is None or t.num_threads >= 1, "train.num_threads", "null or >= 1")
+        need(e.n_negatives >= 1, "eval.n_negatives", ">= 1")
+        need(e.batch_size >= 1, "eval.batch_size", ">= 1")
+        need(0.0 <= e.noise_rate <= 1.0, "eval.noise_rate", "0 <= rate <= 1")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temp file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _get(config: Config, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return getattr(getattr(config, section), key)
+
+
+def _split_assignment(assignment: str, source: str) -> tuple[str, Any]:
+    if "=" not in assignment:
+        raise ConfigError(f"{source}: {assignment!r} must look like section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return dotted.strip(), value
+
+
+def _set_field(section: Any, dotted: str, key: str, value: Any, source: str) -> None:
+    names = {f.name for f in dataclasses.fields(section)}
+    if key not in names:
+        raise ConfigError(f"{source}: unknown field {dotted!r}; allowed: {sorted(names)}")
+    hint = typing.get_type_hints(type(section))[key]
+    setattr(section, key, _coerce(value, hint, dotted, source))
+
+
+def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
+    """Check `value` against the annotation; ints and numeric strings pass for floats, nothing else is cast."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, dotted, source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {dotted}={value!r} is not allowed; choose one of {list(args)}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {dotted}={value!r} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {dotted}={value!r} must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {dotted}={value!r} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {dotted}={value!r} must be a string")
+        return value
+    raise TypeError(f"unsupported config annotation {hint!r} for {dotted}")  # programming error
