@@ -52,6 +52,9 @@ class ModelConfig:
     lambda_u: float = 0.001  # only with xt_injection=add (DiffuRec's lambda_uncertainty)
     logit_scale: Literal["one", "inv_sqrt_d"] = "one"  # spec §2.1
     x0_norm: Literal["none", "l2_sqrt_d"] = "none"  # spec §2.1
+    # Std of the N(0, std²) init of E_x, E_y. 1.0 = spec §2.1 (unit-variance x_0 for DDPM); smaller
+    # values (0.02-0.1, as ABXI / SASRec) train much faster with Adam at short budgets.
+    item_init_std: float = 1.0
     score_alpha: float = 1.0  # weight of g_{d*} in the Eq. 15 score (spec §5.1)
     # Ablation switches reproducing Table 3 (spec §7.3). A disabled component is not built.
     disentangled_encoder: bool = True  # DE: Encoder_x / Encoder_y and the fused guidance g_d
@@ -234,6 +237,7 @@ class Config:
         for name in ("dropout", "emb_dropout"):
             need(0.0 <= getattr(m, name) < 1.0, f"model.{name}", "0 <= p < 1")
         need(m.lambda_u > 0, "model.lambda_u", "> 0")
+        need(m.item_init_std > 0 and math.isfinite(m.item_init_std), "model.item_init_std", "a finite number > 0")
         need(d.steps >= 1, "diffusion.steps", ">= 1")
         need(d.beta_scale > 0, "diffusion.beta_scale", "> 0")
         need(d.infer_steps is None or 1 <= d.infer_steps <= d.steps, "diffusion.infer_steps",

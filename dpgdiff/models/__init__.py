@@ -1,0 +1,31 @@
+"""Models: DPG-Diff and its baselines behind one Recommender interface; `build_model` picks one from the config."""
+
+from __future__ import annotations
+
+from dpgdiff.config import Config, ConfigError
+from dpgdiff.models.augmentations import item_similarity
+from dpgdiff.models.base import Recommender
+from dpgdiff.models.diffurec import DiffuRec
+from dpgdiff.models.dpgdiff import DPGDiff
+from dpgdiff.models.sasrec import SASRec
+
+__all__ = ["build_model", "Recommender", "DPGDiff", "SASRec", "DiffuRec", "item_similarity"]
+
+
+def build_model(config: Config, dataset) -> Recommender:
+    """config.model.name -> a Recommender for `dataset` (uses dataset.items, .max_len, .train_sequences).
+
+    The positional table covers max(config.model.max_len, dataset.max_len) positions. The ItemCF map
+    for the augmentations is computed here (once) only when Tri-CL is on with augment.sim_model=itemcf."""
+    m = config.model
+    max_len = max(int(m.max_len), int(dataset.max_len))
+    if m.name == "sasrec":
+        return SASRec(config, dataset.items, max_len)
+    if m.name == "diffurec":
+        return DiffuRec(config, dataset.items, max_len)
+    if m.name == "dpgdiff":
+        similar = None
+        if m.tri_cl and config.augment.sim_model == "itemcf":
+            similar = item_similarity(dataset.train_sequences, dataset.items, seed=config.train.seed)
+        return DPGDiff(config, dataset.items, max_len, similar)
+    raise ConfigError(f"model.name={m.name!r} is not a known model; expected dpgdiff, sasrec or diffurec")

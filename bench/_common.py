@@ -1,0 +1,55 @@
+"""Shared helpers of the bench/ scripts: threads, dataset with a synthetic fallback, RSS, medians."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs visible, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load()}")
+
+
+def load() -> str:
+    """1-minute load average: on a shared machine it says how far to trust a timing."""
+    return f"load avg {os.getloadavg()[0]:.1f}"
+
+
+def load_food_kitchen(data_dir: str | None, split: str = "c2dsr-histories"):
+    """Food-Kitchen, or (when its files are missing) a synthetic dataset of the same size -> (dataset, note)."""
+    from dpgdiff.data import load_dataset
+
+    try:
+        return load_dataset("food_kitchen", split, data_dir=data_dir), "food_kitchen"
+    except Exception as exc:  # missing files: fall back, but say so in the output
+        print(f"note: food_kitchen unavailable ({exc}); using synthetic data of the same size", file=sys.stderr)
+        ds = load_dataset("synthetic", **FOOD_KITCHEN_SIZED)
+        return ds, "synthetic (Food-Kitchen-sized)"
+
+
+# Food-Kitchen's item counts and user count (spec §1.1); synthetic users have 1-3 training
+# sequences each, so the training set is roughly as large as C2DSR's 34,117 sequences.
+FOOD_KITCHEN_SIZED = {"n_items_x": 29207, "n_items_y": 34886, "n_users": 16579}
+

@@ -1,0 +1,261 @@
+"""Command line: `python -m dpgdiff <command>`; one small function per subcommand.
+
+    python -m dpgdiff data --dataset food_kitchen --split c2dsr-histories [--data-dir DIR]
+    python -m dpgdiff data --dataset synthetic --synthetic n_users=60000,n_items_x=36845,n_items_y=63937
+    python -m dpgdiff data --dataset my_log.csv
+    python -m dpgdiff train --dataset food_kitchen --split c2dsr-histories --config configs/cpu-small.yaml --out runs/a
+    python -m dpgdiff evaluate --checkpoint runs/a/best.pt --infer-steps 1,2,4,8,16,32 --sampler ddim
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from dpgdiff.config import ConfigError
+from dpgdiff.data import SPLITS, CrossDomainDataset, DataError, load_dataset
+from dpgdiff.train import CheckpointError
+
+
+def parse_options(text: str | None, flag: str = "--synthetic") -> dict[str, str]:
+    """"a=1,b=2" -> {"a": "1", "b": "2"} (values stay strings; the loader converts and checks them)."""
+    options: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"{flag}: expected key=value[,key=value...], got {part!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """The dataset flags every subcommand shares (data, train, evaluate)."""
+    group = parser.add_argument_group("dataset")
+    group.add_argument("--dataset", default="synthetic",
+                       help="food_kitchen | movie_book | synthetic (default) | path to a .csv/.parquet interaction log")
+    group.add_argument("--split", choices=SPLITS, default=None,
+                       help="default: c2dsr for named and synthetic data, loo for logs")
+    group.add_argument("--data-dir", default=None,
+                       help="folder holding Food-Kitchen/ and Movie-Book/ (default: env DPGDIFF_DATA_DIR, "
+                            "else the per-user cache); for synthetic data: where its files are written")
+    group.add_argument("--synthetic", default=None, metavar="K=V,...",
+                       help="synthetic generator options, e.g. n_users=60000,n_items_x=36845,n_items_y=63937,seed=1")
+    group.add_argument("--domains", default=None, metavar="X,Y",
+                       help="interaction logs: the domain values that are X and Y (default: sorted order)")
+    group.add_argument("--max-len", type=int, default=None, help="history length (default 15)")
+    group.add_argument("--no-download", action="store_true", help="never download missing files")
+
+
+def dataset_from_args(args: argparse.Namespace) -> CrossDomainDataset:
+    """Load the dataset the shared flags describe."""
+    options: dict[str, Any] = {}
+    if args.synthetic:
+        if str(args.dataset).lower() != "synthetic":
+            raise DataError(f"--synthetic only applies to --dataset synthetic, not {args.dataset!r}")
+        options.update(parse_options(args.synthetic))
+    if args.domains:
+        parts = [p.strip() for p in args.domains.split(",")]
+        if len(parts) != 2:
+            raise DataError(f"--domains: expected two comma-separated values X,Y, got {args.domains!r}")
+        options["domains"] = tuple(parts)
+    if args.max_len is not None:
+        options["max_len"] = args.max_len
+    if args.no_download and str(args.dataset).lower().replace("-", "_") in ("food_kitchen", "movie_book"):
+        options["download"] = False
+    return load_dataset(args.dataset, split=args.split, data_dir=args.data_dir, **options)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Load (downloading or generating if needed) and print the dataset card."""
+    card = dataset_from_args(args).card()
+    print(card.to_json() if args.json else card)
+    return 0
+
+
+def add_data_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("data", help="load a dataset and print its card",
+                            description="Load a dataset (downloading or generating it if needed) and print its card.")
+    add_dataset_args(parser)
+    parser.add_argument("--json", action="store_true", help="print the card as JSON")
+    parser.set_defaults(func=cmd_data)
+
+
+# --------------------------------------------------------------------------------------------
+# train / evaluate (training helper's part)
+# --------------------------------------------------------------------------------------------
+
+
+def _recorded_options(args: argparse.Namespace, dataset: CrossDomainDataset) -> None:
+    """Remember the loader options on the dataset, so checkpoints can name how to reload it."""
+    if getattr(dataset, "options", None):
+        return
+    options: dict[str, Any] = dict(parse_options(args.synthetic)) if args.synthetic else {}
+    if args.domains:
+        options["domains"] = [p.strip() for p in args.domains.split(",")]
+    if args.max_len is not None:
+        options["max_len"] = args.max_len
+    dataset.options = options  # type: ignore[attr-defined]  # read by dpgdiff.train.dataset_identity
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train with early stopping on validation MRR_X + MRR_Y; print the test table of the best state."""
+    from dpgdiff.config import Config
+    from dpgdiff.train import TrainingDivergedError, train
+
+    config = Config.from_yaml(args.config) if args.config else Config()
+    config = config.with_overrides(args.set)
+    dataset = dataset_from_args(args)
+    _recorded_options(args, dataset)
+    print(f"training {config.model.name} (d={config.model.dim}, mode {config.train.mode}) on {dataset.name} / "
+          f"{dataset.split}; output in {args.out}", file=sys.stderr)
+    try:
+        result = train(config, dataset, resume_from=args.resume, out_dir=args.out, progress=not args.no_progress)
+    except TrainingDivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    d = config.diffusion
+    print(f"best validation pass: epoch {result.best_epoch}, MRR_X + MRR_Y = {result.best_val['val_mrr_sum']:.4f}")
+    print(f"test at the best state ({d.sampler}, {d.infer_steps or d.steps} steps):")
+    print(result.test_result.table())
+    print(f"wrote {result.checkpoint_path}, config.yaml and metrics.json in {args.out}")
+    return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train", help="train a model, select it on validation, test it",
+        description="Train DPG-Diff (or a baseline: model.name) with early stopping on validation MRR_X + MRR_Y. "
+                    "Writes best.pt, config.yaml (resolved), metrics.json and checkpoint/ (resumable) under --out.")
+    add_dataset_args(parser)
+    parser.add_argument("--config", default=None, help="YAML config (see configs/); default: built-in defaults")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config field (repeatable), e.g. --set model.dim=64")
+    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--resume", default=None, metavar="DIR",
+                        help="continue exactly from a checkpoint folder (e.g. OUT/checkpoint)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=cmd_train)
+
+
+def _number_list(text: str | None, kind: type, flag: str) -> list[Any]:
+    """"1,2,4" -> [1, 2, 4]; None -> [None] (use the checkpoint's config)."""
+    if text is None:
+        return [None]
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected a comma-separated list of {kind.__name__} values") from None
+    if not values:
+        raise ConfigError(f"{flag} {text!r}: empty list")
+    return values
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate best.pt on its dataset's test cases; sweeps over noise rates (RQ3) and steps (RQ4)."""
+    import dataclasses
+    import json
+    import time
+    from pathlib import Path
+
+    from dpgdiff.config import atomic_write_text
+    from dpgdiff.evaluation import Evaluator
+    from dpgdiff.train import evaluate_model, load_model, resolve_device
+
+    steps_list = _number_list(args.infer_steps, int, "--infer-steps")
+    noise_list = _number_list(args.noise_rate, float, "--noise-rate")
+    _, config, info = load_model(args.checkpoint)  # metadata only: which dataset to load
+    meta = info["dataset"]
+    dataset = load_dataset(meta["name"], split=args.split or meta["split"], data_dir=args.data_dir,
+                           **meta["options"])
+    model, config, info = load_model(args.checkpoint, dataset, device=resolve_device(args.device))
+    d = config.diffusion
+    sampler = args.sampler or d.sampler
+    for k in steps_list:
+        if k is not None and not 1 <= k <= d.steps:
+            raise ConfigError(f"--infer-steps {k}: must be in 1..{d.steps} (the model's diffusion.steps)")
+    for rate in noise_list:
+        if rate is not None and not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"--noise-rate {rate:g}: must be in [0, 1]")
+
+    print(f"{args.checkpoint}: {config.model.name} d={config.model.dim}, epoch {info['epoch']}; "
+          f"{meta['name']} / {meta['split']} {args.which}", file=sys.stderr)
+    rows, records = [], []
+    for rate in noise_list:
+        eval_config = dataclasses.replace(config.eval, noise_rate=config.eval.noise_rate if rate is None else rate)
+        run_config = dataclasses.replace(config, eval=eval_config)
+        evaluator = Evaluator(dataset, args.which, eval_config)
+        for k in steps_list:
+            steps = k or d.infer_steps or d.steps
+            start = time.perf_counter()
+            result = evaluate_model(model, dataset, args.which, run_config, sampler=sampler, infer_steps=steps,
+                                    evaluator=evaluator)
+            seconds = time.perf_counter() - start
+            rows.append((eval_config.noise_rate, steps, seconds, result))
+            records.append({"noise_rate": eval_config.noise_rate, "sampler": sampler, "infer_steps": steps,
+                            "seconds": seconds, "metrics": result.flat(args.which)})
+            if len(noise_list) * len(steps_list) == 1:
+                print(f"{sampler}, {steps} steps, noise rate {eval_config.noise_rate:g}: {seconds:.1f} s per pass")
+                print(result.table())
+    if len(rows) > 1:
+        print(_sweep_table(rows, sampler))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def _sweep_table(rows: list[tuple[float, int, float, Any]], sampler: str) -> str:
+    """One line per (noise rate, steps): per-domain sampled MRR / NDCG@10 / HR@10, full NDCG@10, seconds."""
+    cols = [(dom, m) for dom in ("x", "y") for m in ("mrr", "ndcg10", "hr10", "full_ndcg10")]
+    titles = {"mrr": "MRR", "ndcg10": "NDCG@10", "hr10": "HR@10", "full_ndcg10": "fullNDCG@10"}
+    head = [f"{'noise':>5}", f"{'steps':>5}", f"{'sec/pass':>8}"] + [f"{d.upper() + ' ' + titles[m]:>13}" for d, m in cols]
+    lines = [f"sampler {sampler}; sampled metrics over 1+negatives candidates, full = all domain items",
+             "  ".join(head)]
+    for rate, steps, seconds, result in rows:
+        cells = [f"{rate:>5g}", f"{steps:>5d}", f"{seconds:>8.1f}"]
+        cells += [f"{result.per_domain[d].get(m, float('nan')):>13.4f}" for d, m in cols]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "evaluate", help="evaluate a trained model (noise and inference-step sweeps)",
+        description="Evaluate best.pt on the test cases of the dataset it was trained on (refused if the data's "
+                    "fingerprint differs). Comma lists sweep: --infer-steps 1,2,4,8,16,32 (paper RQ4) and "
+                    "--noise-rate 0,0.1,0.2,0.3 (RQ3, noise injected into the test histories).")
+    parser.add_argument("--checkpoint", required=True, help="best.pt (or a checkpoint folder) written by train")
+    parser.add_argument("--infer-steps", default=None, metavar="K[,K...]", help="reverse steps (default: config)")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="default: config")
+    parser.add_argument("--noise-rate", default=None, metavar="R[,R...]",
+                        help="share of test-history positions perturbed (default: config, 0)")
+    parser.add_argument("--which", choices=("test", "valid"), default="test", help="cases to rank (default test)")
+    parser.add_argument("--split", choices=SPLITS, default=None, help="default: the split the model was trained on")
+    parser.add_argument("--data-dir", default=None, help="folder holding the dataset (default: env DPGDIFF_DATA_DIR)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write every result as JSON")
+    parser.set_defaults(func=cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpgdiff", description="DPG-Diff for cross-domain sequential recommendation")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate}")
+    add_data_parser(sub)
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ConfigError, CheckpointError) as exc:  # bad input: a clear message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

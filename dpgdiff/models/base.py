@@ -1,0 +1,70 @@
+"""The Recommender interface shared by DPG-Diff and the baselines (loss for training, score for evaluation)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y, ItemSpace
+
+
+class Recommender(nn.Module):
+    """Base class: `loss(history, target, target_domain, generator)` and `score(history, target_domain, ...)`.
+
+    history (B, L) int64 left-padded internal ids; target (B,) internal ids; target_domain (B,) in {0, 1}.
+    score returns (B, n_items(domain)) with column j = local item j of that domain (higher = better)."""
+
+    items: ItemSpace
+
+    def logit_scale(self, dim: int, mode: str) -> float:
+        """s in s·h·E^T: 1, or 1/sqrt(d) for unit-variance tables at large d (spec §2.1)."""
+        if mode == "one":
+            return 1.0
+        if mode == "inv_sqrt_d":
+            return 1.0 / math.sqrt(dim)
+        raise ValueError(f"unknown logit_scale {mode!r}; expected 'one' or 'inv_sqrt_d'")
+
+    @staticmethod
+    def item_scores(rep: torch.Tensor, table: torch.Tensor, scale: float) -> torch.Tensor:
+        """s·rep·E^T in float32 even under autocast: bf16 scores would tie far too often for ranking."""
+        with torch.autocast(device_type=rep.device.type, enabled=False):
+            return (rep.float() @ table.float().t()) * scale
+
+    def target_local(self, target: torch.Tensor, target_domain: torch.Tensor) -> torch.Tensor:
+        """Internal target ids -> local index within d*'s table; a clear error if a target is not in d*."""
+        nx, ny = self.items.n_items_x, self.items.n_items_y
+        is_y = target_domain == DOMAIN_Y
+        local = target - 1 - nx * is_y.long()
+        n = torch.where(is_y, ny, nx)
+        bad = (local < 0) | (local >= n) | ((target_domain != DOMAIN_X) & ~is_y)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"target {int(target[i])} (row {i}) is not an item of target_domain {int(target_domain[i])} "
+                f"(X ids 1..{nx}, Y ids {nx + 1}..{nx + ny})"
+            )
+        return local
+
+    def loss(
+        self,
+        history: torch.Tensor,
+        target: torch.Tensor,
+        target_domain: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(
+        self,
+        history: torch.Tensor,
+        target_domain: int,
+        *,
+        sampler: Optional[str] = None,
+        infer_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,139 @@
+"""Noise schedule, forward noising q(x_t | x_0) and reverse steps (DDPM / DDIM), in the style of diffusers schedulers.
+
+Eq. 1-5 of the paper with ᾱ_t (the paper's Eq. 3 writes α_t, a typo; spec §3.2). Timesteps are
+0-based: t in {0..T-1}, ᾱ_t = prod_{s<=t} (1 - β_s). All coefficients are float64 buffers, cast to
+the data's dtype only when used.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+SCHEDULES = ("trunc_lin", "linear", "cosine", "sqrt", "trunc_cos", "exp")
+MAX_BETA = 0.999
+
+
+def _betas_for_alpha_bar(steps: int, alpha_bar, left: bool = False) -> np.ndarray:
+    """Discretise a continuous ᾱ(τ), τ in [0, 1], into T betas (DiffuRec `betas_for_alpha_bar[_left]`).
+
+    left=True (trunc_cos) starts with β_0 = 1 - ᾱ(0) and stops one interval early, as DiffuRec does."""
+    betas = [1.0 - alpha_bar(0.0)] if left else []
+    for i in range(steps - 1 if left else steps):
+        t1, t2 = i / steps, (i + 1) / steps
+        betas.append(1.0 - alpha_bar(t2) / alpha_bar(t1))
+    return np.minimum(np.array(betas, dtype=np.float64), MAX_BETA)
+
+
+def make_betas(name: str, steps: int) -> np.ndarray:
+    """β_0..β_{T-1} of a named schedule (spec §3.2 table), float64, before `beta_scale`."""
+    if name in ("trunc_lin", "linear"):
+        scale = 1000.0 / steps  # T-scaled so that ᾱ_T ≈ 0 for any T
+        start, end = scale * 1e-4, scale * 0.02
+        if name == "trunc_lin":
+            start, end = start + 0.01, end + 0.01
+            if end > 1:
+                end = scale * 0.001 + 0.01
+        return np.minimum(np.linspace(start, end, steps, dtype=np.float64), MAX_BETA)
+    if name == "cosine":
+        return _betas_for_alpha_bar(steps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
+    if name == "sqrt":
+        # ᾱ(τ) = 1 - sqrt(τ + 1e-4) reaches 0 at τ ≈ 1; clamp so the ratio stays defined (β -> MAX_BETA).
+        return _betas_for_alpha_bar(steps, lambda t: max(1.0 - math.sqrt(t + 1e-4), 1e-12))
+    if name == "trunc_cos":
+        return _betas_for_alpha_bar(steps, lambda t: math.cos((t + 0.1) / 1.1 * math.pi / 2) ** 2, left=True)
+    if name == "exp":
+        # DreamRec `exp_beta_schedule` (β_min = 0.1, β_max = 10).
+        x = np.linspace(1, 2 * steps + 1, steps, dtype=np.float64)
+        betas = 1.0 - np.exp(-0.1 / steps - x * 0.5 * (10.0 - 0.1) / (steps * steps))
+        return np.minimum(betas, MAX_BETA)
+    raise ValueError(f"unknown noise schedule {name!r}; expected one of {SCHEDULES}")
+
+
+class NoiseSchedule(nn.Module):
+    """β_t, ᾱ_t and the DDPM / DDIM reverse updates for T = `steps` (spec §3.2, §3.6)."""
+
+    def __init__(self, steps: int, schedule: str = "trunc_lin", beta_scale: float = 1.0) -> None:
+        super().__init__()
+        betas = np.minimum(make_betas(schedule, steps) * beta_scale, MAX_BETA)
+        self.steps = steps
+        self.schedule = schedule
+        alphas_cumprod = np.cumprod(1.0 - betas)
+        if alphas_cumprod[-1] > 0.05:
+            # e.g. trunc_lin with T <= 20 (DiffuRec's fallback betas), or beta_scale < 1: x_T is not
+            # N(0, I), so sampling from pure noise is a train/test mismatch (spec §3.2).
+            warnings.warn(
+                f"noise schedule {schedule!r} with T={steps}, beta_scale={beta_scale} ends at "
+                f"alpha_bar_T={alphas_cumprod[-1]:.3f} (> 0.05): x_T is far from pure noise",
+                stacklevel=2,
+            )
+        # persistent=False: derived from the config, so checkpoints do not carry (or fight over) them.
+        self.register_buffer("betas", torch.from_numpy(betas), persistent=False)
+        self.register_buffer("alphas_cumprod", torch.from_numpy(alphas_cumprod), persistent=False)
+        self._ab = alphas_cumprod  # host copy: reverse-step coefficients without a device sync
+
+    # ---------------------------------------------------------------- training
+
+    def sample_timesteps(self, n: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """t ~ Uniform{0..T-1}, one per example (Alg. 1 line 5), int64 (n,)."""
+        gen_device = generator.device if generator is not None else device
+        return torch.randint(0, self.steps, (n,), generator=generator, device=gen_device).to(device)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 - ᾱ_t)·ε (Eq. 3-4); x0, noise (B, d), t (B,)."""
+        ab = self.alphas_cumprod[t]
+        a = ab.sqrt().to(x0.dtype)[:, None]
+        s = (1.0 - ab).sqrt().to(x0.dtype)[:, None]
+        return a * x0 + s * noise
+
+    # ---------------------------------------------------------------- inference
+
+    def timesteps(self, infer_steps: Optional[int] = None) -> list[int]:
+        """K evenly spaced timesteps from T-1 down to 0 (K = T: every step, as DiffuRec)."""
+        k = self.steps if infer_steps is None else int(infer_steps)
+        if not 1 <= k <= self.steps:
+            raise ValueError(f"infer_steps={k} must be in 1..T={self.steps}")
+        ts = np.unique(np.round(np.linspace(self.steps - 1, 0, k)).astype(np.int64))  # K = 1 -> [T-1]
+        return [int(t) for t in ts[::-1]]
+
+    def step(
+        self,
+        x0_hat: torch.Tensor,
+        t: int,
+        t_prev: int,
+        x_t: torch.Tensor,
+        sampler: Literal["ddpm", "ddim"] = "ddpm",
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """One reverse step x_t -> x_{t_prev} given the denoiser's x̂_0 (t_prev = -1 after the last step).
+
+        ddpm: posterior mean c1·x̂_0 + c2·x_t with β recomputed between the kept steps (respacing), plus
+        DiffuRec's fixed-large noise (variance β'_t) except on the last step, which therefore returns x̂_0.
+        ddim (η = 0): x_{t'} = sqrt(ᾱ_{t'})·x̂_0 + sqrt(1 - ᾱ_{t'})·ε̂, deterministic."""
+        ab_t = float(self._ab[t])
+        ab_prev = float(self._ab[t_prev]) if t_prev >= 0 else 1.0
+        if sampler == "ddim":
+            eps = (x_t - math.sqrt(ab_t) * x0_hat) / math.sqrt(1.0 - ab_t)
+            return math.sqrt(ab_prev) * x0_hat + math.sqrt(1.0 - ab_prev) * eps
+        if sampler != "ddpm":
+            raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+        beta = 1.0 - ab_t / ab_prev  # β' of the respaced chain
+        c1 = beta * math.sqrt(ab_prev) / (1.0 - ab_t)
+        c2 = (1.0 - ab_prev) * math.sqrt(1.0 - beta) / (1.0 - ab_t)
+        mean = c1 * x0_hat + c2 * x_t
+        if t_prev < 0:
+            return mean
+        noise = randn_like(x_t, generator)
+        return mean + math.sqrt(beta) * noise
+
+
+def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """N(0, I) noise shaped like x, drawn from `generator` on its own device (a CPU generator works for CUDA x)."""
+    if generator is None:
+        return torch.randn_like(x)
+    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)

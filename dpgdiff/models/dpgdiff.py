@@ -1,0 +1,238 @@
+"""DPG-Diff assembled (Fig. 2): Disentangled Encoder -> guided diffusion with the DPG Denoiser -> Eq. 15 scores.
+
+`loss` is Algorithm 1 (Eq. 14: λ_diff·L_diff + λ_rec·L_rec + λ_cl·L_tri-cl); `score` is Eq. 15 with the
+softmax over items (monotone, so raw scores rank). Table 3's ablations are config switches
+(model.disentangled_encoder, model.guidance, model.tri_cl); a disabled component is not built.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dpgdiff.config import Config, ConfigError
+from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y, ItemSpace
+from dpgdiff.models.augmentations import Augmenter
+from dpgdiff.models.base import Recommender
+from dpgdiff.models.denoiser import DPGDenoiser, Memory
+from dpgdiff.models.diffusion import NoiseSchedule, randn_like
+from dpgdiff.models.encoder import DisentangledEncoder, Guidance, ItemEmbedding, trim_padding
+from dpgdiff.models.layers import AttnMode
+from dpgdiff.models.losses import diffusion_loss, domain_cross_entropy, tri_view_cl
+
+
+class DPGDiff(Recommender):
+    """DPG-Diff recommender. Built by `dpgdiff.models.build_model`; `similar` = ItemCF map for the augmentations."""
+
+    def __init__(
+        self,
+        config: Config,
+        items: ItemSpace,
+        max_len: int,
+        similar: Optional[np.ndarray] = None,
+        *,
+        attn_mode: AttnMode = "causal",
+        use_positions: bool = True,
+    ) -> None:
+        super().__init__()
+        m, dc = config.model, config.diffusion
+        self.config = config
+        self.items = items
+        self.dim = m.dim
+        self.scale = self.logit_scale(m.dim, m.logit_scale)
+        self.embedding = ItemEmbedding(
+            items, m.dim, max_len, m.position if use_positions else None, m.emb_dropout, m.item_init_std
+        )
+        # DE: Encoder_x / Encoder_y + fusion (Eq. 8). Off = "Diff": no guidance at all.
+        self.encoder = (
+            DisentangledEncoder(m.dim, m.n_enc_layers, m.n_heads, m.dropout, m.pool, m.fusion)
+            if m.disentangled_encoder else None
+        )
+        # G: the full guidance memory; without it the decoder sees [g_d] only (Table 3 "Diff + DE").
+        if self.encoder is None:
+            self.memory_mode = None
+        else:
+            self.memory_mode = m.guidance_memory if m.guidance else "single"
+        self.denoiser = DPGDenoiser(
+            m.dim, dc.steps, m.n_c_layers, m.n_dec_layers, m.n_heads, m.dropout,
+            use_memory=self.memory_mode is not None, xt_injection=m.xt_injection, lambda_u=m.lambda_u,
+            attn_mode=attn_mode, cfg=dc.cfg_p > 0,
+        )
+        if dc.cfg_w > 0 and not (dc.cfg_p > 0 and self.memory_mode is not None):
+            raise ConfigError(
+                f"diffusion.cfg_w={dc.cfg_w} needs diffusion.cfg_p > 0 and a guidance memory "
+                f"(model.disentangled_encoder=true): classifier-free guidance has no null branch otherwise"
+            )
+        self.schedule = NoiseSchedule(dc.steps, dc.schedule, dc.beta_scale)
+        # Tri-CL: the augmentations exist only when the contrastive loss does.
+        self.augmenter = Augmenter(items, config.augment, similar) if m.tri_cl else None
+
+    # ---------------------------------------------------------------- shared pieces
+
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embedding.table(DOMAIN_X), self.embedding.table(DOMAIN_Y)
+
+    def memory(self, guidance: Optional[Guidance]) -> Optional[Memory]:
+        """Guidance memory tokens for the decoder (spec §3.5): single [g_d], tokens3 [g_d, ĝ_x, ĝ_y], seq [g_d; H_x; H_y]."""
+        if self.memory_mode is None:
+            return None
+        g = guidance
+        if self.memory_mode == "single":
+            return Memory(g.g_d[:, None])
+        if self.memory_mode == "tokens3":
+            return Memory(torch.stack([g.g_d, g.g_x, g.g_y], 1))
+        ones = g.valid_x.new_ones(g.g_d.shape[0], 1)
+        return Memory(torch.cat([g.g_d[:, None], g.h_x, g.h_y], 1), torch.cat([ones, g.valid_x, g.valid_y], 1))
+
+    def x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """x_0 = E_{d*}[target] (spec §3.1; given as looked-up vectors), optionally rescaled to norm sqrt(d)."""
+        if self.config.model.x0_norm == "l2_sqrt_d":
+            x0 = F.normalize(x0, dim=-1) * math.sqrt(self.dim)
+        return x0.detach() if self.config.diffusion.target_detach else x0
+
+    # ---------------------------------------------------------------- training (Algorithm 1)
+
+    def loss(
+        self,
+        history: torch.Tensor,
+        target: torch.Tensor,
+        target_domain: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+    ) -> dict[str, torch.Tensor]:
+        """Eq. 14 for a batch -> {"total", "diff", "rec", "rec_c", "rec_s", "rec_mix", "cl"} (components detached)."""
+        lc, dc = self.config.loss, self.config.diffusion
+        target_domain = target_domain.long()
+        target_local = self.target_local(target, target_domain)
+        cl = self.augmenter is not None and lc.lambda_cl > 0
+        # Augment before trimming, so Insert re-truncates to the full max_len window.
+        aug = trim_padding(self.augmenter(history, generator)) if cl else history[:, :0]
+        history = trim_padding(history)
+        b, device = history.shape[0], history.device
+
+        # One table lookup for everything (history, augmented view, targets): one table-sized gradient.
+        n_hist = history.numel()
+        raw = self.embedding.lookup(torch.cat([history.flatten(), aug.flatten(), target]))
+        raw_hist = raw[:n_hist].view(*history.shape, self.dim)
+        raw_aug = raw[n_hist:n_hist + aug.numel()].view(*aug.shape, self.dim)
+        valid = history != 0
+        h = self.embedding.with_positions(raw_hist, valid)
+        guidance = self.encoder(self.embedding, history, raw_hist, target_domain) if self.encoder is not None else None
+        memory = self.memory(guidance)
+
+        x0 = self.x0(raw[n_hist + aug.numel():])
+        t = self.schedule.sample_timesteps(b, device, generator)
+        x_t = self.schedule.add_noise(x0, randn_like(x0, generator), t)  # Eq. 3-4
+        cache = self.denoiser.encode_history(h, valid)
+        drop = None
+        if dc.cfg_p > 0 and self.training and memory is not None:
+            gen_device = generator.device if generator is not None else device
+            drop = (torch.rand(b, generator=generator, device=gen_device) < dc.cfg_p).to(device)
+        x0_hat = self.denoiser(cache, x_t, t, target_domain, memory, drop, generator)  # Eq. 9
+
+        out: dict[str, torch.Tensor] = {}
+        total = x0_hat.new_zeros(())
+        if lc.lambda_diff > 0:
+            out["diff"] = diffusion_loss(x0_hat, x0)  # Eq. 6
+            total = total + lc.lambda_diff * out["diff"]
+
+        if lc.lambda_rec > 0:  # Eq. 10-12 (+ optional L^mix, spec §4.1)
+            heads, names = [x0_hat], ["rec_c"]
+            if guidance is not None:
+                g_dom = guidance.domain(target_domain)
+                if lc.lambda_s > 0:
+                    heads.append(g_dom if lc.single_loss_repr == "domain" else guidance.g_d)
+                    names.append("rec_s")
+                if lc.lambda_mix > 0:
+                    heads.append(x0_hat + self.config.model.score_alpha * g_dom)
+                    names.append("rec_mix")
+            ces = domain_cross_entropy(
+                heads, target_local, target_domain, self.tables(), self.scale,
+                lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator,
+            )
+            weights = {"rec_c": 1.0, "rec_s": lc.lambda_s, "rec_mix": lc.lambda_mix}
+            rec = sum(weights[n] * ce for n, ce in zip(names, ces))
+            out.update(zip(names, ces))
+            out["rec"] = rec
+            total = total + lc.lambda_rec * rec
+
+        if cl:  # Eq. 13
+            views = [x0_hat] + ([guidance.g_d] if guidance is not None else [])
+            views.append(self.augmented_view(aug, raw_aug, x_t, t, target_domain, memory, generator))
+            out["cl"] = tri_view_cl(views, lc.cl_sim, lc.cl_tau)
+            total = total + lc.lambda_cl * out["cl"]
+
+        result = {k: v.detach() for k, v in out.items()}
+        result["total"] = total
+        return result
+
+    def augmented_view(self, aug, raw_aug, x_t, t, target_domain, memory, generator) -> torch.Tensor:
+        """h_aug = Encoder_c(s_aug) (loss.cl_aug_view: history_only | with_xt | denoiser; spec §4.2).
+
+        aug (B, L') augmented ids, raw_aug (B, L', d) their item vectors."""
+        valid = aug != 0
+        h = self.embedding.with_positions(raw_aug, valid)
+        mode = self.config.loss.cl_aug_view
+        den = self.denoiser
+        if mode == "history_only":
+            states, _ = den.encoder_c(h, valid, den.attn_mode)
+            return states[:, -1]
+        cache = den.encode_history(h, valid)
+        if mode == "with_xt":
+            return den.token_state(cache, x_t, den.condition(t, target_domain), generator)
+        return den(cache, x_t, t, target_domain, memory, None, generator)
+
+    # ---------------------------------------------------------------- inference (Eq. 15)
+
+    @torch.no_grad()
+    def score(
+        self,
+        history: torch.Tensor,
+        target_domain: int,
+        *,
+        sampler: Optional[str] = None,
+        infer_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Scores (B, n_items(d*)) = s·(x̂_0 + α·ĝ_{d*})·E_{d*}^T (Eq. 15), x̂_0 from K reverse steps.
+
+        The history encodings (Encoder_x/y, guidance memory K/V, Encoder_c K/V) are computed once;
+        each reverse step is one token through Encoder_c plus the decoder. sampler / infer_steps
+        default to diffusion.sampler / diffusion.infer_steps."""
+        dc = self.config.diffusion
+        sampler = sampler or dc.sampler
+        steps = self.schedule.timesteps(infer_steps if infer_steps is not None else dc.infer_steps)
+        history = trim_padding(history)
+        b, device = history.shape[0], history.device
+        td = torch.full((b,), int(target_domain), dtype=torch.long, device=device)
+
+        raw = self.embedding.lookup(history)
+        valid = history != 0
+        h = self.embedding.with_positions(raw, valid)
+        guidance = self.encoder(self.embedding, history, raw, td) if self.encoder is not None else None
+        memory = self.memory(guidance)
+        den = self.denoiser
+        cache = den.encode_history(h, valid)
+        mem_kv = den.memory_kv(memory)
+        mem_valid = memory.valid if memory is not None else None
+        null_kv = den.null_kv(b) if (dc.cfg_w > 0 and den.null_memory is not None) else None
+        conds = {t: den.condition(torch.full((b,), t, device=device), td) for t in steps}
+
+        table = self.embedding.table(int(target_domain))
+        scores = None
+        for _ in range(dc.n_samples):
+            x = randn_like(h.new_empty(b, self.dim), generator)  # x_T ~ N(0, I)
+            for i, t in enumerate(steps):
+                q = den.token_state(cache, x, conds[t], generator)
+                x0_hat = den.decode(q, mem_kv, mem_valid)
+                if null_kv is not None:  # classifier-free guidance: (1 + w)·f(cond) - w·f(null)
+                    x0_hat = (1 + dc.cfg_w) * x0_hat - dc.cfg_w * den.decode(q, null_kv, None)
+                t_prev = steps[i + 1] if i + 1 < len(steps) else -1
+                x = self.schedule.step(x0_hat, t, t_prev, x, sampler, generator) if t_prev >= 0 else x0_hat
+            rep = x if guidance is None else x + self.config.model.score_alpha * guidance.domain(td)
+            s = self.item_scores(rep, table, self.scale)
+            scores = s if scores is None else scores + s
+        return scores / dc.n_samples

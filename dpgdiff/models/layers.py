@@ -1,0 +1,184 @@
+"""Shared building blocks: pre-LN self-/cross-attention blocks with K/V caching, timestep embedding.
+
+Every encoder of DPG-Diff (Encoder_x, Encoder_y, Encoder_c, the decoder) and of the baselines
+(SASRec, DiffuRec) is made of these blocks, so there is one attention implementation.
+Shapes: B = batch, L = sequence length, d = model dim, h = heads, dh = d / h.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KV = tuple[torch.Tensor, torch.Tensor]  # (k, v), each (B, h, L, dh)
+AttnMode = Literal["causal", "diffurec"]
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) float timesteps -> (B, dim) [cos | sin] features (DDPM / DiffuRec `timestep_embedding`)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """t -> sinusoidal(t * 1000 / T) -> Linear(d, 4d) -> SiLU -> Linear(4d, d) (spec §3.3, §3.5)."""
+
+    def __init__(self, dim: int, steps: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.rescale = 1000.0 / steps  # DiffuRec rescale_timesteps: the embedding sees t on a 0..1000 scale
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(t.float() * self.rescale, self.dim))
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN d -> 4d -> d with GELU (DiffuRec `PositionwiseFeedForward`), dropout on the output.
+
+    Dropout only on the d-wide output, as nanoGPT's MLP: a second dropout on the 4d hidden layer
+    was the largest non-matmul cost of a CPU training step (random masks over B·L·4d values)."""
+
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+
+def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, L, d) -> (B, h, L, dh)."""
+    b, l, d = x.shape
+    return x.view(b, l, n_heads, d // n_heads).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """(B, h, L, dh) -> (B, L, d)."""
+    b, h, l, dh = x.shape
+    return x.transpose(1, 2).reshape(b, l, h * dh)
+
+
+def self_attention_mask(valid: torch.Tensor, mode: AttnMode = "causal") -> torch.Tensor:
+    """Mask for SDPA over one sequence, (B, 1, L, L).
+
+    causal: bool, query i sees keys j <= i that are not padding. The diagonal is always allowed, so
+    padding query rows (whose outputs are never read) do not produce NaN.
+    diffurec: DiffuRec's quirk (spec §10): bidirectional, padding *query rows* get -1e9 everywhere
+    (uniform attention) and padding keys stay visible. Float additive mask.
+    """
+    b, l = valid.shape
+    if mode == "causal":
+        eye = torch.eye(l, dtype=torch.bool, device=valid.device)
+        causal = torch.ones(l, l, dtype=torch.bool, device=valid.device).tril()
+        return (causal & (valid[:, None, :] | eye))[:, None]
+    if mode == "diffurec":
+        neg = torch.zeros(b, 1, l, l, device=valid.device)
+        return neg.masked_fill(~valid[:, None, :, None], -1e9)
+    raise ValueError(f"unknown attention mode {mode!r}; expected 'causal' or 'diffurec'")
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + SA(LN(x)), then x + FFN(LN(x)) (spec §2.2); returns its K/V for caching."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: Optional[KV] = None) -> tuple[torch.Tensor, KV]:
+        """x (B, L, d); mask broadcastable to (B, 1, L, P + L); past: cached (k, v) of P earlier tokens.
+
+        Returns the new states (B, L, d) and this call's own (k, v) (without `past`)."""
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        q, k, v = (_heads(z, self.n_heads) for z in (q, k, v))
+        k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        a = F.scaled_dot_product_attention(
+            q, k_all, v_all, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.drop(self.proj(_merge(a)))
+        x = x + self.ffn(self.ln2(x))
+        return x, (k, v)
+
+
+class CausalTransformer(nn.Module):
+    """A stack of SelfAttentionBlocks + final LN, with a cached one-token `extend` for inference (spec §8)."""
+
+    def __init__(self, dim: int, n_layers: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(SelfAttentionBlock(dim, n_heads, dropout) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, valid: torch.Tensor, mode: AttnMode = "causal") -> tuple[torch.Tensor, list[KV]]:
+        """h (B, L, d) embedded sequence, valid (B, L) bool -> (states (B, L, d) after final LN, per-layer K/V)."""
+        mask = self_attention_mask(valid, mode)
+        cache = []
+        for block in self.blocks:
+            h, kv = block(h, mask, None)
+            cache.append(kv)
+        return self.norm(h), cache
+
+    def extend(self, tok: torch.Tensor, cache: list[KV], valid: torch.Tensor) -> torch.Tensor:
+        """One new last token (B, d) attending to the cached history (causal) and itself -> its state (B, d).
+
+        Exactly equal to running `forward` over [history; tok] with a causal mask and reading the last row,
+        because with causal attention the history states never depend on the new token."""
+        mask = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)[:, None, None, :]  # (B, 1, 1, L+1)
+        x = tok[:, None, :]
+        for block, kv in zip(self.blocks, cache):
+            x, _ = block(x, mask, kv)
+        return self.norm(x[:, 0])
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-LN decoder block: q + CA(LN(q), LN(memory)), then q + FFN(LN(q)) (Eq. 9; spec §3.5).
+
+    With `cross=False` only the FFN half is built (the "Diff" ablation has no guidance memory)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, cross: bool = True) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.cross = cross
+        if cross:
+            self.ln_q = nn.LayerNorm(dim)
+            self.ln_kv = nn.LayerNorm(dim)  # memory tokens come from different heads (g_d, ĝ_x, H_x, ...)
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(dim, 2 * dim)
+            self.proj = nn.Linear(dim, dim)
+            self.drop = nn.Dropout(dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, dropout)
+
+    def memory_kv(self, memory: torch.Tensor) -> KV:
+        """memory (B, M, d) -> (k, v) each (B, h, M, dh); computed once per case at inference."""
+        k, v = self.kv(self.ln_kv(memory)).chunk(2, dim=-1)
+        return _heads(k, self.n_heads), _heads(v, self.n_heads)
+
+    def forward(self, x: torch.Tensor, kv: Optional[KV], key_valid: Optional[torch.Tensor]) -> torch.Tensor:
+        """x (B, d) query state; kv from `memory_kv`; key_valid (B, M) bool or None (all valid)."""
+        if self.cross:
+            q = _heads(self.q(self.ln_q(x))[:, None, :], self.n_heads)  # (B, h, 1, dh)
+            mask = None if key_valid is None else key_valid[:, None, None, :]
+            a = F.scaled_dot_product_attention(
+                q, kv[0], kv[1], attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
+            x = x + self.drop(self.proj(_merge(a)[:, 0]))
+        return x + self.ffn(self.ln2(x))

@@ -1,0 +1,96 @@
+"""Shared pytest fixtures: a small synthetic dataset (session-wide) and the Food-Kitchen files when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dpgdiff.data import CrossDomainDataset, load_dataset
+
+# Small but realistic: 1,200 items per domain leave room for 999 sampled negatives outside any history.
+SYNTHETIC_TEST_OPTIONS = dict(n_users=400, n_items_x=1200, n_items_y=1200, seed=7)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_user_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Point the per-user cache (XDG_CACHE_HOME) at a temp folder, so tests never write to ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+        yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable data dir for the session; `synthetic_dataset` generates its files here."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(synthetic_data_dir: Path) -> CrossDomainDataset:
+    """Synthetic dataset, split "c2dsr" (400 users, 1,200 + 1,200 items); built once per session (< 1 s).
+
+    Treat it as read-only: it is shared by every test of the session.
+    """
+    return load_dataset("synthetic", data_dir=synthetic_data_dir, **SYNTHETIC_TEST_OPTIONS)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The folder named by env DPGDIFF_DATA_DIR (holding Food-Kitchen/); skips when unset."""
+    value = os.environ.get("DPGDIFF_DATA_DIR")
+    if not value:
+        pytest.skip("DPGDIFF_DATA_DIR not set: point it at the folder holding Food-Kitchen/ to run this test")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def food_kitchen_dir(data_dir: Path) -> Path:
+    """The Food-Kitchen folder of DPGDIFF_DATA_DIR; skips when the variable is unset or the folder is missing."""
+    folder = data_dir / "Food-Kitchen"
+    if not (folder / "validdata_new.txt").is_file():
+        pytest.skip(f"DPGDIFF_DATA_DIR={data_dir} has no Food-Kitchen/validdata_new.txt")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def food_kitchen(food_kitchen_dir: Path) -> CrossDomainDataset:
+    """Food-Kitchen with split "c2dsr-histories" (the training file is not shipped); about 0.5 s to load."""
+    return load_dataset("food_kitchen", split="c2dsr-histories", data_dir=food_kitchen_dir.parent, download=False)
+
+
+def write_c2dsr_dir(
+    folder: Path,
+    n_x: int,
+    n_y: int,
+    n_users: int,
+    valid: list[str],
+    test: list[str],
+    train: list[str] | None = None,
+) -> Path:
+    """Write a tiny C2DSR-format folder; `valid`/`test`/`train` are full lines without the newline."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Alist.txt").write_text("".join(f"{j}\tAX{j}\t{j}\n" for j in range(n_x)))
+    (folder / "Blist.txt").write_text("".join(f"{n_x + j}\tBY{j}\t{j}\n" for j in range(n_y)))
+    (folder / "userlist.txt").write_text("".join(f"U{u}\t{u}\n" for u in range(n_users)))
+    (folder / "validdata_new.txt").write_text("".join(line + "\n" for line in valid))
+    (folder / "testdata_new.txt").write_text("".join(line + "\n" for line in test))
+    if train is not None:
+        (folder / "traindata_new.txt").write_text("".join(line + "\n" for line in train))
+    return folder
+
+
+def tok(item: int, ts: int) -> str:
+    """One C2DSR token: `item|unix_ts|date|` (the date field is never used)."""
+    return f"{item}|{ts}|2014-01-01 08:00:00|"
+
+
+@pytest.fixture
+def make_c2dsr_dir(tmp_path: Path):
+    """Factory: make_c2dsr_dir(n_x, n_y, n_users, valid, test, train=None, name="tiny") -> folder."""
+
+    def make(n_x, n_y, n_users, valid, test, train=None, name="tiny"):
+        return write_c2dsr_dir(tmp_path / name, n_x, n_y, n_users, valid, test, train)
+
+    return make

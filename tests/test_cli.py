@@ -1,0 +1,126 @@
+"""Command line `train` and `evaluate`: smoke runs, sweeps, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dpgdiff.cli import main
+
+from tests.conftest import SYNTHETIC_TEST_OPTIONS
+
+SYNTHETIC = ",".join(f"{k}={v}" for k, v in SYNTHETIC_TEST_OPTIONS.items())
+TINY = [
+    "--set", "model.dim=16", "--set", "model.n_c_layers=1", "--set", "train.epochs=1",
+    "--set", "train.mode=last", "--set", "train.batch_size=256", "--set", "train.num_threads=1",
+    "--set", "diffusion.sampler=ddim", "--set", "diffusion.infer_steps=2", "--set", "diffusion.val_infer_steps=2",
+    "--set", "train.device=cpu",
+]
+
+
+def data_args(data_dir: Path) -> list[str]:
+    return ["--dataset", "synthetic", "--synthetic", SYNTHETIC, "--data-dir", str(data_dir)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic_data_dir, synthetic_dataset) -> Path:
+    """One tiny CLI training run shared by the evaluate tests -> its output folder."""
+    out = tmp_path_factory.mktemp("cli_run")
+    assert main(["train", *data_args(synthetic_data_dir), *TINY, "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_config_and_metrics(trained, capsys):
+    assert (trained / "best.pt").is_file() and (trained / "checkpoint" / "model.pt").is_file()
+    resolved = yaml.safe_load((trained / "config.yaml").read_text())
+    assert resolved["model"]["dim"] == 16 and resolved["train"]["epochs"] == 1
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1 and "test_mrr_sum" in metrics["test"]
+    best = torch.load(trained / "best.pt", weights_only=True)
+    assert best["dataset"]["name"] == "synthetic" and str(best["dataset"]["options"]["n_users"]) == "400"
+    assert len(best["dataset"]["fingerprint"]) == 64
+
+
+def test_train_prints_the_per_domain_table(synthetic_data_dir, tmp_path, capsys):
+    rc = main(["train", *data_args(synthetic_data_dir), *TINY, "--out", str(tmp_path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "best validation pass: epoch 1" in out
+    assert "MRR_X + MRR_Y (sampled)" in out and "NDCG@10" in out and "full" in out
+
+
+def test_evaluate_default_prints_a_table(trained, synthetic_data_dir, capsys):
+    rc = main(["evaluate", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(synthetic_data_dir)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "ddim, 2 steps, noise rate 0" in out and "MRR_X + MRR_Y (sampled)" in out
+    # Same model, same data, same seeded noise: the test metric equals the one train reported.
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert f"MRR_X + MRR_Y (sampled) = {metrics['test']['test_mrr_sum']:.4f}" in out
+
+
+def test_evaluate_sweeps_steps_and_noise(trained, synthetic_data_dir, tmp_path, capsys):
+    report = tmp_path / "sweep.json"
+    rc = main(["evaluate", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(synthetic_data_dir),
+               "--infer-steps", "1,2", "--noise-rate", "0,0.3", "--sampler", "ddim", "--json", str(report)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "sec/pass" in out and "X MRR" in out
+    records = json.loads(report.read_text())
+    assert [(r["noise_rate"], r["infer_steps"]) for r in records] == [(0.0, 1), (0.0, 2), (0.3, 1), (0.3, 2)]
+    assert all(r["seconds"] > 0 and "test_x_mrr" in r["metrics"] for r in records)
+    clean, noisy = records[1]["metrics"], records[3]["metrics"]
+    assert clean != noisy  # the noise reached the test histories
+
+
+def test_evaluate_refuses_other_data(trained, synthetic_data_dir, tmp_path, capsys):
+    best = torch.load(trained / "best.pt", weights_only=True)
+    best["dataset"]["fingerprint"] = "f" * 64
+    torch.save(best, tmp_path / "other.pt")
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "other.pt"), "--data-dir", str(synthetic_data_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "fingerprint" in err and "refusing" in err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--set", "model.dimm=3"], "model.dimm"),
+    (["--set", "model.dim=abc"], "model.dim='abc' must be an integer"),
+    (["--set", "train.lr"], "must look like section.key=value"),
+    (["--set", "train.epochs=0"], "train.epochs=0 is out of range"),
+])
+def test_train_bad_set_is_a_clear_error(argv, expected, tmp_path, capsys):
+    rc = main(["train", *argv, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and expected in err
+    assert "Traceback" not in err
+
+
+def test_evaluate_bad_arguments(trained, synthetic_data_dir, tmp_path, capsys):
+    base = ["evaluate", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(synthetic_data_dir)]
+    assert main([*base, "--infer-steps", "0"]) == 2
+    assert "--infer-steps 0: must be in 1..32" in capsys.readouterr().err
+    assert main([*base, "--noise-rate", "a,b"]) == 2
+    assert "--noise-rate" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt: no such" in capsys.readouterr().err
+
+
+def test_python_dash_m_train(synthetic_data_dir, tmp_path):
+    """The installed entry point end to end, in a child process (waited for; nothing left running)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpgdiff", "train", *data_args(synthetic_data_dir), *TINY, "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "MRR_X + MRR_Y (sampled)" in proc.stdout
+    assert (tmp_path / "best.pt").is_file()

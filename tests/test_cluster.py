@@ -1,0 +1,107 @@
+"""A search on an existing two-node Ray cluster (head + worker on 127.0.0.1, 1 CPU each, own temp dirs).
+
+Checks: `--address` joins the cluster (token auth, search-notes) and runs trials on both nodes at once.
+Asking for GPUs or CPUs no node has is an error before any trial starts (checked on a fake cluster). Both nodes are
+started with `ray start` in their own sessions and stopped by PID (never `ray stop`, which kills by name).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.test_search_helpers import env, kill_session, mlflow_runs, run, search_args, tune_trials
+
+pytestmark = pytest.mark.slow
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
+    e = env()
+    e["RAY_AUTH_MODE"] = "token"
+    with log.open("w") as handle:
+        proc = subprocess.Popen([*RAY, "start", *args, "--disable-usage-stats"], env=e, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc.wait(timeout=120)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    return proc
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    port = _free_port()
+    sessions = []
+    # Short temp dirs: Ray's socket paths must stay under the 107-byte limit.
+    temps = [Path(tempfile.mkdtemp(prefix="rh", dir="/tmp")), Path(tempfile.mkdtemp(prefix="rw", dir="/tmp"))]
+    try:
+        head = _ray_start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
+                           "--include-dashboard", "false", "--temp-dir", str(temps[0])], tmp_path / "head.log")
+        sessions.append(head.pid)
+        worker = _ray_start(["--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                             "--temp-dir", str(temps[1])], tmp_path / "worker.log")
+        sessions.append(worker.pid)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for sid in reversed(sessions):
+            kill_session(sid)
+        time.sleep(0.5)
+        for t in temps:
+            subprocess.run(["rm", "-rf", str(t)], check=False)
+
+
+def test_search_on_two_node_cluster(tmp_path, cluster):
+    result = run(search_args(tmp_path, "cluster", "--address", cluster, "--num-samples", "2", "--epochs", "2",
+                             "--max-concurrent", "2", "--scheduler", "fifo"), tmp_path, timeout=240)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "Ray: 2 node(s), 2 CPU" in result.stdout
+    trials = tune_trials(tmp_path, "cluster")
+    assert len(trials) == 2 and all(t.status == "TERMINATED" for t in trials)
+    # 1 CPU per node and 1 CPU per trial: the two trials overlapping in time ran on different nodes.
+    spans = []
+    for t in trials:
+        df = pd.read_csv(tmp_path / "ray_results" / "cluster" / f"trial_{t.trial_id}" / "progress.csv")
+        spans.append((df["timestamp"].min() - df["time_this_iter_s"].iloc[0], df["timestamp"].max()))
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1, f"trials did not run at the same time: {spans}"
+    parent, children = mlflow_runs(tmp_path, "cluster")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+
+
+class _FakeRay:
+    """What _check_resources reads from ray: two live CPU-only nodes."""
+
+    @staticmethod
+    def nodes():
+        return [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 2.0}},
+                {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+
+    @staticmethod
+    def cluster_resources():
+        return {"CPU": 6.0}
+
+
+@pytest.mark.parametrize("cpu, gpu, ok", [(4, 0, True), (2, 0, True), (5, 0, False), (1, 0.5, False), (1, 1, False)])
+def test_resources_the_cluster_lacks_are_an_error_before_trials(cpu, gpu, ok, capsys):
+    from tune.search import SearchError, _check_resources
+
+    state = {"cpus_per_trial": cpu, "gpus_per_trial": gpu}
+    if ok:
+        _check_resources(_FakeRay, state)
+        assert "2 node(s), 6 CPU, 0 GPU" in capsys.readouterr().out
+    else:
+        with pytest.raises(SearchError, match="no node of the cluster has that") as err:
+            _check_resources(_FakeRay, state)
+        assert "node 0: 4 CPU, 0 GPU; node 1: 2 CPU, 0 GPU" in str(err.value)

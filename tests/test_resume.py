@@ -1,0 +1,143 @@
+"""Interrupt and resume a search: Ctrl-C (exit 130, says how to resume), then SIGKILL of the driver mid-search,
+leftover Ray processes stopped by PID, then resume to the end. Tune must hold exactly the planned trials,
+finished trials must not rerun, and MLflow must hold one child run per trial with none left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_search_helpers import (
+    _alive,
+    env,
+    kill_session,
+    mlflow_runs,
+    run,
+    search_args,
+    session_pids,
+    tracking_uri,
+    tune_trials,
+)
+
+pytestmark = pytest.mark.slow
+NAME = "resumable"
+N_TRIALS = 3
+EPOCHS = 3
+
+
+def _rows(tmp: Path) -> dict[str, list[dict]]:
+    """trial dir name -> its results so far (result.json: one JSON line per tune.report)."""
+    out = {}
+    for f in (tmp / "ray_results" / NAME).glob("trial_*/result.json"):
+        try:
+            lines = f.read_text().splitlines()
+        except OSError:
+            continue
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line being written
+                break
+        out[f.parent.name] = rows
+    return out
+
+
+def _is_final(row: dict) -> bool:
+    return bool(row.get("final"))
+
+
+def _start(tmp: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    log = tmp / f"driver-{time.time():.0f}.log"
+    args = search_args(tmp, NAME, "--epochs", str(EPOCHS), "--num-samples", str(N_TRIALS), "--max-concurrent", "2",
+                       "--scheduler", "fifo", "--set", "model.xt_injection=concat_token",
+                       "--train-fn", "tests.test_search_stubs:train_slow", *extra)
+    e = env()
+    e["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # snapshot the experiment often, so what finished is known to the restore
+    with log.open("w") as handle:
+        proc = subprocess.Popen(args, cwd=tmp, env=e, stdout=handle, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    return proc, log
+
+
+def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"search exited (rc {proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    kill_session(proc.pid)
+    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+
+
+def test_ctrl_c_then_sigkill_then_resume(tmp_path):
+    # 1. Ctrl-C after the first report: the search says it is unfinished and exits 130.
+    proc, log = _start(tmp_path)
+    try:
+        _wait_for(lambda: any(_rows(tmp_path).values()), proc, log, 180, "a first trial result")
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=90)
+    finally:
+        kill_session(proc.pid)
+    text = log.read_text()
+    assert proc.returncode == 130, text[-4000:]
+    assert "UNFINISHED" in text and f"--name {NAME}" in text and "--resume" in text
+    assert "Best trial" not in text
+    parent, children = mlflow_runs(tmp_path, NAME)
+    assert parent.info.status == "KILLED"
+    assert children and not [c for c in children if c.info.status == "RUNNING"]
+
+    # 2. Resume, then SIGKILL the driver once a trial has finished and another is in flight.
+    proc, log = _start(tmp_path, "--resume")
+    try:
+        def finished_and_in_flight() -> bool:
+            rows = _rows(tmp_path)
+            done = [t for t, r in rows.items() if r and _is_final(r[-1])]
+            running = [t for t, r in rows.items() if r and not _is_final(r[-1])]
+            return bool(done) and bool(running)
+
+        _wait_for(finished_and_in_flight, proc, log, 240, "one finished and one running trial")
+        time.sleep(1.5)  # let the experiment snapshot (every second here) record the finished trial
+        before = _rows(tmp_path)
+        leftovers = [p for p in session_pids(proc.pid) if p != proc.pid]
+        assert leftovers, "Ray processes should run beside the driver"
+        assert "ray session" in log.read_text() and "pids" in log.read_text()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_session(proc.pid)  # the leftover Ray processes, by PID
+    still = [p for p in leftovers if _alive(p) and p in session_pids(proc.pid)]
+    assert not still, f"leftover Ray processes were not stopped: {still}"
+    finished_before = {t for t, r in before.items() if r and _is_final(r[-1])}
+
+    # 3. Resume to the end.
+    result = run(search_args(tmp_path, NAME, "--resume"), tmp_path, timeout=300)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert "resuming search" in result.stdout and "Best trial" in result.stdout
+
+    trials = tune_trials(tmp_path, NAME)
+    assert len(trials) == N_TRIALS, "the searcher state must continue, not propose new trials"
+    assert all(t.status == "TERMINATED" for t in trials)
+    after = _rows(tmp_path)
+    for t in finished_before:
+        assert len(after[t]) == len(before[t]), f"finished trial {t} was rerun"
+    parent, children = mlflow_runs(tmp_path, NAME)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == N_TRIALS, "exactly one MLflow run per trial after two interruptions"
+    assert {c.data.tags["dpgdiff.trial_id"] for c in children} == {t.trial_id for t in trials}
+    assert all(c.info.status == "FINISHED" for c in children), [c.info.status for c in children]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(tmp_path))
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_mrr_sum")]
+        assert steps == list(range(1, EPOCHS + 1)), f"run {c.info.run_id}: epochs logged {steps}"

@@ -1,0 +1,154 @@
+"""End-to-end search: one small search (real dpgdiff.train, smoke space, tiny synthetic data) that several
+tests examine (Tune results, MLflow parent/child runs, artifacts, report.py), plus an all-trials-fail search.
+
+Trials sampled with model.xt_injection=add report a NaN validation metric (tests.test_search_stubs) and
+must end errored in Tune and FAILED in MLflow while the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.test_search_helpers import mlflow_runs, run, search_args, tracking_uri, tune_trials
+
+pytestmark = pytest.mark.slow
+NAME = "e2e"
+N_TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    result = run(search_args(tmp, NAME, "--epochs", "2", "--num-samples", str(N_TRIALS), "--max-concurrent", "2",
+                             "--seed", "3", "--train-fn", "tests.test_search_stubs:train_nan_when_add"), tmp)
+    return tmp, result
+
+
+def _explain(result) -> str:
+    return f"rc={result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+
+
+def test_search_succeeds_and_prints_best_trial(search):
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    out = result.stdout
+    assert "search space" in out and "fingerprint" in out  # space summary and dataset card before Ray
+    assert "Best trial" in out and "| metric | val X | val Y | test X | test Y |" in out
+    assert "| mrr |" in out and "| mrr_sum |" in out
+
+
+def test_tune_trials_and_mlflow_runs_agree(search):
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    trials = tune_trials(tmp, NAME)
+    assert len(trials) == N_TRIALS
+    parent, children = mlflow_runs(tmp, NAME)
+    assert parent.info.status == "FINISHED"
+    by_trial = {c.data.tags["dpgdiff.trial_id"]: c for c in children}
+    assert len(children) == N_TRIALS and set(by_trial) == {t.trial_id for t in trials}, "one child run per trial"
+    n_failed = 0
+    for t in trials:
+        run_ = by_trial[t.trial_id]
+        sampled = json.loads(run_.data.tags["dpgdiff.sampled"])
+        assert run_.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run_.data.tags["model.name"] == "dpgdiff"
+        # every hyperparameter is a param; only meaningful metrics are logged
+        assert run_.data.params["model.dim"] == str(sampled["model.dim"])
+        assert run_.data.params["train.epochs"] == "2" and "eval.n_negatives" in run_.data.params
+        assert not [k for k in run_.data.metrics if k.startswith("config") or k in ("pid", "done", "training_iteration")]
+        if sampled["model.xt_injection"] == "add":
+            n_failed += 1
+            assert t.status == "ERROR"
+            assert run_.info.status == "FAILED"
+            assert "non-finite" in run_.data.tags["error"] and "val_mrr_sum" in run_.data.tags["error"]
+        else:
+            assert t.status == "TERMINATED"
+            assert run_.info.status in ("FINISHED", "KILLED")  # KILLED = stopped by ASHA
+            assert "model.lambda_u" not in sampled  # conditional parameter only under xt_injection=add
+    assert 0 < n_failed < N_TRIALS, "seed 3 should sample both xt_injection values; pick another seed"
+
+
+def test_finished_runs_have_epoch_history_and_test_metrics_at_best_epoch(search):
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(tmp))
+    parent, children = mlflow_runs(tmp, NAME)
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert finished, "no trial finished"
+    for c in finished:
+        history = client.get_metric_history(c.info.run_id, "val_mrr_sum")
+        assert [m.step for m in history] == [1, 2], "one value per evaluation, step = epoch"
+        best_epoch = int(c.data.tags["best_epoch"])
+        best_value = max(m.value for m in history)
+        assert [m.step for m in history if m.value == best_value][0] == best_epoch
+        assert math.isclose(c.data.metrics["best_val_mrr_sum"], best_value)
+        test = client.get_metric_history(c.info.run_id, "test_mrr_sum")
+        assert [m.step for m in test] == [best_epoch]
+        assert 0 <= test[0].value <= 2
+    # the parent's best trial is the finished trial with the best validation value
+    best = max(finished, key=lambda c: c.data.metrics["best_val_mrr_sum"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert math.isclose(parent.data.metrics["best_val_mrr_sum"], best.data.metrics["best_val_mrr_sum"])
+    assert f"MLflow run {best.info.run_id}" in result.stdout
+
+
+def test_parent_run_artifacts(search):
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    parent, _ = mlflow_runs(tmp, NAME)
+    root = Path(parent.info.artifact_uri.replace("file://", ""))
+    assert root.is_relative_to(tmp / "mlruns" / "artifacts")
+    for rel in ("search_space.yaml", "dataset_card.json", "trials.csv", "trials.md", "optuna_history.png",
+                "best/config.yaml", "best/metrics.json", "best/checkpoint/best.pt", "best/checkpoint/config.yaml"):
+        assert (root / rel).is_file(), f"missing parent artifact {rel}"
+    assert (root / "optuna_history.png").read_bytes()[:4] == b"\x89PNG"
+    csv = (root / "trials.csv").read_text().splitlines()
+    assert len(csv) == N_TRIALS + 1 and "val_mrr_sum" in csv[0]
+    params = parent.data.params
+    assert params["dataset"] == "synthetic" and params["seed"] == "3" and len(params["dataset.fingerprint"]) == 64
+    from dpgdiff.config import Config
+
+    assert Config.from_yaml(root / "best" / "config.yaml").train.epochs == 2
+
+
+def test_report_prints_best_trials_and_table1(search, capsys):
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    from tune import report
+
+    out_file = tmp / "table1.md"
+    assert report.main(["--name", NAME, "--tracking-uri", tracking_uri(tmp), "--out", str(out_file)]) == 0
+    printed = capsys.readouterr().out
+    parent, children = mlflow_runs(tmp, NAME)
+    best = parent.data.tags["best_run_id"]
+    assert f"## Search {NAME}" in printed and best in printed
+    table = out_file.read_text()
+    assert "| Data | Metric | DPG-Diff [1] |" in table
+    assert "| X | MRR |" in table and "| Y | MRR |" in table and "|  | H@10 |" in table
+    assert f"[1] DPG-Diff: run {best}" in table  # every cell traceable to a run id
+    assert report.main(["--name", "nope", "--tracking-uri", tracking_uri(tmp)]) == 2
+    err = capsys.readouterr().err
+    assert "no search named 'nope'" in err and NAME in err
+
+
+def test_every_trial_failing_exits_nonzero_with_first_error(tmp_path):
+    """Also: --max-failures retries a trial, and failed trials are FAILED in MLflow with the error text."""
+    result = run(search_args(tmp_path, "allfail", "--epochs", "1", "--num-samples", "2", "--max-failures", "1",
+                             "--scheduler", "fifo", "--train-fn", "tests.test_search_stubs:train_always_fails"),
+                 tmp_path)
+    assert result.returncode == 1, _explain(result)
+    assert "every trial failed" in result.stderr and "ValueError: stub failure" in result.stderr
+    assert "Best trial" not in result.stdout
+    trials = tune_trials(tmp_path, "allfail")
+    assert len(trials) == 2 and all(t.status == "ERROR" for t in trials)
+    assert all(t.run_metadata.num_failures == 2 for t in trials), "one retry per trial (--max-failures 1)"
+    parent, children = mlflow_runs(tmp_path, "allfail")
+    assert parent.info.status == "FAILED"
+    assert len(children) == 2 and all(c.info.status == "FAILED" for c in children)
+    assert all("stub failure" in c.data.tags["error"] for c in children)

@@ -1,0 +1,115 @@
+"""Shared pieces of the search tests (no tests in here): run tune/search.py in a subprocess, read MLflow, stop processes by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
+REPORT = [sys.executable, str(REPO / "tune" / "report.py")]
+# A tiny synthetic set (<1,000 items per domain, hence the smoke space's eval.n_negatives=99) and the
+# smoke space: a trial of 2 epochs trains in a few seconds.
+TINY_DATA = ["--data-option", "n_users=300", "--data-option", "n_items_x=150", "--data-option", "n_items_y=150"]
+
+
+def search_args(tmp: Path, name: str, *extra: str) -> list[str]:
+    return [*SEARCH, "--space", str(REPO / "search_spaces" / "smoke.yaml"), *TINY_DATA, "--name", name,
+            "--storage-path", str(tmp / "ray_results"), "--tracking-uri", tracking_uri(tmp), "--quiet", *extra]
+
+
+def tracking_uri(tmp: Path) -> str:
+    (tmp / "mlruns").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.pop("RAY_ADDRESS", None)  # a local search must not attach to another cluster
+    e.pop("MLFLOW_TRACKING_URI", None)
+    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), e.get("PYTHONPATH")]))
+    return e
+
+
+def run(args: list[str], tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run to completion in its own session; whatever it leaves behind is stopped by PID."""
+    proc = subprocess.Popen(args, cwd=tmp, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(args)} timed out after {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
+    finally:
+        kill_session(proc.pid)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def session_pids(sid: int) -> list[int]:
+    """PIDs of the processes in session `sid` (a child started with start_new_session=True has sid == pid)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: the session id
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_session(sid: int, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL, every process of one session, by PID."""
+    pids = session_pids(sid)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+    deadline = time.time() + grace
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def mlflow_runs(tmp: Path, search: str) -> tuple[object, list]:
+    """(parent run, child runs) of one search in the test's MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(tmp))
+    exp = client.get_experiment_by_name("dpgdiff")
+    parents = client.search_runs([exp.experiment_id], f"tags.`dpgdiff.search` = '{search}' and tags.`dpgdiff.role` = 'search'")
+    assert len(parents) == 1, f"expected one parent run for {search}, got {len(parents)}"
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    return parents[0], list(children)
+
+
+def tune_trials(tmp: Path, name: str) -> list:
+    from ray.tune import ExperimentAnalysis
+
+    return list(ExperimentAnalysis(str(tmp / "ray_results" / name)).trials)

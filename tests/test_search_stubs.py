@@ -1,0 +1,54 @@
+"""Stand-in train functions for the search tests, imported by Ray workers by path (no tests in here).
+
+They keep `dpgdiff.train`'s signature and Reporter contract, so the Ray/Optuna/MLflow plumbing
+sees exactly what the real trainer produces; they only inject failures.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dpgdiff import train as real_train
+
+
+class _NaNReporter:
+    """Passes results on, but with a NaN validation metric (what a diverging model would report)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.wants_checkpoint = inner.wants_checkpoint
+
+    def __call__(self, epoch, metrics, checkpoint_dir):
+        self.inner(epoch, {**metrics, "val_mrr_sum": math.nan}, checkpoint_dir)
+
+
+def train_nan_when_add(config, dataset, reporter=None, resume_from=None, out_dir=None):
+    """The real trainer; trials sampled with model.xt_injection=add report NaN and must fail."""
+    if config.model.xt_injection == "add" and reporter is not None:
+        reporter = _NaNReporter(reporter)
+    return real_train(config, dataset, reporter=reporter, resume_from=resume_from, out_dir=out_dir)
+
+
+def train_always_fails(config, dataset, reporter=None, resume_from=None, out_dir=None):
+    raise ValueError(f"stub failure (lr={config.train.lr:.3g})")
+
+
+class _SlowReporter:
+    """Passes results on, then waits: makes trials long enough to interrupt at a chosen moment."""
+
+    def __init__(self, inner, seconds: float):
+        self.inner, self.seconds = inner, seconds
+        self.wants_checkpoint = inner.wants_checkpoint
+
+    def __call__(self, epoch, metrics, checkpoint_dir):
+        self.inner(epoch, metrics, checkpoint_dir)
+        import time
+
+        time.sleep(self.seconds)
+
+
+def train_slow(config, dataset, reporter=None, resume_from=None, out_dir=None):
+    """The real trainer with a 1 s pause after every validation pass."""
+    if reporter is not None:
+        reporter = _SlowReporter(reporter, 1.0)
+    return real_train(config, dataset, reporter=reporter, resume_from=resume_from, out_dir=out_dir)

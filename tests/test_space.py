@@ -1,0 +1,118 @@
+"""Search-space YAML: the shipped spaces load, bad spaces fail before Ray with file + key + problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tune.space import SpaceError, load_space, parse_space
+
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@pytest.mark.parametrize("name", ["smoke", "synthetic", "food_kitchen", "movie_book"])
+def test_shipped_spaces_are_valid_and_cover_the_spec(name):
+    space = load_space(SPACES / f"{name}.yaml")
+    text = (SPACES / f"{name}.yaml").read_text()
+    assert text.lstrip().startswith("#"), "every space file starts with a comment"
+    assert "model.lambda_u" in space.params and space.params["model.lambda_u"].when
+    if name != "smoke":
+        for key in ("diffusion.steps", "diffusion.schedule", "model.dim", "loss.lambda_diff", "loss.lambda_cl",
+                    "loss.lambda_s", "train.lr", "model.dropout", "model.n_enc_layers"):
+            assert key in space.params, f"{name}.yaml does not search {key}"
+    assert {p.type for p in space.params.values()} == {"categorical", "int", "float"} or name == "smoke"
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    "params, fixed, expected",
+    [
+        ({"model.dimm": {"type": "categorical", "values": [64]}}, {}, ["params.model.dimm", "unknown", "model.dim"]),
+        ({"model.dim": {"type": "float", "low": 8, "high": 64}}, {}, ["params.model.dim", "type float", "int"]),
+        ({"model.fusion": {"type": "int", "low": 1, "high": 2}}, {}, ["params.model.fusion", "type int"]),
+        ({"model.fusion": {"type": "categorical", "values": ["concat", "blend"]}}, {}, ["model.fusion", "'blend'"]),
+        ({"train.lr": {"type": "float", "low": 1e-2, "high": 1e-3}}, {}, ["params.train.lr", "empty range"]),
+        ({"model.dropout": {"type": "float", "low": 0.3, "high": 0.3}}, {}, ["params.model.dropout", "empty range"]),
+        ({"train.lr": {"type": "float", "low": 0.0, "high": 1e-2, "log": True}}, {}, ["params.train.lr", "bad log range"]),
+        ({"model.lambda_u": {"type": "float", "low": 1e-3, "high": 1.0, "when": {"model.xt_inject": "add"}}}, {},
+         ["params.model.lambda_u.when", "model.xt_inject", "not a config field"]),
+        ({"model.lambda_u": {"type": "float", "low": 1e-3, "high": 1.0, "when": {"model.xt_injection": "plus"}}}, {},
+         ["model.xt_injection", "'plus'"]),
+        ({"model.lambda_u": {"type": "float", "low": 1e-3, "high": 1.0, "when": {"model.xt_injection": "add"}},
+          "model.xt_injection": {"type": "categorical", "values": ["concat_token", "add"]}}, {},
+         ["params.model.lambda_u.when", "sampled later"]),
+        ({"model.dim": {"type": "categorical", "values": [30, 64]},
+          "model.n_heads": {"type": "categorical", "values": [1, 4]}}, {},
+         ["params.model.dim / params.model.n_heads", "model.dim=30, model.n_heads=4", "divisor"]),
+        ({"model.n_heads": {"type": "categorical", "values": [1, 3]}}, {"model.dim": 64},
+         ["params.model.n_heads", "model.n_heads=3", "divisor"]),
+        ({"model.dropout": {"type": "float", "low": 0.1, "high": 1.0}}, {}, ["params.model.dropout", "0 <= p < 1"]),
+        ({"train.epochs": {"type": "int", "low": 1, "high": 5}}, {}, ["params.train.epochs", "--epochs"]),
+        ({"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "bounds": 3}}, {}, ["params.train.lr", "bounds"]),
+        ({"train.lr": {"type": "uniform", "low": 1e-4, "high": 1e-2}}, {}, ["params.train.lr", "'uniform'"]),
+        ({"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}, {"model.nope": 1}, ["fixed.model.nope"]),
+    ],
+)
+def test_bad_space_names_file_key_and_problem(tmp_path, params, fixed, expected):
+    path = _write(tmp_path, {"fixed": fixed, "params": params})
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert str(path) in message
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(SpaceError, match="cannot read"):
+        load_space(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params: [unclosed\n")
+    with pytest.raises(SpaceError, match="bad.yaml: not valid YAML"):
+        load_space(bad)
+    bad.write_text("parms: {}\n")
+    with pytest.raises(SpaceError, match="unknown top-level key"):
+        load_space(bad)
+
+
+def test_define_by_run_conditionals_fixed_and_resolve():
+    data = {
+        "fixed": {"model.dim": 32},
+        "params": {
+            "model.xt_injection": {"type": "categorical", "values": ["concat_token", "add"]},
+            "model.lambda_u": {"type": "float", "low": "1e-3", "high": 1.0, "log": True,  # YAML 1.1 string float
+                               "when": {"model.xt_injection": "add"}},
+            "diffusion.cfg_p": {"type": "categorical", "values": [0.0, 0.1]},
+            "diffusion.cfg_w": {"type": "float", "low": 0.0, "high": 4.0, "when": {"diffusion.cfg_p": {"gt": 0}}},
+            "model.n_enc_layers": {"type": "int", "low": 1, "high": 3},
+        },
+    }
+    space = parse_space(data, source="inline")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for _ in range(30):
+        trial = study.ask()
+        space(trial)
+        params = trial.params
+        seen.append(params)
+        assert ("model.lambda_u" in params) == (params["model.xt_injection"] == "add")
+        assert ("diffusion.cfg_w" in params) == (params["diffusion.cfg_p"] > 0)
+        config = space.resolve(params)
+        assert config.model.dim == 32 and config.model.n_enc_layers == params["model.n_enc_layers"]
+        assert set(space.distributions(params)) == set(params)
+        study.tell(trial, 0.0)
+    assert any("model.lambda_u" in p for p in seen) and any("model.lambda_u" not in p for p in seen)
+    # --set on a sampled parameter takes it out of the search; its `when` dependants follow the fixed value
+    pinned = space.with_fixed({"model.xt_injection": "add"})
+    assert "model.xt_injection" not in pinned.params and pinned.resolve({}).model.xt_injection == "add"
+    assert "diffusion.cfg_w" not in space.with_fixed({"diffusion.cfg_p": 0.0}).params  # ruled out, not sampled
+    with pytest.raises(SpaceError, match="never holds"):  # in the file itself it is a mistake
+        parse_space({"fixed": {"diffusion.cfg_p": 0.0}, "params": {"diffusion.cfg_w": data["params"]["diffusion.cfg_w"]}})

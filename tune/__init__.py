@@ -1,0 +1,1 @@
+"""Hyperparameter search for dpgdiff: Ray Tune + Optuna + MLflow (kept out of the dpgdiff package)."""

@@ -1,0 +1,296 @@
+"""MLflow tracking for a search: one parent run per search, one nested child run per Tune trial.
+
+Written from the driver by `MLflowTrialTracker` (a Tune Callback) instead of Ray's
+MLflowLoggerCallback, which keeps its trial->run map in memory and so duplicates runs after a
+restore (search-notes). Here a trial's run is found by its tags (`dpgdiff.trial_id` under the
+parent's `mlflow.parentRunId`), so the mapping survives driver restarts; the callback also
+closes runs when trials end (FINISHED when the trainable completed, KILLED when ASHA stopped it,
+FAILED with the error text when it raised). Only meaningful metrics are logged (train_*, val_*,
+test_*, epoch_seconds, best_epoch), each with step = epoch.
+
+Default store: SQLite `mlruns/mlflow.db` with artifacts in `mlruns/artifacts` (a plain file
+store is refused by MLflow 3 by default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from ray import tune
+
+SEARCH_TAG = "dpgdiff.search"  # parent: the search name
+ROLE_TAG = "dpgdiff.role"  # "search" (parent) | "trial" (child)
+TRIAL_TAG = "dpgdiff.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+MODEL_TAG = "model.name"
+ERROR_TAG = "error"
+_METRIC_PREFIXES = ("train_", "val_", "test_")
+_METRIC_KEYS = {"epoch_seconds", "best_epoch"}
+_MAX_TAG = 5000  # MLflow tag values are limited (8000 chars in SQL stores); keep headroom
+
+
+def local_tracking_uri(root: str | Path = "mlruns") -> str:
+    """sqlite:////abs/mlruns/mlflow.db (absolute, so trials and tools agree whatever their cwd)."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def artifact_root_for(tracking_uri: str) -> Optional[str]:
+    """mlruns/artifacts beside a local SQLite store; None (the server decides) otherwise."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def client_for(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
+    """The experiment's id, creating it (with our artifact location) when missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_runs(client: Any, experiment_id: str, tags: dict[str, str], max_results: int = 1000) -> list[Any]:
+    """Runs whose tags equal `tags` (all of them)."""
+    clauses = [f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items()]
+    return list(client.search_runs([experiment_id], filter_string=" and ".join(clauses), max_results=max_results))
+
+
+def start_parent_run(client: Any, experiment_id: str, search: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """(run_id, resumed): the search's parent run, reopened when it exists (resume)."""
+    runs = find_runs(client, experiment_id, {SEARCH_TAG: search, ROLE_TAG: "search"})
+    if runs:
+        run_id = runs[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id, True
+    run = client.create_run(experiment_id, run_name=search,
+                            tags={**tags, SEARCH_TAG: search, ROLE_TAG: "search"})
+    return run.info.run_id, False
+
+
+def child_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
+    return find_runs(client, experiment_id, {PARENT_TAG: parent_run_id, ROLE_TAG: "trial"})
+
+
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Log params in batches (MLflow takes at most 100 per call)."""
+    from mlflow.entities import Param
+
+    items = [Param(k, _short(v, 6000)) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric results worth keeping (no config/*, pid, done, timers, ...)."""
+    out = {}
+    for k, v in result.items():
+        if not (k.startswith(_METRIC_PREFIXES) or k in _METRIC_KEYS):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        out[k] = float(v)
+    return out
+
+
+class MLflowTrialTracker(tune.Callback):
+    """Tune callback (driver side) keeping one MLflow child run per trial, found by tag."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, search: str,
+                 space: Any, extra_tags: Optional[dict[str, str]] = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.search = search
+        self.space = space  # tune.space.SearchSpace: resolves a trial's full config for its params
+        self.extra_tags = dict(extra_tags or {})
+        self._client: Any = None
+        self._runs: dict[str, str] = {}  # trial_id -> run_id (a cache; the tag is the truth)
+        self._logged_steps: dict[str, set[int]] = {}  # run_id -> epochs already logged (resume)
+        self._best: dict[str, float] = {}  # run_id -> best val_mrr_sum so far (logged as best_val_mrr_sum)
+
+    # Tune pickles callbacks into the experiment state: keep the client out of it.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_client=None, _runs={}, _logged_steps={}, _best={})
+        return state
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = client_for(self.tracking_uri)
+        return self._client
+
+    # ------------------------------------------------------------------ trial -> run
+
+    def run_id(self, trial: Any, create: bool = True) -> Optional[str]:
+        tid = trial.trial_id
+        if tid in self._runs:
+            return self._runs[tid]
+        runs = find_runs(self.client, self.experiment_id, {PARENT_TAG: self.parent_run_id, TRIAL_TAG: tid})
+        if runs:
+            run_id = runs[0].info.run_id
+            if runs[0].info.status != "RUNNING" and create:
+                self.client.update_run(run_id, status="RUNNING")  # resumed trial
+            history = self.client.get_metric_history(run_id, "val_mrr_sum")
+            self._logged_steps[run_id] = {int(m.step) for m in history}
+            values = [m.value for m in history if math.isfinite(m.value)]
+            if values:
+                self._best[run_id] = max(values)
+        elif not create:
+            return None
+        else:
+            sampled = dict(trial.config)
+            try:
+                config = self.space.resolve(sampled).to_dict()
+            except Exception:  # invalid combination: the trial itself fails with the message
+                config = {}
+            model_name = (config.get("model") or {}).get("name", "")
+            tags = {
+                **self.extra_tags,
+                PARENT_TAG: self.parent_run_id,
+                ROLE_TAG: "trial",
+                TRIAL_TAG: tid,
+                SEARCH_TAG: self.search,
+                MODEL_TAG: model_name,
+                "dpgdiff.sampled": json.dumps(sampled, sort_keys=True, default=str)[:_MAX_TAG],
+            }
+            run = self.client.create_run(self.experiment_id, run_name=_trial_name(trial), tags=tags)
+            run_id = run.info.run_id
+            flat = {f"{s}.{k}": v for s, sec in config.items() for k, v in sec.items()} or sampled
+            log_params(self.client, run_id, flat)
+            self._logged_steps[run_id] = set()
+        self._runs[tid] = run_id
+        return run_id
+
+    # ------------------------------------------------------------------ Tune hooks
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.run_id(trial)
+        metrics = trial_metrics(result)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        now = int(time.time() * 1000)
+        if result.get("final"):
+            step = int(result.get("best_epoch", epoch))
+            keep = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "best_epoch"}
+            self.client.set_tag(run_id, "best_epoch", str(step))
+        else:
+            if epoch in self._logged_steps.setdefault(run_id, set()):
+                return  # already logged before a driver restart
+            step = epoch
+            keep = dict(metrics)
+            self._logged_steps[run_id].add(epoch)
+            value = metrics.get("val_mrr_sum")
+            if value is not None and math.isfinite(value) and value > self._best.get(run_id, float("-inf")):
+                self._best[run_id] = value
+                keep["best_val_mrr_sum"] = value  # its latest value is the best: report.py sorts by it
+        batch = [Metric(k, v if math.isfinite(v) else float("nan"), now, step) for k, v in keep.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(run_id, metrics=batch[i:i + 1000])
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        self.client.set_tag(run_id, "dpgdiff.retries", str(trial.run_metadata.num_failures))
+        self.client.set_tag(run_id, ERROR_TAG, _short(_error_text(trial), _MAX_TAG))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        finished = bool((trial.last_result or {}).get("final"))
+        if not finished:
+            self.client.set_tag(run_id, "dpgdiff.stopped_by", "scheduler")
+        self.client.set_terminated(run_id, status="FINISHED" if finished else "KILLED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        text = _error_text(trial)
+        self.client.set_tag(run_id, ERROR_TAG, _short(text, _MAX_TAG))
+        try:
+            self.client.log_text(run_id, text, "error.txt")
+        except Exception:  # the artifact store is optional for the status to be right
+            pass
+        self.client.set_terminated(run_id, status="FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.reconcile(trials)
+
+    def reconcile(self, trials: Iterable[Any]) -> None:
+        """Make every child run's status match its trial's; runs of unfinished trials become KILLED."""
+        for trial in trials:
+            run_id = self.run_id(trial, create=False)
+            if run_id is None:
+                continue
+            status = self.client.get_run(run_id).info.status
+            want = mlflow_status(trial)
+            if status == "RUNNING" or (want == "FAILED" and status != "FAILED"):
+                if want == "KILLED" and trial.status != "TERMINATED":
+                    self.client.set_tag(run_id, "dpgdiff.interrupted", "1")
+                if want == "FAILED":
+                    self.client.set_tag(run_id, ERROR_TAG, _short(_error_text(trial), _MAX_TAG))
+                self.client.set_terminated(run_id, status=want)
+
+
+def mlflow_status(trial: Any) -> str:
+    """Tune trial status -> MLflow run status."""
+    if trial.status == "ERROR":
+        return "FAILED"
+    if trial.status == "TERMINATED" and (trial.last_result or {}).get("final"):
+        return "FINISHED"
+    return "KILLED"  # stopped by ASHA, or not finished (interrupted search; reopened on resume)
+
+
+def _error_text(trial: Any) -> str:
+    text = None
+    try:
+        text = trial.get_error()
+    except Exception:
+        pass
+    if not text and getattr(trial, "error_file", None) and Path(trial.error_file).exists():
+        text = Path(trial.error_file).read_text()
+    return text or "trial failed (no error text was saved)"
+
+
+def first_error_line(text: str) -> str:
+    """The exception line of a traceback (its last non-empty line that names an error)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln:
+            return ln
+    return lines[-1] if lines else text
+
+
+def _trial_name(trial: Any) -> str:
+    return getattr(trial, "custom_dirname", None) or str(trial)
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("'", "\\'")
+
+
+def _short(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
