@@ -61,7 +61,7 @@ def test_loss_decreases(synthetic_dataset, batch):
     model = make(config(), synthetic_dataset)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(10):
+    for _ in range(30):
         out = loss_of(model, batch, seed=0)  # same t / noise / augmentations: only the weights change
         opt.zero_grad()
         out["total"].backward()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -106,8 +108,8 @@ def test_ctrl_c_then_sigkill_then_resume(tmp_path):
             return bool(done) and bool(running)
 
         _wait_for(finished_and_in_flight, proc, log, 240, "one finished and one running trial")
-        time.sleep(1.5)  # let the experiment snapshot (every second here) record the finished trial
         before = _rows(tmp_path)
+        time.sleep(1.5)  # let the experiment snapshot (every second here) record the finished trial
         leftovers = [p for p in session_pids(proc.pid) if p != proc.pid]
         assert leftovers, "Ray processes should run beside the driver"
         assert "ray session" in log.read_text() and "pids" in log.read_text()
@@ -117,6 +119,9 @@ def test_ctrl_c_then_sigkill_then_resume(tmp_path):
         kill_session(proc.pid)  # the leftover Ray processes, by PID
     still = [p for p in leftovers if _alive(p) and p in session_pids(proc.pid)]
     assert not still, f"leftover Ray processes were not stopped: {still}"
+    session = re.search(r"ray session (\S+) pids", log.read_text())
+    if session and Path(session.group(1)).parent.name.startswith("ray"):
+        shutil.rmtree(Path(session.group(1)).parent, ignore_errors=True)  # the killed driver's Ray temp dir
     finished_before = {t for t, r in before.items() if r and _is_final(r[-1])}
 
     # 3. Resume to the end.

@@ -34,9 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-
-from dpgdiff.config import Config, ConfigError, _coerce
+from dpgdiff.config import Config, ConfigError, _coerce, read_yaml
 
 TYPES = ("categorical", "int", "float")
 _SPEC_KEYS = {
@@ -193,8 +191,14 @@ class SearchSpace:
         # A parameter whose condition the new fixed values rule out is simply not sampled.
         space.params = {k: p for k, p in params.items()
                         if all(c.field in params or c.holds(base) for c in p.when)}
-        _check_when_refs(space, source)
-        _check_combinations(space)
+        try:
+            _check_when_refs(space, source)
+            _check_combinations(space)
+        except SpaceError as exc:  # name the command-line override, not the file, when it is the culprit
+            message = str(exc)
+            for key in overrides:
+                message = message.replace(f"{self.source}: fixed.{key}:", f"{source} {key}:")
+            raise SpaceError(message) from None
         return space
 
     def summary(self) -> str:
@@ -211,15 +215,7 @@ class SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a space file; raises SpaceError naming the file, key and problem."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpaceError(f"{path}: cannot read search space ({exc.strerror})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not valid YAML: {exc}") from exc
+    data, text = read_yaml(path, "search space", SpaceError)
     return parse_space(data, source=str(path), text=text)
 
 

@@ -89,7 +89,7 @@ def start_parent_run(client: Any, experiment_id: str, search: str, tags: dict[st
 
 
 def child_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
-    return find_runs(client, experiment_id, {PARENT_TAG: parent_run_id, ROLE_TAG: "trial"})
+    return find_runs(client, experiment_id, {PARENT_TAG: parent_run_id, ROLE_TAG: "trial"}, max_results=50000)
 
 
 def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
@@ -113,6 +113,18 @@ def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _timed(hook: Any) -> Any:
+    def wrapper(self: "MLflowTrialTracker", *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return hook(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    wrapper.__name__ = hook.__name__
+    return wrapper
+
+
 class MLflowTrialTracker(tune.Callback):
     """Tune callback (driver side) keeping one MLflow child run per trial, found by tag."""
 
@@ -128,11 +140,13 @@ class MLflowTrialTracker(tune.Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id (a cache; the tag is the truth)
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> epochs already logged (resume)
         self._best: dict[str, float] = {}  # run_id -> best val_mrr_sum so far (logged as best_val_mrr_sum)
+        self.seconds = 0.0  # driver time spent in these hooks (bench/bench_search.py reports it)
+        self._known: Optional[dict[str, Any]] = None  # trial id -> run, read from MLflow once per session
 
     # Tune pickles callbacks into the experiment state: keep the client out of it.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _logged_steps={}, _best={})
+        state.update(_client=None, _runs={}, _logged_steps={}, _best={}, seconds=0.0, _known=None)
         return state
 
     @property
@@ -147,7 +161,10 @@ class MLflowTrialTracker(tune.Callback):
         tid = trial.trial_id
         if tid in self._runs:
             return self._runs[tid]
-        runs = find_runs(self.client, self.experiment_id, {PARENT_TAG: self.parent_run_id, TRIAL_TAG: tid})
+        if self._known is None:  # once per driver session: the runs earlier sessions of this search made
+            self._known = {r.data.tags.get(TRIAL_TAG): r for r in
+                           child_runs(self.client, self.experiment_id, self.parent_run_id)}
+        runs = [self._known[tid]] if tid in self._known else []
         if runs:
             run_id = runs[0].info.run_id
             if runs[0].info.status != "RUNNING" and create:
@@ -185,9 +202,11 @@ class MLflowTrialTracker(tune.Callback):
 
     # ------------------------------------------------------------------ Tune hooks
 
+    @_timed
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.run_id(trial)
 
+    @_timed
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric
 
@@ -213,11 +232,13 @@ class MLflowTrialTracker(tune.Callback):
         for i in range(0, len(batch), 1000):
             self.client.log_batch(run_id, metrics=batch[i:i + 1000])
 
+    @_timed
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
         self.client.set_tag(run_id, "dpgdiff.retries", str(trial.run_metadata.num_failures))
         self.client.set_tag(run_id, ERROR_TAG, _short(_error_text(trial), _MAX_TAG))
 
+    @_timed
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
         finished = bool((trial.last_result or {}).get("final"))
@@ -225,6 +246,7 @@ class MLflowTrialTracker(tune.Callback):
             self.client.set_tag(run_id, "dpgdiff.stopped_by", "scheduler")
         self.client.set_terminated(run_id, status="FINISHED" if finished else "KILLED")
 
+    @_timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
         text = _error_text(trial)
@@ -237,6 +259,7 @@ class MLflowTrialTracker(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.reconcile(trials)
+        print(f"MLflow tracking: {self.seconds:.1f} s on the driver during the search", flush=True)
 
     def reconcile(self, trials: Iterable[Any]) -> None:
         """Make every child run's status match its trial's; runs of unfinished trials become KILLED."""

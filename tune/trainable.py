@@ -99,8 +99,20 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         _train_and_report(train, cfg, dataset, resume_from=None)
 
 
+def _scratch_dir() -> Path:
+    """A temp folder for train()'s out_dir inside Ray's session dir, so a killed trial's files go when
+    the session's temp dir does (falls back to the system temp dir)."""
+    try:
+        import ray
+
+        base = ray._private.worker._global_node.get_session_dir_path()  # private API: best effort
+    except Exception:
+        base = None
+    return Path(tempfile.mkdtemp(prefix="dpgdiff-trial-", dir=base))
+
+
 def _train_and_report(train: Callable, cfg: Any, dataset: Any, resume_from: Optional[Path]) -> None:
-    out_dir = Path(tempfile.mkdtemp(prefix="dpgdiff-trial-"))
+    out_dir = _scratch_dir()
     try:
         result = train(cfg, dataset, reporter=TuneReporter(), resume_from=resume_from, out_dir=out_dir)
         last_epoch = max((int(h.get("epoch", 0)) for h in result.history), default=int(result.best_epoch))

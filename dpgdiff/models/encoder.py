@@ -110,8 +110,14 @@ class ItemEmbedding(nn.Module):
         # Default N(0, 1) as nn.Embedding: unit-variance x_0 matches unit-variance DDPM noise (spec §2.1).
         self.item_x = nn.Parameter(torch.randn(items.n_items_x, dim) * init_std)
         self.item_y = nn.Parameter(torch.randn(items.n_items_y, dim) * init_std)
-        self.mask_token = nn.Parameter(torch.randn(dim))
+        self.mask_token = nn.Parameter(torch.randn(dim) * init_std)
         self.pos = nn.Embedding(max_len + 1, dim, padding_idx=0) if position else None
+        if self.pos is not None:
+            # Same scale as the items (nanoGPT inits wte and wpe alike): with PyTorch's N(0, 1) default,
+            # small item tables drown in the position signal and every user looks alike at the start.
+            with torch.no_grad():
+                self.pos.weight.normal_(0.0, init_std)
+                self.pos.weight[0].zero_()
         self.drop = nn.Dropout(dropout)
 
     def table(self, domain: int) -> torch.Tensor:

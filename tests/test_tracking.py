@@ -1,0 +1,88 @@
+"""MLflowTrialTracker without Ray: trial -> run by tag survives a driver restart (pickled callback),
+metrics are filtered and logged once per epoch, and statuses follow how trials end."""
+
+from __future__ import annotations
+
+import pickle
+from types import SimpleNamespace
+
+import pytest
+
+from tune import tracking
+from tune.space import parse_space
+
+SPACE = parse_space({"params": {"model.dim": {"type": "categorical", "values": [16, 32]}}}, source="inline")
+
+
+def _trial(tid: str, dim: int = 16, status: str = "RUNNING", last: dict | None = None):
+    return SimpleNamespace(trial_id=tid, config={"model.dim": dim}, status=status, last_result=last or {},
+                           custom_dirname=f"trial_{tid}", run_metadata=SimpleNamespace(num_failures=0),
+                           get_error=lambda: "Traceback ...\nValueError: boom", error_file=None)
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = tracking.local_tracking_uri(tmp_path / "mlruns")
+    client = tracking.client_for(uri)
+    exp = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(uri))
+    parent, reopened = tracking.start_parent_run(client, exp, "s1", {})
+    assert not reopened and client.get_experiment(exp).artifact_location.endswith("mlruns/artifacts")
+    return uri, client, exp, parent
+
+
+def test_trial_runs_survive_restart_and_end_with_the_right_status(store):
+    uri, client, exp, parent = store
+    tracker = tracking.MLflowTrialTracker(uri, exp, parent, "s1", SPACE)
+    a, b, c = _trial("a"), _trial("b", 32), _trial("c")
+    for t in (a, b, c):
+        tracker.on_trial_start(0, [], t)
+    noise = {"config/model.dim": 16, "pid": 1, "done": False, "training_iteration": 1, "time_total_s": 1.0}
+    tracker.on_trial_result(0, [], a, {"epoch": 1, "train_loss": 2.0, "val_mrr_sum": 0.1, **noise})
+    tracker.on_trial_result(0, [], b, {"epoch": 1, "train_loss": 2.0, "val_mrr_sum": 0.3, **noise})
+
+    # driver restart: Tune unpickles the callback; nothing in memory survives but the tags in MLflow
+    restarted = pickle.loads(pickle.dumps(tracker))
+    assert restarted._runs == {} and restarted._client is None
+    restarted.on_trial_start(0, [], a)
+    restarted.on_trial_result(0, [], a, {"epoch": 1, "val_mrr_sum": 0.1})  # repeated epoch: not logged again
+    restarted.on_trial_result(0, [], a, {"epoch": 2, "val_mrr_sum": 0.2})
+    final = {"epoch": 2, "best_epoch": 2, "final": 1, "val_mrr_sum": 0.2, "test_mrr_sum": 0.25, "test_x_mrr": 0.1}
+    restarted.on_trial_result(0, [], a, final)
+    a.last_result, a.status = final, "TERMINATED"
+    restarted.on_trial_complete(0, [], a)
+    b.last_result, b.status = {"epoch": 1, "val_mrr_sum": 0.3}, "TERMINATED"
+    restarted.on_trial_complete(0, [], b)  # stopped by the scheduler
+    c.status = "ERROR"
+    restarted.on_trial_error(0, [], c)
+
+    children = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(client, exp, parent)}
+    assert sorted(children) == ["a", "b", "c"], "one run per trial, none duplicated by the restart"
+    ra, rb, rc = children["a"], children["b"], children["c"]
+    assert (ra.info.status, rb.info.status, rc.info.status) == ("FINISHED", "KILLED", "FAILED")
+    assert "ValueError: boom" in rc.data.tags["error"]
+    assert rb.data.tags["dpgdiff.stopped_by"] == "scheduler"
+    assert ra.data.params["model.dim"] == "16" and rb.data.params["model.dim"] == "32"
+    assert ra.data.params["train.lr"] and ra.data.tags["model.name"] == "dpgdiff"  # the full resolved config
+    assert [(m.step, m.value) for m in client.get_metric_history(ra.info.run_id, "val_mrr_sum")] == [(1, 0.1), (2, 0.2)]
+    assert [m.step for m in client.get_metric_history(ra.info.run_id, "test_mrr_sum")] == [2]
+    assert ra.data.metrics["best_val_mrr_sum"] == 0.2 and ra.data.tags["best_epoch"] == "2"
+    assert not [k for k in ra.data.metrics if k.startswith("config") or k in ("pid", "done", "time_total_s")]
+
+    # a resumed search reopens its parent run instead of making a second one
+    again, reopened = tracking.start_parent_run(client, exp, "s1", {})
+    assert reopened and again == parent
+
+
+def test_reconcile_closes_runs_of_interrupted_trials(store):
+    uri, client, exp, parent = store
+    tracker = tracking.MLflowTrialTracker(uri, exp, parent, "s1", SPACE)
+    t = _trial("x")
+    tracker.on_trial_start(0, [], t)
+    tracker.on_experiment_end([t])  # e.g. Ctrl-C: the trial is still RUNNING in Tune
+    (run,) = tracking.child_runs(client, exp, parent)
+    assert run.info.status == "KILLED" and run.data.tags["dpgdiff.interrupted"] == "1"
+
+
+def test_first_error_line():
+    text = "Traceback (most recent call last):\n  File x\nray.exceptions.RayTaskError: ...\n  File y\nValueError: boom\n"
+    assert tracking.first_error_line(text) == "ValueError: boom"
