@@ -88,18 +88,6 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _recorded_options(args: argparse.Namespace, dataset: CrossDomainDataset) -> None:
-    """Remember the loader options on the dataset, so checkpoints can name how to reload it."""
-    if getattr(dataset, "options", None):
-        return
-    options: dict[str, Any] = dict(parse_options(args.synthetic)) if args.synthetic else {}
-    if args.domains:
-        options["domains"] = [p.strip() for p in args.domains.split(",")]
-    if args.max_len is not None:
-        options["max_len"] = args.max_len
-    dataset.options = options  # type: ignore[attr-defined]  # read by dpgdiff.train.dataset_identity
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train with early stopping on validation MRR_X + MRR_Y; print the test table of the best state."""
     from dpgdiff.config import Config
@@ -107,8 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(args.set)
-    dataset = dataset_from_args(args)
-    _recorded_options(args, dataset)
+    dataset = dataset_from_args(args)  # load_dataset records its options: checkpoints can reload it
     print(f"training {config.model.name} (d={config.model.dim}, mode {config.train.mode}) on {dataset.name} / "
           f"{dataset.split}; output in {args.out}", file=sys.stderr)
     try:
