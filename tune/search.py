@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:  # `python tune/search.py` puts tune/ on sys.path,
     sys.path.insert(0, str(REPO))
 
 from dpgdiff.config import ConfigError, _split_assignment, atomic_write_text  # noqa: E402
+from dpgdiff.data.dataset import DataError  # noqa: E402
 from tune.space import SearchSpace, SpaceError, default_space_path, load_space, parse_space  # noqa: E402
 
 METRIC, MODE = "val_mrr_sum", "max"
@@ -117,7 +118,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     _auth_for_existing_cluster(args.address)
     try:
         return _main(args)
-    except (SpaceError, ConfigError, SearchError) as exc:
+    except (SpaceError, ConfigError, DataError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
