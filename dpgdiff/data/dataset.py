@@ -67,10 +67,6 @@ class ItemSpace:
     def to_internal(self, local: np.ndarray, domain: int) -> np.ndarray:
         return np.asarray(local) + self.offset(domain)
 
-    def domain_array(self) -> np.ndarray:
-        """int8 (n_tokens,): the domain of every internal id (DOMAIN_NONE for PAD and MASK)."""
-        return self.domain_of(np.arange(self.n_tokens))
-
 
 @dataclass
 class EvalCases:
