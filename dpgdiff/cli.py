@@ -5,6 +5,7 @@
     python -m dpgdiff data --dataset my_log.csv
     python -m dpgdiff train --dataset food_kitchen --split c2dsr-histories --config configs/cpu-small.yaml --out runs/a
     python -m dpgdiff evaluate --checkpoint runs/a/best.pt --infer-steps 1,2,4,8,16,32 --sampler ddim
+    python -m dpgdiff diagnose --checkpoint runs/a/best.pt
 """
 
 from __future__ import annotations
@@ -226,12 +227,62 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_evaluate)
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Does x̂_0 depend on x_t, and does K matter? Per-timestep figures and test metrics by reverse steps."""
+    import json
+    from pathlib import Path
+
+    from dpgdiff.config import atomic_write_text
+    from dpgdiff.diagnose import diagnose
+    from dpgdiff.train import load_model, resolve_device
+
+    _, config, info = load_model(args.checkpoint)  # metadata only: which dataset to load
+    meta = info["dataset"]
+    dataset = load_dataset(meta["name"], split=meta["split"], data_dir=args.data_dir, **meta["options"])
+    model, config, info = load_model(args.checkpoint, dataset, device=resolve_device(args.device))
+    if not hasattr(model, "predict_x0"):
+        raise ConfigError(f"{args.checkpoint}: model.name={config.model.name!r} is not a diffusion model")
+    steps = _number_list(args.infer_steps, int, "--infer-steps") if args.infer_steps else [1, 2, 4, 8, 16, None]
+    for k in steps:
+        if k is not None and not 1 <= k <= config.diffusion.steps:
+            raise ConfigError(f"--infer-steps {k}: must be in 1..{config.diffusion.steps} (the model's diffusion.steps)")
+    steps = sorted({config.diffusion.steps if k is None else k for k in steps})
+    if args.cases < 1:
+        raise ConfigError(f"--cases {args.cases}: must be >= 1")
+    report = diagnose(model, dataset, config, which=args.which, n_cases=args.cases, infer_steps=steps,
+                      sampler=args.sampler, seed=args.seed)
+    print(f"{args.checkpoint}: epoch {info['epoch']}; {meta['name']} / {meta['split']} {args.which}")
+    print(report.table())
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "diagnose", help="does the denoiser use x_t? SNR, x0-hat error and sensitivity by t; metrics by K",
+        description="Diagnostics of a trained diffusion model (issue 8 §1): item-table scale, the SNR of q(x_t|x_0) "
+                    "at each t, the x0-hat error and the target's rank by t, how much x0-hat moves when x_t is "
+                    "replaced by fresh noise, and test NDCG@10 at K reverse steps.")
+    parser.add_argument("--checkpoint", required=True, help="best.pt (or a checkpoint folder) written by train")
+    parser.add_argument("--cases", type=int, default=2000, help="cases sampled for the per-t figures (default 2000)")
+    parser.add_argument("--infer-steps", default=None, metavar="K[,K...]", help="default 1,2,4,8,16,T")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="default: config")
+    parser.add_argument("--which", choices=("test", "valid"), default="test", help="cases to use (default test)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the case sample and the noise")
+    parser.add_argument("--data-dir", default=None, help="folder holding the dataset (default: env DPGDIFF_DATA_DIR)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    parser.set_defaults(func=cmd_diagnose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpgdiff", description="DPG-Diff for cross-domain sequential recommendation")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate,diagnose}")
     add_data_parser(sub)
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_diagnose_parser(sub)
     return parser
 
 

@@ -22,6 +22,10 @@ from typing import Any, Literal, Optional
 import yaml
 
 
+# With diffusion.terminal_snr=as_is, a schedule must bring x_T this close to pure noise (issue 8 §2).
+MAX_TERMINAL_ALPHA_BAR = 0.05
+
+
 class ConfigError(ValueError):
     """A config field is unknown, mistyped or out of range; the message names the field."""
 
@@ -71,14 +75,27 @@ class DiffusionConfig:
     steps: int = 32  # T (DiffuRec default)
     schedule: Literal["trunc_lin", "linear", "cosine", "sqrt", "trunc_cos", "exp"] = "trunc_lin"
     beta_scale: float = 1.0  # multiplies beta, clipped to <= 0.999
+    # Zero terminal SNR (Lin et al. 2024): every schedule is rescaled so that ᾱ_T = 0 exactly, so x_T is pure noise
+    # in training as it is at test time (x_T ~ N(0, I)). "as_is" keeps the named schedule, which must then end at
+    # ᾱ_T <= 0.05 (checked below): trunc_lin with T <= 20, or beta_scale < 1, would not (issue 8 §2).
+    terminal_snr: Literal["zero", "as_is"] = "zero"
     sampler: Literal["ddpm", "ddim"] = "ddpm"  # for the final test evaluation
     infer_steps: Optional[int] = None  # K reverse steps at test; None = T
-    val_sampler: Literal["ddpm", "ddim"] = "ddim"  # cheap validation during training (spec §3.6)
-    val_infer_steps: int = 4
+    # DDPM reverse variance: the posterior variance of the (respaced) chain, which keeps every marginal equal to
+    # q(x_t | x_0) for an exact x̂_0; "fixed_large" is DiffuRec's β'_t, too wide when K < T (issue 8 §5).
+    ddpm_variance: Literal["posterior", "fixed_large"] = "posterior"
+    # Validation during training. None = the test procedure (sampler, infer_steps), so that the checkpoint is
+    # selected by the procedure the test reports; a cheaper one (e.g. ddim, 4) can be set explicitly.
+    val_sampler: Optional[Literal["ddpm", "ddim"]] = None
+    val_infer_steps: Optional[int] = None
     n_samples: int = 1  # average scores over this many noise draws
     cfg_p: float = 0.0  # classifier-free guidance: p(drop memory) in training
     cfg_w: float = 0.0  # classifier-free guidance weight at inference
     target_detach: bool = False  # stop-gradient through x_0 in L_diff (spec §3.1)
+
+    def val_procedure(self) -> tuple[str, Optional[int]]:
+        """(sampler, infer_steps) used on the validation cases; infer_steps None = T."""
+        return self.val_sampler or self.sampler, self.val_infer_steps or self.infer_steps
 
 
 @dataclass
@@ -236,7 +253,19 @@ class Config:
         need(d.beta_scale > 0, "diffusion.beta_scale", "> 0")
         need(d.infer_steps is None or 1 <= d.infer_steps <= d.steps, "diffusion.infer_steps",
              f"null or 1..diffusion.steps={d.steps}")
-        need(1 <= d.val_infer_steps <= d.steps, "diffusion.val_infer_steps", f"1..diffusion.steps={d.steps}")
+        need(d.val_infer_steps is None or 1 <= d.val_infer_steps <= d.steps, "diffusion.val_infer_steps",
+             f"null or 1..diffusion.steps={d.steps}")
+        if d.terminal_snr == "as_is":
+            from dpgdiff.models.diffusion import terminal_alpha_bar  # numpy only; no cycle at import time
+
+            end = terminal_alpha_bar(d.schedule, d.steps, d.beta_scale)
+            if end > MAX_TERMINAL_ALPHA_BAR:
+                raise ConfigError(
+                    f"{source}: diffusion.schedule={d.schedule!r} with diffusion.steps={d.steps} and "
+                    f"diffusion.beta_scale={d.beta_scale:g} ends at alpha_bar_T={end:.3g} > {MAX_TERMINAL_ALPHA_BAR} "
+                    f"under diffusion.terminal_snr='as_is': x_T would be far from the N(0, I) noise that sampling "
+                    f"starts from. Use diffusion.terminal_snr=zero, more steps, or a larger beta_scale"
+                )
         need(d.n_samples >= 1, "diffusion.n_samples", ">= 1")
         need(0.0 <= d.cfg_p < 1.0, "diffusion.cfg_p", "0 <= p < 1")
         need(d.cfg_w >= 0.0, "diffusion.cfg_w", ">= 0")

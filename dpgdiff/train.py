@@ -5,8 +5,8 @@
 
 Per epoch the loop walks `dataset.training_examples(config.train.mode)` (spec §1.4) in an order drawn
 from a seeded generator, in batches of `train.batch_size`. Every `train.eval_every` epochs (and after
-the last one) it evaluates on the validation cases with the cheap sampler (`diffusion.val_sampler`,
-`diffusion.val_infer_steps`, a freshly seeded noise generator so epochs are comparable), hands the
+the last one) it evaluates on the validation cases (`diffusion.val_sampler`, `diffusion.val_infer_steps`,
+by default the test procedure; a freshly seeded noise generator so epochs are comparable), hands the
 metrics (and, if asked, a checkpoint folder) to the reporter, and stops early when validation
 MRR_X + MRR_Y (spec §5.4) has not improved for `train.patience` passes. The best state is evaluated
 on the test cases at the end with the final sampler (`diffusion.sampler`, `diffusion.infer_steps`).
@@ -537,8 +537,9 @@ def _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progr
             continue
 
         train_seconds = time.perf_counter() - start
-        val = evaluate_model(model, dataset, "valid", config, sampler=config.diffusion.val_sampler,
-                             infer_steps=config.diffusion.val_infer_steps, evaluator=val_evaluator)
+        val_sampler, val_steps = config.diffusion.val_procedure()
+        val = evaluate_model(model, dataset, "valid", config, sampler=val_sampler, infer_steps=val_steps,
+                             evaluator=val_evaluator)
         metrics: dict[str, float] = {"epoch": epoch, "train_loss": sums["total"] / n}
         metrics.update({f"train_{k}": v / n for k, v in sums.items() if k != "total"})
         metrics["train_seconds"] = train_seconds

@@ -18,7 +18,24 @@ def _isolated_user_cache(tmp_path_factory: pytest.TempPathFactory):
     """Point the per-user cache (XDG_CACHE_HOME) at a temp folder, so tests never write to ~/.cache."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+        mp.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))  # Optuna's plots import matplotlib
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_ray_token(tmp_path_factory: pytest.TempPathFactory):
+    """A Ray auth token of the test session's own, through RAY_AUTH_TOKEN_PATH (inherited by every subprocess).
+
+    Ray 2.60 turns token auth on for local clusters and, when no token exists, writes one to ~/.ray/auth_token.
+    With a token of our own, no test reads or writes the user's file, and nothing depends on an earlier run
+    having left one there (issue 7)."""
+    from tests.test_search_helpers import generate_ray_token
+
+    token = generate_ray_token(tmp_path_factory.mktemp("ray_home"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        mp.delenv("RAY_AUTH_TOKEN", raising=False)
+        yield token
 
 
 @pytest.fixture(scope="session")

@@ -124,3 +124,22 @@ def test_python_dash_m_train(synthetic_data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "MRR_X + MRR_Y (sampled)" in proc.stdout
     assert (tmp_path / "best.pt").is_file()
+
+
+def test_diagnose_prints_per_t_figures_and_metrics_by_k(trained, synthetic_data_dir, tmp_path, capsys):
+    report = tmp_path / "diag.json"
+    rc = main(["diagnose", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(synthetic_data_dir),
+               "--cases", "150", "--infer-steps", "1,2", "--json", str(report)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "sensitivity" in out and "X NDCG@10" in out
+    diag = json.loads(report.read_text())
+    rows = diag["per_t"]
+    assert [r["t"] for r in rows] == list(range(32)) and diag["n_cases"] == 150
+    ab = [r["alpha_bar"] for r in rows]
+    assert all(a > b for a, b in zip(ab, ab[1:])) and ab[-1] == 0.0 and rows[-1]["snr"] == 0.0
+    assert all(r["mse"] >= 0 and 0 < r["mrr_x0"] <= 1 and r["sensitivity"] >= 0 for r in rows)
+    # K = 2 with the model's own sampler (ddim) is the procedure train tested with: the same numbers.
+    metrics = json.loads((trained / "metrics.json").read_text())["test"]
+    by_k = {r["infer_steps"]: r["metrics"] for r in diag["per_k"]}
+    assert sorted(by_k) == [1, 2]
+    assert by_k[2]["x_mrr"] == pytest.approx(metrics["test_x_mrr"]) and by_k[2]["y_mrr"] == pytest.approx(metrics["test_y_mrr"])

@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_search_helpers import env, kill_session, mlflow_runs, run, search_args, tune_trials
+from tests.test_search_helpers import (RAY_CLI, env, generate_ray_token, kill_session, mlflow_runs, run,
+                                       search_args, tune_trials)
 
 pytestmark = pytest.mark.slow
-RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
 def _free_port() -> int:
@@ -29,11 +29,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
+def _ray_start(args: list[str], log: Path, token: Path) -> subprocess.Popen:
     e = env()
     e["RAY_AUTH_MODE"] = "token"
+    e["RAY_AUTH_TOKEN_PATH"] = str(token)  # the README recipe: the head's token, copied to every node
     with log.open("w") as handle:
-        proc = subprocess.Popen([*RAY, "start", *args, "--disable-usage-stats"], env=e, stdout=handle,
+        proc = subprocess.Popen([*RAY_CLI, "start", *args, "--disable-usage-stats"], env=e, stdout=handle,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     proc.wait(timeout=120)
     assert proc.returncode == 0, log.read_text()[-3000:]
@@ -41,17 +42,21 @@ def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, monkeypatch):
+    # The README recipe from a new machine: the head's token is made with `ray get-auth-token --generate`,
+    # then every node and the launching machine use that file (here through RAY_AUTH_TOKEN_PATH).
+    token = generate_ray_token(tmp_path / "head_home")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     port = _free_port()
     sessions = []
     # Short temp dirs: Ray's socket paths must stay under the 107-byte limit.
     temps = [Path(tempfile.mkdtemp(prefix="rh", dir="/tmp")), Path(tempfile.mkdtemp(prefix="rw", dir="/tmp"))]
     try:
         head = _ray_start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
-                           "--include-dashboard", "false", "--temp-dir", str(temps[0])], tmp_path / "head.log")
+                           "--include-dashboard", "false", "--temp-dir", str(temps[0])], tmp_path / "head.log", token)
         sessions.append(head.pid)
         worker = _ray_start(["--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                             "--temp-dir", str(temps[1])], tmp_path / "worker.log")
+                             "--temp-dir", str(temps[1])], tmp_path / "worker.log", token)
         sessions.append(worker.pid)
         yield f"127.0.0.1:{port}"
     finally:

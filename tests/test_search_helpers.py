@@ -35,6 +35,23 @@ def env() -> dict[str, str]:
     return e
 
 
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def generate_ray_token(home: Path) -> Path:
+    """A fresh Ray auth token made by Ray's own command (`ray get-auth-token --generate`), as a user would on a
+    cluster head, but with HOME pointed at `home`: the user's ~/.ray/auth_token is never read or written."""
+    home.mkdir(parents=True, exist_ok=True)
+    e = dict(os.environ, HOME=str(home))
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        e.pop(var, None)
+    proc = subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], env=e, capture_output=True, text=True,
+                          timeout=120)
+    token = home / ".ray" / "auth_token"
+    assert proc.returncode == 0 and token.is_file(), f"ray get-auth-token --generate failed:\n{proc.stderr[-2000:]}"
+    return token
+
+
 def run(args: list[str], tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run to completion in its own session; whatever it leaves behind is stopped by PID."""
     proc = subprocess.Popen(args, cwd=tmp, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

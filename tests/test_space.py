@@ -59,6 +59,12 @@ def _write(tmp_path: Path, data: dict) -> Path:
         ({"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "bounds": 3}}, {}, ["params.train.lr", "bounds"]),
         ({"train.lr": {"type": "uniform", "low": 1e-4, "high": 1e-2}}, {}, ["params.train.lr", "'uniform'"]),
         ({"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}, {"model.nope": 1}, ["fixed.model.nope"]),
+        # Schedules that never reach noise (issue 8 §2): only possible under terminal_snr=as_is, and refused there.
+        ({"diffusion.steps": {"type": "categorical", "values": [32, 10]}}, {"diffusion.terminal_snr": "as_is"},
+         ["params.diffusion.steps", "diffusion.steps=10", "alpha_bar_T=0.508"]),
+        ({"diffusion.beta_scale": {"type": "float", "low": 0.5, "high": 2.0},
+          "diffusion.steps": {"type": "categorical", "values": [32, 20]}}, {"diffusion.terminal_snr": "as_is"},
+         ["diffusion.steps=20", "diffusion.beta_scale=0.5", "alpha_bar_T"]),
     ],
 )
 def test_bad_space_names_file_key_and_problem(tmp_path, params, fixed, expected):

@@ -55,27 +55,69 @@ def make_betas(name: str, steps: int) -> np.ndarray:
     raise ValueError(f"unknown noise schedule {name!r}; expected one of {SCHEDULES}")
 
 
-class NoiseSchedule(nn.Module):
-    """β_t, ᾱ_t and the DDPM / DDIM reverse updates for T = `steps` (spec §3.2, §3.6)."""
+def alphas_cumprod_for(name: str, steps: int, beta_scale: float = 1.0) -> np.ndarray:
+    """ᾱ_0..ᾱ_{T-1} of a named schedule with β multiplied by `beta_scale` (clipped to MAX_BETA), float64."""
+    betas = np.minimum(make_betas(name, steps) * beta_scale, MAX_BETA)
+    return np.cumprod(1.0 - betas)
 
-    def __init__(self, steps: int, schedule: str = "trunc_lin", beta_scale: float = 1.0) -> None:
+
+def terminal_alpha_bar(name: str, steps: int, beta_scale: float = 1.0) -> float:
+    """ᾱ_T of the schedule as named (before any zero-terminal-SNR rescaling): how much x_0 is left in x_T."""
+    return float(alphas_cumprod_for(name, steps, beta_scale)[-1])
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """Shift and scale sqrt(ᾱ_t) so that ᾱ_T = 0 exactly while ᾱ_0 is kept (Lin et al. 2024, Alg. 1).
+
+    The schedule's shape is kept; x_T then carries no trace of x_0, which is what sampling from N(0, I) assumes."""
+    root = np.sqrt(alphas_cumprod)
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)
+    return root**2
+
+
+class NoiseSchedule(nn.Module):
+    """β_t, ᾱ_t and the DDPM / DDIM reverse updates for T = `steps` (spec §3.2, §3.6).
+
+    terminal_snr="zero" (default) rescales the schedule to end at ᾱ_T = 0; "as_is" keeps it and warns when
+    ᾱ_T > 0.05 (Config.validate refuses such configs). ddpm_variance="posterior" uses the respaced chain's
+    posterior variance, "fixed_large" DiffuRec's β'_t."""
+
+    def __init__(
+        self,
+        steps: int,
+        schedule: str = "trunc_lin",
+        beta_scale: float = 1.0,
+        terminal_snr: Literal["zero", "as_is"] = "zero",
+        ddpm_variance: Literal["posterior", "fixed_large"] = "posterior",
+    ) -> None:
         super().__init__()
-        betas = np.minimum(make_betas(schedule, steps) * beta_scale, MAX_BETA)
+        if terminal_snr not in ("zero", "as_is"):
+            raise ValueError(f"unknown terminal_snr {terminal_snr!r}; expected 'zero' or 'as_is'")
+        if ddpm_variance not in ("posterior", "fixed_large"):
+            raise ValueError(f"unknown ddpm_variance {ddpm_variance!r}; expected 'posterior' or 'fixed_large'")
         self.steps = steps
         self.schedule = schedule
-        alphas_cumprod = np.cumprod(1.0 - betas)
-        if alphas_cumprod[-1] > 0.05:
-            # e.g. trunc_lin with T <= 20 (DiffuRec's fallback betas), or beta_scale < 1: x_T is not
-            # N(0, I), so sampling from pure noise is a train/test mismatch (spec §3.2).
+        self.terminal_snr = terminal_snr
+        self.ddpm_variance = ddpm_variance
+        alphas_cumprod = alphas_cumprod_for(schedule, steps, beta_scale)
+        if terminal_snr == "zero" and steps > 1:
+            alphas_cumprod = rescale_zero_terminal_snr(alphas_cumprod)
+        elif alphas_cumprod[-1] > 0.05:
             warnings.warn(
                 f"noise schedule {schedule!r} with T={steps}, beta_scale={beta_scale} ends at "
                 f"alpha_bar_T={alphas_cumprod[-1]:.3f} (> 0.05): x_T is far from pure noise",
                 stacklevel=2,
             )
+        betas = 1.0 - alphas_cumprod / np.concatenate([[1.0], alphas_cumprod[:-1]])
         # persistent=False: derived from the config, so checkpoints do not carry (or fight over) them.
         self.register_buffer("betas", torch.from_numpy(betas), persistent=False)
         self.register_buffer("alphas_cumprod", torch.from_numpy(alphas_cumprod), persistent=False)
         self._ab = alphas_cumprod  # host copy: reverse-step coefficients without a device sync
+
+    def snr(self) -> np.ndarray:
+        """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) of q(x_t | x_0) for unit-variance x_0, t = 0..T-1."""
+        return self._ab / np.maximum(1.0 - self._ab, 1e-300)
 
     # ---------------------------------------------------------------- training
 
@@ -112,13 +154,14 @@ class NoiseSchedule(nn.Module):
     ) -> torch.Tensor:
         """One reverse step x_t -> x_{t_prev} given the denoiser's x̂_0 (t_prev = -1 after the last step).
 
-        ddpm: posterior mean c1·x̂_0 + c2·x_t with β recomputed between the kept steps (respacing), plus
-        DiffuRec's fixed-large noise (variance β'_t) except on the last step, which therefore returns x̂_0.
+        ddpm: posterior mean c1·x̂_0 + c2·x_t with β' recomputed between the kept steps (respacing, as in
+        improved DDPM), plus noise of the respaced posterior variance β̃' = (1 - ᾱ_{t'}) / (1 - ᾱ_t)·β' (or
+        DiffuRec's fixed-large β'), except on the last step, which therefore returns x̂_0.
         ddim (η = 0): x_{t'} = sqrt(ᾱ_{t'})·x̂_0 + sqrt(1 - ᾱ_{t'})·ε̂, deterministic."""
         ab_t = float(self._ab[t])
         ab_prev = float(self._ab[t_prev]) if t_prev >= 0 else 1.0
         if sampler == "ddim":
-            eps = (x_t - math.sqrt(ab_t) * x0_hat) / math.sqrt(1.0 - ab_t)
+            eps = (x_t - math.sqrt(ab_t) * x0_hat) / math.sqrt(1.0 - ab_t)  # 1 - ᾱ_t > 0: ᾱ_t < 1 for t >= 0
             return math.sqrt(ab_prev) * x0_hat + math.sqrt(1.0 - ab_prev) * eps
         if sampler != "ddpm":
             raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
@@ -128,8 +171,9 @@ class NoiseSchedule(nn.Module):
         mean = c1 * x0_hat + c2 * x_t
         if t_prev < 0:
             return mean
+        variance = beta if self.ddpm_variance == "fixed_large" else (1.0 - ab_prev) / (1.0 - ab_t) * beta
         noise = randn_like(x_t, generator)
-        return mean + math.sqrt(beta) * noise
+        return mean + math.sqrt(variance) * noise
 
 
 def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

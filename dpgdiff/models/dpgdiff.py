@@ -67,7 +67,7 @@ class DPGDiff(Recommender):
                 f"diffusion.cfg_w={dc.cfg_w} needs diffusion.cfg_p > 0 and a guidance memory "
                 f"(model.disentangled_encoder=true): classifier-free guidance has no null branch otherwise"
             )
-        self.schedule = NoiseSchedule(dc.steps, dc.schedule, dc.beta_scale)
+        self.schedule = NoiseSchedule(dc.steps, dc.schedule, dc.beta_scale, dc.terminal_snr, dc.ddpm_variance)
         # Tri-CL: the augmentations exist only when the contrastive loss does.
         self.augmenter = Augmenter(items, config.augment, similar) if m.tri_cl else None
 
@@ -184,6 +184,22 @@ class DPGDiff(Recommender):
         if mode == "with_xt":
             return den.token_state(cache, x_t, den.condition(t, target_domain), generator)
         return den(cache, x_t, t, target_domain, memory, None, generator)
+
+    @torch.no_grad()
+    def predict_x0(
+        self, history: torch.Tensor, target_domain: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One denoiser call f_θ(x_t, t, s_c, memory) (Eq. 9) -> (x̂_0 (B, d), ĝ_{d*} (B, d) or None).
+
+        For diagnostics (`python -m dpgdiff diagnose`): how x̂_0 depends on x_t at each t, on given x_t."""
+        history = trim_padding(history)
+        target_domain = target_domain.long()
+        raw = self.embedding.lookup(history)
+        valid = history != 0
+        guidance = self.encoder(self.embedding, history, raw, target_domain) if self.encoder is not None else None
+        cache = self.denoiser.encode_history(self.embedding.with_positions(raw, valid), valid)
+        x0_hat = self.denoiser(cache, x_t, t, target_domain, self.memory(guidance))
+        return x0_hat, None if guidance is None else guidance.domain(target_domain)
 
     # ---------------------------------------------------------------- inference (Eq. 15)
 
