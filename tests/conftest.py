@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,13 @@ def _isolated_ray_token(tmp_path_factory: pytest.TempPathFactory):
 
     Ray 2.60 turns token auth on for local clusters and, when no token exists, writes one to ~/.ray/auth_token.
     With a token of our own, no test reads or writes the user's file, and nothing depends on an earlier run
-    having left one there (issue 7)."""
-    from tests.test_search_helpers import generate_ray_token
-
-    token = generate_ray_token(tmp_path_factory.mktemp("ray_home"))
+    having left one there (issue 7). The token is 256 random bits in hex, the format `ray get-auth-token
+    --generate` writes (written here directly: importing Ray for it costs seconds in every test session;
+    tests/test_cluster.py makes its head token with Ray's own command)."""
+    folder = tmp_path_factory.mktemp("ray_auth")
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
         mp.delenv("RAY_AUTH_TOKEN", raising=False)

@@ -46,7 +46,7 @@ def generate_ray_token(home: Path) -> Path:
     for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
         e.pop(var, None)
     proc = subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], env=e, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=600)  # seconds when quiet; importing Ray on a loaded 2-core machine can take minutes
     token = home / ".ray" / "auth_token"
     assert proc.returncode == 0 and token.is_file(), f"ray get-auth-token --generate failed:\n{proc.stderr[-2000:]}"
     return token
