@@ -147,7 +147,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from dpgdiff.config import atomic_write_text
+    from dpgdiff.files import atomic_write_text
     from dpgdiff.evaluation import Evaluator
     from dpgdiff.train import evaluate_model, load_model, resolve_device
 

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -36,7 +35,8 @@ from typing import Any, Callable, Iterator, Optional, Protocol, runtime_checkabl
 import numpy as np
 import torch
 
-from dpgdiff.config import Config, ConfigError, atomic_write_text
+from dpgdiff.config import Config, ConfigError
+from dpgdiff.files import atomic_write, atomic_write_text, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -176,28 +176,7 @@ def _restore_rng(state: dict[str, Any], shuffle_gen: torch.Generator, noise_gen:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save through a temp file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place; the previous one survives until the new one is in."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _checkpoint_file(path: str | Path) -> Path:
@@ -611,7 +590,7 @@ def _save_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch.optim.
     try:
         torch.save(state, tmp / "model.pt")
         config.to_yaml(tmp / "config.yaml")
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dpgdiff.config import atomic_write_text  # noqa: E402
+from dpgdiff.files import atomic_write_text  # noqa: E402
 from tune import tracking  # noqa: E402
 
 # Table 1 rows: (label, metric key); MRR is untruncated (spec §5, A2), ×100 like the paper.

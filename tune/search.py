@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python tune/search.py` puts tune/ on sys.path, not the repository
     sys.path.insert(0, str(REPO))
 
-from dpgdiff.config import ConfigError, _split_assignment, atomic_write_text  # noqa: E402
+from dpgdiff.config import ConfigError, parse_assignment  # noqa: E402
+from dpgdiff.files import atomic_write_text  # noqa: E402
 from dpgdiff.data.dataset import DataError  # noqa: E402
 from tune.space import SearchSpace, SpaceError, default_space_path, load_space, parse_space  # noqa: E402
 
@@ -226,7 +227,7 @@ def _resolve_state(args: argparse.Namespace, storage: str) -> tuple[dict[str, An
         raise SearchError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 it must be a whole number")
     space_path = Path(args.space) if args.space else default_space_path(args.dataset)
     space = load_space(space_path)  # validates: errors name the file and key
-    overrides = dict(_split_assignment(a, "--set") for a in args.overrides)
+    overrides = dict(parse_assignment(a, "--set") for a in args.overrides)
     fixed = dict(overrides)
     epochs = args.epochs if args.epochs is not None else overrides.get("train.epochs", space.fixed.get("train.epochs"))
     if epochs is not None:
@@ -240,7 +241,7 @@ def _resolve_state(args: argparse.Namespace, storage: str) -> tuple[dict[str, An
     name = name or f"{Path(args.dataset).stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name.startswith("."):
         raise SearchError(f"--name {name!r}: use a plain folder name")
-    options = dict(_split_assignment(a, "--data-option") for a in args.data_option)
+    options = dict(parse_assignment(a, "--data-option", "key=value") for a in args.data_option)
     if not options and Path(args.dataset).stem.lower() == "synthetic":
         options = dict(SYNTHETIC_DEFAULT_OPTIONS)
     return {

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from ray import tune
 
-from dpgdiff.config import atomic_write_text
+from dpgdiff.files import atomic_write_text
 
 FINAL_MARKER = "final.json"  # in the final checkpoint: the trial is complete, nothing to resume
 DEFAULT_TRAIN_FN = "dpgdiff.train:train"
