@@ -275,10 +275,15 @@ def read_yaml(path: str | os.PathLike, what: str, error: type[Exception]) -> tup
         text = path.read_text()
     except OSError as exc:
         raise error(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    return parse_yaml(text, str(path), error), text
+
+
+def parse_yaml(text: str, source: str, error: type[Exception]) -> Any:
+    """safe_load'ed `text`; invalid YAML raises `error` naming `source` (a file, or where the text came from)."""
     try:
-        return yaml.safe_load(text), text
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {exc}") from exc
+        raise error(f"{source}: not valid YAML: {exc}") from exc
 
 
 def _get(config: Config, dotted: str) -> Any:

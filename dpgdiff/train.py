@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from dpgdiff.config import Config, ConfigError
+from dpgdiff.data.ref import DatasetRef
 from dpgdiff.files import atomic_write, atomic_write_text, replace_dir
 
 log = logging.getLogger(__name__)
@@ -210,13 +211,7 @@ def _torch_load(path: Path, what: str) -> dict[str, Any]:
 
 def dataset_identity(dataset: Any) -> dict[str, Any]:
     """name, split, loader options and fingerprint: enough to reload the same dataset."""
-    options = getattr(dataset, "options", None) or {}
-    return {
-        "name": str(dataset.name),
-        "split": str(dataset.split),
-        "options": {str(k): v for k, v in dict(options).items()},
-        "fingerprint": str(dataset.fingerprint),
-    }
+    return DatasetRef.identity(dataset)
 
 
 def check_dataset(meta: dict[str, Any], dataset: Any, source: str) -> None:

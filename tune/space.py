@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from dpgdiff.config import Config, ConfigError, coerce_value, read_yaml
+from dpgdiff.config import Config, ConfigError, coerce_value, parse_yaml, read_yaml
 
 TYPES = ("categorical", "int", "float")
 _SPEC_KEYS = {
@@ -217,6 +217,11 @@ def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a space file; raises SpaceError naming the file, key and problem."""
     data, text = read_yaml(path, "search space", SpaceError)
     return parse_space(data, source=str(path), text=text)
+
+
+def space_from_text(text: str, source: str) -> SearchSpace:
+    """Parse and validate a space from its YAML text (e.g. as saved with a search); errors name `source`."""
+    return parse_space(parse_yaml(text, source, SpaceError), source=source, text=text)
 
 
 def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace:
