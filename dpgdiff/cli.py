@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from dpgdiff.config import ConfigError
 from dpgdiff.data import SPLITS, CrossDomainDataset, DataError
 from dpgdiff.data.ref import DatasetRef, add_dataset_args, dataset_ref_from_args, parse_options  # noqa: F401
-from dpgdiff.train import CheckpointError
+from dpgdiff.training import CheckpointError
 
 
 def dataset_from_args(args: argparse.Namespace) -> CrossDomainDataset:
@@ -47,7 +47,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train with early stopping on validation MRR_X + MRR_Y; print the test table of the best state."""
     from dpgdiff.config import Config
-    from dpgdiff.train import TrainingDivergedError, train
+    from dpgdiff.training import TrainingDivergedError, train
 
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(args.set)
@@ -105,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from dpgdiff.files import atomic_write_text
     from dpgdiff.evaluation import Evaluator
-    from dpgdiff.train import evaluate_model, load_model, resolve_device
+    from dpgdiff.training import evaluate_model, load_model, resolve_device
 
     steps_list = _number_list(args.infer_steps, int, "--infer-steps")
     noise_list = _number_list(args.noise_rate, float, "--noise-rate")
