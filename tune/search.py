@@ -25,11 +25,16 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from dpgdiff.config import ConfigError
-from dpgdiff.data import DataError
-from dpgdiff.data.ref import add_dataset_args
-from tune.settings import SYNTHETIC_DEFAULT_OPTIONS, SearchError, settings_from_args
-from tune.space import SpaceError
+try:  # `python tune/search.py` imports the installed packages: say so when they are not installed
+    from dpgdiff.config import ConfigError
+    from dpgdiff.data import DataError
+    from dpgdiff.data.ref import add_dataset_args
+    from tune.settings import SYNTHETIC_DEFAULT_OPTIONS, SearchError, settings_from_args
+    from tune.space import SpaceError
+except ModuleNotFoundError as exc:
+    if not str(exc.name).startswith(("dpgdiff", "tune")):
+        raise
+    sys.exit(f"error: cannot import {exc.name!r}: install this checkout first (pip install -e .)")
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130  # the driver's other codes: tune.driver.EXIT_*
 
