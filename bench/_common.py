@@ -7,11 +7,9 @@ import platform
 import resource
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
 def set_threads(n: int) -> None:

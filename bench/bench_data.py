@@ -15,9 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from dpgdiff.data import DataError, load_dataset  # noqa: E402
+from dpgdiff.data import DataError, load_dataset
 
 
 def timed(label: str, fn):

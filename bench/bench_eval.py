@@ -33,7 +33,7 @@ def main() -> int:
     from dpgdiff.config import Config
     from dpgdiff.evaluation import Evaluator
     from dpgdiff.models import build_model
-    from dpgdiff.train import evaluate_model, load_model, seed_everything
+    from dpgdiff.training import evaluate_model, load_model, seed_everything
 
     dataset, data_name = _common.load_food_kitchen(args.data_dir)
     if args.checkpoint:

@@ -38,7 +38,7 @@ def main() -> int:
     from dpgdiff.config import Config
     from dpgdiff.data import load_dataset
     from dpgdiff.models import build_model
-    from dpgdiff.train import make_optimizer, make_scorer, seed_everything, train_step
+    from dpgdiff.training import make_optimizer, make_scorer, seed_everything, train_step
 
     stages = []
 

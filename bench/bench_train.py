@@ -41,7 +41,7 @@ def one_size(args: argparse.Namespace) -> dict:
 
     from dpgdiff.config import Config
     from dpgdiff.models import build_model
-    from dpgdiff.train import make_optimizer, seed_everything, train_step
+    from dpgdiff.training import make_optimizer, seed_everything, train_step
 
     dataset, data_name = _common.load_food_kitchen(args.data_dir)
     overrides = {"model.dim": args.one, "train.batch_size": args.batch_size, "loss.ce_impl": args.ce_impl,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import _common  # noqa: F401  (puts the checkout on sys.path)
 
 
 def main() -> int:

@@ -25,13 +25,10 @@ def parse_checkpoint(text: str) -> tuple[str, Path]:
 
 
 def evaluate_checkpoint(path: Path, steps: list[int], sampler: str | None, which: str, data_dir: str | None) -> dict:
-    from dpgdiff.data import load_dataset
-    from dpgdiff.train import evaluate_model, load_model
+    from dpgdiff.training import evaluate_model, load_model_and_data
 
-    _, config, info = load_model(path)  # metadata only: which dataset to load
+    model, config, info, dataset = load_model_and_data(path, data_dir)
     meta = info["dataset"]
-    dataset = load_dataset(meta["name"], split=meta["split"], data_dir=data_dir, **meta["options"])
-    model, config, _ = load_model(path, dataset)
     sampler = sampler or config.diffusion.sampler
     rows = {}
     for k in steps:
@@ -101,7 +98,7 @@ def main() -> int:
     p.add_argument("--out-dir", default="rq4")
     args = p.parse_args()
 
-    from dpgdiff.config import atomic_write_text
+    from dpgdiff.files import atomic_write_text
 
     steps = sorted({int(k) for k in args.infer_steps.split(",") if k.strip()})
     results = {}

@@ -1,10 +1,34 @@
-"""dpgdiff: DPG-Diff and its baselines for cross-domain sequential recommendation (plain PyTorch)."""
+"""dpgdiff: DPG-Diff and its baselines for cross-domain sequential recommendation (plain PyTorch).
+
+`dpgdiff/config.py` owns every knob: one typed `Config` (model, diffusion, loss, augment, train,
+eval sections) with defaults, YAML reading and writing, `section.key=value` overrides
+(`parse_assignment`, `coerce_value`) and the one validation, `Config.validate`.
+
+`dpgdiff/files.py` owns writing files safely: `atomic_write` (temp file in the same folder, then a
+rename) and `replace_dir` for checkpoint folders; every file the package writes goes through it.
+
+`dpgdiff/data/` owns the datasets: the C2DSR reader, verified downloads, interaction logs, the
+synthetic generator, the dataset card and fingerprint, and `DatasetRef` (`ref.py`), the value that
+says which dataset to load, with the dataset flags both command lines share.
+
+`dpgdiff/models/` owns the networks: layers, encoder (Eq. 8), diffusion (Eq. 1-5), denoiser (Eq. 9),
+losses (Eq. 6, 10-13), augmentations, DPG-Diff itself (Alg. 1, Eq. 15), and the SASRec and DiffuRec
+baselines, all built by `build_model(config, dataset)`.
+
+`dpgdiff/evaluation.py` owns the metrics: the shared `Evaluator` with its saved candidate lists,
+sampled and full-ranking metrics, and the RQ3 noise injection; `dpgdiff/baselines.py` holds the
+popularity and random scorers.
+
+`dpgdiff/training/` owns training: `loop.py` is the function `dpgdiff.train` (epochs, validation,
+early stopping, the final test), `checkpoints.py` the checkpoint and best.pt formats with the
+`LoopState` they carry and `load_model`, and `reproducibility.py` devices, precision, seeds and RNG
+state, so that a resumed run continues exactly.
+
+`dpgdiff/cli.py` owns `python -m dpgdiff {data,train,evaluate}`: one small function per subcommand.
+"""
 
 from dpgdiff.config import Config, ConfigError
-# Bound directly (not lazily): `dpgdiff.train` must be the function, and the name would otherwise be
-# taken by the submodule dpgdiff/train.py as soon as anything imports it. Use
-# importlib.import_module("dpgdiff.train") when the module itself is needed.
-from dpgdiff.train import TrainingDivergedError, TrainResult, train
+from dpgdiff.training import TrainingDivergedError, TrainResult, train
 
 __all__ = ["Config", "ConfigError", "TrainResult", "TrainingDivergedError", "train"]
 __version__ = "0.1.0"

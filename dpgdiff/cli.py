@@ -15,58 +15,14 @@ import sys
 from typing import Any, Sequence
 
 from dpgdiff.config import ConfigError
-from dpgdiff.data import SPLITS, CrossDomainDataset, DataError, load_dataset
-from dpgdiff.train import CheckpointError
-
-
-def parse_options(text: str | None, flag: str = "--synthetic") -> dict[str, str]:
-    """"a=1,b=2" -> {"a": "1", "b": "2"} (values stay strings; the loader converts and checks them)."""
-    options: dict[str, str] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise DataError(f"{flag}: expected key=value[,key=value...], got {part!r}")
-        options[key.strip()] = value.strip()
-    return options
-
-
-def add_dataset_args(parser: argparse.ArgumentParser) -> None:
-    """The dataset flags every subcommand shares (data, train, evaluate)."""
-    group = parser.add_argument_group("dataset")
-    group.add_argument("--dataset", default="synthetic",
-                       help="food_kitchen | movie_book | synthetic (default) | path to a .csv/.parquet interaction log")
-    group.add_argument("--split", choices=SPLITS, default=None,
-                       help="default: c2dsr for named and synthetic data, loo for logs")
-    group.add_argument("--data-dir", default=None,
-                       help="folder holding Food-Kitchen/ and Movie-Book/ (default: env DPGDIFF_DATA_DIR, "
-                            "else the per-user cache); for synthetic data: where its files are written")
-    group.add_argument("--synthetic", default=None, metavar="K=V,...",
-                       help="synthetic generator options, e.g. n_users=60000,n_items_x=36845,n_items_y=63937,seed=1")
-    group.add_argument("--domains", default=None, metavar="X,Y",
-                       help="interaction logs: the domain values that are X and Y (default: sorted order)")
-    group.add_argument("--max-len", type=int, default=None, help="history length (default 15)")
-    group.add_argument("--no-download", action="store_true", help="never download missing files")
+from dpgdiff.data import SPLITS, CrossDomainDataset, DataError
+from dpgdiff.data.ref import DatasetRef, add_dataset_args, dataset_ref_from_args, parse_options  # noqa: F401
+from dpgdiff.training import CheckpointError
 
 
 def dataset_from_args(args: argparse.Namespace) -> CrossDomainDataset:
-    """Load the dataset the shared flags describe."""
-    options: dict[str, Any] = {}
-    if args.synthetic:
-        if str(args.dataset).lower() != "synthetic":
-            raise DataError(f"--synthetic only applies to --dataset synthetic, not {args.dataset!r}")
-        options.update(parse_options(args.synthetic))
-    if args.domains:
-        parts = [p.strip() for p in args.domains.split(",")]
-        if len(parts) != 2:
-            raise DataError(f"--domains: expected two comma-separated values X,Y, got {args.domains!r}")
-        options["domains"] = tuple(parts)
-    if args.max_len is not None:
-        options["max_len"] = args.max_len
-    if args.no_download and str(args.dataset).lower().replace("-", "_") in ("food_kitchen", "movie_book"):
-        options["download"] = False
-    return load_dataset(args.dataset, split=args.split, data_dir=args.data_dir, **options)
+    """Load the dataset the shared flags (`add_dataset_args`) describe."""
+    return dataset_ref_from_args(args).load()
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -92,7 +48,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train with early stopping on validation MRR_X + MRR_Y; print the test table of the best state."""
     from dpgdiff.config import Config
-    from dpgdiff.train import TrainingDivergedError, train
+    from dpgdiff.training import TrainingDivergedError, train
 
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(args.set)
@@ -148,17 +104,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from dpgdiff.config import atomic_write_text
+    from dpgdiff.files import atomic_write_text
     from dpgdiff.evaluation import Evaluator
-    from dpgdiff.train import evaluate_model, load_model, resolve_device
+    from dpgdiff.training import evaluate_model, load_model_and_data, resolve_device
 
     steps_list = _number_list(args.infer_steps, int, "--infer-steps")
     noise_list = _number_list(args.noise_rate, float, "--noise-rate")
-    _, config, info = load_model(args.checkpoint)  # metadata only: which dataset to load
+    model, config, info, dataset = load_model_and_data(args.checkpoint, args.data_dir, args.split,
+                                                       resolve_device(args.device))
     meta = info["dataset"]
-    dataset = load_dataset(meta["name"], split=args.split or meta["split"], data_dir=args.data_dir,
-                           **meta["options"])
-    model, config, info = load_model(args.checkpoint, dataset, device=resolve_device(args.device))
     d = config.diffusion
     sampler = args.sampler or d.sampler
     for k in steps_list:
@@ -232,14 +186,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from dpgdiff.config import atomic_write_text
     from dpgdiff.diagnose import diagnose
-    from dpgdiff.train import load_model, resolve_device
+    from dpgdiff.files import atomic_write_text
+    from dpgdiff.training import load_model_and_data, resolve_device
 
-    _, config, info = load_model(args.checkpoint)  # metadata only: which dataset to load
+    model, config, info, dataset = load_model_and_data(args.checkpoint, args.data_dir, device=resolve_device(args.device))
     meta = info["dataset"]
-    dataset = load_dataset(meta["name"], split=meta["split"], data_dir=args.data_dir, **meta["options"])
-    model, config, info = load_model(args.checkpoint, dataset, device=resolve_device(args.device))
     if not hasattr(model, "predict_x0"):
         raise ConfigError(f"{args.checkpoint}: model.name={config.model.name!r} is not a diffusion model")
     steps = _number_list(args.infer_steps, int, "--infer-steps") if args.infer_steps else [1, 2, 4, 8, 16, None]

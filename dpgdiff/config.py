@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
+
+from dpgdiff.files import atomic_write_text  # noqa: F401  (re-exported: older imports use this path)
 
 
 # With diffusion.terminal_snr=as_is, a schedule must bring x_T this close to pure noise (issue 8 §2).
@@ -203,7 +204,7 @@ class Config:
         """Return a copy with `section.key=value` assignments applied (values parsed as YAML)."""
         data = self.to_dict()
         items = assignments.items() if isinstance(assignments, dict) else [
-            _split_assignment(a, source) for a in assignments
+            parse_assignment(a, source) for a in assignments
         ]
         for dotted, value in items:
             section, _, key = dotted.partition(".")
@@ -303,23 +304,15 @@ def read_yaml(path: str | os.PathLike, what: str, error: type[Exception]) -> tup
         text = path.read_text()
     except OSError as exc:
         raise error(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    return parse_yaml(text, str(path), error), text
+
+
+def parse_yaml(text: str, source: str, error: type[Exception]) -> Any:
+    """safe_load'ed `text`; invalid YAML raises `error` naming `source` (a file, or where the text came from)."""
     try:
-        return yaml.safe_load(text), text
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {exc}") from exc
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise error(f"{source}: not valid YAML: {exc}") from exc
 
 
 def _get(config: Config, dotted: str) -> Any:
@@ -327,9 +320,13 @@ def _get(config: Config, dotted: str) -> Any:
     return getattr(getattr(config, section), key)
 
 
-def _split_assignment(assignment: str, source: str) -> tuple[str, Any]:
+def parse_assignment(assignment: str, source: str, form: str = "section.key=value") -> tuple[str, Any]:
+    """"name=value" -> (name, value parsed as YAML, or the raw text if it is not valid YAML).
+
+    `source` (the flag or file) and `form` (what was expected) make the error message.
+    """
     if "=" not in assignment:
-        raise ConfigError(f"{source}: {assignment!r} must look like section.key=value")
+        raise ConfigError(f"{source}: {assignment!r} must look like {form}")
     dotted, raw = assignment.split("=", 1)
     try:
         value = yaml.safe_load(raw)
@@ -343,10 +340,10 @@ def _set_field(section: Any, dotted: str, key: str, value: Any, source: str) -> 
     if key not in names:
         raise ConfigError(f"{source}: unknown field {dotted!r}; allowed: {sorted(names)}")
     hint = typing.get_type_hints(type(section))[key]
-    setattr(section, key, _coerce(value, hint, dotted, source))
+    setattr(section, key, coerce_value(value, hint, dotted, source))
 
 
-def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
+def coerce_value(value: Any, hint: Any, dotted: str, source: str) -> Any:
     """Check `value` against the annotation; ints and numeric strings pass for floats, nothing else is cast."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -354,7 +351,7 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
         if value is None:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, dotted, source)
+        return coerce_value(value, inner, dotted, source)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{source}: {dotted}={value!r} is not allowed; choose one of {list(args)}")

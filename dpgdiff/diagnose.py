@@ -114,7 +114,7 @@ def diagnose(
     """Measure the diffusion part of `model` (a DPG-Diff or DiffuRec; in eval mode) on `which` cases.
 
     timesteps: default every t for T <= 32, else 32 evenly spaced; infer_steps: K values (None = T)."""
-    from dpgdiff.train import evaluate_model
+    from dpgdiff.training import evaluate_model
 
     if not hasattr(model, "predict_x0") or not hasattr(model, "schedule"):
         raise ValueError(f"{config.model.name} is not a diffusion model: nothing to diagnose")

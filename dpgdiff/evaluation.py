@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ import torch
 
 from dpgdiff.config import EvalConfig
 from dpgdiff.data.dataset import DOMAIN_NAMES, DOMAIN_NONE, DOMAIN_X, DOMAIN_Y, PAD, EvalCases, ItemSpace
+from dpgdiff.files import atomic_write_bytes
 
 if TYPE_CHECKING:  # the dataset class lives in dpgdiff.data; only its attributes are used here
     from dpgdiff.data.dataset import CrossDomainDataset
@@ -315,16 +314,8 @@ def _write_candidates(path: Path, cand: np.ndarray, meta: dict[str, Any]) -> Non
     buf = io.BytesIO()
     np.savez(buf, candidates=cand, sha256=np.array(_array_digest(cand)),
              **{key: np.array(value) for key, value in meta.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buf.getvalue())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache beside shared data should stay readable to others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # mkstemp makes 0600; a cache beside shared data should stay readable to others
+    atomic_write_bytes(path, buf.getvalue(), mode=0o644)
 
 
 def load_or_draw_candidates(

@@ -100,9 +100,12 @@ class _FakeRay:
 
 @pytest.mark.parametrize("cpu, gpu, ok", [(4, 0, True), (2, 0, True), (5, 0, False), (1, 0.5, False), (1, 1, False)])
 def test_resources_the_cluster_lacks_are_an_error_before_trials(cpu, gpu, ok, capsys):
-    from tune.search import SearchError, _check_resources
+    from types import SimpleNamespace
 
-    state = {"cpus_per_trial": cpu, "gpus_per_trial": gpu}
+    from tune.driver import check_resources as _check_resources
+    from tune.settings import SearchError
+
+    state = SimpleNamespace(cpus_per_trial=cpu, gpus_per_trial=gpu)  # the SearchSettings fields it reads
     if ok:
         _check_resources(_FakeRay, state)
         assert "2 node(s), 6 CPU, 0 GPU" in capsys.readouterr().out

@@ -60,7 +60,7 @@ def _start(tmp: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     log = tmp / f"driver-{time.time():.0f}.log"
     args = search_args(tmp, NAME, "--epochs", str(EPOCHS), "--num-samples", str(N_TRIALS), "--max-concurrent", "2",
                        "--scheduler", "fifo", "--set", "model.xt_injection=concat_token",
-                       "--train-fn", "tests.test_search_stubs:train_slow", *extra)
+                       *extra, train_fn="train_slow")
     e = env()
     e["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # snapshot the experiment often, so what finished is known to the restore
     with log.open("w") as handle:
@@ -125,7 +125,7 @@ def test_ctrl_c_then_sigkill_then_resume(tmp_path):
     finished_before = {t for t, r in before.items() if r and _is_final(r[-1])}
 
     # 3. Resume to the end.
-    result = run(search_args(tmp_path, NAME, "--resume"), tmp_path, timeout=300)
+    result = run(search_args(tmp_path, NAME, "--resume", train_fn="train_slow"), tmp_path, timeout=300)
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     assert "resuming search" in result.stdout and "Best trial" in result.stdout
 

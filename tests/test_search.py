@@ -24,7 +24,7 @@ N_TRIALS = 4
 def search(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     result = run(search_args(tmp, NAME, "--epochs", "2", "--num-samples", str(N_TRIALS), "--max-concurrent", "2",
-                             "--seed", "3", "--train-fn", "tests.test_search_stubs:train_nan_when_add"), tmp)
+                             "--seed", "3", train_fn="train_nan_when_add"), tmp)
     return tmp, result
 
 
@@ -140,7 +140,7 @@ def test_report_prints_best_trials_and_table1(search, capsys):
 def test_every_trial_failing_exits_nonzero_with_first_error(tmp_path):
     """Also: --max-failures retries a trial, and failed trials are FAILED in MLflow with the error text."""
     result = run(search_args(tmp_path, "allfail", "--epochs", "1", "--num-samples", "2", "--max-failures", "1",
-                             "--scheduler", "fifo", "--train-fn", "tests.test_search_stubs:train_always_fails"),
+                             "--scheduler", "fifo", train_fn="train_always_fails"),
                  tmp_path)
     assert result.returncode == 1, _explain(result)
     assert "every trial failed" in result.stderr and "ValueError: stub failure" in result.stderr

@@ -12,13 +12,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
 REPORT = [sys.executable, str(REPO / "tune" / "report.py")]
+SEARCH_WITH_STUB = [sys.executable, "-m", "tests.search_with_stub"]  # + the stub's name (tests.test_search_stubs)
 # A tiny synthetic set (<1,000 items per domain, hence the smoke space's eval.n_negatives=99) and the
 # smoke space: a trial of 2 epochs trains in a few seconds.
 TINY_DATA = ["--data-option", "n_users=300", "--data-option", "n_items_x=150", "--data-option", "n_items_y=150"]
 
 
-def search_args(tmp: Path, name: str, *extra: str) -> list[str]:
-    return [*SEARCH, "--space", str(REPO / "search_spaces" / "smoke.yaml"), *TINY_DATA, "--name", name,
+def search_args(tmp: Path, name: str, *extra: str, train_fn: str | None = None) -> list[str]:
+    """tune/search.py's command line; with `train_fn`, trials call that stub of tests.test_search_stubs."""
+    command = [*SEARCH_WITH_STUB, train_fn] if train_fn else SEARCH
+    return [*command, "--space", str(REPO / "search_spaces" / "smoke.yaml"), *TINY_DATA, "--name", name,
             "--storage-path", str(tmp / "ray_results"), "--tracking-uri", tracking_uri(tmp), "--quiet", *extra]
 
 

@@ -1,4 +1,5 @@
-"""Stand-in train functions for the search tests, imported by Ray workers by path (no tests in here).
+"""Stand-in train functions for the search tests (no tests in here): tests/search_with_stub.py passes one
+to `run_search(settings, train_fn=...)`; Ray pickles it by reference and its workers import this module.
 
 They keep `dpgdiff.train`'s signature and Reporter contract, so the Ray/Optuna/MLflow plumbing
 sees exactly what the real trainer produces; they only inject failures.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 
@@ -10,14 +9,11 @@ import pytest
 import torch
 
 import dpgdiff
-import dpgdiff.models
 from dpgdiff.baselines import PopularityScorer
 from dpgdiff.config import Config, ConfigError
 from dpgdiff.evaluation import Evaluator
-from dpgdiff.train import TrainingDivergedError, load_model, train
-
-# `dpgdiff.train` is the function (exported by the package); this is the module, for monkeypatching.
-train_mod = importlib.import_module("dpgdiff.train")
+from dpgdiff.training import TrainingDivergedError, load_model, train
+from dpgdiff.training import loop as train_mod  # the loop's module, for monkeypatching
 
 # Timing entries differ between otherwise identical runs.
 TIMING_KEYS = ("train_seconds", "examples_per_second")
@@ -100,7 +96,7 @@ def test_resume_refuses_a_different_config(synthetic_dataset, tmp_path):
 
 
 def test_nan_loss_raises_and_keeps_the_last_checkpoint(synthetic_dataset, tmp_path, monkeypatch):
-    real_build = dpgdiff.models.build_model
+    real_build = train_mod.build_model
     steps_per_epoch = math.ceil(len(synthetic_dataset.training_examples("last")) / 256)
 
     def build_with_nan(config, dataset):
@@ -117,7 +113,7 @@ def test_nan_loss_raises_and_keeps_the_last_checkpoint(synthetic_dataset, tmp_pa
         model.loss = loss
         return model
 
-    monkeypatch.setattr(dpgdiff.models, "build_model", build_with_nan)
+    monkeypatch.setattr(train_mod, "build_model", build_with_nan)
     with pytest.raises(TrainingDivergedError, match=r"epoch 2, step 2") as info:
         train(tiny(**{"train.epochs": 3}), synthetic_dataset, out_dir=tmp_path)
     assert "checkpoint" in str(info.value)

@@ -1,1 +1,28 @@
-"""Hyperparameter search for dpgdiff: Ray Tune + Optuna + MLflow (kept out of the dpgdiff package)."""
+"""Hyperparameter search for dpgdiff: Ray Tune + Optuna + MLflow (kept out of the dpgdiff package).
+
+`tune/search.py` owns the search's command line (`python tune/search.py`, or `dpgdiff-search`): it
+parses the flags into a `SearchSettings` and calls `run_search`.
+
+`tune/settings.py` owns what a search is: the frozen `SearchSettings` built from the command line or
+from the resume file saved beside Tune's state, and the `RunOptions` of this one invocation.
+
+`tune/driver.py` owns running a search: `run_search(settings, train_fn=...)` loads the data, starts
+or joins Ray, checks resources, opens the MLflow parent run, builds or restores the Tuner, fits it
+and reports the outcome.
+
+`tune/trainable.py` owns one trial inside a Ray worker: it resolves the sampled config, loads the
+dataset once per process and calls the train function with a reporter that forwards to Tune.
+
+`tune/space.py` owns search spaces: the YAML schema, its validation against `Config`, and Optuna's
+define-by-run function.
+
+`tune/tracking.py` owns MLflow: one parent run per search, one child run per trial found by tag, so
+that a resumed search never duplicates runs.
+
+`tune/results.py` owns reading results: trial rows from Tune's ResultGrid, the per-domain and Markdown
+tables, and the artifacts attached to the parent run; `tune/report.py` (`dpgdiff-report`) prints a
+search's best trials and the Table 1 comparison from MLflow.
+
+`tune/ray_internals.py` is the one place that uses a Ray name outside its public API (the local temp
+dir), checked so that a Ray upgrade that drops it fails loudly.
+"""

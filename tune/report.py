@@ -2,6 +2,7 @@
 
     python tune/report.py                       # the latest search in ./mlruns
     python tune/report.py --name NAME [--name OTHER ...] --out table1.md
+    dpgdiff-report ...                          # the same, as the installed console script
 
 Reads only MLflow (the parent run of each named search and its child runs). The comparison
 takes, per `model.name` tag (dpgdiff, sasrec, diffurec, ...), the finished child run with the
@@ -18,12 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from dpgdiff.config import atomic_write_text  # noqa: E402
-from tune import tracking  # noqa: E402
+from dpgdiff.files import atomic_write_text
+from tune import tracking
+from tune.results import METRIC
 
 # Table 1 rows: (label, metric key); MRR is untruncated (spec §5, A2), ×100 like the paper.
 TABLE_METRICS = (("MRR", "mrr"), ("N@5", "ndcg5"), ("N@10", "ndcg10"), ("H@5", "hr5"), ("H@10", "hr10"))
@@ -100,7 +98,7 @@ def _parents(client: Any, experiment_id: str, names: list[str]) -> list[Any]:
 
 
 def _best_val(run: Any) -> float:
-    return run.data.metrics.get("best_val_mrr_sum", float("-inf"))
+    return run.data.metrics.get(f"best_{METRIC}", float("-inf"))
 
 
 def _best_trials_section(parent: Any, children: list[Any], top: int) -> str:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from dpgdiff.config import Config, ConfigError, _coerce, read_yaml
+from dpgdiff.config import Config, ConfigError, coerce_value, parse_yaml, read_yaml
 
 TYPES = ("categorical", "int", "float")
 _SPEC_KEYS = {
@@ -165,7 +165,7 @@ class SearchSpace:
                 if key not in fields:
                     raise SpaceError(f"{self.source}: fixed.{key}: unknown config field")
                 try:
-                    base[key] = _coerce(value, fields[key], key, f"{self.source}: fixed")
+                    base[key] = coerce_value(value, fields[key], key, f"{self.source}: fixed")
                 except ConfigError as exc:
                     raise SpaceError(str(exc)) from None
             self._base = base
@@ -176,7 +176,7 @@ class SearchSpace:
         unknown = [k for k in sampled if k not in self.base_values()]
         if unknown:
             raise ConfigError(f"{self.source}: {source}: unknown config field(s) {unknown}")
-        return Config.from_dict(unflatten({**self.base_values(), **sampled}), source=f"{self.source}: {source}")
+        return Config().with_overrides({**self.base_values(), **sampled}, source=f"{self.source}: {source}")
 
     def distributions(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """Optuna distributions of the parameters present in `sampled` (the active ones)."""
@@ -217,6 +217,11 @@ def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a space file; raises SpaceError naming the file, key and problem."""
     data, text = read_yaml(path, "search space", SpaceError)
     return parse_space(data, source=str(path), text=text)
+
+
+def space_from_text(text: str, source: str) -> SearchSpace:
+    """Parse and validate a space from its YAML text (e.g. as saved with a search); errors name `source`."""
+    return parse_space(parse_yaml(text, source, SpaceError), source=source, text=text)
 
 
 def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace:
@@ -278,7 +283,7 @@ def _parse_param(name: str, spec: Any, hint: Any, where: str) -> Param:
         coerced = []
         for v in values:
             try:
-                coerced.append(_coerce(v, hint, name, where))
+                coerced.append(coerce_value(v, hint, name, where))
             except ConfigError as exc:
                 raise SpaceError(f"{exc} (field type {_type_name(hint)})") from None
         if len(set(map(repr, coerced))) != len(coerced):
@@ -368,7 +373,7 @@ def _check_when_refs(space: SearchSpace, source: str) -> None:
             compared = c.value if c.op in ("in", "not_in") else (c.value,)
             for v in compared:
                 try:
-                    _coerce(v, hint, c.field, where)
+                    coerce_value(v, hint, c.field, where)
                 except ConfigError as exc:
                     raise SpaceError(f"{exc} (compared value has the wrong type for {_type_name(hint)})") from None
             if c.op in ("gt", "ge", "lt", "le") and _base_type(hint) not in (int, float):
@@ -452,15 +457,6 @@ def _check_combinations(space: SearchSpace) -> None:
 def flatten(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """{"model": {"dim": 64}} -> {"model.dim": 64}."""
     return {f"{s}.{k}": v for s, section in nested.items() for k, v in section.items()}
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{"model.dim": 64} -> {"model": {"dim": 64}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for dotted, value in flat.items():
-        section, _, key = dotted.partition(".")
-        out.setdefault(section, {})[key] = value
-    return out
 
 
 def _base_type(hint: Any) -> Any:

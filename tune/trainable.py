@@ -1,9 +1,9 @@
 """The Ray Tune function trainable: one trial = one `dpgdiff.train` run reporting through `tune.report`.
 
-The driver hands every trial the same small `spec` dict (dataset name/split/options and its
-fingerprint, the search space, the train function's import path) through `tune.with_parameters`;
-the trial config holds only the sampled hyperparameters. Each worker process loads the dataset
-once (`_DATASETS`), so reused actors (`reuse_actors=True`) do not reload it.
+The driver hands every trial the same `TrialSpec` (the dataset's `DatasetRef` and fingerprint, the
+search space, the train function) through `tune.with_parameters`; the trial config holds only the
+sampled hyperparameters. Each worker process loads the dataset once (`_DATASETS`, keyed by
+`DatasetRef.key()`), so reused actors (`reuse_actors=True`) do not reload it.
 
 Reports: one per validation pass, `{"epoch", "train_loss", ..., "val_*"}` with the training
 checkpoint folder (resume: `tune.get_checkpoint()` -> `train(resume_from=...)`), then one final
@@ -13,49 +13,46 @@ report `{"final": 1, "best_epoch", "test_*", best "val_*"}` whose checkpoint hol
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ray import tune
 
-from dpgdiff.config import atomic_write_text
+from dpgdiff.data.ref import DatasetRef
+from dpgdiff.files import atomic_write_text
 
 FINAL_MARKER = "final.json"  # in the final checkpoint: the trial is complete, nothing to resume
-DEFAULT_TRAIN_FN = "dpgdiff.train:train"
 
-_DATASETS: dict[tuple, Any] = {}  # per worker process: (name, split, data_dir, options) -> dataset
-_FUNCTIONS: dict[str, Callable] = {}
+_DATASETS: dict[str, Any] = {}  # per worker process: DatasetRef.key() -> dataset
 
 
 class NonFiniteMetricError(FloatingPointError):
     """A reported metric is NaN or infinite: the trial fails instead of misleading the searcher."""
 
 
-def load_dataset_cached(name: str, split: Optional[str], data_dir: Optional[str], options: dict[str, Any]) -> Any:
-    """`dpgdiff.data.load_dataset`, once per process (actors are reused across trials)."""
-    key = (name, split, data_dir, tuple(sorted(options.items())))
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of a search shares (built once by the driver, shipped to the workers)."""
+
+    dataset: DatasetRef
+    fingerprint: Optional[str]  # the driver's dataset fingerprint: every node must see the same data
+    space: Any  # tune.space.SearchSpace, validated on the driver: resolves a trial's Config
+    train_fn: Callable[..., Any]  # dpgdiff.train, or a stand-in with its signature (tests)
+
+
+def load_dataset_cached(ref: DatasetRef) -> Any:
+    """`ref.load()`, once per process (actors are reused across trials)."""
+    key = ref.key()
     if key not in _DATASETS:
-        from dpgdiff.data import load_dataset
-
         _DATASETS.clear()  # one dataset per search; do not hold several in memory
-        _DATASETS[key] = load_dataset(name, split=split, data_dir=data_dir, **options)
+        _DATASETS[key] = ref.load()
     return _DATASETS[key]
-
-
-def import_function(path: str) -> Callable:
-    """"package.module:function" -> the function (cached per process)."""
-    if path not in _FUNCTIONS:
-        module, _, attr = path.partition(":")
-        if not attr:
-            raise ValueError(f"train function {path!r} must look like package.module:function")
-        _FUNCTIONS[path] = getattr(importlib.import_module(module), attr)
-    return _FUNCTIONS[path]
 
 
 class TuneReporter:
@@ -72,47 +69,44 @@ class TuneReporter:
         tune.report(metrics, checkpoint=checkpoint)  # copies the folder to storage before returning
 
 
-def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Train one sampled config; `spec` is the same for every trial of a search (see search.py)."""
+def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
+    """Train one sampled config; `spec` is the same for every trial of a search (see tune/driver.py)."""
     # One "Checkpoint successfully created" line per epoch per trial drowns the trial table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    space = spec["space"]  # a tune.space.SearchSpace, validated on the driver
-    trial_id = tune.get_context().get_trial_id()
-    cfg = space.resolve(config, source=f"trial {trial_id}")
-    dataset = load_dataset_cached(spec["dataset"], spec.get("split"), spec.get("data_dir"), spec.get("options", {}))
-    if spec.get("fingerprint") and dataset.fingerprint != spec["fingerprint"]:
+    context = tune.get_context()
+    cfg = spec.space.resolve(config, source=f"trial {context.get_trial_id()}")
+    dataset = load_dataset_cached(spec.dataset)
+    if spec.fingerprint and dataset.fingerprint != spec.fingerprint:
         raise RuntimeError(
-            f"dataset {spec['dataset']!r} on this worker has fingerprint {dataset.fingerprint[:12]}, the driver "
-            f"saw {spec['fingerprint'][:12]}: the nodes do not see the same data files"
+            f"dataset {spec.dataset.name!r} on this worker has fingerprint {dataset.fingerprint[:12]}, the driver "
+            f"saw {spec.fingerprint[:12]}: the nodes do not see the same data files"
         )
-    train = import_function(spec.get("train_fn") or DEFAULT_TRAIN_FN)
-
+    scratch = _scratch_dir(context)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             final = Path(folder, FINAL_MARKER)
             if final.exists():  # the driver died after the final report: repeat it, do not retrain
+                shutil.rmtree(scratch, ignore_errors=True)
                 tune.report(json.loads(final.read_text()), checkpoint=checkpoint)
                 return
-            _train_and_report(train, cfg, dataset, resume_from=Path(folder))
+            _train_and_report(spec.train_fn, cfg, dataset, resume_from=Path(folder), out_dir=scratch)
     else:
-        _train_and_report(train, cfg, dataset, resume_from=None)
+        _train_and_report(spec.train_fn, cfg, dataset, resume_from=None, out_dir=scratch)
 
 
-def _scratch_dir() -> Path:
-    """A temp folder for train()'s out_dir inside Ray's session dir, so a killed trial's files go when
-    the session's temp dir does (falls back to the system temp dir)."""
-    try:
-        import ray
-
-        base = ray._private.worker._global_node.get_session_dir_path()  # private API: best effort
-    except Exception:
-        base = None
-    return Path(tempfile.mkdtemp(prefix="dpgdiff-trial-", dir=base))
+def _scratch_dir(context: Any) -> Path:
+    """A temp folder for train()'s out_dir. Tune runs a trial in its own working directory inside Ray's
+    session dir (RAY_CHDIR_TO_TRIAL_DIR, on by default; never synced to storage), so a killed trial's
+    files go when the session's temp dir does. Not `get_trial_dir()`: that is the driver's staging
+    folder, which Tune syncs to storage. Falls back to the system temp dir."""
+    cwd = Path.cwd()
+    inside_trial = cwd.name == Path(context.get_trial_dir()).name  # working_dirs/<trial dir name>
+    return Path(tempfile.mkdtemp(prefix="dpgdiff-trial-", dir=cwd if inside_trial else None))
 
 
-def _train_and_report(train: Callable, cfg: Any, dataset: Any, resume_from: Optional[Path]) -> None:
-    out_dir = _scratch_dir()
+def _train_and_report(train: Callable[..., Any], cfg: Any, dataset: Any, resume_from: Optional[Path],
+                      out_dir: Path) -> None:
     try:
         result = train(cfg, dataset, reporter=TuneReporter(), resume_from=resume_from, out_dir=out_dir)
         last_epoch = max((int(h.get("epoch", 0)) for h in result.history), default=int(result.best_epoch))

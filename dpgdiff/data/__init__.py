@@ -26,6 +26,7 @@ from dpgdiff.data.dataset import (
     ItemSpace,
     TrainExamples,
 )
+from dpgdiff.data.ref import DatasetRef
 from dpgdiff.data.sources import (
     NAMED_DATASETS,
     TRAIN,
@@ -42,7 +43,7 @@ SPLITS = (*C2DSR_SPLITS, "loo")
 __all__ = [
     "CrossDomainDataset", "DataError", "DatasetCard", "EvalCases", "ItemSpace", "TrainExamples",
     "PAD", "DOMAIN_X", "DOMAIN_Y", "DOMAIN_NONE", "DOMAIN_NAMES", "DATASET_NAMES", "SPLITS",
-    "load_dataset", "default_split",
+    "load_dataset", "default_split", "DatasetRef",
 ]
 
 

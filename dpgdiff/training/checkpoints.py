@@ -1,0 +1,243 @@
+"""Checkpoints and model files: formats, atomic saves, loading, and the loop state they carry (spec §5.4).
+
+Two kinds of file, both dicts of tensors and plain Python types (`torch.load(weights_only=True)`):
+
+- a training checkpoint folder (`model.pt` + `config.yaml`, CHECKPOINT_FORMAT): model and
+  optimizer state, every RNG state, the `LoopState` (epoch, best so far, early-stopping counter,
+  history) and the best weights; `train(resume_from=...)` continues from it exactly;
+- `best.pt` (MODEL_FORMAT): the best weights, the resolved config and the dataset identity
+  (`DatasetRef.identity`); `load_model` rebuilds the model and refuses a dataset whose
+  fingerprint differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from dpgdiff.config import Config, ConfigError
+from dpgdiff.files import atomic_write, replace_dir
+from dpgdiff.models import build_model
+from dpgdiff.training.reproducibility import capture_rng, restore_rng
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "dpgdiff-checkpoint/1"  # resumable training state (model.pt in a checkpoint folder)
+MODEL_FORMAT = "dpgdiff-model/1"  # best.pt: weights + resolved config + dataset identity
+CHECKPOINT_DIRNAME = "checkpoint"  # under out_dir: the latest resumable checkpoint folder
+
+# Fields that may differ between a checkpoint's config and the config passed with `resume_from`:
+# they change how long or where the run goes on, never what a step computes.
+_RESUME_MAY_DIFFER = ("train.epochs", "train.patience", "train.device", "train.num_threads")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, of the wrong kind, or from different data; the message names it."""
+
+
+@dataclass
+class LoopState:
+    """Mutable state of one training run; all of it goes into a checkpoint (`to_dict`: the "run" entry,
+    best_state: the "best_model" entry)."""
+
+    epoch: int = 0  # last completed epoch
+    best_score: float = -math.inf  # best validation MRR_X + MRR_Y so far
+    best_epoch: int = 0
+    best_val: dict[str, float] = field(default_factory=dict)  # the reporter's metrics of the best pass
+    bad_evals: int = 0  # validation passes since the last improvement
+    history: list[dict[str, float]] = field(default_factory=list)  # one metrics dict per validation pass
+    stopped_early: bool = False
+    best_state: Optional[dict[str, torch.Tensor]] = field(default=None, repr=False)  # CPU copy of the best weights
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the weights, as plain types."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "best_state"}
+
+    @classmethod
+    def from_dict(cls, run: dict[str, Any], best_state: Optional[dict[str, torch.Tensor]]) -> "LoopState":
+        return cls(**{f.name: run[f.name] for f in fields(cls) if f.name != "best_state"}, best_state=best_state)
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic files and folders
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a temp file in the same folder and an atomic rename."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """Accept a checkpoint folder or its model.pt; an interrupted swap leaves `.name.old` behind."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "model.pt"
+    if not path.exists() and path.name == CHECKPOINT_DIRNAME:
+        old = path.with_name(f".{path.name}.old")
+        if (old / "model.pt").exists():
+            return old / "model.pt"
+    return path
+
+
+def torch_load(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what} file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, not a torch file, unsupported types
+        raise CheckpointError(f"{path}: cannot load {what}: {exc}") from exc
+    if not isinstance(obj, dict) or "format" not in obj:
+        raise CheckpointError(f"{path}: not a dpgdiff {what} (no 'format' entry)")
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset identity (recorded in checkpoints; `evaluate` refuses a different dataset)
+# --------------------------------------------------------------------------------------------
+
+
+def check_dataset(meta: dict[str, Any], dataset: Any, source: str) -> None:
+    """Raise if `dataset` is not the one the checkpoint was trained on (by fingerprint)."""
+    want = meta.get("fingerprint")
+    if want != dataset.fingerprint:
+        raise CheckpointError(
+            f"{source}: trained on dataset {meta.get('name')!r} split {meta.get('split')!r} with "
+            f"fingerprint {str(want)[:16]}..., but the loaded dataset {dataset.name!r} split "
+            f"{dataset.split!r} has fingerprint {str(dataset.fingerprint)[:16]}...; refusing to "
+            "evaluate on different data (check --dataset/--split/--data-dir)"
+        )
+
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_model(
+    path: str | Path, dataset: Any = None, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Config, dict[str, Any]]:
+    """Load best.pt (or a checkpoint folder / model.pt) -> (model in eval mode, config, info).
+
+    info has "dataset" (identity dict) and "epoch". With `dataset`, its fingerprint must match.
+    """
+    file = checkpoint_file(path)
+    obj = torch_load(file, "model checkpoint")
+    if obj["format"] not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{file}: unknown checkpoint format {obj['format']!r}")
+    config = Config.from_dict(obj["config"], source=f"{file} (config)")
+    info = {"dataset": obj["dataset"], "epoch": obj.get("epoch"), "val": obj.get("val", {})}
+    if dataset is None:
+        return None, config, info  # type: ignore[return-value]  # caller only wanted the metadata
+    check_dataset(obj["dataset"], dataset, str(file))
+    model = build_model(config, dataset)
+    model.load_state_dict(obj["model"])
+    model.to(torch.device(device) if isinstance(device, str) else device)
+    model.eval()
+    return model, config, info
+
+
+def load_model_and_data(
+    path: str | Path, data_dir: Optional[str] = None, split: Optional[str] = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module, Config, dict[str, Any], Any]:
+    """(model, config, info, dataset): reload the dataset recorded in the checkpoint, then the model on it.
+
+    data_dir says where the files are (default: DPGDIFF_DATA_DIR / the cache); split may override the saved one."""
+    from dpgdiff.data.ref import DatasetRef
+
+    _, _, info = load_model(path)  # metadata only: which dataset to load
+    dataset = DatasetRef.from_identity(info["dataset"], data_dir=data_dir, split=split).load()
+    model, config, info = load_model(path, dataset, device=device)
+    return model, config, info, dataset
+
+
+def check_resume_config(saved: dict[str, Any], config: Config, source: str) -> None:
+    now = config.to_dict()
+    diffs = [
+        f"{section}.{key}: checkpoint {value!r} vs given {now[section].get(key)!r}"
+        for section, values in saved.items()
+        for key, value in values.items()
+        if f"{section}.{key}" not in _RESUME_MAY_DIFFER and now.get(section, {}).get(key) != value
+    ]
+    if diffs:
+        raise ConfigError(
+            f"{source}: cannot resume with a different config (only {', '.join(_RESUME_MAY_DIFFER)} "
+            f"may change): " + "; ".join(diffs)
+        )
+
+
+
+def restore_training_checkpoint(resume_from: str | Path, config: Config, dataset: Any, model: torch.nn.Module,
+                                optimizer: torch.optim.Optimizer, shuffle_gen: torch.Generator,
+                                noise_gen: torch.Generator) -> LoopState:
+    """Load a training checkpoint into model, optimizer and generators (and every global RNG) -> its LoopState.
+
+    Raises CheckpointError (wrong kind of file, other data) or ConfigError (a config that may not differ)."""
+    file = checkpoint_file(resume_from)
+    state = torch_load(file, "training checkpoint")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{file}: format {state['format']!r} is not a resumable training checkpoint "
+                              f"({CHECKPOINT_FORMAT}); best.pt holds weights only")
+    check_resume_config(state["config"], config, str(file))
+    check_dataset(state["dataset"], dataset, str(file))
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    # A checkpoint written at the best epoch stores the weights once (the best are the current).
+    best_state = state["best_model"] if state["best_model"] is not None else cpu_state(model)
+    run = LoopState.from_dict(state["run"], best_state)
+    restore_rng(state["rng"], shuffle_gen, noise_gen)
+    log.info("resumed from %s after epoch %d", file, run.epoch)
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def save_best(path: Path, weights: dict[str, torch.Tensor], config: Config, identity: dict[str, Any],
+              epoch: int, val: dict[str, float]) -> None:
+    """best.pt: what `load_model` and `python -m dpgdiff evaluate` need, nothing to resume from."""
+    atomic_torch_save({"format": MODEL_FORMAT, "model": weights, "config": config.to_dict(),
+                       "dataset": identity, "epoch": epoch, "val": dict(val)}, path)
+
+
+def save_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: Config,
+                    identity: dict[str, Any], run: LoopState, shuffle_gen: torch.Generator,
+                    noise_gen: torch.Generator) -> Path:
+    """Write root/checkpoint/{model.pt, config.yaml} atomically (temp folder + rename) -> its path."""
+    best_is_current = run.best_epoch == run.epoch
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "best_model": None if best_is_current else run.best_state,
+        "config": config.to_dict(),
+        "dataset": identity,
+        "epoch": run.epoch,
+        "run": run.to_dict(),
+        "rng": capture_rng(shuffle_gen, noise_gen),
+    }
+    final = root / CHECKPOINT_DIRNAME
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{CHECKPOINT_DIRNAME}.tmp-"))
+    try:
+        torch.save(state, tmp / "model.pt")
+        config.to_yaml(tmp / "config.yaml")
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -1,0 +1,331 @@
+"""The training loop: shuffled epochs, validation, early stopping, checkpoints, exact resume (spec §5.4).
+
+    result = dpgdiff.train(config, dataset, out_dir="runs/x")   # -> TrainResult
+    model, config, meta = load_model("runs/x/best.pt", dataset)  # what `python -m dpgdiff evaluate` uses
+
+Per epoch the loop walks `dataset.training_examples(config.train.mode)` (spec §1.4) in an order drawn
+from a seeded generator, in batches of `train.batch_size`. Every `train.eval_every` epochs (and after
+the last one) it evaluates on the validation cases (`diffusion.val_sampler`, `diffusion.val_infer_steps`,
+by default the test procedure; a freshly seeded noise generator so epochs are comparable), hands the
+metrics (and, if asked, a checkpoint folder) to the reporter, and stops early when validation
+MRR_X + MRR_Y (spec §5.4) has not improved for `train.patience` passes. The best state is evaluated
+on the test cases at the end with the final sampler (`diffusion.sampler`, `diffusion.infer_steps`).
+
+After every validation pass the loop writes a checkpoint folder (training/checkpoints.py) that
+holds everything a resumed run needs to continue exactly as an uninterrupted one: model and
+optimizer state, every RNG state (training/reproducibility.py) and the `LoopState`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from dpgdiff.config import Config
+from dpgdiff.data.ref import DatasetRef
+from dpgdiff.evaluation import Evaluator
+from dpgdiff.files import atomic_write_text
+from dpgdiff.models import build_model
+from dpgdiff.training.checkpoints import (
+    CHECKPOINT_DIRNAME,
+    LoopState,
+    cpu_state,
+    restore_training_checkpoint,
+    save_best,
+    save_checkpoint,
+)
+from dpgdiff.training.reproducibility import autocast, resolve_device, runtime_settings, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    """Receives validation metrics (e.g. Ray Tune's report, or a logger)."""
+
+    wants_checkpoint: bool
+
+    def __call__(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Optional[Path]) -> None:
+        """Called after every validation pass.
+
+        metrics = {"epoch", "train_loss" and "train_<component>" per loss term (means over the
+        last epoch's examples), "train_seconds" and "examples_per_second" (that epoch),
+        ...EvalResult.flat("val")}. `checkpoint_dir` (only when `wants_checkpoint`) is a folder
+        holding model.pt + config.yaml that the callee may copy during the call; passing such a
+        folder as `train(..., resume_from=)` continues the run exactly.
+        """
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val: dict[str, float]  # the reporter's metrics dict of the best validation pass
+    test: dict[str, float]  # EvalResult.flat("test") of the best state, final sampler
+    history: list[dict[str, float]] = field(default_factory=list)  # one metrics dict per validation pass
+    checkpoint_path: Optional[Path] = None  # out_dir/best.pt when out_dir was given
+    test_result: Any = field(default=None, repr=False)  # the EvalResult behind `test` (for .table())
+
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def make_scorer(
+    model: torch.nn.Module,
+    device: torch.device,
+    *,
+    sampler: str,
+    infer_steps: int,
+    seed: int,
+    precision: str = "fp32",
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """A Scorer (COMMON.md contract) around `model.score` with one seeded noise generator.
+
+    The generator is created here, so every evaluation built with the same seed draws the same
+    reverse-process noise (spec §3.6: epochs and trials stay comparable).
+    history (B, L) on CPU -> scores (B, n_items(domain)) float32 on the model's device.
+    """
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+
+    def scorer(history: torch.Tensor, target_domain: int) -> torch.Tensor:
+        with torch.no_grad(), autocast(device, precision):
+            scores = model.score(
+                history.to(device, non_blocking=True), int(target_domain),
+                sampler=sampler, infer_steps=infer_steps, generator=generator,
+            )
+        return scores.float()  # the Evaluator ranks on the scores' device
+
+    return scorer
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: Any,
+    which: str,
+    config: Config,
+    *,
+    sampler: Optional[str] = None,
+    infer_steps: Optional[int] = None,
+    evaluator: Any = None,
+) -> Any:
+    """One pass of `model` over the `which` ("valid" | "test") cases -> EvalResult.
+
+    sampler / infer_steps default to the final ones in config.diffusion (infer_steps None = T).
+    The model is put in eval mode for the pass and its previous mode restored.
+    """
+    d = config.diffusion
+    sampler = sampler or d.sampler
+    infer_steps = infer_steps or d.infer_steps or d.steps
+    device = next(model.parameters()).device
+    evaluator = evaluator or Evaluator(dataset, which, config.eval)
+    was_training = model.training
+    model.eval()
+    try:
+        scorer = make_scorer(model, device, sampler=sampler, infer_steps=infer_steps,
+                             seed=config.train.seed, precision=config.train.precision)
+        return evaluator.evaluate(scorer)
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------
+
+
+def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = config.train
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def train(
+    config: Config,
+    dataset: Any,
+    reporter: Optional[Reporter] = None,
+    resume_from: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = False,
+) -> TrainResult:
+    """Train `config.model.name` on `dataset`, select by validation MRR sum, test the best state.
+
+    reporter:    called after every validation pass (see `Reporter`).
+    resume_from: a checkpoint folder (or its model.pt) written by an earlier run with this config.
+    out_dir:     when given, receives best.pt, config.yaml, metrics.json and checkpoint/ (latest
+                 resumable state, replaced atomically after every validation pass).
+    progress:    show a tqdm bar per epoch (the CLI turns it on).
+    Raises TrainingDivergedError on a NaN/inf loss (the last checkpoint stays intact).
+    """
+    config.validate()
+    device = resolve_device(config.train.device)
+    out = Path(out_dir) if out_dir is not None else None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(runtime_settings(config, device))
+        wants_ckpt = bool(reporter is not None and getattr(reporter, "wants_checkpoint", False))
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            config.to_yaml(out / "config.yaml")
+            ckpt_root: Optional[Path] = out
+        elif wants_ckpt:
+            ckpt_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dpgdiff-ckpt-")))
+        else:
+            ckpt_root = None
+        return _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progress)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: torch.Tensor,
+    target: torch.Tensor,
+    target_domain: torch.Tensor,
+    config: Config,
+    generator: Optional[torch.Generator] = None,
+) -> dict[str, float]:
+    """One optimizer step on a batch (tensors on the model's device) -> loss components as floats.
+
+    history (B, L), target (B,), target_domain (B,) int64. Raises TrainingDivergedError, before
+    touching the weights, when the total loss is NaN or infinite.
+    """
+    device = history.device
+    with autocast(device, config.train.precision):
+        losses = model.loss(history, target, target_domain, generator=generator)
+    total = losses["total"]
+    # One device sync for all components (they are scalars), not one per component.
+    values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+    if not math.isfinite(values["total"]):
+        raise TrainingDivergedError(
+            f"loss is {values['total']} (batch of {len(target)}; "
+            + ", ".join(f"{k}={v:.4g}" for k, v in values.items()) + ")")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if config.train.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+    optimizer.step()
+    return values
+
+
+def _train(config: Config, dataset: Any, device: torch.device, reporter: Optional[Reporter],
+           resume_from: str | Path | None, out: Optional[Path], ckpt_root: Optional[Path],
+           progress: bool) -> TrainResult:
+    t = config.train
+    identity = DatasetRef.identity(dataset)
+
+    # Model init draws from the global RNGs, so seed first; a resumed run overwrites all of it.
+    seed_everything(t.seed)
+    model = build_model(config, dataset).to(device)
+    optimizer = make_optimizer(config, model)
+    shuffle_gen = torch.Generator().manual_seed(t.seed)  # CPU: the permutation is made on CPU
+    noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)  # model.loss noise / augmentation
+    run = LoopState()
+    if resume_from is not None:
+        run = restore_training_checkpoint(resume_from, config, dataset, model, optimizer, shuffle_gen, noise_gen)
+
+    examples = dataset.training_examples(t.mode)
+    if len(examples) == 0:
+        raise ValueError(f"dataset {dataset.name!r}: no training examples in mode {t.mode!r}")
+    hist_all = torch.as_tensor(examples.history, dtype=torch.long)
+    target_all = torch.as_tensor(examples.target, dtype=torch.long)
+    domain_all = torch.as_tensor(examples.target_domain.astype(np.int64), dtype=torch.long)
+    if device.type != "cpu":  # a few tens of MB: keep them on the device, index there
+        hist_all, target_all, domain_all = (x.to(device) for x in (hist_all, target_all, domain_all))
+    n = len(examples)
+    val_evaluator = Evaluator(dataset, "valid", config.eval)
+
+    model.train()
+    while run.epoch < t.epochs and not run.stopped_early:
+        epoch = run.epoch + 1
+        start = time.perf_counter()
+        sums: dict[str, float] = {}
+        order = torch.randperm(n, generator=shuffle_gen).to(hist_all.device)
+        steps = range(0, n, t.batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"epoch {epoch}/{t.epochs}", unit="batch", leave=False,
+                         total=math.ceil(n / t.batch_size))
+        for step, lo in enumerate(steps, start=1):
+            idx = order[lo:lo + t.batch_size]
+            try:
+                values = train_step(model, optimizer, hist_all[idx], target_all[idx], domain_all[idx],
+                                    config, generator=noise_gen)
+            except TrainingDivergedError as exc:
+                where = (f"the last good checkpoint is {ckpt_root / CHECKPOINT_DIRNAME}" if ckpt_root
+                         else "no checkpoint was being written")
+                raise TrainingDivergedError(
+                    f"training diverged at epoch {epoch}, step {step}: {exc}; {where}; "
+                    "lower train.lr or set train.grad_clip") from None
+            weight = len(idx)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v * weight
+            value = values["total"]
+            if progress:
+                steps.set_postfix(loss=f"{value:.4f}", refresh=False)
+        if progress:
+            steps.close()
+        run.epoch = epoch
+        if epoch % t.eval_every != 0 and epoch != t.epochs:
+            continue
+
+        train_seconds = time.perf_counter() - start
+        val_sampler, val_steps = config.diffusion.val_procedure()
+        val = evaluate_model(model, dataset, "valid", config, sampler=val_sampler, infer_steps=val_steps,
+                             evaluator=val_evaluator)
+        metrics: dict[str, float] = {"epoch": epoch, "train_loss": sums["total"] / n}
+        metrics.update({f"train_{k}": v / n for k, v in sums.items() if k != "total"})
+        metrics["train_seconds"] = train_seconds
+        metrics["examples_per_second"] = n / train_seconds if train_seconds > 0 else 0.0
+        metrics.update(val.flat("val"))
+        run.history.append(metrics)
+
+        score = float(val.mrr_sum)
+        if score > run.best_score:
+            run.best_score, run.best_epoch, run.best_val = score, epoch, metrics
+            run.best_state, run.bad_evals = cpu_state(model), 0
+            if out is not None:
+                save_best(out / "best.pt", run.best_state, config, identity, epoch, metrics)
+        else:
+            run.bad_evals += 1
+            if t.patience > 0 and run.bad_evals >= t.patience:
+                run.stopped_early = True
+        log.info("epoch %d: train_loss %.4f, val mrr_sum %.4f (best %.4f at epoch %d)",
+                 epoch, metrics["train_loss"], score, run.best_score, run.best_epoch)
+
+        checkpoint_dir = None
+        if ckpt_root is not None:
+            checkpoint_dir = save_checkpoint(ckpt_root, model, optimizer, config, identity, run,
+                                              shuffle_gen, noise_gen)
+        if reporter is not None:
+            reporter(epoch, dict(metrics),
+                     checkpoint_dir if getattr(reporter, "wants_checkpoint", False) else None)
+
+    # Test the best state with the final sampler.
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    test_result = evaluate_model(model, dataset, "test", config)
+    test = test_result.flat("test")
+    result = TrainResult(best_epoch=run.best_epoch, best_val=run.best_val, test=test, history=run.history,
+                         checkpoint_path=(out / "best.pt") if out else None, test_result=test_result)
+    if out is not None:
+        atomic_write_text(out / "metrics.json", json.dumps(
+            {"best_epoch": run.best_epoch, "stopped_early": run.stopped_early, "best_val": run.best_val,
+             "test": test, "history": run.history, "dataset": identity}, indent=2) + "\n")
+    return result

@@ -1,0 +1,109 @@
+"""Search settings and dataset refs: one typed path from the command line (or the resume file) to the trials."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from dpgdiff.data import DataError
+from dpgdiff.data.ref import DatasetRef, add_dataset_args, dataset_ref_from_args
+from tune.search import build_parser
+from tune.settings import SYNTHETIC_DEFAULT_OPTIONS, SearchError, SearchSettings, settings_from_args
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _search_args(tmp: Path, *extra: str) -> argparse.Namespace:
+    args = build_parser().parse_args(["--storage-path", str(tmp / "ray_results"),
+                                      "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--quiet", *extra])
+    args.argv = list(extra)
+    return args
+
+
+def test_dataset_ref_round_trips_through_json_and_keys_ignore_option_order():
+    ref = DatasetRef("clicks.csv", "loo", "/data", {"domains": ("b", "a"), "max_len": 20})
+    back = DatasetRef.from_dict(json.loads(json.dumps(ref.to_dict())))
+    assert back == ref and back.options["domains"] == ("b", "a")
+    other = DatasetRef("clicks.csv", "loo", "/data", {"max_len": 20, "domains": ("b", "a")})
+    assert other.key() == ref.key() and hash(other) == hash(ref)
+    assert DatasetRef("clicks.csv", "loo", "/data", {"max_len": 21}).key() != ref.key()
+
+
+def test_dataset_ref_loads_and_identity_reloads_the_same_data(tmp_path):
+    ref = DatasetRef("synthetic", None, str(tmp_path), {"n_users": 60, "n_items_x": 100, "n_items_y": 100})
+    dataset = ref.load()
+    identity = DatasetRef.identity(dataset)
+    assert set(identity) == {"name", "split", "options", "fingerprint"}  # the checkpoint format's keys
+    again = DatasetRef.from_identity(identity, data_dir=str(tmp_path)).load()
+    assert again.fingerprint == dataset.fingerprint == identity["fingerprint"]
+
+
+def test_both_command_lines_read_dataset_flags_alike():
+    parser = argparse.ArgumentParser()
+    add_dataset_args(parser)
+    flags = ["--dataset", "synthetic", "--synthetic", "n_users=60", "--data-option", "seed=3", "--max-len", "12"]
+    ref = dataset_ref_from_args(parser.parse_args(flags))
+    assert ref == DatasetRef("synthetic", None, None, {"n_users": "60", "seed": 3, "max_len": 12})
+    search = build_parser().parse_args(flags)
+    assert dataset_ref_from_args(search) == ref
+
+
+def test_data_option_without_value_names_the_flag_and_the_form():
+    parser = argparse.ArgumentParser()
+    add_dataset_args(parser)
+    with pytest.raises(DataError, match=r"--data-option: 'n_users' must look like key=value"):
+        dataset_ref_from_args(parser.parse_args(["--data-option", "n_users"]))
+
+
+def test_settings_from_command_line_round_trip_through_the_resume_file(tmp_path):
+    settings = settings_from_args(_search_args(tmp_path, "--name", "s1", "--epochs", "3", "--num-samples", "4"))
+    assert settings.dataset == DatasetRef("synthetic", options=SYNTHETIC_DEFAULT_OPTIONS)
+    assert settings.epochs == 3 and settings.fixed["train.epochs"] == 3 and settings.startup_trials == 2
+    assert settings.path == f"{tmp_path / 'ray_results'}/s1" and not settings.run.resuming
+    saved = json.loads(json.dumps(settings.to_saved()))
+    assert "run" not in saved and saved["dataset"]["options"] == SYNTHETIC_DEFAULT_OPTIONS
+    back = SearchSettings.from_saved(saved, settings.run, "test")
+    assert back == settings
+    assert back.space.params.keys() == settings.space.params.keys()  # rebuilt from the saved text
+    with pytest.raises(AttributeError):
+        back.epochs = 5  # frozen
+
+
+def test_resume_file_of_the_earlier_flat_format_still_reads(tmp_path):
+    settings = settings_from_args(_search_args(tmp_path, "--name", "old", "--data-dir", str(tmp_path)))
+    flat = {k: v for k, v in settings.to_saved().items() if k != "dataset"}
+    flat.update(dataset="synthetic", split=None, data_dir=str(tmp_path), options={"n_users": 400},
+                train_fn="dpgdiff.train:train")
+    back = SearchSettings.from_saved(flat, settings.run, "old file")
+    assert back.dataset == DatasetRef("synthetic", None, str(tmp_path), {"n_users": 400}) and back == settings
+    with pytest.raises(SearchError, match=r"old file: .*unknown keys \['surprise'\]"):
+        SearchSettings.from_saved({**settings.to_saved(), "surprise": 1}, settings.run, "old file")
+
+
+def test_ray_temp_dir_internal_fails_loudly_when_ray_ignores_it(monkeypatch, tmp_path):
+    """Every local search goes through init_local_ray (tests/test_search.py); here: a Ray that ignores the keyword."""
+    import ray
+
+    from tune import ray_internals
+
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda address=None, **kwargs: calls.append(kwargs))  # starts nothing
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    with pytest.raises(ray_internals.RayInternalsChanged, match="_temp_dir"):
+        ray_internals.init_local_ray(str(tmp_path), num_cpus=1)
+    assert calls == [{"_temp_dir": str(tmp_path), "num_cpus": 1}, "shutdown"]
+    (tmp_path / "session_x").mkdir()
+    (tmp_path / "session_latest").symlink_to(tmp_path / "session_x")  # what Ray leaves when it honours it
+    assert ray_internals.init_local_ray(str(tmp_path)) == tmp_path / "session_x"
+
+
+def test_tune_is_this_projects_package_beside_ray_tune():
+    import ray.tune
+
+    import tune
+
+    assert Path(tune.__file__).resolve().parent == REPO / "tune"
+    assert ray.tune.__name__ == "ray.tune" and ray.tune is not tune

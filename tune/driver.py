@@ -1,0 +1,319 @@
+"""The search driver: `run_search(settings)` loads the data, starts Ray, runs the Tuner, reports the result.
+
+Steps: build the space (errors before Ray starts), load the dataset once for its card and
+fingerprint, start or join Ray and check that a trial fits on a node, save the settings (new
+search), open the MLflow parent run, run (or restore) the Tuner, then print the best trial's
+config and per-domain validation and test metrics and attach the best checkpoint, summary tables
+and Optuna plots to the parent run. Returns an exit code (EXIT_*).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import ray
+from ray import tune
+
+import dpgdiff
+from tune import ray_internals, tracking
+from tune.results import METRIC, MODE, print_best, trial_rows, tune_trials, write_parent_artifacts
+from tune.settings import STATE_FILE, SearchError, SearchSettings, write_text
+from tune.space import SearchSpace
+from tune.trainable import TrialSpec, run_trial
+
+EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """The search's MLflow parent run and the callback that keeps one child run per trial."""
+
+    client: Any  # MlflowClient
+    experiment_id: str
+    run_id: str
+    tracker: tracking.MLflowTrialTracker
+
+
+def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] = None) -> int:
+    """Run (or resume) the search `settings` describes -> exit code.
+
+    train_fn: what each trial calls, with `dpgdiff.train`'s signature and Reporter contract
+    (default `dpgdiff.train`); tests pass stand-ins here. It is not saved: pass it again to resume.
+    """
+    space = settings.space  # 1. everything that can be wrong with the input is found before Ray starts
+    print(space.summary(), flush=True)
+    t0 = time.time()  # 2. the dataset, once on the driver: its card goes to MLflow, its fingerprint to every trial
+    dataset = settings.dataset.load()
+    card = dataset.card()
+    print(f"\n{card}\n(loaded in {time.time() - t0:.1f} s)\n", flush=True)
+    if settings.fingerprint and settings.fingerprint != dataset.fingerprint:
+        raise SearchError(f"the dataset changed since search {settings.name!r} started (fingerprint "
+                          f"{settings.fingerprint[:12]} -> {dataset.fingerprint[:12]}); start a new search")
+    settings = settings.with_dataset(dataset)
+
+    temp_dir = start_ray(settings)  # 3. Ray: local (no dashboard) or an existing cluster
+    try:
+        check_resources(ray, settings)  # a trial that cannot fit is an error now
+        if not settings.run.resuming:
+            write_text(f"{settings.path}/{STATE_FILE}", json.dumps(settings.to_saved(), indent=1))
+        parent = open_parent_run(settings, space, card)  # 4. MLflow parent run (reopened on resume)
+        try:  # 5. Tune
+            tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train)
+            print(f"\nsearch {settings.name!r}: {settings.num_samples} trials, results in {settings.path}"
+                  + (" (resumed)" if settings.run.resuming else ""), flush=True)
+            t_fit = time.time()
+            results = tuner.fit()
+            wall = time.time() - t_fit
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            parent.client.set_tag(parent.run_id, tracking.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+            parent.client.set_terminated(parent.run_id, status=status)
+            raise
+        return finish(results, settings, space, parent, wall)
+    finally:
+        ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- Ray
+
+
+def start_ray(settings: SearchSettings) -> Optional[str]:
+    """Start a local Ray (returns its temp dir, for removal at the end) or join `run.address` (None)."""
+    run = settings.run
+    runtime_env: dict[str, Any] = {}
+    if run.ship_code:
+        runtime_env["py_modules"] = [str(Path(dpgdiff.__file__).parent), str(TUNE_PACKAGE_DIR)]
+    if run.address is not None and run.address != "local":
+        ray.init(address=run.address, logging_level="WARNING", runtime_env=runtime_env or None)
+        return None
+    # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
+    temp_dir = run.ray_temp_dir or tempfile.mkdtemp(prefix="ray", dir="/tmp" if Path("/tmp").is_dir() else None)
+    # No dashboard; Ray's remaining local services bind 127.0.0.1 (the minimal dashboard process) or
+    # the node's own IP, which ray.init picks itself (it maps 127.0.0.1 to the reachable address).
+    session = ray_internals.init_local_ray(temp_dir, num_cpus=run.num_cpus or os.cpu_count(),
+                                           include_dashboard=False, dashboard_host="127.0.0.1",
+                                           logging_level="WARNING", runtime_env=runtime_env or None)
+    print_ray_processes(session)
+    return None if run.ray_temp_dir else temp_dir
+
+
+def print_ray_processes(session: Path) -> None:
+    """Log the local Ray's session folder and the processes this driver started (so a supervisor can stop
+    them by PID)."""
+    pids = _descendant_pids(os.getpid())
+    print(f"ray session {session} pids {' '.join(map(str, pids)) or '-'}", flush=True)
+
+
+def _descendant_pids(root: int) -> list[int]:
+    """PIDs of every process below `root` (children, grandchildren, ...), read from /proc (Linux)."""
+    parent_of: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent_of[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])  # field 4: the ppid
+    found, frontier = [], {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent_of.items() if ppid in frontier}
+        found += frontier
+    return sorted(found)
+
+
+def check_resources(ray_api: Any, settings: SearchSettings) -> None:
+    """A trial must fit on one node, or it would stay PENDING forever (search-notes)."""
+    cpu, gpu = settings.cpus_per_trial, settings.gpus_per_trial
+    nodes = [n.get("Resources", {}) for n in ray_api.nodes() if n.get("Alive")]
+    total = ray_api.cluster_resources()
+    fits = [n for n in nodes if n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu]
+    if not fits:
+        have = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes))
+        raise SearchError(f"each trial asks for {cpu:g} CPU and {gpu:g} GPU, but no node of the cluster has that "
+                          f"({have or 'no live nodes'}; total {total.get('CPU', 0):g} CPU, "
+                          f"{total.get('GPU', 0):g} GPU); lower --cpus-per-trial/--gpus-per-trial")
+    slots = sum(int(min(n.get("CPU", 0) // cpu, n.get("GPU", 0) // gpu if gpu else 1e9)) for n in fits)
+    print(f"Ray: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU; "
+          f"room for {slots} trial(s) at once", flush=True)
+
+
+# ------------------------------------------------------------------------------------- MLflow
+
+
+def open_parent_run(settings: SearchSettings, space: SearchSpace, card: Any) -> ParentRun:
+    """Create (or reopen, on resume) the search's parent run; log its inputs when new."""
+    uri = settings.tracking_uri
+    client = tracking.client_for(uri)
+    exp_id = tracking.ensure_experiment(client, settings.experiment, tracking.artifact_root_for(uri))
+    commit = settings.git_commit or "unknown"
+    tags = {"dataset": settings.dataset.name, "dataset.fingerprint": settings.fingerprint or "", "git_commit": commit,
+            "seed": str(settings.seed), "mlflow.source.git.commit": commit.split("+")[0]}
+    run_id, reopened = tracking.start_parent_run(client, exp_id, settings.name, tags)
+    if not reopened:
+        _log_parent_inputs(client, run_id, settings, card, space)
+    print(f"MLflow: {uri} experiment {settings.experiment!r} run {run_id}{' (reopened)' if reopened else ''}",
+          flush=True)
+    tracker = tracking.MLflowTrialTracker(uri, exp_id, run_id, settings.name, space)
+    return ParentRun(client, exp_id, run_id, tracker)
+
+
+def _log_parent_inputs(client: Any, run_id: str, settings: SearchSettings, card: Any, space: SearchSpace) -> None:
+    saved = settings.to_saved()
+    params = {k: saved[k] for k in ("num_samples", "epochs", "seed", "scheduler", "grace_period", "reduction_factor",
+                                    "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures",
+                                    "space_source", "startup_trials")}
+    params.update({"dataset": settings.dataset.name, "split": settings.dataset.split,
+                   "dataset.fingerprint": settings.fingerprint, "argv": " ".join(settings.argv) or "(none)",
+                   "git_commit": settings.git_commit or "unknown"})
+    params.update({f"fixed.{k}": v for k, v in settings.fixed.items()})
+    tracking.log_params(client, run_id, params)
+    client.log_text(run_id, space.text, "search_space.yaml")
+    client.log_text(run_id, str(card), "dataset_card.txt")
+    client.log_dict(run_id, card.to_dict(), "dataset_card.json")
+    client.log_dict(run_id, saved, "search_settings.json")
+
+
+# ------------------------------------------------------------------------------------- Tune
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun, train_fn: Callable[..., Any]) -> Any:
+    """A new Tuner (Optuna TPE + ASHA or FIFO, MLflow callback) or, resuming, the restored one."""
+    spec = TrialSpec(dataset=settings.dataset, fingerprint=settings.fingerprint, space=space, train_fn=train_fn)
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    trainable = tune.with_parameters(tune.with_resources(run_trial, resources), spec=spec)
+    if settings.run.resuming:
+        # Searcher (Optuna study), scheduler, callbacks and run config come back from the saved state.
+        return tune.Tuner.restore(settings.path, trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False)
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(settings, space), scheduler=_scheduler(settings), num_samples=settings.num_samples,
+            max_concurrent_trials=settings.max_concurrent, reuse_actors=settings.reuse_actors,
+            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space),
+            # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): CSV and JSON are what
+            # ResultGrid reads.
+            callbacks=[parent.tracker, CSVLoggerCallback(), JsonLoggerCallback()],
+            verbose=0 if settings.run.quiet else 1,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+                                                    checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures, fail_fast=False)),
+    )
+
+
+def _searcher(settings: SearchSettings, space: SearchSpace) -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials,
+                                         multivariate=True, group=True)
+    return OptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=sampler)
+
+
+def _scheduler(settings: SearchSettings) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if settings.scheduler != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=settings.epochs,
+                         grace_period=min(settings.grace_period, settings.epochs),
+                         reduction_factor=settings.reduction_factor, stop_last_trials=False)
+
+
+def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
+    """The trial table printed while the search runs (None with --quiet)."""
+    if settings.run.quiet:
+        return None
+    preferred = ("model.dim", "diffusion.steps", "train.lr", "loss.lambda_cl", "loss.lambda_diff")
+    params = ([p for p in preferred if p in space.params] + [p for p in space.params if p not in preferred])[:4]
+    return tune.CLIReporter(
+        metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
+                        "val_y_mrr": "val MRR Y", METRIC: "val MRR sum"},
+        parameter_columns={p: p.split(".", 1)[1] for p in params},
+        max_report_frequency=15, metric=METRIC, mode=MODE, sort_by_metric=True, max_progress_rows=12)
+
+
+# ------------------------------------------------------------------------------------- the end
+
+
+def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: ParentRun, wall: float) -> int:
+    """Reconcile MLflow with Tune, print the outcome, attach artifacts and summary metrics -> exit code."""
+    rows = trial_rows(results)
+    trials = tune_trials(settings.path)
+    parent.tracker.reconcile(trials)  # nothing stays RUNNING, whatever happened to the callbacks
+    run_ids = {t.trial_id: parent.tracker.run_id(t, create=False) for t in trials}
+    for row in rows:
+        row["run_id"] = run_ids.get(row["trial_id"])
+    done = [r for r in rows if r["status"] == "FINISHED"]
+    failed = [r for r in rows if r["status"] == "ERROR"]
+    print(f"\n{len(rows)} trial(s): {len(done)} finished, "
+          f"{sum(r['status'] == 'STOPPED' for r in rows)} stopped early by ASHA, {len(failed)} failed; "
+          f"wall time {wall:.1f} s", flush=True)
+
+    client, run_id = parent.client, parent.run_id
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished or len(trials) < settings.num_samples:
+        client.set_tag(run_id, "dpgdiff.unfinished", "1")
+        client.set_terminated(run_id, status="KILLED")
+        print(f"\nSearch {settings.name!r} is UNFINISHED ({len(trials) - len(unfinished)} of "
+              f"{settings.num_samples} trials done). Resume it with:\n"
+              f"    python tune/search.py --name {settings.name} --storage-path {settings.run.storage} --resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    if not done and not any(r["status"] == "STOPPED" for r in rows):
+        first = failed[0] if failed else None
+        text = first.get("error", "") if first else "no trial reported a result"
+        client.set_tag(run_id, tracking.ERROR_TAG, text[:5000])
+        client.set_terminated(run_id, status="FAILED")
+        print(f"\nerror: every trial failed. First error (trial {first['trial_id'] if first else '-'}):\n"
+              f"{tracking.first_error_line(text)}\n\n{text[-3000:]}", file=sys.stderr)
+        return EXIT_ALL_FAILED
+
+    best = max(done or rows, key=lambda r: r.get(METRIC, float("-inf")))
+    print_best(best, space)
+    _log_best(parent, rows, best, space, wall)
+    print(f"\nMLflow parent run {run_id}: best checkpoint, config, trials.csv/.md and Optuna plots attached. "
+          f"Browse with: mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1", flush=True)
+    return EXIT_OK
+
+
+def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace,
+              wall: float) -> None:
+    """Attach artifacts and summary metrics to the parent run, tag the best trial, close the run FINISHED."""
+    from mlflow.entities import Metric
+
+    client, run_id = parent.client, parent.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        write_parent_artifacts(Path(tmp), rows, best, space)
+        client.log_artifacts(run_id, tmp)
+    now = int(time.time() * 1000)
+    summary = {"best_" + k: v for k, v in {**best.get("best_val", {}), **best.get("test", {})}.items()}
+    summary.update(n_trials=len(rows), n_finished=sum(r["status"] == "FINISHED" for r in rows),
+                   n_failed=sum(r["status"] == "ERROR" for r in rows), search_wall_s=wall)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
+    client.set_tag(run_id, "best_trial_id", best["trial_id"])
+    if best.get("run_id"):
+        client.set_tag(run_id, "best_run_id", best["run_id"])
+    client.set_terminated(run_id, status="FINISHED")

@@ -1,0 +1,181 @@
+"""A finished (or interrupted) search's results: trial rows, tables, the best trial, parent-run artifacts.
+
+`trial_rows` reads Tune's ResultGrid (public API): one dict per trial with its best validation epoch
+from the trial's history, its final test metrics and a status (FINISHED, STOPPED by ASHA, ERROR,
+NOT RUN). The rest turns rows into what a person reads: the per-domain table (`domain_table`),
+Markdown tables (`markdown_table`, also used by tune/report.py), and the artifacts attached to the
+MLflow parent run (trials.csv/.md, best/ with config, metrics and checkpoint, Optuna plots).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from dpgdiff.files import atomic_write_text
+from tune.space import SearchSpace
+
+METRIC, MODE = "val_mrr_sum", "max"  # what the search maximises: validation MRR_X + MRR_Y (spec §5.4)
+DOMAIN_METRICS = ("mrr", "mrr10", "ndcg5", "ndcg10", "hr1", "hr5", "hr10")
+
+
+def trial_rows(results: Any) -> list[dict[str, Any]]:
+    """One summary dict per trial, the best epoch read from its history (not the last result)."""
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        metrics = r.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(r.path).name.replace("trial_", "")
+        row: dict[str, Any] = {"trial_id": trial_id, "status": "ERROR" if r.error else "?", "config": dict(r.config or {}),
+                               "path": r.path, "result": r}
+        epochs = df[df["final"] != 1] if df is not None and "final" in df.columns else df
+        if epochs is not None and len(epochs) and METRIC in epochs.columns:
+            best = epochs.loc[epochs[METRIC].idxmax()]
+            row["best_val"] = {k: float(v) for k, v in best.items() if str(k).startswith("val_")}
+            row["best_epoch"] = int(best.get("epoch", best.get("training_iteration", 0)))
+            row["epochs_run"] = int(epochs["epoch"].max()) if "epoch" in epochs.columns else len(epochs)
+            row[METRIC] = float(best[METRIC])
+        final = df[df["final"] == 1] if df is not None and "final" in df.columns else None
+        if final is not None and len(final):
+            last = final.iloc[-1]
+            row["test"] = {k: float(v) for k, v in last.items() if str(k).startswith("test_")}
+            row["best_epoch"] = int(last.get("best_epoch", row.get("best_epoch", 0)))
+            row["status"] = "FINISHED"
+        elif not r.error:
+            row["status"] = "STOPPED" if row.get("epochs_run") else "NOT RUN"
+        if r.error:
+            row["error"] = str(r.error)
+        rows.append(row)
+    return rows
+
+
+def domain_table(best_val: dict[str, float], test: dict[str, float]) -> str:
+    """Markdown table: metric rows, validation / test x domain X / Y columns."""
+    lines = ["| metric | val X | val Y | test X | test Y |", "|---|---:|---:|---:|---:|"]
+    names = list(DOMAIN_METRICS) + [f"full_{m}" for m in DOMAIN_METRICS]
+    for m in names:
+        cells = [best_val.get(f"val_x_{m}"), best_val.get(f"val_y_{m}"), test.get(f"test_x_{m}"), test.get(f"test_y_{m}")]
+        if all(c is None for c in cells):
+            continue
+        lines.append(f"| {m} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+    lines.append(f"| mrr_sum | {best_val.get('val_mrr_sum', float('nan')):.4f} | | "
+                 f"{test.get('test_mrr_sum', float('nan')):.4f} | |")
+    return "\n".join(lines)
+
+
+def print_best(best: dict[str, Any], space: SearchSpace) -> None:
+    print(f"\nBest trial {best['trial_id']} (best epoch {best.get('best_epoch', '?')}, "
+          f"{METRIC} {best.get(METRIC, float('nan')):.4f}); MLflow run {best.get('run_id')}")
+    print("sampled:")
+    for k, v in best["config"].items():
+        print(f"  {k} = {v!r}")
+    if space.fixed:
+        print("fixed: " + ", ".join(f"{k}={v!r}" for k, v in space.fixed.items()))
+    if "test" not in best:
+        print("(no test metrics: this trial did not finish)")
+    print("\n" + domain_table(best.get("best_val", {}), best.get("test", {})), flush=True)
+
+
+def write_parent_artifacts(out: Path, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace) -> None:
+    """trials.csv/.md, best/{config.yaml, metrics.json, metrics.md, checkpoint/} and Optuna plots, under `out`."""
+    import pandas as pd
+
+    keys = sorted({k for r in rows for k in r["config"]})
+    table = []
+    for r in rows:
+        rec = {"trial_id": r["trial_id"], "status": r["status"], "run_id": r.get("run_id"),
+               "epochs_run": r.get("epochs_run"), "best_epoch": r.get("best_epoch"), METRIC: r.get(METRIC),
+               "test_mrr_sum": r.get("test", {}).get("test_mrr_sum"),
+               "test_x_mrr": r.get("test", {}).get("test_x_mrr"), "test_y_mrr": r.get("test", {}).get("test_y_mrr")}
+        rec.update({k: r["config"].get(k) for k in keys})
+        rec["error"] = (r.get("error") or "").strip().splitlines()[-1][:200] if r.get("error") else ""
+        table.append(rec)
+    df = pd.DataFrame(table).sort_values(METRIC, ascending=False, na_position="last")
+    atomic_write_text(out / "trials.csv", df.to_csv(index=False))
+    atomic_write_text(out / "trials.md", markdown_table(df))
+    resolved = space.resolve(best["config"], source=f"trial {best['trial_id']}")
+    resolved.to_yaml(out / "best" / "config.yaml")
+    atomic_write_text(out / "best" / "metrics.json", json.dumps(
+        {"trial_id": best["trial_id"], "best_epoch": best.get("best_epoch"), **best.get("best_val", {}),
+         **best.get("test", {})}, indent=1))
+    atomic_write_text(out / "best" / "metrics.md", domain_table(best.get("best_val", {}), best.get("test", {})))
+    ckpt = _best_checkpoint(best["result"])
+    if ckpt is not None:
+        with ckpt.as_directory() as folder:
+            shutil.copytree(folder, out / "best" / "checkpoint")
+    _optuna_plots(out, rows, space)
+
+
+def _best_checkpoint(result: Any) -> Any:
+    """The final checkpoint (best.pt of the best epoch) if kept, else the best-scoring one."""
+    pairs = list(getattr(result, "best_checkpoints", None) or [])
+    finals = [c for c, m in pairs if (m or {}).get("final")]
+    if finals:
+        return finals[-1]
+    scored = [(m.get(METRIC, float("-inf")), c) for c, m in pairs if m]
+    return max(scored, key=lambda x: x[0])[1] if scored else result.checkpoint
+
+
+def _optuna_plots(out: Path, rows: list[dict[str, Any]], space: SearchSpace) -> None:
+    """Optimization history and parameter importances, from a study rebuilt from the trial results."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import optuna
+        from optuna.visualization import matplotlib as ovm
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(direction="maximize")
+        for r in rows:
+            params = {k: v for k, v in r["config"].items() if k in space.params}
+            value = r.get(METRIC)
+            state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=space.distributions(params),
+                                                      value=value, state=state))
+        plots = [("optuna_history.png", ovm.plot_optimization_history)]
+        if sum(r.get(METRIC) is not None for r in rows) >= 2:
+            plots.append(("optuna_importances.png", ovm.plot_param_importances))
+        for name, fn in plots:
+            try:
+                ax = fn(study)
+                fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+                fig.set_size_inches(8, 5)
+                fig.tight_layout()
+                fig.savefig(out / name, dpi=100)
+                plt.close(fig)
+            except Exception as exc:  # e.g. importances need params varying across complete trials
+                print(f"note: {name} not drawn: {exc}", file=sys.stderr)
+    except Exception as exc:
+        print(f"note: Optuna plots skipped: {exc}", file=sys.stderr)
+
+
+def markdown_table(df: Any) -> str:
+    """A pandas DataFrame as a Markdown table (floats to 4 significant digits, NaN/None empty)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if v is None or (isinstance(v, float) and v != v):
+                cells.append("")
+            elif isinstance(v, float):
+                cells.append(f"{v:.4g}")
+            else:
+                cells.append(str(v).replace("|", "\\|"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def tune_trials(experiment_path: str) -> list[Any]:
+    """Tune's Trial objects of an experiment (status, id, errors), read back from its saved state."""
+    from ray import tune
+
+    return list(tune.ExperimentAnalysis(experiment_path).trials)

@@ -1,0 +1,293 @@
+"""A search's settings: one frozen `SearchSettings`, built from the command line or from the resume file.
+
+What a search *is* (dataset, space, trial budget, scheduler, resources per trial, MLflow target)
+is saved beside Tune's experiment state as `dpgdiff_search.json` (`to_saved()`, plain JSON); a
+resume rebuilds the same settings from it (`from_saved`) and ignores the command line's search
+options. How *this invocation* runs (Ray address, local CPUs and temp dir, storage folder,
+quiet, resuming or not) is `RunOptions`, never saved. Nothing here imports Ray at module level:
+the driver sets Ray's auth mode before Ray is first imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import functools
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+from dpgdiff.config import parse_assignment
+from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
+from dpgdiff.files import atomic_write_text
+from tune.space import SearchSpace, default_space_path, load_space, space_from_text
+
+REPO = Path(__file__).resolve().parent.parent  # the checkout: git commit and display paths
+STATE_FILE = "dpgdiff_search.json"  # beside Tune's experiment state: what a resume needs
+# The no-argument search: a smaller synthetic set so it finishes in minutes on 2 CPU cores.
+SYNTHETIC_DEFAULT_OPTIONS = {"n_users": 400}
+FIXED_SOURCE = "--set/--epochs"  # how errors name the command line's fixed values
+
+
+class SearchError(RuntimeError):
+    """A problem found before any trial runs (arguments, resources, resume state)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this invocation runs the search (from the command line, also when resuming; not saved)."""
+
+    storage: str  # Tune results root: an absolute local folder or a URI (s3://...)
+    resuming: bool = False  # restoring an existing Tune experiment
+    address: Optional[str] = None  # existing Ray cluster ('auto' or HOST:PORT); None = start a local Ray
+    num_cpus: Optional[int] = None  # CPUs of the local Ray (None = all)
+    ray_temp_dir: Optional[str] = None  # local Ray's temp dir (None = a new short folder under /tmp)
+    ship_code: bool = False  # upload dpgdiff/ and tune/ to the workers (runtime_env py_modules)
+    quiet: bool = False  # no trial table while running
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What a search is; saved in STATE_FILE when it starts (everything but `run`)."""
+
+    name: str  # folder under the storage path, and the MLflow parent run's name
+    dataset: DatasetRef
+    space_source: str  # the space file, as shown to the user
+    space_text: str  # its YAML text (the space is rebuilt from it on resume)
+    fixed: Mapping[str, Any]  # --set / --epochs / seed / threads fixed for every trial (dotted names)
+    epochs: int  # per trial (ASHA's max_t)
+    num_samples: int  # trials
+    seed: int  # Optuna sampler seed
+    startup_trials: int  # random trials before TPE
+    scheduler: Literal["asha", "fifo"]
+    grace_period: int  # ASHA grace (epochs)
+    reduction_factor: float  # ASHA reduction factor
+    max_concurrent: Optional[int]  # trials at once (None = what the resources allow)
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_failures: int  # retries of a failed trial
+    reuse_actors: bool  # run trials one after another in the same worker process
+    tracking_uri: str  # MLflow
+    experiment: str  # MLflow experiment name
+    created: str  # ISO time (UTC)
+    git_commit: Optional[str]  # HEAD (+dirty) of the checkout, None outside git
+    argv: tuple[str, ...]  # the command line that started the search
+    fingerprint: Optional[str] = None  # the dataset's, once the driver has loaded it
+    run: RunOptions = field(default_factory=lambda: RunOptions(storage="ray_results"), compare=False)
+
+    @property
+    def path(self) -> str:
+        """The search's Tune experiment folder (or URI)."""
+        return f"{self.run.storage}/{self.name}"
+
+    @functools.cached_property
+    def space(self) -> SearchSpace:
+        """The validated space with the fixed values applied (built once per process)."""
+        return space_from_text(self.space_text, self.space_source).with_fixed(dict(self.fixed), source=FIXED_SOURCE)
+
+    def to_saved(self) -> dict[str, Any]:
+        """Plain JSON-able dict of everything but `run` (the resume file, MLflow's search_settings.json)."""
+        saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
+        return {**saved, "dataset": self.dataset.to_dict(), "fixed": dict(self.fixed), "argv": list(self.argv)}
+
+    @classmethod
+    def from_saved(cls, data: Mapping[str, Any], run: RunOptions, source: str) -> "SearchSettings":
+        """Inverse of `to_saved`; also reads the flat format of searches started before it existed."""
+        data = _upgrade_saved(dict(data))
+        known = {f.name for f in dataclasses.fields(cls)} - {"run"}
+        unknown, missing = set(data) - known, {f.name for f in dataclasses.fields(cls)
+                                               if f.name in known and f.name not in data
+                                               and f.default is dataclasses.MISSING}
+        if unknown or missing:
+            raise SearchError(f"{source}: not a search settings file this version can read "
+                              f"(unknown keys {sorted(unknown)}, missing keys {sorted(missing)})")
+        return cls(**{**data, "dataset": DatasetRef.from_dict(data["dataset"]), "argv": tuple(data["argv"]),
+                      "run": run})
+
+    def replace(self, **changes: Any) -> "SearchSettings":
+        """`dataclasses.replace` that keeps the built space when the space's inputs do not change."""
+        new = dataclasses.replace(self, **changes)
+        if "space" in self.__dict__ and not {"space_text", "space_source", "fixed"} & changes.keys():
+            new.__dict__["space"] = self.__dict__["space"]
+        return new
+
+    def with_dataset(self, dataset: Any) -> "SearchSettings":
+        """The settings with the loaded dataset's split and fingerprint filled in."""
+        return self.replace(dataset=dataclasses.replace(self.dataset, split=dataset.split),
+                            fingerprint=dataset.fingerprint)
+
+
+def _upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """Searches saved before SearchSettings: dataset fields at top level, and the train function's import path."""
+    if isinstance(data.get("dataset"), str):
+        data["dataset"] = {"name": data.pop("dataset"), "split": data.pop("split", None),
+                           "data_dir": data.pop("data_dir", None), "options": data.pop("options", {})}
+        data.pop("train_fn", None)  # stubs are passed to run_search now, never saved
+    return data
+
+
+# ------------------------------------------------------------------------------------- building
+
+
+def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    """A new search from the command line, or the saved settings of the one to resume."""
+    run = RunOptions(storage=_storage_path(args.storage_path), address=args.address, num_cpus=args.num_cpus,
+                     ray_temp_dir=args.ray_temp_dir, ship_code=args.ship_code, quiet=args.quiet)
+    name = args.name
+    if name is None and args.resume:
+        name = _latest_search(run.storage)
+        if name is None:
+            raise SearchError(f"--resume: no search to resume in {run.storage}; pass --name")
+    if name is not None:
+        saved = _saved_settings(name, run, args)
+        if saved is not None:
+            return saved
+        if args.resume:
+            raise SearchError(f"--resume: nothing to resume at {run.storage}/{name} (no Tune experiment state there)")
+    return _new_settings(args, name, run)
+
+
+def _saved_settings(name: str, run: RunOptions, args: argparse.Namespace) -> Optional[SearchSettings]:
+    """The settings saved by search `name`, or None when there is no Tune experiment to restore there."""
+    from ray import tune
+
+    path = f"{run.storage}/{name}"
+    if not tune.Tuner.can_restore(path):
+        return None
+    text = read_text(f"{path}/{STATE_FILE}")
+    if text is None:
+        raise SearchError(f"{path} holds a Tune experiment but no {STATE_FILE}: not a tune/search.py search")
+    settings = SearchSettings.from_saved(json.loads(text), dataclasses.replace(run, resuming=True),
+                                         f"{path}/{STATE_FILE}")
+    if args.tracking_uri:
+        settings = settings.replace(tracking_uri=args.tracking_uri)
+    print(f"resuming search {name!r} from {path} (settings as saved; CLI search options ignored)", flush=True)
+    return settings
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for value, flag in ((args.num_samples, "--num-samples"), (args.cpus_per_trial, "--cpus-per-trial")):
+        if value <= 0:
+            raise SearchError(f"{flag} must be > 0, got {value}")
+    if args.gpus_per_trial < 0 or args.max_failures < 0:
+        raise SearchError("--gpus-per-trial and --max-failures must be >= 0")
+    if args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer():
+        raise SearchError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 it must be a whole number")
+
+
+def _fixed_values(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
+    """--set values, plus train.epochs (--epochs), train.seed and train.num_threads unless fixed already."""
+    overrides = dict(parse_assignment(a, "--set") for a in args.overrides)
+    fixed = dict(overrides)
+    epochs = args.epochs if args.epochs is not None else overrides.get("train.epochs", space.fixed.get("train.epochs"))
+    if epochs is not None:
+        fixed["train.epochs"] = epochs
+    if "train.seed" not in overrides and "train.seed" not in space.fixed:
+        fixed["train.seed"] = args.seed
+    if "train.num_threads" not in overrides and "train.num_threads" not in space.fixed:
+        fixed["train.num_threads"] = max(1, int(args.cpus_per_trial))  # no oversubscription of the CPUs
+    return fixed
+
+
+def _dataset_ref(args: argparse.Namespace) -> DatasetRef:
+    ref = dataset_ref_from_args(args)
+    if not ref.options and Path(ref.name).stem.lower() == "synthetic":
+        ref = dataclasses.replace(ref, options=dict(SYNTHETIC_DEFAULT_OPTIONS))
+    if ref.data_dir:  # workers may run elsewhere: an absolute folder
+        ref = dataclasses.replace(ref, data_dir=str(Path(ref.data_dir).resolve()))
+    return ref
+
+
+def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions) -> SearchSettings:
+    _check_numbers(args)
+    space_path = Path(args.space) if args.space else default_space_path(args.dataset)
+    file_space = load_space(space_path)  # validates: errors name the file and key
+    fixed = _fixed_values(args, file_space)
+    space = file_space.with_fixed(fixed, source=FIXED_SOURCE)
+    epochs = space.base_values()["train.epochs"]
+    name = name or f"{Path(args.dataset).stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or name.startswith("."):
+        raise SearchError(f"--name {name!r}: use a plain folder name")
+    settings = SearchSettings(
+        name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,
+        fixed=fixed, epochs=epochs, num_samples=args.num_samples, seed=args.seed,
+        startup_trials=args.startup_trials or min(10, max(2, args.num_samples // 2)),
+        scheduler=args.scheduler, grace_period=args.grace_period or min(10, max(1, epochs // 4)),
+        reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
+        reuse_actors=args.reuse_actors,
+        tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri(),
+        experiment=args.experiment, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        git_commit=_git_commit(), argv=tuple(args.argv), run=run)
+    settings.__dict__["space"] = space  # already built and checked: seed the cached property, do not parse twice
+    return settings
+
+
+def _default_tracking_uri() -> str:
+    from tune.tracking import local_tracking_uri
+
+    return local_tracking_uri("mlruns")
+
+
+def _latest_search(storage: str) -> Optional[str]:
+    if "://" in storage:
+        return None
+    found = sorted(Path(storage).glob(f"*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
+    return found[-1].parent.name if found else None
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ------------------------------------------------------------------------------------- storage
+
+
+def _storage_path(path: str) -> str:
+    return path.rstrip("/") if "://" in path else str(Path(path).resolve())
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a small text file to a local path (atomically) or a pyarrow filesystem URI (s3://...)."""
+    if "://" not in uri:
+        atomic_write_text(Path(uri), text)
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def read_text(uri: str) -> Optional[str]:
+    """The text of a local path or URI; None when it does not exist."""
+    if "://" not in uri:
+        p = Path(uri)
+        return p.read_text() if p.exists() else None
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.readall().decode()
