@@ -50,6 +50,10 @@ class ModelConfig:
     guidance_memory: Literal["tokens3", "seq", "single"] = "tokens3"  # spec §3.5
     xt_injection: Literal["concat_token", "add"] = "concat_token"  # spec §3.5
     lambda_u: float = 0.001  # only with xt_injection=add (DiffuRec's lambda_uncertainty)
+    # λ ~ N(λ_u, λ_u) of the additive x_t injection (xt_injection=add and DiffuRec) at inference:
+    # sample = drawn at every reverse step as in training (DiffuRec `Diffu_xstart.forward` draws it
+    # on every call); mean = fixed λ_u at inference (the harness's former behaviour).
+    lambda_infer: Literal["sample", "mean"] = "sample"
     logit_scale: Literal["one", "inv_sqrt_d"] = "one"  # spec §2.1
     x0_norm: Literal["none", "l2_sqrt_d"] = "none"  # spec §2.1
     # Std of the N(0, std²) init of E_x, E_y, the MASK vector and Pos. Spec §2.1 suggests 1.0
@@ -62,8 +66,16 @@ class ModelConfig:
     disentangled_encoder: bool = True  # DE: Encoder_x / Encoder_y and the fused guidance g_d
     guidance: bool = True  # G: full guidance memory [g_d, g_x, g_y] instead of [g_d]
     tri_cl: bool = True  # Tri-CL: the tri-view contrastive loss
-    # DiffuRec baseline: reproduce the reference repo's quirks (spec §7.2).
-    diffurec_faithful: bool = False
+    # model.name=diffurec (spec §7.2; dpgdiff/models/diffurec.py):
+    #   faithful: WHUIR/DiffuRec's model: one joint table with a learned PAD row (N(0, item_init_std²);
+    #     DiffuRec's nn.Embedding is N(0, 1), see configs/diffurec.yaml), emb dropout + LN, no positions,
+    #     n_c_layers bidirectional blocks with its padding-query-row mask on h + λ·(x_t + temb(t)),
+    #     x̂_0 = LN(dropout(.))[-1], CE of x̂_0 over the joint table (both domains) and nothing else
+    #     (loss.lambda_*, loss.ce_impl=full only, model.x0_norm, position and pool are not used).
+    #   harness: Table 3's "Diff" inside the DPG-Diff harness (DPG-Diff with DE, G and Tri-CL off and
+    #     xt_injection=add): causal mask + positions, target-domain embedding, decoder block + LN, zero
+    #     PAD, CE over d*'s items only, plus λ_diff·L_diff.
+    diffurec_variant: Literal["faithful", "harness"] = "faithful"
 
 
 @dataclass
@@ -244,6 +256,8 @@ class Config:
             need(getattr(lo, name) >= 0.0 and math.isfinite(getattr(lo, name)), f"loss.{name}", "a finite number >= 0")
         need(lo.cl_tau > 0, "loss.cl_tau", "> 0")
         need(lo.ce_negatives >= 1, "loss.ce_negatives", ">= 1")
+        need(not (m.name == "diffurec" and m.diffurec_variant == "faithful" and lo.ce_impl != "full"),
+             "loss.ce_impl", "full with model.name=diffurec, diffurec_variant=faithful (DiffuRec's full softmax)")
         need(0.0 < a.crop_eta <= 1.0, "augment.crop_eta", "0 < eta <= 1")
         for name in ("mask_gamma", "reorder_beta", "substitute_rho", "insert_rho"):
             need(0.0 <= getattr(a, name) <= 1.0, f"augment.{name}", "0 <= rate <= 1")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dpgdiff.config import Config, ConfigError
 from dpgdiff.models.augmentations import item_similarity
 from dpgdiff.models.base import Recommender
-from dpgdiff.models.diffurec import DiffuRec
+from dpgdiff.models.diffurec import DiffuRec, DiffuRecHarness, build_diffurec
 from dpgdiff.models.dpgdiff import DPGDiff
 from dpgdiff.models.sasrec import SASRec
 
-__all__ = ["build_model", "Recommender", "DPGDiff", "SASRec", "DiffuRec", "item_similarity"]
+__all__ = ["build_model", "Recommender", "DPGDiff", "SASRec", "DiffuRec", "DiffuRecHarness", "item_similarity"]
 
 
 def build_model(config: Config, dataset) -> Recommender:
@@ -22,7 +22,7 @@ def build_model(config: Config, dataset) -> Recommender:
     if m.name == "sasrec":
         return SASRec(config, dataset.items, max_len)
     if m.name == "diffurec":
-        return DiffuRec(config, dataset.items, max_len)
+        return build_diffurec(config, dataset.items, max_len)
     if m.name == "dpgdiff":
         similar = None
         if m.tri_cl and config.augment.sim_model == "itemcf":

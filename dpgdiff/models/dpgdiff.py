@@ -60,6 +60,7 @@ class DPGDiff(Recommender):
         self.denoiser = DPGDenoiser(
             m.dim, dc.steps, m.n_c_layers, m.n_dec_layers, m.n_heads, m.dropout,
             use_memory=self.memory_mode is not None, xt_injection=m.xt_injection, lambda_u=m.lambda_u,
+            lambda_infer=m.lambda_infer,
             attn_mode=attn_mode, cfg=dc.cfg_p > 0,
         )
         if dc.cfg_w > 0 and not (dc.cfg_p > 0 and self.memory_mode is not None):
