@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     # Which model the harness trains: DPG-Diff, or one of the baselines in the same harness.
-    name: Literal["dpgdiff", "sasrec", "diffurec"] = "dpgdiff"
+    # sasrec_single: spec §7.1's per-domain SASRec of Table 1 (one tower per domain, reads s_{d*} only).
+    name: Literal["dpgdiff", "sasrec", "sasrec_single", "diffurec"] = "dpgdiff"
     # Embedding = hidden size. Paper: 512; 128 keeps CPU runs practical (spec §8).
     dim: int = 128
     max_len: int = 15  # C2DSR's maxlen for both Amazon pairs
@@ -62,6 +63,10 @@ class ModelConfig:
     # (README, "Item initialisation"). x0_norm=l2_sqrt_d restores unit-scale x_0 if wanted.
     item_init_std: float = 0.1
     score_alpha: float = 1.0  # weight of g_{d*} in the Eq. 15 score (spec §5.1)
+    # Where Eq. 15's softmax goes (DPG-Diff scoring only, spec §5.1 / A4): items = over the item scores
+    # (monotone, so raw scores rank); literal = softmax over the d-dim vector x̂_0 + α·ĝ before the
+    # dot product with E_{d*}, as Eq. 15 is printed (changes the ranking; kept for the ablation).
+    score_softmax: Literal["items", "literal"] = "items"
     # Ablation switches reproducing Table 3 (spec §7.3). A disabled component is not built.
     disentangled_encoder: bool = True  # DE: Encoder_x / Encoder_y and the fused guidance g_d
     guidance: bool = True  # G: full guidance memory [g_d, g_x, g_y] instead of [g_d]
@@ -126,6 +131,16 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: Literal["adam", "adamw"] = "adam"
+    # Adam(W) β2 (β1 = 0.9). Spec §6: C2DSR and SASRec use 0.98; 0.999 is PyTorch's and DiffuRec's default.
+    adam_beta2: float = 0.999
+    # Learning-rate schedule (spec §6; dpgdiff/optim.py): none; step = ·lr_step_gamma every
+    # lr_step_epochs epochs (DiffuRec StepLR(100, 0.1)); plateau = ·lr_plateau_factor after more than
+    # lr_plateau_patience validation passes without a new best val MRR sum (ABXI ReduceLROnPlateau).
+    lr_schedule: Literal["none", "step", "plateau"] = "none"
+    lr_step_epochs: int = 100
+    lr_step_gamma: float = 0.1
+    lr_plateau_factor: float = 0.3162  # ABXI: 10^-0.5
+    lr_plateau_patience: int = 2  # in validation passes; below train.patience so a decay comes before a stop
     grad_clip: Optional[float] = None
     mode: Literal["prefix", "last"] = "prefix"  # spec §1.4
     eval_every: int = 1  # epochs between validation passes
@@ -265,6 +280,11 @@ class Config:
         need(t.batch_size >= 1, "train.batch_size", ">= 1")
         need(t.lr > 0 and math.isfinite(t.lr), "train.lr", "a finite number > 0")
         need(t.weight_decay >= 0, "train.weight_decay", ">= 0")
+        need(0.0 < t.adam_beta2 < 1.0, "train.adam_beta2", "0 < beta2 < 1")
+        need(t.lr_step_epochs >= 1, "train.lr_step_epochs", ">= 1")
+        need(0.0 < t.lr_step_gamma <= 1.0, "train.lr_step_gamma", "0 < gamma <= 1")
+        need(0.0 < t.lr_plateau_factor < 1.0, "train.lr_plateau_factor", "0 < factor < 1")
+        need(t.lr_plateau_patience >= 0, "train.lr_plateau_patience", ">= 0")
         need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "null or > 0")
         need(t.eval_every >= 1, "train.eval_every", ">= 1")
         need(t.patience >= 0, "train.patience", ">= 0")

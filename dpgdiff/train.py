@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from dpgdiff.config import Config, ConfigError, atomic_write_text
+from dpgdiff.optim import LRSchedule, make_optimizer  # noqa: F401  (make_optimizer: re-exported for bench/)
 
 log = logging.getLogger(__name__)
 
@@ -352,12 +353,6 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    t = config.train
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-
-
 def _check_resume_config(saved: dict[str, Any], config: Config, source: str) -> None:
     now = config.to_dict()
     diffs = [
@@ -467,6 +462,7 @@ def _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progr
     seed_everything(t.seed)
     model = build_model(config, dataset).to(device)
     optimizer = make_optimizer(config, model)
+    lr_schedule = LRSchedule(config, optimizer)
     shuffle_gen = torch.Generator().manual_seed(t.seed)  # CPU: the permutation is made on CPU
     noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)  # model.loss noise / augmentation
     run = _Run()
@@ -481,6 +477,7 @@ def _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progr
         check_dataset(state["dataset"], dataset, str(file))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state.get("lr_schedule"))
         r = state["run"]
         run.epoch, run.best_score, run.best_epoch = r["epoch"], r["best_score"], r["best_epoch"]
         run.best_val, run.bad_evals, run.history = r["best_val"], r["bad_evals"], r["history"]
@@ -533,6 +530,7 @@ def _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progr
         if progress:
             steps.close()
         run.epoch = epoch
+        lr_schedule.epoch_end()
         if epoch % t.eval_every != 0 and epoch != t.epochs:
             continue
 
@@ -547,6 +545,8 @@ def _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progr
         run.history.append(metrics)
 
         score = float(val.mrr_sum)
+        lr_schedule.validation_end(score)
+        metrics["lr"] = lr_schedule.lr  # the rate the next epoch trains with (after this pass's decay)
         if score > run.best_score:
             run.best_score, run.best_epoch, run.best_val = score, epoch, metrics
             run.best_state, run.bad_evals = _cpu_state(model), 0
@@ -562,7 +562,7 @@ def _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progr
         checkpoint_dir = None
         if ckpt_root is not None:
             checkpoint_dir = _save_checkpoint(ckpt_root, model, optimizer, config, identity, run,
-                                              shuffle_gen, noise_gen)
+                                              shuffle_gen, noise_gen, lr_schedule)
         if reporter is not None:
             reporter(epoch, dict(metrics),
                      checkpoint_dir if getattr(reporter, "wants_checkpoint", False) else None)
@@ -590,13 +590,14 @@ def _save_best(path: Path, weights: dict[str, torch.Tensor], config: Config, ide
 
 def _save_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: Config,
                      identity: dict[str, Any], run: _Run, shuffle_gen: torch.Generator,
-                     noise_gen: torch.Generator) -> Path:
+                     noise_gen: torch.Generator, lr_schedule: LRSchedule) -> Path:
     """Write root/checkpoint/{model.pt, config.yaml} atomically (temp folder + rename) -> its path."""
     best_is_current = run.best_epoch == run.epoch
     state = {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
         "best_model": None if best_is_current else run.best_state,
         "config": config.to_dict(),
         "dataset": identity,

@@ -234,6 +234,8 @@ class DPGDiff(Recommender):
                 t_prev = steps[i + 1] if i + 1 < len(steps) else -1
                 x = self.schedule.step(x0_hat, t, t_prev, x, sampler, generator) if t_prev >= 0 else x0_hat
             rep = x if guidance is None else x + self.config.model.score_alpha * guidance.domain(td)
+            if self.config.model.score_softmax == "literal":  # Eq. 15 as printed: softmax over the d dims
+                rep = torch.softmax(rep.float(), dim=-1)
             s = self.item_scores(rep, table, self.scale)
             scores = s if scores is None else scores + s
         return scores / dc.n_samples
