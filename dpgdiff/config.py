@@ -50,7 +50,7 @@ class ModelConfig:
     fusion: Literal["concat", "gate", "sum"] = "concat"  # spec §2.3
     guidance_memory: Literal["tokens3", "seq", "single"] = "tokens3"  # spec §3.5
     xt_injection: Literal["concat_token", "add"] = "concat_token"  # spec §3.5
-    lambda_u: float = 0.001  # only with xt_injection=add (DiffuRec's lambda_uncertainty)
+    lambda_u: float = 0.001  # xt_injection=add and DiffuRec only (DiffuRec's lambda_uncertainty)
     # λ ~ N(λ_u, λ_u) of the additive x_t injection (xt_injection=add and DiffuRec) at inference:
     # sample = drawn at every reverse step as in training (DiffuRec `Diffu_xstart.forward` draws it
     # on every call); mean = fixed λ_u at inference (the harness's former behaviour).

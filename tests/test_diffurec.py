@@ -228,3 +228,25 @@ def test_train_one_epoch_from_the_shipped_config(synthetic_dataset, tmp_path):
     assert type(model) is DiffuRec
     harness = build_model(cfg.with_overrides({"model.diffurec_variant": "harness"}), synthetic_dataset)
     assert type(harness) is DiffuRecHarness
+
+
+def test_dpgdiff_add_injection_uses_the_diffurec_form(synthetic_dataset):
+    """DPG-Diff / harness with xt_injection=add: Encoder_c(h + λ·(x_t + temb + e_dom)), λ drawn per lambda_infer."""
+    base = {"model.dim": 16, "model.n_heads": 2, "model.n_c_layers": 1, "diffusion.steps": 8,
+            "diffusion.schedule": "cosine", "model.xt_injection": "add", "model.lambda_u": 0.3}
+    torch.manual_seed(0)
+    model = build_model(Config().with_overrides({**base, "model.lambda_infer": "mean"}), synthetic_dataset).eval()
+    den = model.denoiser
+    hist = torch.as_tensor(synthetic_dataset.test.history[:4])
+    dom = torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        h, valid = model.embedding.sequence(hist)
+        cache = den.encode_history(h, valid)
+        x_t, t = torch.randn(4, 16), torch.tensor([0, 3, 5, 7])
+        cond = den.condition(t, dom)
+        got = den.token_state(cache, x_t, cond)
+        want = den.encoder_c(h + 0.3 * (x_t + cond)[:, None, :], valid, den.attn_mode)[0][:, -1]
+        assert torch.allclose(got, want, atol=1e-6)
+        den.lambda_infer = "sample"
+        a, b = (den.token_state(cache, x_t, cond, torch.Generator().manual_seed(s)) for s in (1, 2))
+    assert not torch.allclose(a, b)
