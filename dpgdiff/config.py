@@ -39,7 +39,8 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     # Which model the harness trains: DPG-Diff, or one of the baselines in the same harness.
-    name: Literal["dpgdiff", "sasrec", "diffurec"] = "dpgdiff"
+    # sasrec_single: spec §7.1's per-domain SASRec of Table 1 (one tower per domain, reads s_{d*} only).
+    name: Literal["dpgdiff", "sasrec", "sasrec_single", "diffurec"] = "dpgdiff"
     # Embedding = hidden size. Paper: 512; 128 keeps CPU runs practical (spec §8).
     dim: int = 128
     max_len: int = 15  # C2DSR's maxlen for both Amazon pairs
@@ -54,7 +55,11 @@ class ModelConfig:
     fusion: Literal["concat", "gate", "sum"] = "concat"  # spec §2.3
     guidance_memory: Literal["tokens3", "seq", "single"] = "tokens3"  # spec §3.5
     xt_injection: Literal["concat_token", "add"] = "concat_token"  # spec §3.5
-    lambda_u: float = 0.001  # only with xt_injection=add (DiffuRec's lambda_uncertainty)
+    lambda_u: float = 0.001  # xt_injection=add and DiffuRec only (DiffuRec's lambda_uncertainty)
+    # λ ~ N(λ_u, λ_u) of the additive x_t injection (xt_injection=add and DiffuRec) at inference:
+    # sample = drawn at every reverse step as in training (DiffuRec `Diffu_xstart.forward` draws it
+    # on every call); mean = fixed λ_u at inference (the harness's former behaviour).
+    lambda_infer: Literal["sample", "mean"] = "sample"
     logit_scale: Literal["one", "inv_sqrt_d"] = "one"  # spec §2.1
     x0_norm: Literal["none", "l2_sqrt_d"] = "none"  # spec §2.1
     # Std of the N(0, std²) init of E_x, E_y, the MASK vector and Pos. Spec §2.1 suggests 1.0
@@ -63,12 +68,24 @@ class ModelConfig:
     # (README, "Item initialisation"). x0_norm=l2_sqrt_d restores unit-scale x_0 if wanted.
     item_init_std: float = 0.1
     score_alpha: float = 1.0  # weight of g_{d*} in the Eq. 15 score (spec §5.1)
+    # Where Eq. 15's softmax goes (DPG-Diff scoring only, spec §5.1 / A4): items = over the item scores
+    # (monotone, so raw scores rank); literal = softmax over the d-dim vector x̂_0 + α·ĝ before the
+    # dot product with E_{d*}, as Eq. 15 is printed (changes the ranking; kept for the ablation).
+    score_softmax: Literal["items", "literal"] = "items"
     # Ablation switches reproducing Table 3 (spec §7.3). A disabled component is not built.
     disentangled_encoder: bool = True  # DE: Encoder_x / Encoder_y and the fused guidance g_d
     guidance: bool = True  # G: full guidance memory [g_d, g_x, g_y] instead of [g_d]
     tri_cl: bool = True  # Tri-CL: the tri-view contrastive loss
-    # DiffuRec baseline: reproduce the reference repo's quirks (spec §7.2).
-    diffurec_faithful: bool = False
+    # model.name=diffurec (spec §7.2; dpgdiff/models/diffurec.py):
+    #   faithful: WHUIR/DiffuRec's model: one joint table with a learned PAD row (N(0, item_init_std²);
+    #     DiffuRec's nn.Embedding is N(0, 1), see configs/diffurec.yaml), emb dropout + LN, no positions,
+    #     n_c_layers bidirectional blocks with its padding-query-row mask on h + λ·(x_t + temb(t)),
+    #     x̂_0 = LN(dropout(.))[-1], CE of x̂_0 over the joint table (both domains) and nothing else
+    #     (loss.lambda_*, loss.ce_impl=full only, model.x0_norm, position and pool are not used).
+    #   harness: Table 3's "Diff" inside the DPG-Diff harness (DPG-Diff with DE, G and Tri-CL off and
+    #     xt_injection=add): causal mask + positions, target-domain embedding, decoder block + LN, zero
+    #     PAD, CE over d*'s items only, plus λ_diff·L_diff.
+    diffurec_variant: Literal["faithful", "harness"] = "faithful"
 
 
 @dataclass
@@ -132,6 +149,16 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: Literal["adam", "adamw"] = "adam"
+    # Adam(W) β2 (β1 = 0.9). Spec §6: C2DSR and SASRec use 0.98; 0.999 is PyTorch's and DiffuRec's default.
+    adam_beta2: float = 0.999
+    # Learning-rate schedule (spec §6; dpgdiff/optim.py): none; step = ·lr_step_gamma every
+    # lr_step_epochs epochs (DiffuRec StepLR(100, 0.1)); plateau = ·lr_plateau_factor after more than
+    # lr_plateau_patience validation passes without a new best val MRR sum (ABXI ReduceLROnPlateau).
+    lr_schedule: Literal["none", "step", "plateau"] = "none"
+    lr_step_epochs: int = 100
+    lr_step_gamma: float = 0.1
+    lr_plateau_factor: float = 0.3162  # ABXI: 10^-0.5
+    lr_plateau_patience: int = 2  # in validation passes; below train.patience so a decay comes before a stop
     grad_clip: Optional[float] = None
     mode: Literal["prefix", "last"] = "prefix"  # spec §1.4
     eval_every: int = 1  # epochs between validation passes
@@ -274,6 +301,8 @@ class Config:
             need(getattr(lo, name) >= 0.0 and math.isfinite(getattr(lo, name)), f"loss.{name}", "a finite number >= 0")
         need(lo.cl_tau > 0, "loss.cl_tau", "> 0")
         need(lo.ce_negatives >= 1, "loss.ce_negatives", ">= 1")
+        need(not (m.name == "diffurec" and m.diffurec_variant == "faithful" and lo.ce_impl != "full"),
+             "loss.ce_impl", "full with model.name=diffurec, diffurec_variant=faithful (DiffuRec's full softmax)")
         need(0.0 < a.crop_eta <= 1.0, "augment.crop_eta", "0 < eta <= 1")
         for name in ("mask_gamma", "reorder_beta", "substitute_rho", "insert_rho"):
             need(0.0 <= getattr(a, name) <= 1.0, f"augment.{name}", "0 <= rate <= 1")
@@ -281,6 +310,11 @@ class Config:
         need(t.batch_size >= 1, "train.batch_size", ">= 1")
         need(t.lr > 0 and math.isfinite(t.lr), "train.lr", "a finite number > 0")
         need(t.weight_decay >= 0, "train.weight_decay", ">= 0")
+        need(0.0 < t.adam_beta2 < 1.0, "train.adam_beta2", "0 < beta2 < 1")
+        need(t.lr_step_epochs >= 1, "train.lr_step_epochs", ">= 1")
+        need(0.0 < t.lr_step_gamma <= 1.0, "train.lr_step_gamma", "0 < gamma <= 1")
+        need(0.0 < t.lr_plateau_factor < 1.0, "train.lr_plateau_factor", "0 < factor < 1")
+        need(t.lr_plateau_patience >= 0, "train.lr_plateau_patience", ">= 0")
         need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "null or > 0")
         need(t.eval_every >= 1, "train.eval_every", ">= 1")
         need(t.patience >= 0, "train.patience", ">= 0")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dpgdiff.config import Config
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y
-from dpgdiff.models import DiffuRec, DPGDiff, SASRec, build_model
+from dpgdiff.models import DiffuRec, DiffuRecHarness, DPGDiff, SASRec, build_model
 from dpgdiff.models.losses import domain_cross_entropy, info_nce, tri_view_cl
 
 torch.set_num_threads(1)  # the test machine is shared; tiny models gain nothing from threads
@@ -222,19 +222,22 @@ def test_config_variants_run(synthetic_dataset, batch, overrides):
 
 @pytest.mark.parametrize("name,overrides", [
     ("sasrec", {}),
-    ("diffurec", {"model.diffurec_faithful": True}),
-    ("diffurec", {"model.diffurec_faithful": False}),
+    ("diffurec", {}),  # default: faithful
+    ("diffurec", {"model.diffurec_variant": "harness"}),
 ])
 def test_baselines_run_loss_and_score(synthetic_dataset, batch, name, overrides):
     model = make(config(**{"model.name": name}, **overrides), synthetic_dataset)
-    assert isinstance(model, {"sasrec": SASRec, "diffurec": DiffuRec}[name])
+    harness = overrides.get("model.diffurec_variant") == "harness"
+    want = {"sasrec": SASRec, "diffurec": DiffuRecHarness if harness else DiffuRec}[name]
+    assert type(model) is want
     out = loss_of(model, batch)
     out["total"].backward()
     assert torch.isfinite(out["total"])
-    if name == "diffurec":
+    if name == "diffurec" and harness:
         assert not any(n.startswith("encoder.") for n, _ in model.named_parameters()) and model.augmenter is None
-        assert ("diff" in out) != overrides["model.diffurec_faithful"]  # faithful: CE on x̂_0 only
-        assert (model.embedding.pos is None) == overrides["model.diffurec_faithful"]
+        assert "diff" in out and model.embedding.pos is not None  # harness: + λ_diff·L_diff, positions
+    elif name == "diffurec":
+        assert set(out) == {"total", "rec"}  # faithful: CE on x̂_0 only (tests/test_diffurec.py pins it)
     model.eval()
     for domain in (DOMAIN_X, DOMAIN_Y):
         scores = model.score(batch[0][:8], domain, sampler="ddim", infer_steps=2,

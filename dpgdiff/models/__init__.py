@@ -5,11 +5,13 @@ from __future__ import annotations
 from dpgdiff.config import Config, ConfigError
 from dpgdiff.models.augmentations import item_similarity
 from dpgdiff.models.base import Recommender
-from dpgdiff.models.diffurec import DiffuRec
+from dpgdiff.models.diffurec import DiffuRec, DiffuRecHarness, build_diffurec
 from dpgdiff.models.dpgdiff import DPGDiff
-from dpgdiff.models.sasrec import SASRec
+from dpgdiff.models.sasrec import SASRec, SASRecSingle
 
-__all__ = ["build_model", "Recommender", "DPGDiff", "SASRec", "DiffuRec", "item_similarity"]
+__all__ = [
+    "build_model", "Recommender", "DPGDiff", "SASRec", "SASRecSingle", "DiffuRec", "DiffuRecHarness", "item_similarity",
+]
 
 
 def build_model(config: Config, dataset) -> Recommender:
@@ -21,11 +23,13 @@ def build_model(config: Config, dataset) -> Recommender:
     max_len = max(int(m.max_len), int(dataset.max_len))
     if m.name == "sasrec":
         return SASRec(config, dataset.items, max_len)
+    if m.name == "sasrec_single":
+        return SASRecSingle(config, dataset.items, max_len)
     if m.name == "diffurec":
-        return DiffuRec(config, dataset.items, max_len)
+        return build_diffurec(config, dataset.items, max_len)
     if m.name == "dpgdiff":
         similar = None
         if m.tri_cl and config.augment.sim_model == "itemcf":
             similar = item_similarity(dataset.train_sequences, dataset.items, seed=config.train.seed)
         return DPGDiff(config, dataset.items, max_len, similar)
-    raise ConfigError(f"model.name={m.name!r} is not a known model; expected dpgdiff, sasrec or diffurec")
+    raise ConfigError(f"model.name={m.name!r} is not a known model; expected dpgdiff, sasrec, sasrec_single or diffurec")

@@ -4,6 +4,14 @@ All ops act on a left-padded (B, L) batch of internal ids at once (no Python loo
 is chosen uniformly per sequence (CoSeRec `Random`). Substitute / Insert use the most similar item of
 the *same domain* (ItemCF-IUF over the training sequences, precomputed once) or, with
 sim_model = random, a fresh random item of the same domain.
+
+Short sequences (issue #8 §4): the spec's rates are fractions of n, and CDSR prefix examples are
+short (median 6 items), so ⌊β·n⌋ and ⌊γ·n⌋ are often 0 or 1 and the view would equal s_c. For
+n >= 2 every op therefore changes the sequence: Crop keeps at most n - 1 items, Mask masks at least
+one item, Reorder shuffles a window of at least 2 items with a permutation other than the identity.
+(CoSeRec handles short sequences by allowing only Insert / Substitute below `augment_threshold`;
+the floors here keep all five ops and their spec'd rates for longer sequences.) A single-item
+sequence is changed only by Substitute and Insert.
 """
 
 from __future__ import annotations
@@ -116,9 +124,9 @@ class Augmenter(nn.Module):
     # ---------------------------------------------------------------- the five ops
 
     def crop(self, ids, valid, n, generator):
-        """Keep a random contiguous window of max(1, ⌊η·n⌋) items."""
+        """Keep a random contiguous window of max(1, ⌊η·n⌋) items, at most n - 1 when n >= 2."""
         b, l = ids.shape
-        k = (self.cfg.crop_eta * n).floor().long().clamp_min(1)
+        k = torch.minimum((self.cfg.crop_eta * n).floor().long(), n - 1).clamp_min(1)
         s = (_rand((b,), generator, ids.device) * (n - k + 1)).floor().long()
         p = torch.arange(l, device=ids.device)[None]
         src = (l - n + s)[:, None] + p - (l - k)[:, None]
@@ -126,22 +134,33 @@ class Augmenter(nn.Module):
         return torch.where(p >= (l - k)[:, None], out, 0)
 
     def mask(self, ids, valid, n, generator):
-        """Replace ⌊γ·n⌋ random items by MASK."""
+        """Replace ⌊γ·n⌋ random items by MASK, at least one when n >= 2 (and γ > 0)."""
         m = (self.cfg.mask_gamma * n).floor().long()
+        if self.cfg.mask_gamma > 0:
+            m = torch.where(n >= 2, m.clamp_min(1), m)
         chosen = self._choose(valid, m, generator, ids.device)
         return torch.where(chosen, self.items.mask, ids)
 
     def reorder(self, ids, valid, n, generator):
-        """Shuffle a random contiguous window of ⌊β·n⌋ items."""
+        """Shuffle a random contiguous window of ⌊β·n⌋ items, at least 2 when n >= 2 (and β > 0).
+
+        A shuffle that happens to be the identity (probability 1/k!, i.e. 1/2 for k = 2) is replaced
+        by the window's reversal, so for n >= 2 the order always changes."""
         b, l = ids.shape
         k = (self.cfg.reorder_beta * n).floor().long()
+        if self.cfg.reorder_beta > 0:
+            k = torch.where(n >= 2, k.clamp(2, None), k)
         s = (_rand((b,), generator, ids.device) * (n - k + 1)).floor().long()
         p = torch.arange(l, device=ids.device)[None].float()
         lo = (l - n + s)[:, None].float()
         inside = (p >= lo) & (p < lo + k[:, None])
         # Keys inside the window are random in [lo - 0.5, lo + k - 0.5): they permute among themselves only.
         key = torch.where(inside, lo - 0.5 + _rand((b, l), generator, ids.device) * k[:, None], p)
-        return ids.gather(1, key.argsort(1))
+        perm = key.argsort(1)
+        identity = (perm == torch.arange(l, device=ids.device)).all(1, keepdim=True)
+        # Reversal of the window: position p inside maps to 2·lo + k - 1 - p.
+        reverse = torch.where(inside, 2 * lo + k[:, None] - 1 - p, p).long()
+        return ids.gather(1, torch.where(identity, reverse, perm))
 
     def substitute(self, ids, valid, n, generator):
         """Replace max(1, ⌊ρ_s·n⌋) random items by a same-domain replacement."""

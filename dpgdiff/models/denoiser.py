@@ -4,8 +4,8 @@ Encoder_c reads the mixed history with the noisy target x_t appended as one extr
 (xt_injection = concat_token). Because Encoder_c is causal, the history's per-layer K/V do not depend
 on x_t or t: `encode_history` runs once per case and every reverse step is one token through
 Encoder_c (`CausalTransformer.extend`) plus the decoder over the precomputed memory K/V (spec §8).
-xt_injection = add is the DiffuRec alternative (λ·x_t + temb added to every history position), which
-cannot be cached: each step re-runs the whole sequence.
+xt_injection = add is the DiffuRec alternative (λ·(x_t + temb + e_dom) added to every history
+position, `inject_additive`), which cannot be cached: each step re-runs the whole sequence.
 """
 
 from __future__ import annotations
@@ -16,7 +16,20 @@ from typing import Optional
 import torch
 from torch import nn
 
+from dpgdiff.models.diffusion import randn_like
 from dpgdiff.models.layers import KV, AttnMode, CausalTransformer, CrossAttentionBlock, TimestepEmbedding
+
+
+def inject_additive(
+    h: torch.Tensor, z: torch.Tensor, lambda_u: float, sample: bool, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """DiffuRec's λ-injection (`Diffu_xstart.forward`): h + λ·z at every position -> (B, L, d).
+
+    h (B, L, d) embedded history; z (B, d) = x_t + temb(t) (DiffuRec adds the time embedding to x_t
+    *before* scaling, so λ scales both). λ ~ N(λ_u, λ_u²) elementwise over (B, L, d) when `sample`
+    (DiffuRec draws it on every call, training and inference), else the constant λ_u."""
+    lam = lambda_u + lambda_u * randn_like(h, generator) if sample else lambda_u
+    return h + lam * z[:, None, :]
 
 
 @dataclass
@@ -51,6 +64,7 @@ class DPGDenoiser(nn.Module):
         use_memory: bool,
         xt_injection: str = "concat_token",
         lambda_u: float = 0.001,
+        lambda_infer: str = "sample",
         attn_mode: AttnMode = "causal",
         cfg: bool = False,
     ) -> None:
@@ -60,7 +74,10 @@ class DPGDenoiser(nn.Module):
         if attn_mode != "causal" and xt_injection == "concat_token":
             raise ValueError("attn_mode='diffurec' (bidirectional) needs xt_injection='add'")
         self.xt_injection = xt_injection
+        if lambda_infer not in ("sample", "mean"):
+            raise ValueError(f"unknown lambda_infer {lambda_infer!r}; expected sample or mean")
         self.lambda_u = lambda_u
+        self.lambda_infer = lambda_infer
         self.attn_mode = attn_mode
         self.use_memory = use_memory
         self.time_emb = TimestepEmbedding(dim, steps)
@@ -93,12 +110,10 @@ class DPGDenoiser(nn.Module):
         """Encoder_c output for the x_t token (B, d)."""
         if self.xt_injection == "concat_token":
             return self.encoder_c.extend(x_t + cond, cache.kv, cache.valid)
-        # DiffuRec: h + λ·x_t + temb at every position, λ ~ N(λ_u, λ_u) elementwise in training, λ_u at eval.
-        lam = self.lambda_u
-        if self.training:
-            noise = torch.randn(cache.h.shape, generator=generator, device=generator.device if generator else None)
-            lam = self.lambda_u + self.lambda_u * noise.to(cache.h.device, cache.h.dtype)
-        states, _ = self.encoder_c(cache.h + lam * x_t[:, None, :] + cond[:, None, :], cache.valid, self.attn_mode)
+        # DiffuRec: h + λ·(x_t + temb) at every position; e_dom (in `cond`) rides with temb.
+        sample = self.training or self.lambda_infer == "sample"
+        z = inject_additive(cache.h, x_t + cond, self.lambda_u, sample, generator)
+        states, _ = self.encoder_c(z, cache.valid, self.attn_mode)
         return states[:, -1]
 
     def memory_kv(self, memory: Optional[Memory]) -> Optional[list[KV]]:

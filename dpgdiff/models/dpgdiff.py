@@ -60,6 +60,7 @@ class DPGDiff(Recommender):
         self.denoiser = DPGDenoiser(
             m.dim, dc.steps, m.n_c_layers, m.n_dec_layers, m.n_heads, m.dropout,
             use_memory=self.memory_mode is not None, xt_injection=m.xt_injection, lambda_u=m.lambda_u,
+            lambda_infer=m.lambda_infer,
             attn_mode=attn_mode, cfg=dc.cfg_p > 0,
         )
         if dc.cfg_w > 0 and not (dc.cfg_p > 0 and self.memory_mode is not None):
@@ -249,6 +250,8 @@ class DPGDiff(Recommender):
                 t_prev = steps[i + 1] if i + 1 < len(steps) else -1
                 x = self.schedule.step(x0_hat, t, t_prev, x, sampler, generator) if t_prev >= 0 else x0_hat
             rep = x if guidance is None else x + self.config.model.score_alpha * guidance.domain(td)
+            if self.config.model.score_softmax == "literal":  # Eq. 15 as printed: softmax over the d dims
+                rep = torch.softmax(rep.float(), dim=-1)
             s = self.item_scores(rep, table, self.scale)
             scores = s if scores is None else scores + s
         return scores / dc.n_samples

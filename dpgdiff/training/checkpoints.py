@@ -181,7 +181,7 @@ def check_resume_config(saved: dict[str, Any], config: Config, source: str) -> N
 
 
 def restore_training_checkpoint(resume_from: str | Path, config: Config, dataset: Any, model: torch.nn.Module,
-                                optimizer: torch.optim.Optimizer, shuffle_gen: torch.Generator,
+                                optimizer: torch.optim.Optimizer, lr_schedule: Any, shuffle_gen: torch.Generator,
                                 noise_gen: torch.Generator) -> LoopState:
     """Load a training checkpoint into model, optimizer and generators (and every global RNG) -> its LoopState.
 
@@ -195,6 +195,7 @@ def restore_training_checkpoint(resume_from: str | Path, config: Config, dataset
     check_dataset(state["dataset"], dataset, str(file))
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    lr_schedule.load_state_dict(state.get("lr_schedule"))
     # A checkpoint written at the best epoch stores the weights once (the best are the current).
     best_state = state["best_model"] if state["best_model"] is not None else cpu_state(model)
     run = LoopState.from_dict(state["run"], best_state)
@@ -215,8 +216,8 @@ def save_best(path: Path, weights: dict[str, torch.Tensor], config: Config, iden
                        "dataset": identity, "epoch": epoch, "val": dict(val)}, path)
 
 
-def save_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: Config,
-                    identity: dict[str, Any], run: LoopState, shuffle_gen: torch.Generator,
+def save_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: Any,
+                    config: Config, identity: dict[str, Any], run: LoopState, shuffle_gen: torch.Generator,
                     noise_gen: torch.Generator) -> Path:
     """Write root/checkpoint/{model.pt, config.yaml} atomically (temp folder + rename) -> its path."""
     best_is_current = run.best_epoch == run.epoch
@@ -224,6 +225,7 @@ def save_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch.optim.O
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
         "best_model": None if best_is_current else run.best_state,
         "config": config.to_dict(),
         "dataset": identity,

@@ -36,6 +36,7 @@ from dpgdiff.data.ref import DatasetRef
 from dpgdiff.evaluation import Evaluator
 from dpgdiff.files import atomic_write_text
 from dpgdiff.models import build_model
+from dpgdiff.optim import LRSchedule, make_optimizer
 from dpgdiff.training.checkpoints import (
     CHECKPOINT_DIRNAME,
     LoopState,
@@ -150,12 +151,6 @@ def evaluate_model(
 # --------------------------------------------------------------------------------------------
 
 
-def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    t = config.train
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-
-
 def train(
     config: Config,
     dataset: Any,
@@ -233,11 +228,13 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
     seed_everything(t.seed)
     model = build_model(config, dataset).to(device)
     optimizer = make_optimizer(config, model)
+    lr_schedule = LRSchedule(config, optimizer)
     shuffle_gen = torch.Generator().manual_seed(t.seed)  # CPU: the permutation is made on CPU
     noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)  # model.loss noise / augmentation
     run = LoopState()
     if resume_from is not None:
-        run = restore_training_checkpoint(resume_from, config, dataset, model, optimizer, shuffle_gen, noise_gen)
+        run = restore_training_checkpoint(resume_from, config, dataset, model, optimizer, lr_schedule, shuffle_gen,
+                                          noise_gen)
 
     examples = dataset.training_examples(t.mode)
     if len(examples) == 0:
@@ -282,6 +279,7 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
         if progress:
             steps.close()
         run.epoch = epoch
+        lr_schedule.epoch_end()
         if epoch % t.eval_every != 0 and epoch != t.epochs:
             continue
 
@@ -297,6 +295,8 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
         run.history.append(metrics)
 
         score = float(val.mrr_sum)
+        lr_schedule.validation_end(score)
+        metrics["lr"] = lr_schedule.lr  # the rate the next epoch trains with (after this pass's decay)
         if score > run.best_score:
             run.best_score, run.best_epoch, run.best_val = score, epoch, metrics
             run.best_state, run.bad_evals = cpu_state(model), 0
@@ -311,8 +311,8 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
 
         checkpoint_dir = None
         if ckpt_root is not None:
-            checkpoint_dir = save_checkpoint(ckpt_root, model, optimizer, config, identity, run,
-                                              shuffle_gen, noise_gen)
+            checkpoint_dir = save_checkpoint(ckpt_root, model, optimizer, lr_schedule, config, identity, run,
+                                             shuffle_gen, noise_gen)
         if reporter is not None:
             reporter(epoch, dict(metrics),
                      checkpoint_dir if getattr(reporter, "wants_checkpoint", False) else None)
