@@ -116,7 +116,7 @@ def diagnose(
     timesteps: default every t for T <= 32, else 32 evenly spaced; infer_steps: K values (None = T)."""
     from dpgdiff.training import evaluate_model
 
-    if not hasattr(model, "predict_x0") or not hasattr(model, "schedule"):
+    if not hasattr(model, "predict_x0") or not hasattr(model, "diffused_x0"):
         raise ValueError(f"{config.model.name} is not a diffusion model: nothing to diagnose")
     model.eval()
     schedule = model.schedule
@@ -132,13 +132,15 @@ def diagnose(
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
 
-    tables = {DOMAIN_NAMES[d]: model.embedding.table(d).detach().float() for d in (DOMAIN_X, DOMAIN_Y)}
+    tables = {DOMAIN_NAMES[d]: model.table(d).detach().float() for d in (DOMAIN_X, DOMAIN_Y)}
     with torch.no_grad():
-        x0_all = model.x0(model.embedding.lookup(target.to(device))).float()
+        x0_all = model.diffused_x0(target.to(device)).float()
     x0_power = float(x0_all.pow(2).mean())
     out = DiffusionDiagnostics(
         model=config.model.name, steps=T, schedule=config.diffusion.schedule,
-        terminal_snr=config.diffusion.terminal_snr, x0_norm=config.model.x0_norm, n_cases=len(pick),
+        terminal_snr=config.diffusion.terminal_snr, n_cases=len(pick),
+        x0_norm="none" if config.model.name == "diffurec" and config.model.diffurec_variant == "faithful"
+        else config.model.x0_norm,
         table_rms={k: float(v.pow(2).mean().sqrt()) for k, v in tables.items()},
         table_row_norm={k: float(v.norm(dim=1).mean()) for k, v in tables.items()},
         x0_rms=math.sqrt(x0_power),

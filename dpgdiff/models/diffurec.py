@@ -87,7 +87,7 @@ class DiffuRec(Recommender):
         self.emb_norm = nn.LayerNorm(m.dim, eps=DIFFUREC_LN_EPS)
         self.denoiser = DiffuRecDenoiser(m.dim, dc.steps, m.n_c_layers, m.n_heads, m.dropout,
                                          m.lambda_u, m.lambda_infer)
-        self.schedule = NoiseSchedule(dc.steps, dc.schedule, dc.beta_scale)
+        self.schedule = NoiseSchedule(dc.steps, dc.schedule, dc.beta_scale, dc.terminal_snr, dc.ddpm_variance)
 
     def table(self, domain: int) -> torch.Tensor:
         """E_d (n_items(domain), d): the joint table's rows of that domain; row j = local item j."""
@@ -117,6 +117,16 @@ class DiffuRec(Recommender):
         logits = self.item_scores(x0_hat, self.item.weight, self.scale)  # (B, 1 + Nx + Ny)
         ce = F.cross_entropy(logits, target)
         return {"total": ce, "rec": ce.detach()}
+
+    def diffused_x0(self, target: torch.Tensor) -> torch.Tensor:
+        """x_0 = E[target] (B, d), the vector the forward process noises."""
+        return self.item(target)
+
+    @torch.no_grad()
+    def predict_x0(self, history, target_domain, x_t, t) -> tuple[torch.Tensor, None]:
+        """One denoiser call -> (x̂_0 (B, d), None: no guidance term), for `python -m dpgdiff diagnose`."""
+        h, valid = self.embed(history)
+        return self.denoiser(h, valid, x_t, t), None
 
     @torch.no_grad()
     def score(self, history, target_domain: int, *, sampler=None, infer_steps=None, generator=None):

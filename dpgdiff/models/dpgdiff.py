@@ -77,6 +77,14 @@ class DPGDiff(Recommender):
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embedding.table(DOMAIN_X), self.embedding.table(DOMAIN_Y)
 
+    def table(self, domain: int) -> torch.Tensor:
+        """E_d (n_items(domain), d); column j of the scores = local item j."""
+        return self.embedding.table(domain)
+
+    def diffused_x0(self, target: torch.Tensor) -> torch.Tensor:
+        """x_0 of the forward process for internal target ids (B, d): E_{d*}[target], after model.x0_norm."""
+        return self.x0(self.embedding.lookup(target))
+
     def memory(self, guidance: Optional[Guidance]) -> Optional[Memory]:
         """Guidance memory tokens for the decoder (spec §3.5): single [g_d], tokens3 [g_d, ĝ_x, ĝ_y], seq [g_d; H_x; H_y]."""
         if self.memory_mode is None:
