@@ -230,13 +230,17 @@ def _torch_load(path: Path, what: str) -> dict[str, Any]:
 
 
 def dataset_identity(dataset: Any) -> dict[str, Any]:
-    """name, split, loader options and fingerprint: enough to reload the same dataset."""
+    """name, split, loader options and fingerprint: enough to reload the same dataset; item_ids: the
+    raw <-> internal id map that serving needs without the data (dpgdiff/data/ids.py)."""
+    from dpgdiff.data.ids import ItemIdMap
+
     options = getattr(dataset, "options", None) or {}
     return {
         "name": str(dataset.name),
         "split": str(dataset.split),
         "options": {str(k): v for k, v in dict(options).items()},
         "fingerprint": str(dataset.fingerprint),
+        "item_ids": ItemIdMap.from_dataset(dataset).to_dict(),
     }
 
 
@@ -577,7 +581,8 @@ def _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progr
     if out is not None:
         atomic_write_text(out / "metrics.json", json.dumps(
             {"best_epoch": run.best_epoch, "stopped_early": run.stopped_early, "best_val": run.best_val,
-             "test": test, "history": run.history, "dataset": identity}, indent=2) + "\n")
+             "test": test, "history": run.history,
+             "dataset": {k: v for k, v in identity.items() if k != "item_ids"}}, indent=2) + "\n")
     return result
 
 
