@@ -492,6 +492,9 @@ def _finish(results, state, space, storage, client, exp_id, parent_id, dataset, 
     with tempfile.TemporaryDirectory() as tmp:
         _write_parent_artifacts(Path(tmp), rows, best, space, results)
         client.log_artifacts(parent_id, tmp)
+        from tune.serving import publish_best_model  # issue 13 §1: the best trial as a registered MLflow model
+
+        publish_best_model(state["tracking_uri"], parent_id, Path(tmp) / "best" / "checkpoint", dataset, best.get(METRIC))
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)

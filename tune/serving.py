@@ -116,9 +116,12 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, d
 
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint, config = checkpoint_dir / "best.pt", checkpoint_dir / "config.yaml"
+    if not checkpoint.is_file():  # a trial stopped early: its last training checkpoint
+        checkpoint = checkpoint_dir / "model.pt"
     for path in (checkpoint, config):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; log_best_model needs the best trial's best.pt and config.yaml")
+            raise FileNotFoundError(f"{path}: missing; log_best_model needs the best trial's best.pt (or model.pt) "
+                                    "and config.yaml")
     rec = Recommender.load(checkpoint)  # fails here, not in the server, if the checkpoint cannot be served
     dataset = str(rec.info["dataset"]["name"])
     fingerprint = str(rec.info["dataset"]["fingerprint"])
@@ -161,6 +164,30 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, d
     if moved:
         client.set_registered_model_alias(name, BEST_ALIAS, version)
     return LoggedModel(name, version, f"models:/{name}/{version}", moved, reason)
+
+
+def publish_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, dataset: Any,
+                       metric_value: Optional[float], *, metric: str = "val_mrr_sum") -> Optional[LoggedModel]:
+    """The end of a search (tune/search.py): log + register the best trial's checkpoint folder and say
+    what happened, with the commands to use it. A failure here is reported, not raised: the search's
+    results are already stored, and the model can be logged again by calling log_best_model."""
+    import sys
+
+    if metric_value is None or not Path(checkpoint_dir).is_dir():
+        print(f"note: no model registered: the best trial has no {metric} or no checkpoint", file=sys.stderr)
+        return None
+    try:
+        logged = log_best_model(tracking_uri, run_id, checkpoint_dir, dataset.card().to_dict(),
+                                metric_value=float(metric_value), metric=metric)
+    except Exception as exc:  # noqa: BLE001  reported, see the docstring
+        print(f"warning: the best model was not registered ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+    print(f"\nRegistered {logged.model_uri} ({'now' if logged.alias_moved else 'not'} @{BEST_ALIAS}: {logged.reason}).\n"
+          f"  python -c \"import mlflow; mlflow.set_tracking_uri('{tracking_uri}'); "
+          f"print(mlflow.pyfunc.load_model('models:/{logged.name}@{BEST_ALIAS}').metadata)\"\n"
+          f"  MLFLOW_TRACKING_URI={tracking_uri} mlflow models serve -m models:/{logged.name}@{BEST_ALIAS} "
+          f"--env-manager local --host 127.0.0.1 --port 5001", flush=True)
+    return logged
 
 
 def _should_move_alias(client: Any, name: str, metric: str, value: float, fingerprint: str) -> tuple[bool, str]:
