@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 import mlflow.models
 import mlflow.pyfunc
+import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 BEST_ALIAS = "best"
@@ -53,9 +54,7 @@ def registered_name(dataset_name: str) -> str:
 class DpgdiffModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of `dpgdiff.recommend.Recommender` (checkpoint and config come as artifacts)."""
 
-    # No type hints on load_context/predict: MLflow would try (and fail) to derive a schema from them;
-    # the signature is given explicitly in log_best_model.
-    def load_context(self, context):  # noqa: ANN001
+    def load_context(self, context: Any) -> None:
         import os
 
         from dpgdiff.recommend import Recommender
@@ -64,8 +63,10 @@ class DpgdiffModel(mlflow.pyfunc.PythonModel):
         self.recommender = Recommender.load(context.artifacts["checkpoint"],
                                             device=os.environ.get("DPGDIFF_SERVE_DEVICE", "cpu"))
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001
-        import pandas as pd
+    # model_input: pd.DataFrame is the one hint MLflow neither warns about nor derives a schema from
+    # (the signature is given explicitly in log_best_model).
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -107,7 +108,6 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, d
     (the search's parent run), register it as dpgdiff-<dataset>, and move the alias `best` to it when
     `metric_value` (higher is better) beats the version holding the alias."""
     import mlflow
-    import pandas as pd
     import torch
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Schema

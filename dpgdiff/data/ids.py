@@ -145,8 +145,13 @@ class ItemIdMap:
         internal = np.asarray(internal, dtype=np.int64)
         if self.raw_x is None:
             return [int(v) - 1 for v in internal.ravel()]
-        raw = (*self.raw_x, *(self.raw_y or ()))
+        raw = self._raw_by_internal
         return [raw[int(v) - 1] for v in internal.ravel()]
+
+    @functools.cached_property
+    def _raw_by_internal(self) -> tuple[str, ...]:
+        """Raw ids of internal ids 1..Nx+Ny (index = internal id - 1)."""
+        return (*(self.raw_x or ()), *(self.raw_y or ()))
 
 
 def _as_int(token: Any) -> Optional[int]:
