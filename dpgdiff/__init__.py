@@ -12,19 +12,26 @@ synthetic generator, the dataset card and fingerprint, and `DatasetRef` (`ref.py
 says which dataset to load, with the dataset flags both command lines share.
 
 `dpgdiff/models/` owns the networks: layers, encoder (Eq. 8), diffusion (Eq. 1-5), denoiser (Eq. 9),
-losses (Eq. 6, 10-13), augmentations, DPG-Diff itself (Alg. 1, Eq. 15), and the SASRec and DiffuRec
-baselines, all built by `build_model(config, dataset)`.
+losses (Eq. 6, 10-13), augmentations, DPG-Diff itself (Alg. 1, Eq. 15), and the SASRec, SASRec-single
+and DiffuRec baselines, all built by `build_model(config, dataset)`; `dpgdiff/optim.py` builds the
+optimiser and the learning-rate schedule.
 
 `dpgdiff/evaluation.py` owns the metrics: the shared `Evaluator` with its saved candidate lists,
 sampled and full-ranking metrics, and the RQ3 noise injection; `dpgdiff/baselines.py` holds the
-popularity and random scorers.
+popularity and random scorers; `dpgdiff/significance.py` the paired tests on per-case metrics; and
+`dpgdiff/diagnose.py` the diagnostics of the diffusion part (does x̂_0 depend on x_t, does K matter).
 
 `dpgdiff/training/` owns training: `loop.py` is the function `dpgdiff.train` (epochs, validation,
 early stopping, the final test), `checkpoints.py` the checkpoint and best.pt formats with the
 `LoopState` they carry and `load_model`, and `reproducibility.py` devices, precision, seeds and RNG
 state, so that a resumed run continues exactly.
 
-`dpgdiff/cli.py` owns `python -m dpgdiff {data,train,evaluate}`: one small function per subcommand.
+`dpgdiff/recommend.py` owns recommending from a checkpoint: top-k in the user's own item ids (through
+the id map in `dpgdiff/data/ids.py`), the code path of both `python -m dpgdiff recommend` and the MLflow
+model.
+
+`dpgdiff/cli.py` owns `python -m dpgdiff {data,train,evaluate,diagnose,recommend}`: one small function
+per subcommand.
 """
 
 from dpgdiff.config import Config, ConfigError

@@ -6,6 +6,8 @@
     python -m dpgdiff train --dataset food_kitchen --split c2dsr-histories --config configs/cpu-small.yaml --out runs/a
     python -m dpgdiff evaluate --checkpoint runs/a/best.pt --infer-steps 1,2,4,8,16,32 --sampler ddim
     python -m dpgdiff diagnose --checkpoint runs/a/best.pt
+    python -m dpgdiff recommend --checkpoint runs/a/best.pt --history 12,55,301 --domain y --k 10
+    python -m dpgdiff recommend --checkpoint runs/a/best.pt --input users.csv --output top10.jsonl
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Sequence
 from dpgdiff.config import ConfigError
 from dpgdiff.data import SPLITS, CrossDomainDataset, DataError
 from dpgdiff.data.ref import DatasetRef, add_dataset_args, dataset_ref_from_args, parse_options  # noqa: F401
+from dpgdiff.recommend import RecommendError
 from dpgdiff.training import CheckpointError
 
 
@@ -228,13 +231,91 @@ def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_diagnose)
 
 
+# --------------------------------------------------------------------------------------------
+# recommend (dpgdiff/recommend.py: the same code path as the MLflow model in tune/serving.py)
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Top-k items for one history (--history) or a file of histories (--input), in the user's own ids."""
+    import json
+
+    from dpgdiff.recommend import Recommender, Request, read_requests, write_results
+
+    if (args.history is None) == (args.input is None):
+        raise ConfigError("give exactly one of --history ID,ID,... and --input FILE")
+    if args.input is not None:
+        requests = read_requests(args.input)
+        if not requests:
+            raise DataError(f"{args.input}: no histories")
+        source = str(args.input)
+    else:
+        history = [t.strip() for t in args.history.split(",") if t.strip()]
+        requests = [Request(history=history, line=0)]
+        source = "--history"
+    rec = Recommender.load(args.checkpoint, device=args.device, sampler=args.sampler,
+                           infer_steps=args.infer_steps, batch_size=args.batch_size, data_dir=args.data_dir)
+    domains = [r.domain if r.domain is not None else args.domain for r in requests]
+    try:
+        results = rec.recommend([r.history for r in requests], domains, [r.k or args.k for r in requests])
+    except RecommendError as exc:
+        where = source if exc.row is None or args.input is None else f"{source}:{requests[exc.row].line}"
+        raise DataError(f"{where}: {exc.reason}") from None
+    print(f"{args.checkpoint}: {rec.config.model.name}, {rec.sampler} with K={rec.infer_steps} reverse steps",
+          file=sys.stderr)
+    if args.output:
+        write_results(args.output, requests, results, domains)
+        dropped = sum(len(r.unknown) for r in results)
+        print(f"wrote {len(results)} result(s) to {args.output}"
+              + (f"; {dropped} unknown item id(s) dropped (see 'unknown')" if dropped else ""), file=sys.stderr)
+    elif args.input is not None or args.json:
+        for req, res, dom in zip(requests, results, domains):
+            print(json.dumps({**req.extra, "domain": dom, **res.to_dict()}, default=str))
+    else:
+        res = results[0]
+        if res.unknown:
+            print(f"dropped {len(res.unknown)} unknown item id(s): {' '.join(map(str, res.unknown))}", file=sys.stderr)
+        print(f"{'rank':>4}  {'item':>12}  score")
+        for rank, (item, score) in enumerate(zip(res.items, res.scores), 1):
+            print(f"{rank:>4}  {str(item):>12}  {score:.4f}")
+    return 0
+
+
+def add_recommend_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "recommend", help="top-k items for histories, in the dataset's own item ids",
+        description="Recommend with a trained checkpoint (no dataset files needed). Item ids are the user's own: "
+                    "the global ids of the C2DSR files, or the item_id values of an interaction log (an id in "
+                    "both domains of a log is written x:ID or y:ID). History items are excluded; unknown ids "
+                    "are dropped and reported. --input: CSV with a 'history' column (ids separated by spaces, "
+                    "commas or semicolons; optional 'domain', 'k'; other columns are echoed) or JSON lines "
+                    "({\"history\": [...], \"domain\": \"y\", \"k\": 10, ...}).")
+    parser.add_argument("--checkpoint", required=True, help="best.pt (or a checkpoint folder) written by train")
+    parser.add_argument("--history", default=None, metavar="ID,ID,...", help="one history, oldest first")
+    parser.add_argument("--input", default=None, metavar="FILE", help="histories: .csv or .jsonl")
+    parser.add_argument("--output", default=None, metavar="FILE",
+                        help="write results (.csv or .jsonl, atomically) instead of printing them")
+    parser.add_argument("--domain", default="y", help="target domain: x | y | a log's domain value (default y)")
+    parser.add_argument("--k", type=int, default=10, help="items per history (default 10)")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="default: the checkpoint's config")
+    parser.add_argument("--infer-steps", type=int, default=None, metavar="K",
+                        help="reverse steps (default: the checkpoint's diffusion.infer_steps, else T)")
+    parser.add_argument("--batch-size", type=int, default=256, help="histories per forward pass (default 256)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N")
+    parser.add_argument("--data-dir", default=None,
+                        help="only for checkpoints saved before the item id map was recorded: the dataset folder")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    parser.set_defaults(func=cmd_recommend)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpgdiff", description="DPG-Diff for cross-domain sequential recommendation")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate,diagnose}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate,diagnose,recommend}")
     add_data_parser(sub)
     add_train_parser(sub)
     add_evaluate_parser(sub)
     add_diagnose_parser(sub)
+    add_recommend_parser(sub)
     return parser
 
 
@@ -242,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, CheckpointError) as exc:  # bad input: a clear message, no traceback
+    except (DataError, ConfigError, CheckpointError, RecommendError) as exc:  # bad input: a clear message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -137,6 +137,26 @@ def test_report_prints_best_trials_and_table1(search, capsys):
     assert "no search named 'nope'" in err and NAME in err
 
 
+def test_search_registers_the_best_model_as_dpgdiff_dataset_at_best(search):
+    """Issue 13 §1: after a search, models:/dpgdiff-synthetic@best predicts top-k in the dataset's own ids."""
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    import mlflow
+    import pandas as pd
+
+    parent, _ = mlflow_runs(tmp, NAME)
+    client = mlflow.MlflowClient(tracking_uri(tmp))
+    version = client.get_model_version_by_alias("dpgdiff-synthetic", "best")
+    assert version.tags["source_run_id"] == parent.info.run_id
+    assert float(version.tags["dpgdiff.metric_value"]) == pytest.approx(parent.data.metrics["best_val_mrr_sum"])
+    assert "Registered models:/dpgdiff-synthetic/1 (now @best" in result.stdout
+    mlflow.set_tracking_uri(tracking_uri(tmp))
+    model = mlflow.pyfunc.load_model("models:/dpgdiff-synthetic@best")
+    out = model.predict(pd.DataFrame({"history": [[1, 2, 160]], "domain": ["y"], "k": [5]}))
+    items = list(out["items"][0])
+    assert len(items) == 5 and all(150 <= i < 300 for i in items) and 160 not in items  # TINY_DATA: 150 + 150 items
+
+
 def test_every_trial_failing_exits_nonzero_with_first_error(tmp_path):
     """Also: --max-failures retries a trial, and failed trials are FAILED in MLflow with the error text."""
     result = run(search_args(tmp_path, "allfail", "--epochs", "1", "--num-samples", "2", "--max-failures", "1",

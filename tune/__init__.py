@@ -19,6 +19,9 @@ define-by-run function.
 `tune/tracking.py` owns MLflow: one parent run per search, one child run per trial found by tag, so
 that a resumed search never duplicates runs.
 
+`tune/serving.py` owns the served model: the best trial as an MLflow pyfunc model, registered as
+`dpgdiff-<dataset>` with the alias `best` moved only when a search improves on it.
+
 `tune/results.py` owns reading results: trial rows from Tune's ResultGrid, the per-domain and Markdown
 tables, and the artifacts attached to the parent run; `tune/report.py` (`dpgdiff-report`) prints a
 search's best trials and the Table 1 comparison from MLflow.

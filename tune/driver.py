@@ -26,6 +26,7 @@ from ray import tune
 import dpgdiff
 from tune import ray_internals, tracking
 from tune.results import METRIC, MODE, print_best, trial_rows, tune_trials, write_parent_artifacts
+from tune.serving import publish_best_model
 from tune.settings import STATE_FILE, SearchError, SearchSettings, write_text
 from tune.space import SearchSpace
 from tune.trainable import TrialSpec, run_trial
@@ -79,7 +80,7 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
             parent.client.set_tag(parent.run_id, tracking.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
             parent.client.set_terminated(parent.run_id, status=status)
             raise
-        return finish(results, settings, space, parent, wall)
+        return finish(results, settings, space, parent, wall, dataset)
     finally:
         ray.shutdown()
         if temp_dir is not None:
@@ -257,7 +258,8 @@ def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
 # ------------------------------------------------------------------------------------- the end
 
 
-def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: ParentRun, wall: float) -> int:
+def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: ParentRun, wall: float,
+           dataset: Any) -> int:
     """Reconcile MLflow with Tune, print the outcome, attach artifacts and summary metrics -> exit code."""
     rows = trial_rows(results)
     trials = tune_trials(settings.path)
@@ -293,21 +295,23 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
 
     best = max(done or rows, key=lambda r: r.get(METRIC, float("-inf")))
     print_best(best, space)
-    _log_best(parent, rows, best, space, wall)
+    _log_best(parent, rows, best, space, wall, settings, dataset)
     print(f"\nMLflow parent run {run_id}: best checkpoint, config, trials.csv/.md and Optuna plots attached. "
           f"Browse with: mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1", flush=True)
     return EXIT_OK
 
 
 def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace,
-              wall: float) -> None:
-    """Attach artifacts and summary metrics to the parent run, tag the best trial, close the run FINISHED."""
+              wall: float, settings: SearchSettings, dataset: Any) -> None:
+    """Attach artifacts and summary metrics to the parent run, register the best trial as an MLflow model
+    (tune/serving.py), tag the best trial, close the run FINISHED."""
     from mlflow.entities import Metric
 
     client, run_id = parent.client, parent.run_id
     with tempfile.TemporaryDirectory() as tmp:
         write_parent_artifacts(Path(tmp), rows, best, space)
         client.log_artifacts(run_id, tmp)
+        publish_best_model(settings.tracking_uri, run_id, Path(tmp) / "best" / "checkpoint", dataset, best.get(METRIC))
     now = int(time.time() * 1000)
     summary = {"best_" + k: v for k, v in {**best.get("best_val", {}), **best.get("test", {})}.items()}
     summary.update(n_trials=len(rows), n_finished=sum(r["status"] == "FINISHED" for r in rows),

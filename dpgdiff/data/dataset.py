@@ -230,6 +230,10 @@ class CrossDomainDataset:
     eval_lengths: Optional[np.ndarray] = field(default=None, repr=False)  # valid+test sequence lengths (with target)
     # The load_dataset keyword options that reload this dataset: load_dataset(name, split, **options).
     options: dict[str, Any] = field(default_factory=dict)
+    # Interaction logs: the raw (file) item id of each local index, per domain (X, Y). None for the
+    # C2DSR format, whose raw id is the global file id = internal id - 1. See dpgdiff/data/ids.py.
+    raw_item_ids: Optional[tuple[list[str], list[str]]] = field(default=None, repr=False)
+    domain_names: tuple[str, str] = DOMAIN_NAMES  # logs: the domain column's X and Y values
     _examples: dict[str, TrainExamples] = field(default_factory=dict, repr=False, compare=False)
 
     def training_examples(self, mode: str) -> TrainExamples:

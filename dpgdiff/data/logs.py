@@ -58,8 +58,8 @@ def _timestamps(path: Path, values: pd.Series, line0: int) -> np.ndarray:
     return (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
 
 
-def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Deterministic dense codes 0..n-1 for raw ids, in sorted order of the distinct ids.
+def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Deterministic dense codes 0..n-1 for raw ids, in sorted order of the distinct ids -> (codes, ids by code).
 
     Ids compare as text; when every id is a number they sort numerically (text breaks ties, so
     "7" and "007" stay two ids).
@@ -71,7 +71,7 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
         ordered = [u for _, u in sorted(zip(numbers.tolist(), uniq.tolist()))]
     else:
         ordered = sorted(uniq.tolist())
-    return pd.Index(ordered).get_indexer(text).astype(np.int64), len(ordered)
+    return pd.Index(ordered).get_indexer(text).astype(np.int64), [str(u) for u in ordered]
 
 
 def load_log(path: Path, domains: Sequence[str] | None = None, max_len: int = DEFAULT_MAX_LEN) -> CrossDomainDataset:
@@ -111,15 +111,16 @@ def load_log(path: Path, domains: Sequence[str] | None = None, max_len: int = DE
     # Internal ids: per domain, raw ids in sorted order -> 1..Nx and Nx+1..Nx+Ny.
     raw_item = table["item_id"].to_numpy()
     local = np.empty(len(table), dtype=np.int64)
-    n_per_domain = []
+    raw_ids = []  # per domain: the raw item id of each local index (what serving maps back to)
     for mask in (~is_y, is_y):
-        local[mask], n = _codes(raw_item[mask])
-        n_per_domain.append(n)
-    items = ItemSpace(*n_per_domain)
+        local[mask], ordered = _codes(raw_item[mask])
+        raw_ids.append(ordered)
+    items = ItemSpace(len(raw_ids[0]), len(raw_ids[1]))
     internal = np.where(is_y, 1 + items.n_items_x + local, 1 + local)
 
     # Users in sorted order; per user stably by timestamp (np.lexsort is stable: ties keep file order).
-    user_idx, n_users = _codes(table["user_id"].to_numpy())
+    user_idx, users = _codes(table["user_id"].to_numpy())
+    n_users = len(users)
     order = np.lexsort((stamps, user_idx))
     seq_items, seq_user = internal[order], user_idx[order]
     bounds = np.flatnonzero(np.diff(seq_user)) + 1
@@ -159,4 +160,6 @@ def load_log(path: Path, domains: Sequence[str] | None = None, max_len: int = DE
         files={path.name: digest},
         eval_lengths=np.array([len(h) + 1 for h in v_hist + t_hist], dtype=np.int64),
         options={"max_len": max_len, "domains": [x_val, y_val]},
+        raw_item_ids=(raw_ids[0], raw_ids[1]),
+        domain_names=(x_val, y_val),
     )

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dpgdiff.config import Config
+from dpgdiff.data.ids import ItemIdMap
 from dpgdiff.data.ref import DatasetRef
 from dpgdiff.evaluation import Evaluator
 from dpgdiff.files import atomic_write_text
@@ -222,7 +223,8 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
            resume_from: str | Path | None, out: Optional[Path], ckpt_root: Optional[Path],
            progress: bool) -> TrainResult:
     t = config.train
-    identity = DatasetRef.identity(dataset)
+    # The raw <-> internal item-id map travels with the weights: serving needs it without the data files.
+    identity = {**DatasetRef.identity(dataset), "item_ids": ItemIdMap.from_dataset(dataset).to_dict()}
 
     # Model init draws from the global RNGs, so seed first; a resumed run overwrites all of it.
     seed_everything(t.seed)
@@ -327,5 +329,6 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
     if out is not None:
         atomic_write_text(out / "metrics.json", json.dumps(
             {"best_epoch": run.best_epoch, "stopped_early": run.stopped_early, "best_val": run.best_val,
-             "test": test, "history": run.history, "dataset": identity}, indent=2) + "\n")
+             "test": test, "history": run.history,
+             "dataset": {k: v for k, v in identity.items() if k != "item_ids"}}, indent=2) + "\n")
     return result

@@ -1,0 +1,142 @@
+"""The best model as an MLflow pyfunc model: registry + alias `best`, load + predict, and `mlflow models serve`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+mlflow = pytest.importorskip("mlflow")
+
+from dpgdiff.config import Config  # noqa: E402
+from dpgdiff import train  # noqa: E402
+from tests.test_search_helpers import env, kill_session, tracking_uri  # noqa: E402
+from tune import tracking  # noqa: E402
+from tune.serving import BEST_ALIAS, VALUE_TAG, log_best_model, registered_name  # noqa: E402
+
+TINY = ["model.dim=16", "model.n_c_layers=1", "train.epochs=1", "train.mode=last", "train.batch_size=256",
+        "train.num_threads=1", "train.device=cpu", "diffusion.sampler=ddim", "diffusion.infer_steps=2",
+        "diffusion.val_infer_steps=2"]
+NAME = registered_name("synthetic")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, synthetic_dataset):
+    """A tiny trained checkpoint, logged and registered once (version 1, val metric 0.2, @best)."""
+    root = tmp_path_factory.mktemp("serving")
+    run = root / "run"
+    train(Config().with_overrides(TINY), synthetic_dataset, out_dir=run)
+    checkpoint = root / "checkpoint"  # what the search attaches: best.pt + config.yaml
+    checkpoint.mkdir()
+    for name in ("best.pt", "config.yaml"):
+        shutil.copy2(run / name, checkpoint / name)
+    uri = tracking_uri(root)
+    client = tracking.client_for(uri)
+    exp = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(uri))
+    parent = client.create_run(exp, run_name="search").info.run_id
+    first = log_best_model(uri, parent, checkpoint, synthetic_dataset.card().to_dict(), metric_value=0.2)
+    mlflow.set_tracking_uri(uri)
+    return {"root": root, "uri": uri, "client": client, "parent": parent, "checkpoint": checkpoint,
+            "first": first, "dataset": synthetic_dataset}
+
+
+def test_pyfunc_predicts_top_k_in_the_datasets_ids(registry):
+    first, ds = registry["first"], registry["dataset"]
+    assert (first.version, first.alias_moved) == ("1", True)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{BEST_ALIAS}")
+    nx, ny = ds.items.n_items_x, ds.items.n_items_y
+    frame = pd.DataFrame({"history": [[12, 55, nx + 301], [3, 10 ** 7]], "domain": ["y", "x"], "k": [5, 3]})
+    out = model.predict(frame)
+    assert list(out.columns) == ["items", "scores", "unknown"] and len(out) == 2
+    assert len(out["items"][0]) == 5 and all(nx <= i < nx + ny and i != nx + 301 for i in out["items"][0])
+    assert len(out["items"][1]) == 3 and all(0 <= i < nx for i in out["items"][1])
+    assert list(out["unknown"][1]) == [str(10 ** 7)] and list(out["unknown"][0]) == []
+    # the same code path as `python -m dpgdiff recommend`
+    from dpgdiff.recommend import Recommender
+
+    direct = Recommender.load(registry["checkpoint"] / "best.pt").recommend([[12, 55, nx + 301]], "y", 5)[0]
+    assert list(out["items"][0]) == direct.items
+    # k is optional (default 10)
+    assert len(model.predict(pd.DataFrame({"history": [[12]], "domain": ["y"]}))["items"][0]) == 10
+    with pytest.raises(mlflow.exceptions.MlflowException, match="row 0: empty history"):
+        model.predict(pd.DataFrame({"history": [[]], "domain": ["y"], "k": [3]}))
+
+    meta = model.metadata
+    assert meta.metadata["dataset_fingerprint"] == ds.fingerprint and meta.metadata["dataset"] == "synthetic"
+    assert meta.signature.inputs.input_names() == ["history", "domain", "k"]
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1"))
+    card = json.loads(next(local.rglob("dataset_card.json")).read_text())
+    assert card["fingerprint"] == ds.fingerprint and next(local.rglob("config.yaml")).is_file()
+    assert (local / "input_example.json").is_file() or (local / "serving_input_example.json").is_file()
+
+
+def test_alias_moves_only_when_the_search_improves(registry):
+    client, args = registry["client"], (registry["uri"], registry["parent"], registry["checkpoint"],
+                                        registry["dataset"].card().to_dict())
+    worse = log_best_model(*args, metric_value=0.1)
+    assert not worse.alias_moved and "does not beat" in worse.reason
+    assert str(client.get_model_version_by_alias(NAME, BEST_ALIAS).version) == registry["first"].version
+    better = log_best_model(*args, metric_value=0.3)
+    assert better.alias_moved and str(client.get_model_version_by_alias(NAME, BEST_ALIAS).version) == better.version
+    assert float(client.get_model_version(NAME, better.version).tags[VALUE_TAG]) == 0.3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> tuple[int, str]:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@{BEST_ALIAS}",
+           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    server_env = {**env(), "MLFLOW_TRACKING_URI": registry["uri"]}
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=server_env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.time() < deadline, "server did not answer /ping in 120 s\n" + (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        nx = registry["dataset"].items.n_items_x
+        status, body = _post(f"http://127.0.0.1:{port}/invocations",
+                             {"dataframe_records": [{"history": [12, 55, nx + 301], "domain": "y", "k": 4},
+                                                    {"history": [7, 999999], "domain": "x", "k": 2}]})
+        assert status == 200, body
+        rows = json.loads(body)["predictions"]
+        assert len(rows[0]["items"]) == 4 and all(i >= nx for i in rows[0]["items"])
+        assert len(rows[1]["items"]) == 2 and rows[1]["unknown"] == ["999999"]
+        status, body = _post(f"http://127.0.0.1:{port}/invocations",
+                             {"dataframe_records": [{"history": [], "domain": "y", "k": 4}]})
+        assert status == 400 and "empty history" in body and "Traceback" not in body, body
+    finally:
+        kill_session(proc.pid)
+        log.close()
+    assert proc.poll() is not None
