@@ -137,7 +137,7 @@ def load_model(
     obj = torch_load(file, "model checkpoint")
     if obj["format"] not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
         raise CheckpointError(f"{file}: unknown checkpoint format {obj['format']!r}")
-    config = Config.from_dict(obj["config"], source=f"{file} (config)")
+    config = Config.from_dict(upgrade_saved_config(obj["config"]), source=f"{file} (config)")
     info = {"dataset": obj["dataset"], "epoch": obj.get("epoch"), "val": obj.get("val", {})}
     if dataset is None:
         return None, config, info  # type: ignore[return-value]  # caller only wanted the metadata
@@ -147,6 +147,24 @@ def load_model(
     model.to(torch.device(device) if isinstance(device, str) else device)
     model.eval()
     return model, config, info
+
+
+def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's full config dict, written by an older version, in today's fields and meaning.
+
+    Checkpoints store every field, so a missing one means the checkpoint predates it: it then gets the
+    behaviour the model was trained with, not today's default (a schedule as named with DiffuRec's
+    fixed-large DDPM variance, validation with DDIM-4). `model.diffurec_faithful` became
+    `model.diffurec_variant`; the old model is the `harness` variant."""
+    data = {section: dict(values or {}) for section, values in saved.items()}
+    model, diffusion = data.setdefault("model", {}), data.setdefault("diffusion", {})
+    if "diffurec_faithful" in model:
+        model.pop("diffurec_faithful")
+        if model.get("name") == "diffurec":
+            model.setdefault("diffurec_variant", "harness")
+    if diffusion and "terminal_snr" not in diffusion:
+        diffusion.update(terminal_snr="as_is", ddpm_variance="fixed_large")
+    return data
 
 
 def load_model_and_data(
