@@ -93,8 +93,11 @@ class LossConfig:
     cl_aug_view: Literal["history_only", "with_xt", "denoiser"] = "history_only"
     single_loss_repr: Literal["domain", "fused"] = "domain"
     domain_loss_norm: Literal["per_domain_mean", "global_mean"] = "per_domain_mean"
-    ce_impl: Literal["full", "sampled"] = "full"
+    # full: full softmax; chunked: the same loss and gradients holding at most ce_chunk_rows rows of
+    # logits at a time (recomputed in the backward pass: less memory, one more matmul); sampled.
+    ce_impl: Literal["full", "chunked", "sampled"] = "full"
     ce_negatives: int = 1024  # shared uniform negatives for ce_impl=sampled
+    ce_chunk_rows: int = 256  # rows of logits per chunk for ce_impl=chunked
 
 
 @dataclass
@@ -244,6 +247,7 @@ class Config:
             need(getattr(lo, name) >= 0.0 and math.isfinite(getattr(lo, name)), f"loss.{name}", "a finite number >= 0")
         need(lo.cl_tau > 0, "loss.cl_tau", "> 0")
         need(lo.ce_negatives >= 1, "loss.ce_negatives", ">= 1")
+        need(lo.ce_chunk_rows >= 1, "loss.ce_chunk_rows", ">= 1")
         need(0.0 < a.crop_eta <= 1.0, "augment.crop_eta", "0 < eta <= 1")
         for name in ("mask_gamma", "reorder_beta", "substitute_rho", "insert_rho"):
             need(0.0 <= getattr(a, name) <= 1.0, f"augment.{name}", "0 <= rate <= 1")

@@ -355,7 +355,9 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = config.train
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    # fused: one kernel per parameter instead of ~10 element-wise ops (same update rule).
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in model.parameters())
+    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
 
 
 def _check_resume_config(saved: dict[str, Any], config: Config, source: str) -> None:
