@@ -8,7 +8,9 @@ Food-Kitchen (split c2dsr-histories, `prefix` examples), build the default confi
 CE, batch 512) and take warm-up steps; then the driver asks them in turn, round after round
 (old, new, SASRec-new, old, new, ...), for --steps timed optimizer steps each. Only one worker runs at a
 time, so on a shared machine the slow stretches hit every variant alike; the figures are medians over
-rounds. Timed steps see the same batch sequence in every worker (numpy seed 0).
+rounds. Timed steps see the same batch sequence in every worker (numpy seed 0). Beside wall time it
+prints the process CPU time per step (all threads): with other jobs on the machine it moves less than
+wall time at --threads 1, but with 2+ threads it also counts OpenMP threads spinning at barriers.
 
 Printed per d: median s/step for old and new and their ratio (examples/s new / old), the DPG-Diff /
 SASRec step ratio (both working tree), GFLOP per step of both trees (they must agree: no work dropped)
@@ -77,13 +79,14 @@ def worker(args: argparse.Namespace) -> int:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
-        times = []
+        times, cpu = [], []
         for _ in range(int(cmd[1])):
             b = batch()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             train_step(model, optimizer, *b, config, generator=generator)
             times.append(time.perf_counter() - start)
-        print(json.dumps({"times": times}), flush=True)
+            cpu.append(time.process_time() - start_cpu)
+        print(json.dumps({"times": times, "cpu": cpu}), flush=True)
     return 0
 
 
@@ -118,6 +121,7 @@ class Worker:
         if not self.hello["dpgdiff"].startswith(str(tree)):
             raise RuntimeError(f"{self.name} imported dpgdiff from {self.hello['dpgdiff']}, not from {tree}")
         self.times: list[float] = []
+        self.cpu: list[float] = []
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -128,7 +132,9 @@ class Worker:
     def run(self, steps: int) -> None:
         self.proc.stdin.write(f"steps {steps}\n")
         self.proc.stdin.flush()
-        self.times += self._read()["times"]
+        answer = self._read()
+        self.times += answer["times"]
+        self.cpu += answer["cpu"]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -139,6 +145,10 @@ class Worker:
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def median_cpu(self) -> float:
+        return statistics.median(self.cpu)
 
 
 def compare_one_dim(dim: int, old_tree: Path, args: argparse.Namespace, rate: float) -> dict:
@@ -154,6 +164,7 @@ def compare_one_dim(dim: int, old_tree: Path, args: argparse.Namespace, rate: fl
         old, new = workers[0], workers[1]
         row = {"dim": dim, "old_s": old.median, "new_s": new.median, "speedup": old.median / new.median,
                "old_times": old.times, "new_times": new.times,
+               "old_cpu_s": old.median_cpu, "new_cpu_s": new.median_cpu, "cpu_speedup": old.median_cpu / new.median_cpu,
                "old_gflop": old.hello["gflop_per_step"], "new_gflop": new.hello["gflop_per_step"],
                "new_fraction_of_matmul": new.hello["gflop_per_step"] * 1e9 / new.median / rate,
                "old_fraction_of_matmul": old.hello["gflop_per_step"] * 1e9 / old.median / rate}
@@ -205,7 +216,8 @@ def main() -> int:
             row = compare_one_dim(dim, old_tree, args, rate)
             rows.append(row)
             line = (f"d={dim:4d}  old {row['old_s']:.3f} s/step  new {row['new_s']:.3f} s/step  "
-                    f"speed-up {row['speedup']:.2f}x ({args.rounds} rounds x {args.steps} steps, medians)  "
+                    f"speed-up {row['speedup']:.2f}x ({args.rounds} rounds x {args.steps} steps, medians; "
+                    f"CPU s/step old {row['old_cpu_s']:.2f} new {row['new_cpu_s']:.2f} = {row['cpu_speedup']:.2f}x)  "
                     f"GFLOP/step old {row['old_gflop']:.1f} new {row['new_gflop']:.1f}  "
                     f"matmul fraction old {100 * row['old_fraction_of_matmul']:.1f}% "
                     f"new {100 * row['new_fraction_of_matmul']:.1f}%")
