@@ -1,9 +1,9 @@
 """Peak RSS of training at Movie-Book scale: ~100k items, 60k sequences, d=512 (Issue 3 §5: <= 6 GB).
 
-    python bench/bench_memory.py --steps 20 --threads 2
+    python bench/bench_memory.py --steps 20 --threads 2 [--ce-impl chunked]
 
 Synthetic data with Movie-Book's item counts (36,845 + 63,937) and 60,000 training sequences; the
-default config at d=512, batch 512, full-softmax CE. It trains a bounded slice of an epoch (--steps
+default config at d=512, batch 512, full-softmax CE (--ce-impl). It trains a bounded slice of an epoch (--steps
 optimizer steps; Adam's state exists after the first, so the peak is reached early) and then runs
 one validation pass over --eval-cases cases (sampled + full ranking). Peak RSS is read with
 resource.getrusage after each stage.
@@ -32,6 +32,8 @@ def main() -> int:
     p.add_argument("--eval-cases", type=int, default=2048, help="validation cases to score (0 = skip)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit-gb", type=float, default=6.0)
+    p.add_argument("--ce-impl", default="full", choices=("full", "chunked", "sampled"),
+                   help="loss.ce_impl (chunked: at most loss.ce_chunk_rows rows of logits at a time)")
     args = p.parse_args()
     _common.set_threads(args.threads)
 
@@ -52,7 +54,7 @@ def main() -> int:
     ex = dataset.training_examples("prefix")
     stage(f"dataset ({len(dataset.train_sequences)} seq, {len(ex)} prefix ex)")
     config = Config().with_overrides({"model.dim": args.dim, "train.batch_size": args.batch_size,
-                                      "loss.ce_impl": "full", "train.device": "cpu"})
+                                      "loss.ce_impl": args.ce_impl, "train.device": "cpu"})
     seed_everything(0)
     model = build_model(config, dataset)
     optimizer = make_optimizer(config, model)

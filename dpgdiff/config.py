@@ -128,8 +128,11 @@ class LossConfig:
     cl_aug_view: Literal["history_only", "with_xt", "denoiser"] = "history_only"
     single_loss_repr: Literal["domain", "fused"] = "domain"
     domain_loss_norm: Literal["per_domain_mean", "global_mean"] = "per_domain_mean"
-    ce_impl: Literal["full", "sampled"] = "full"
+    # full: full softmax; chunked: the same loss and gradients holding at most ce_chunk_rows rows of
+    # logits at a time (recomputed in the backward pass: less memory, one more matmul); sampled.
+    ce_impl: Literal["full", "chunked", "sampled"] = "full"
     ce_negatives: int = 1024  # shared uniform negatives for ce_impl=sampled
+    ce_chunk_rows: int = 256  # rows of logits per chunk for ce_impl=chunked
 
 
 @dataclass
@@ -303,6 +306,7 @@ class Config:
         need(lo.ce_negatives >= 1, "loss.ce_negatives", ">= 1")
         need(not (m.name == "diffurec" and m.diffurec_variant == "faithful" and lo.ce_impl != "full"),
              "loss.ce_impl", "full with model.name=diffurec, diffurec_variant=faithful (DiffuRec's full softmax)")
+        need(lo.ce_chunk_rows >= 1, "loss.ce_chunk_rows", ">= 1")
         need(0.0 < a.crop_eta <= 1.0, "augment.crop_eta", "0 < eta <= 1")
         for name in ("mask_gamma", "reorder_beta", "substitute_rho", "insert_rho"):
             need(0.0 <= getattr(a, name) <= 1.0, f"augment.{name}", "0 <= rate <= 1")

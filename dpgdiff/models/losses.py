@@ -2,6 +2,10 @@
 
 Logits are computed only against the target domain's table: rows are split by d* and each group
 is multiplied by its own E_{d*} (spec §4.1, §8), so no work is spent on the other domain's items.
+The full-softmax CE is one autograd Function (`SoftmaxCrossEntropy`): on CPU the (rows, items) logits
+are the largest tensor of a training step, and F.cross_entropy walks it about seven times
+(log_softmax output, NLL's zero-filled gradient, log_softmax backward); the Function walks it three
+times, turning the saved logits into their own gradient in place. `chunked` bounds it to one chunk.
 """
 
 from __future__ import annotations
@@ -19,6 +23,84 @@ def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(x0_hat, x0)
 
 
+def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Row-wise log_softmax of logits (n, V) written over its input (the kernel works row by row and
+    reads each element before writing it), so no second (n, V) buffer exists."""
+    return torch.ops.aten._log_softmax.out(logits, 1, False, out=logits)
+
+
+def _softmax_minus_onehot_(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """In place: softmax rows probs (n, V) -> softmax - onehot(target) = dCE/dlogits; returns probs."""
+    probs[torch.arange(probs.shape[0], device=probs.device), target] -= 1.0
+    return probs
+
+
+class SoftmaxCrossEntropy(torch.autograd.Function):
+    """Per-row CE_i = logsumexp(h_i·E^T) - h_i·E[target_i] over all rows of E (full softmax), as (n,).
+
+    h (n, d), table E (V, d), target (n,) int64. chunk_rows None: the (n, V) logits of the forward
+    pass become their log-softmax in place and, in the backward pass, their own gradient
+    (exp -> softmax, minus one-hot), with the same matmuls as autograd's mm + cross_entropy. The
+    per-row weights of the incoming gradient are applied to the (n, d) sides of the two gradient
+    matmuls, never to the (n, V) matrix. chunk_rows = c: never more than a (c, V) block of logits;
+    the forward pass keeps only the per-row logsumexp and the backward pass recomputes each block
+    (one more h·E^T matmul per step: for memory, not speed)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, table: torch.Tensor, target: torch.Tensor, chunk_rows: Optional[int]):
+        n = h.shape[0]
+        step = n if chunk_rows is None else max(int(chunk_rows), 1)
+        loss = h.new_empty(n)
+        lse = h.new_empty(n)
+        logp = None
+        for lo in range(0, n, step):
+            tgt = target[lo:lo + step, None]
+            logp = h[lo:lo + step] @ table.t()
+            target_logit = logp.gather(1, tgt)[:, 0]
+            loss[lo:lo + step] = -_log_softmax_(logp).gather(1, tgt)[:, 0]
+            lse[lo:lo + step] = target_logit + loss[lo:lo + step]
+        ctx.save_for_backward(h, table, target, lse)
+        ctx.step = step
+        ctx.logp = logp if chunk_rows is None else None  # consumed (in place) by the first backward
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        h, table, target, lse = ctx.saved_tensors
+        step, n = ctx.step, h.shape[0]
+        kept, ctx.logp = ctx.logp, None  # a second backward (retain_graph) recomputes
+        grad_h = h.new_empty(h.shape) if ctx.needs_input_grad[0] else None
+        grad_table = None
+        for lo in range(0, n, step):
+            hc, w = h[lo:lo + step], grad_loss[lo:lo + step, None]
+            if kept is not None:
+                probs = kept.exp_()
+            else:
+                probs = (hc @ table.t()).sub_(lse[lo:lo + step, None]).exp_()
+            g = _softmax_minus_onehot_(probs, target[lo:lo + step])
+            if grad_h is not None:
+                grad_h[lo:lo + step] = (g @ table).mul_(w)
+            if ctx.needs_input_grad[1]:
+                hw = hc * w
+                grad_table = g.t() @ hw if grad_table is None else grad_table.addmm_(g.t(), hw)
+        return grad_h, grad_table, None, None
+
+
+def softmax_cross_entropy(
+    h: torch.Tensor, table: torch.Tensor, target: torch.Tensor, chunk_rows: Optional[int] = None
+) -> torch.Tensor:
+    """Per-row full-softmax CE of logits h·E^T against target, (n,); see SoftmaxCrossEntropy.
+
+    Under autocast it is the plain mm + F.cross_entropy (autocast runs the CE in fp32 there), except
+    chunked, which then runs in fp32."""
+    if torch.is_autocast_enabled(h.device.type):
+        if chunk_rows is None:
+            return F.cross_entropy(h @ table.t(), target, reduction="none")
+        with torch.autocast(h.device.type, enabled=False):
+            return SoftmaxCrossEntropy.apply(h.float(), table.float(), target, chunk_rows)
+    return SoftmaxCrossEntropy.apply(h, table, target, chunk_rows)
+
+
 def domain_cross_entropy(
     heads: Sequence[torch.Tensor],
     target_local: torch.Tensor,
@@ -29,6 +111,7 @@ def domain_cross_entropy(
     impl: str = "full",
     n_negatives: int = 1024,
     generator: Optional[torch.Generator] = None,
+    chunk_rows: int = 256,
 ) -> list[torch.Tensor]:
     """CE of each head's logits s·h·E_{d*}^T against the target, summed over domains (Eq. 10-12).
 
@@ -36,9 +119,10 @@ def domain_cross_entropy(
     target_domain (B,); tables: (E_x, E_y) without PAD rows, (N_d, d).
     norm: per_domain_mean -> mean over X-target rows + mean over Y-target rows (Σ_d of Eq. 10);
           global_mean -> sum over all rows / B (C2DSR's weighting by domain frequency).
-    impl: full softmax over the domain, or `sampled`: the positive + `n_negatives` shared uniform
-          negatives of that domain (uniform proposal: the logQ correction is a constant, so skipped;
-          negatives that hit a row's positive are masked).
+    impl: full softmax over the domain; `chunked`: the same loss and gradients, holding at most
+          `chunk_rows` rows of logits at a time (SoftmaxCrossEntropy); or `sampled`: the positive +
+          `n_negatives` shared uniform negatives of that domain (uniform proposal: the logQ correction
+          is a constant, so skipped; negatives that hit a row's positive are masked).
     Returns one scalar loss per head. The heads share one matmul per domain (stacked rows)."""
     n_heads = len(heads)
     batch = target_local.shape[0]
@@ -51,9 +135,9 @@ def domain_cross_entropy(
         h = torch.cat([head.index_select(0, rows) for head in heads], 0)  # (H·n, d)
         tgt = target_local.index_select(0, rows)
         table = tables[domain]
-        if impl == "full":
-            logits = (h @ table.t()) * scale if scale != 1.0 else h @ table.t()
-            labels = tgt.repeat(n_heads)
+        if impl in ("full", "chunked"):
+            hs = h * scale if scale != 1.0 else h  # s·(h·E^T) = (s·h)·E^T: scale the small side
+            per_row = softmax_cross_entropy(hs, table, tgt.repeat(n_heads), None if impl == "full" else chunk_rows)
         elif impl == "sampled":
             gen_device = generator.device if generator is not None else table.device
             neg = torch.randint(0, table.shape[0], (n_negatives,), generator=generator, device=gen_device).to(table.device)
@@ -61,10 +145,10 @@ def domain_cross_entropy(
             neg_logit = h @ table.index_select(0, neg).t()
             hit = (neg[None, :] == tgt[:, None]).repeat(n_heads, 1)
             logits = torch.cat([pos_logit, neg_logit.masked_fill(hit, float("-inf"))], 1) * scale
-            labels = torch.zeros_like(tgt).repeat(n_heads)
+            per_row = F.cross_entropy(logits, torch.zeros_like(tgt).repeat(n_heads), reduction="none")
         else:
-            raise ValueError(f"unknown ce_impl {impl!r}; expected 'full' or 'sampled'")
-        per_row = F.cross_entropy(logits, labels, reduction="none").view(n_heads, n)
+            raise ValueError(f"unknown ce_impl {impl!r}; expected 'full', 'chunked' or 'sampled'")
+        per_row = per_row.view(n_heads, n)
         denom = n if norm == "per_domain_mean" else batch
         for i in range(n_heads):
             totals[i] = totals[i] + per_row[i].sum() / denom

@@ -42,7 +42,7 @@ class SASRec(Recommender):
         tables = (self.embedding.table(DOMAIN_X), self.embedding.table(DOMAIN_Y))
         (ce,) = domain_cross_entropy(
             [self.represent(history)], local, target_domain, tables, self.scale,
-            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator,
+            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows,
         )
         return {"total": ce, "rec": ce.detach()}
 
