@@ -213,7 +213,8 @@ def test_config_defaults_and_validation():
     cfg = Config.from_yaml(ROOT / "configs" / "diffurec.yaml")
     m, d = cfg.model, cfg.diffusion
     assert (m.name, m.diffurec_variant, m.lambda_infer, m.item_init_std) == ("diffurec", "faithful", "sample", 1.0)
-    assert (d.sampler, d.infer_steps, d.val_sampler, d.val_infer_steps) == ("ddpm", None, "ddpm", d.steps)
+    assert (d.sampler, d.infer_steps, d.val_procedure()) == ("ddpm", None, ("ddpm", None))  # every step, val too
+    assert (d.terminal_snr, d.ddpm_variance) == ("as_is", "fixed_large")  # DiffuRec's schedule and variance
 
 
 def test_train_one_epoch_from_the_shipped_config(synthetic_dataset, tmp_path):
