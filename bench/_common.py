@@ -51,3 +51,17 @@ def load_food_kitchen(data_dir: str | None, split: str = "c2dsr-histories"):
 # sequences each, so the training set is roughly as large as C2DSR's 34,117 sequences.
 FOOD_KITCHEN_SIZED = {"n_items_x": 29207, "n_items_y": 34886, "n_users": 16579}
 
+
+
+def batch_sampler(examples, batch_size: int, seed: int = 0):
+    """A function returning random (history, target, target_domain) training batches of `examples`, seeded."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def batch():
+        idx = rng.choice(len(examples), size=batch_size, replace=False)
+        return (torch.from_numpy(examples.history[idx]), torch.from_numpy(examples.target[idx]),
+                torch.from_numpy(examples.target_domain[idx].astype(np.int64)))
+
+    return batch

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
 import _common
@@ -52,13 +51,8 @@ def one_size(args: argparse.Namespace) -> dict:
     model.train()
     optimizer = make_optimizer(config, model)
     ex = dataset.training_examples(config.train.mode)
-    rng = np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
-
-    def batch():
-        idx = rng.choice(len(ex), size=args.batch_size, replace=False)
-        return (torch.from_numpy(ex.history[idx]), torch.from_numpy(ex.target[idx]),
-                torch.from_numpy(ex.target_domain[idx].astype(np.int64)))
+    batch = _common.batch_sampler(ex, args.batch_size, seed=0)
 
     for _ in range(args.warmup):
         train_step(model, optimizer, *batch(), config, generator=generator)

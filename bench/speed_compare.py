@@ -38,8 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def worker(args: argparse.Namespace) -> int:
     """Build one model in the tree on PYTHONPATH, then answer 'steps N' lines with JSON timings."""
-    import numpy as np
     import torch
+
+    import _common
 
     torch.set_num_threads(args.threads)
     import dpgdiff
@@ -61,13 +62,8 @@ def worker(args: argparse.Namespace) -> int:
     optimizer = make_optimizer(config, model)
     torch.use_deterministic_algorithms(True, warn_only=True)  # as dpgdiff.train does on CPU
     ex = dataset.training_examples("prefix")
-    rng = np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
-
-    def batch():
-        idx = rng.choice(len(ex), size=args.batch_size, replace=False)
-        return (torch.from_numpy(ex.history[idx]), torch.from_numpy(ex.target[idx]),
-                torch.from_numpy(ex.target_domain[idx].astype(np.int64)))
+    batch = _common.batch_sampler(ex, args.batch_size, seed=0)
 
     for _ in range(args.warmup):
         train_step(model, optimizer, *batch(), config, generator=generator)

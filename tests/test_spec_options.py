@@ -14,28 +14,12 @@ from dpgdiff.optim import LRSchedule, make_optimizer
 import dpgdiff.training.loop as train_mod  # evaluate_model is looked up in the loop module
 from dpgdiff import train
 from dpgdiff.training import load_model
+from tests.test_train import strip_timing, tiny
 
 torch.set_num_threads(1)
 
 REAL_EVALUATE = train_mod.evaluate_model
 ROOT = Path(__file__).resolve().parents[1]
-TIMING_KEYS = ("train_seconds", "examples_per_second")
-
-
-def tiny(**overrides) -> Config:
-    base = {
-        "model.dim": 16, "model.n_heads": 2, "model.n_c_layers": 1,
-        "diffusion.steps": 32, "diffusion.sampler": "ddim", "diffusion.infer_steps": 2,
-        "diffusion.val_infer_steps": 2,
-        "train.batch_size": 256, "train.epochs": 2, "train.eval_every": 1, "train.patience": 0,
-        "train.device": "cpu", "train.num_threads": 1, "train.seed": 3, "train.mode": "last",
-    }
-    base.update(overrides)
-    return Config().with_overrides(base)
-
-
-def strip_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
 
 
 # ------------------------------------------------------------------ config
