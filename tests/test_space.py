@@ -122,3 +122,17 @@ def test_define_by_run_conditionals_fixed_and_resolve():
     assert "diffusion.cfg_w" not in space.with_fixed({"diffusion.cfg_p": 0.0}).params  # ruled out, not sampled
     with pytest.raises(SpaceError, match="never holds"):  # in the file itself it is a mistake
         parse_space({"fixed": {"diffusion.cfg_p": 0.0}, "params": {"diffusion.cfg_w": data["params"]["diffusion.cfg_w"]}})
+
+
+def test_cpu_space_searches_the_diffusion_knobs_and_is_the_no_gpu_default():
+    from tune.space import default_space_path
+
+    space = load_space(SPACES / "food_kitchen-cpu.yaml")
+    for key in ("diffusion.steps", "diffusion.schedule", "diffusion.infer_steps", "model.x0_norm",
+                "loss.lambda_diff", "loss.lambda_cl", "loss.lambda_s", "train.lr", "model.dropout"):
+        assert key in space.params, f"food_kitchen-cpu.yaml does not search {key}"
+    assert space.fixed["model.dim"] == 64 and space.fixed["train.epochs"] == 3
+    assert default_space_path("food_kitchen", gpu=False).name == "food_kitchen-cpu.yaml"
+    assert default_space_path("food_kitchen", gpu=True).name == "food_kitchen.yaml"
+    assert default_space_path("movie_book", gpu=False).name == "movie_book.yaml"  # no CPU space shipped for it
+    assert default_space_path("synthetic", gpu=False).name == "synthetic.yaml"

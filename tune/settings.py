@@ -204,7 +204,10 @@ def _dataset_ref(args: argparse.Namespace) -> DatasetRef:
 
 def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions) -> SearchSettings:
     _check_numbers(args)
-    space_path = Path(args.space) if args.space else default_space_path(args.dataset)
+    space_path = Path(args.space) if args.space else default_space_path(args.dataset, gpu=args.gpus_per_trial > 0)
+    if not args.space and space_path.name.endswith("-cpu.yaml"):
+        print(f"no --gpus-per-trial: using the CPU-sized space {_display_path(space_path)}; pass --space "
+              f"{_display_path(default_space_path(args.dataset))} for the GPU-sized one", flush=True)
     file_space = load_space(space_path)  # validates: errors name the file and key
     fixed = _fixed_values(args, file_space)
     space = file_space.with_fixed(fixed, source=FIXED_SOURCE)

@@ -476,8 +476,12 @@ def _type_name(hint: Any) -> str:
     return f"optional {name}" if base is not hint else name
 
 
-def default_space_path(dataset: str, root: Optional[Path] = None) -> Path:
-    """search_spaces/<dataset>.yaml beside the repository's tune/ folder (synthetic for unknown names)."""
+def default_space_path(dataset: str, root: Optional[Path] = None, gpu: bool = True) -> Path:
+    """search_spaces/<dataset>.yaml beside the repository's tune/ folder (synthetic for unknown names);
+    without a GPU, search_spaces/<dataset>-cpu.yaml where one exists (the GPU-sized space would run for days)."""
     root = root or Path(__file__).resolve().parent.parent / "search_spaces"
-    candidate = root / f"{Path(dataset).stem}.yaml"
+    stem = Path(dataset).stem
+    if not gpu and (root / f"{stem}-cpu.yaml").exists():
+        return root / f"{stem}-cpu.yaml"
+    candidate = root / f"{stem}.yaml"
     return candidate if candidate.exists() else root / "synthetic.yaml"
