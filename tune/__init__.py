@@ -10,6 +10,9 @@ from the resume file saved beside Tune's state, and the `RunOptions` of this one
 or joins Ray, checks resources, opens the MLflow parent run, builds or restores the Tuner, fits it
 and reports the outcome.
 
+`tune/progress.py` owns what the user sees while a search runs: the trial table with the elapsed time and
+an estimate of the time left.
+
 `tune/trainable.py` owns one trial inside a Ray worker: it resolves the sampled config, loads the
 dataset once per process and calls the train function with a reporter that forwards to Tune.
 

@@ -25,6 +25,7 @@ from ray import tune
 
 import dpgdiff
 from tune import ray_internals, tracking
+from tune.progress import ProgressReporter
 from tune.results import METRIC, MODE, print_best, trial_rows, tune_trials, write_parent_artifacts
 from tune.serving import publish_best_model
 from tune.settings import STATE_FILE, SearchError, SearchSettings, write_text
@@ -248,7 +249,8 @@ def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
         return None
     preferred = ("model.dim", "diffusion.steps", "train.lr", "loss.lambda_cl", "loss.lambda_diff")
     params = ([p for p in preferred if p in space.params] + [p for p in space.params if p not in preferred])[:4]
-    return tune.CLIReporter(
+    return ProgressReporter(
+        max_epochs=settings.epochs, num_samples=settings.num_samples,
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
                         "val_y_mrr": "val MRR Y", METRIC: "val MRR sum"},
         parameter_columns={p: p.split(".", 1)[1] for p in params},

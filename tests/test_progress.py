@@ -1,0 +1,20 @@
+"""The search's progress line: elapsed time and an upper-bound estimate of the time left (tune/progress.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tune.progress import estimate_seconds_left
+
+
+def test_no_estimate_before_an_epoch_is_timed():
+    assert estimate_seconds_left([("RUNNING", 0, 0.0), ("PENDING", 0, 0.0)], 3, 8, 2) is None
+
+
+def test_estimate_counts_unfinished_epochs_and_trials_not_yet_created():
+    trials = [("TERMINATED", 3, 300.0),  # 100 s per epoch, done
+              ("RUNNING", 1, 120.0),     # 120 s per epoch, 2 epochs left
+              ("PENDING", 0, 0.0)]       # 3 epochs left
+    # median of (100, 120) s per epoch = 110; 2 + 3 epochs left + 5 trials not created x 3 epochs = 20 epochs; 2 at once
+    assert estimate_seconds_left(trials, max_epochs=3, num_samples=8, concurrency=2) == pytest.approx(20 * 110 / 2)
+    assert estimate_seconds_left([("TERMINATED", 3, 300.0)], 3, 1, 1) == 0.0  # all done
