@@ -136,6 +136,8 @@ def test_cpu_space_searches_the_diffusion_knobs_and_is_the_no_gpu_default():
     assert default_space_path("food_kitchen", gpu=True).name == "food_kitchen.yaml"
     assert default_space_path("movie_book", gpu=False).name == "movie_book.yaml"  # no CPU space shipped for it
     assert default_space_path("synthetic", gpu=False).name == "synthetic.yaml"
-    baseline = load_space(SPACES / "food_kitchen-cpu-sasrec.yaml")  # the baseline's space: same budget
-    assert baseline.fixed["model.name"] == "sasrec"
-    assert all(baseline.fixed[k] == space.fixed[k] for k in ("model.dim", "train.epochs", "train.mode", "train.batch_size"))
+    for model in ("sasrec", "diffurec"):  # the baselines' spaces: the same budget
+        baseline = load_space(SPACES / f"food_kitchen-cpu-{model}.yaml")
+        assert baseline.fixed["model.name"] == model
+        assert all(baseline.fixed[k] == space.fixed[k] for k in ("model.dim", "train.epochs", "train.mode",
+                                                                 "train.batch_size"))
