@@ -156,10 +156,9 @@ def diagnose(
             noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
             fresh = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
             x_t = schedule.add_noise(x0, noise, tt)
-            x_t_fresh = schedule.add_noise(x0, fresh, tt) if alpha_bar[t] == 0 else fresh
             with torch.no_grad():
                 x0_hat, g = model.predict_x0(hist, td, x_t, tt)
-                x0_hat_fresh, _ = model.predict_x0(hist, td, x_t_fresh, tt)
+                x0_hat_fresh, _ = model.predict_x0(hist, td, fresh, tt)  # x_t replaced by fresh noise
             x0_hat, x0_hat_fresh = x0_hat.float(), x0_hat_fresh.float()
             sq_err += float((x0_hat - x0).pow(2).sum())
             moved += float((x0_hat - x0_hat_fresh).norm(dim=1).sum())

@@ -145,18 +145,25 @@ def test_cached_inference_equals_uncached_reference(synthetic_dataset, memory, s
         assert torch.allclose(fast, ref, atol=1e-4, rtol=1e-4)
 
 
+def one_step_reference(model: DPGDiff, hist: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂_0, ĝ_y) of a one-step reverse process towards domain Y, uncached: x_T drawn from `seed`, t = T - 1."""
+    with torch.no_grad():
+        dom = torch.full((hist.shape[0],), DOMAIN_Y)
+        h, valid = model.embedding.sequence(hist)
+        guidance = model.encoder(model.embedding, hist, model.embedding.lookup(hist), dom)
+        x_t = torch.randn(hist.shape[0], model.dim, generator=torch.Generator().manual_seed(seed))
+        t = torch.full_like(dom, model.schedule.steps - 1)
+        x0_hat = model.denoiser.reference_forward(h, valid, x_t, t, dom, model.memory(guidance))
+    return x0_hat, guidance.g_y
+
+
 def test_one_step_score_is_x0_hat_plus_guidance(synthetic_dataset):
     """K = 1: the score is (x̂_0(x_T) + α·ĝ_{d*})·E^T with x̂_0 the denoiser's single prediction."""
     model = make(config(**{"model.score_alpha": 0.5}), synthetic_dataset).eval()
     hist = torch.as_tensor(synthetic_dataset.test.history[:8])
     got = model.score(hist, DOMAIN_Y, sampler="ddpm", infer_steps=1, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        dom = torch.full((8,), DOMAIN_Y)
-        h, valid = model.embedding.sequence(hist)
-        guidance = model.encoder(model.embedding, hist, model.embedding.lookup(hist), dom)
-        x_t = torch.randn(8, model.dim, generator=torch.Generator().manual_seed(2))
-        x0_hat = model.denoiser.reference_forward(h, valid, x_t, torch.full_like(dom, 7), dom, model.memory(guidance))
-        expected = (x0_hat + 0.5 * guidance.g_y) @ model.embedding.table(DOMAIN_Y).t()
+    x0_hat, g_y = one_step_reference(model, hist, seed=2)
+    expected = (x0_hat + 0.5 * g_y) @ model.embedding.table(DOMAIN_Y).t().detach()
     assert torch.allclose(got, expected, atol=1e-4)
 
 

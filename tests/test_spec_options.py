@@ -14,6 +14,7 @@ from dpgdiff.optim import LRSchedule, make_optimizer
 import dpgdiff.training.loop as train_mod  # evaluate_model is looked up in the loop module
 from dpgdiff import train
 from dpgdiff.training import load_model
+from tests.test_model import one_step_reference
 from tests.test_train import strip_timing, tiny
 
 torch.set_num_threads(1)
@@ -149,14 +150,8 @@ def test_literal_score_softmax_is_eq15_as_printed(synthetic_dataset):
     hist = torch.as_tensor(synthetic_dataset.test.history[:8])
     got = {m: models[m].score(hist, DOMAIN_Y, sampler="ddim", infer_steps=1,
                               generator=torch.Generator().manual_seed(2)) for m in models}
-    with torch.no_grad():
-        dom = torch.full((8,), DOMAIN_Y)
-        h, valid = model.embedding.sequence(hist)
-        guidance = model.encoder(model.embedding, hist, model.embedding.lookup(hist), dom)
-        x_t = torch.randn(8, model.dim, generator=torch.Generator().manual_seed(2))
-        x0_hat = model.denoiser.reference_forward(h, valid, x_t, torch.full_like(dom, 7), dom, model.memory(guidance))
-        rep = x0_hat + guidance.g_y
-        table = model.embedding.table(DOMAIN_Y)
+    x0_hat, g_y = one_step_reference(model, hist, seed=2)
+    rep, table = x0_hat + g_y, model.embedding.table(DOMAIN_Y).detach()
     assert torch.allclose(got["items"], rep @ table.t(), atol=1e-4)
     assert torch.allclose(got["literal"], torch.softmax(rep, -1) @ table.t(), atol=1e-5)
     assert not torch.equal(got["items"].argsort(1), got["literal"].argsort(1))  # the ranking changes
