@@ -438,6 +438,16 @@ class EvalResult:
         out[f"{prefix}_mrr_sum"] = float(self.mrr_sum)
         return out
 
+    def save_ranks(self, path: str | Path) -> None:
+        """Write the per-case ranks (npz: `x`, `y`, `full_x`, `full_y` float arrays in dataset order), atomically.
+
+        Two runs that ranked the same cases against the same saved candidates can then be compared case by
+        case (`dpgdiff.significance.paired_test`) without rerunning either model."""
+        arrays = {**self.ranks, **{f"full_{d}": r for d, r in self.full_ranks.items()}}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()})
+        atomic_write_bytes(path, buffer.getvalue())
+
     def table(self) -> str:
         """Aligned per-domain table: one row per (domain, ranking), with case counts."""
         has_full = any(f"full_{METRICS[0]}" in ms for ms in self.per_domain.values())
@@ -459,6 +469,15 @@ class EvalResult:
         if self.label:
             text.insert(0, self.label)
         return "\n".join(text)
+
+
+def load_ranks(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays `EvalResult.save_ranks` wrote: {"x": (N_x,), "y": (N_y,), "full_x": ..., "full_y": ...}."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a ranks file written by EvalResult.save_ranks ({exc})") from exc
 
 
 # --------------------------------------------------------------------------------------------

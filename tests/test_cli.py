@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from dpgdiff.cli import main
+from dpgdiff.evaluation import load_ranks
 
 from tests.conftest import SYNTHETIC_TEST_OPTIONS
 
@@ -43,6 +45,12 @@ def test_train_writes_checkpoint_config_and_metrics(trained, capsys):
     assert resolved["model"]["dim"] == 16 and resolved["train"]["epochs"] == 1
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["best_epoch"] == 1 and "test_mrr_sum" in metrics["test"]
+    # The per-case test ranks reproduce the reported test metrics (what paired significance tests read).
+    ranks = load_ranks(trained / "test_ranks.npz")
+    assert sorted(ranks) == ["full_x", "full_y", "x", "y"]
+    for d in ("x", "y"):
+        assert metrics["test"][f"test_{d}_mrr"] == pytest.approx(float(np.mean(1.0 / ranks[d])))
+        assert metrics["test"][f"test_{d}_full_mrr"] == pytest.approx(float(np.mean(1.0 / ranks[f"full_{d}"])))
     best = torch.load(trained / "best.pt", weights_only=True)
     assert best["dataset"]["name"] == "synthetic" and str(best["dataset"]["options"]["n_users"]) == "400"
     assert len(best["dataset"]["fingerprint"]) == 64

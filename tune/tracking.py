@@ -23,7 +23,7 @@ from typing import Any, Iterable, Optional
 from ray import tune
 
 SEARCH_TAG = "dpgdiff.search"  # parent: the search name
-ROLE_TAG = "dpgdiff.role"  # "search" (parent) | "trial" (child)
+ROLE_TAG = "dpgdiff.role"  # "search" (parent) | "trial" (child) | "confirmation" (child: tune/confirm.py)
 TRIAL_TAG = "dpgdiff.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 MODEL_TAG = "model.name"
@@ -88,8 +88,9 @@ def start_parent_run(client: Any, experiment_id: str, search: str, tags: dict[st
     return run.info.run_id, False
 
 
-def child_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
-    return find_runs(client, experiment_id, {PARENT_TAG: parent_run_id, ROLE_TAG: "trial"}, max_results=50000)
+def child_runs(client: Any, experiment_id: str, parent_run_id: str, role: str = "trial") -> list[Any]:
+    """The parent's child runs of one role: "trial" (the search's trials) or "confirmation" (reruns)."""
+    return find_runs(client, experiment_id, {PARENT_TAG: parent_run_id, ROLE_TAG: role}, max_results=50000)
 
 
 def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
@@ -129,13 +130,14 @@ class MLflowTrialTracker(tune.Callback):
     """Tune callback (driver side) keeping one MLflow child run per trial, found by tag."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, search: str,
-                 space: Any, extra_tags: Optional[dict[str, str]] = None) -> None:
+                 space: Any, extra_tags: Optional[dict[str, str]] = None, role: str = "trial") -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.search = search
         self.space = space  # tune.space.SearchSpace: resolves a trial's full config for its params
         self.extra_tags = dict(extra_tags or {})
+        self.role = role  # ROLE_TAG of the child runs: "trial", or "confirmation" for tune/confirm.py's reruns
         self._client: Any = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id (a cache; the tag is the truth)
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> epochs already logged (resume)
@@ -163,7 +165,7 @@ class MLflowTrialTracker(tune.Callback):
             return self._runs[tid]
         if self._known is None:  # once per driver session: the runs earlier sessions of this search made
             self._known = {r.data.tags.get(TRIAL_TAG): r for r in
-                           child_runs(self.client, self.experiment_id, self.parent_run_id)}
+                           child_runs(self.client, self.experiment_id, self.parent_run_id, self.role)}
         runs = [self._known[tid]] if tid in self._known else []
         if runs:
             run_id = runs[0].info.run_id
@@ -186,7 +188,7 @@ class MLflowTrialTracker(tune.Callback):
             tags = {
                 **self.extra_tags,
                 PARENT_TAG: self.parent_run_id,
-                ROLE_TAG: "trial",
+                ROLE_TAG: self.role,
                 TRIAL_TAG: tid,
                 SEARCH_TAG: self.search,
                 MODEL_TAG: model_name,

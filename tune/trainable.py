@@ -8,7 +8,7 @@ sampled hyperparameters. Each worker process loads the dataset once (`_DATASETS`
 Reports: one per validation pass, `{"epoch", "train_loss", ..., "val_*"}` with the training
 checkpoint folder (resume: `tune.get_checkpoint()` -> `train(resume_from=...)`), then one final
 report `{"final": 1, "best_epoch", "test_*", best "val_*"}` whose checkpoint holds `best.pt`
-(the model `python -m dpgdiff evaluate` loads) and `final.json`.
+(the model `python -m dpgdiff evaluate` loads), `test_ranks.npz` (per-case test ranks) and `final.json`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ray import tune
 
 from dpgdiff.data.ref import DatasetRef
 from dpgdiff.files import atomic_write_text
+from dpgdiff.training.loop import RANKS_FILE
 
 FINAL_MARKER = "final.json"  # in the final checkpoint: the trial is complete, nothing to resume
 
@@ -121,6 +122,8 @@ def _train_and_report(train: Callable[..., Any], cfg: Any, dataset: Any, resume_
         folder.mkdir()
         if result.checkpoint_path is not None and Path(result.checkpoint_path).exists():
             shutil.copy2(result.checkpoint_path, folder / "best.pt")
+        if (out_dir / RANKS_FILE).exists():  # per-case test ranks: tune/confirm.py's paired tests read them
+            shutil.copy2(out_dir / RANKS_FILE, folder / RANKS_FILE)
         cfg.to_yaml(folder / "config.yaml")
         atomic_write_text(folder / FINAL_MARKER, json.dumps(final, indent=1))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(folder)))

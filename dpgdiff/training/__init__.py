@@ -19,6 +19,7 @@ from dpgdiff.training.checkpoints import (
     load_model_and_data,
 )
 from dpgdiff.training.loop import (
+    RANKS_FILE,
     Reporter,
     TrainingDivergedError,
     TrainResult,
@@ -31,7 +32,7 @@ from dpgdiff.training.loop import (
 from dpgdiff.training.reproducibility import autocast, resolve_device, seed_everything
 
 __all__ = [
-    "CHECKPOINT_DIRNAME", "CHECKPOINT_FORMAT", "MODEL_FORMAT", "CheckpointError", "LoopState", "Reporter",
+    "CHECKPOINT_DIRNAME", "CHECKPOINT_FORMAT", "MODEL_FORMAT", "RANKS_FILE", "CheckpointError", "LoopState", "Reporter",
     "TrainResult", "TrainingDivergedError", "atomic_torch_save", "autocast", "check_dataset", "evaluate_model",
     "load_model", "load_model_and_data", "make_optimizer", "make_scorer", "resolve_device", "seed_everything", "train", "train_step",
 ]

@@ -50,6 +50,8 @@ from dpgdiff.training.reproducibility import autocast, resolve_device, runtime_s
 
 log = logging.getLogger(__name__)
 
+RANKS_FILE = "test_ranks.npz"  # in out_dir: the best state's per-case test ranks (EvalResult.save_ranks)
+
 
 class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite; the message names the epoch and step."""
@@ -165,8 +167,9 @@ def train(
 
     reporter:    called after every validation pass (see `Reporter`).
     resume_from: a checkpoint folder (or its model.pt) written by an earlier run with this config.
-    out_dir:     when given, receives best.pt, config.yaml, metrics.json and checkpoint/ (latest
-                 resumable state, replaced atomically after every validation pass).
+    out_dir:     when given, receives best.pt, config.yaml, metrics.json, test_ranks.npz (per-case test
+                 ranks) and checkpoint/ (latest resumable state, replaced atomically after every
+                 validation pass).
     progress:    show a tqdm bar per epoch (the CLI turns it on).
     Raises TrainingDivergedError on a NaN/inf loss (the last checkpoint stays intact).
     """
@@ -327,6 +330,7 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
     result = TrainResult(best_epoch=run.best_epoch, best_val=run.best_val, test=test, history=run.history,
                          checkpoint_path=(out / "best.pt") if out else None, test_result=test_result)
     if out is not None:
+        test_result.save_ranks(out / RANKS_FILE)  # per-case ranks: paired significance tests across runs
         atomic_write_text(out / "metrics.json", json.dumps(
             {"best_epoch": run.best_epoch, "stopped_early": run.stopped_early, "best_val": run.best_val,
              "test": test, "history": run.history,
