@@ -172,3 +172,64 @@ def test_every_trial_failing_exits_nonzero_with_first_error(tmp_path):
     assert parent.info.status == "FAILED"
     assert len(children) == 2 and all(c.info.status == "FAILED" for c in children)
     assert all("stub failure" in c.data.tags["error"] for c in children)
+
+
+def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(search, capsys):
+    """Issue 10 §2: tune/confirm.py reruns the best trial's configuration with N seeds (and a variant) as Ray
+    trials, tracked as confirmation children of the search's parent run, and the report pairs them."""
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    from mlflow.tracking import MlflowClient
+
+    from dpgdiff.config import Config
+    from tests.test_search_helpers import CONFIRM
+    from tune import report, tracking
+
+    configs = tmp / "configs"
+    args = [*CONFIRM, "--name", NAME, "--seeds", "2", "--variant", "no-cl:model.tri_cl=false", "--quiet",
+            "--storage-path", str(tmp / "ray_results"), "--tracking-uri", tracking_uri(tmp),
+            "--write-configs", str(configs)]
+    confirmed = run(args, tmp)
+    assert confirmed.returncode == 0, _explain(confirmed)
+    assert "4 confirmation trial(s): 4 finished, 0 failed" in confirmed.stdout
+    client = MlflowClient(tracking_uri(tmp))
+    parent, trials = mlflow_runs(tmp, NAME)
+    assert len(trials) == N_TRIALS, "confirmation runs are not search trials"
+    best = client.get_run(parent.data.tags["best_run_id"])
+    runs = tracking.child_runs(client, parent.info.experiment_id, parent.info.run_id, role="confirmation")
+    assert sorted((r.data.tags["dpgdiff.variant"], r.data.tags["dpgdiff.seed"]) for r in runs) == [
+        ("best", "1"), ("best", "2"), ("no-cl", "1"), ("no-cl", "2")]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["dpgdiff.confirms_run"] == best.info.run_id
+        assert r.data.params["train.seed"] == r.data.tags["dpgdiff.seed"]
+        assert r.data.params["model.tri_cl"] == str(r.data.tags["dpgdiff.variant"] == "best")
+        same = {k: v for k, v in r.data.params.items() if k not in ("train.seed", "model.tri_cl")}
+        assert same == {k: v for k, v in best.data.params.items() if k not in ("train.seed", "model.tri_cl")}
+        assert 0 <= r.data.metrics["test_mrr_sum"] <= 2
+        names = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"test_ranks.npz", "config.yaml", "final.json"} <= names
+    exported = Config.from_yaml(configs / "dpgdiff.yaml")
+    assert exported.model.dim == int(best.data.params["model.dim"]) and exported.train.epochs == 2
+    # the report adds the confirmed table (mean ± std over both seeds) and the variant table with paired tests
+    out_file = tmp / "confirmed.md"
+    assert report.main(["--name", NAME, "--tracking-uri", tracking_uri(tmp), "--out", str(out_file)]) == 0
+    text = out_file.read_text()
+    assert "## Confirmed comparison" in text and "mean ± std over seeds [1, 2]" in text
+    assert "## Ablations of search e2e" in text and "| no-cl |" in text
+    # starting the same confirmation again is refused (resume it instead)
+    again = run(args, tmp)
+    assert again.returncode == 2 and "pass --resume" in again.stderr, _explain(again)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--name", "nope"], "no such search"),
+    (["--name", "x", "--seeds", "0"], "--seeds must be >= 1"),
+    (["--name", "x", "--variant", "nolabel"], "expected LABEL:section.key=value"),
+    ([], "--name"),
+])
+def test_confirm_bad_input_exits_2_before_ray(tmp_path, capsys, argv, message):
+    from tune import confirm, tracking
+
+    tracking.ensure_experiment(tracking.client_for(tracking_uri(tmp_path)), "dpgdiff", None)
+    rc = confirm.main([*argv, "--tracking-uri", tracking_uri(tmp_path), "--storage-path", str(tmp_path)])
+    assert rc == 2 and message in capsys.readouterr().err

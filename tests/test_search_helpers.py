@@ -12,6 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
 REPORT = [sys.executable, str(REPO / "tune" / "report.py")]
+CONFIRM = [sys.executable, str(REPO / "tune" / "confirm.py")]
 SEARCH_WITH_STUB = [sys.executable, "-m", "tests.search_with_stub"]  # + the stub's name (tests.test_search_stubs)
 # A tiny synthetic set (<1,000 items per domain, hence the smoke space's eval.n_negatives=99) and the
 # smoke space: a trial of 2 epochs trains in a few seconds.
@@ -118,14 +119,15 @@ def _alive(pid: int) -> bool:
 
 
 def mlflow_runs(tmp: Path, search: str) -> tuple[object, list]:
-    """(parent run, child runs) of one search in the test's MLflow store."""
+    """(parent run, its trials' child runs) of one search in the test's MLflow store (confirmation runs excluded)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(tmp))
     exp = client.get_experiment_by_name("dpgdiff")
     parents = client.search_runs([exp.experiment_id], f"tags.`dpgdiff.search` = '{search}' and tags.`dpgdiff.role` = 'search'")
     assert len(parents) == 1, f"expected one parent run for {search}, got {len(parents)}"
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' "
+                                                       "and tags.`dpgdiff.role` = 'trial'")
     return parents[0], list(children)
 
 

@@ -27,7 +27,12 @@ that a resumed search never duplicates runs.
 
 `tune/results.py` owns reading results: trial rows from Tune's ResultGrid, the per-domain and Markdown
 tables, and the artifacts attached to the parent run; `tune/report.py` (`dpgdiff-report`) prints a
-search's best trials and the Table 1 comparison from MLflow.
+search's best trials and the Table 1 comparison from MLflow, and, once confirmation runs exist, mean ±
+std over seeds with paired significance tests and the Table 3 ablations.
+
+`tune/confirm.py` (`dpgdiff-confirm`) owns the confirmation command line, and `tune/confirmation.py` runs
+it: the best configuration of finished searches rerun with N seeds (and ablation variants) as Ray trials,
+tracked as confirmation children of each search's parent run with their per-case test ranks.
 
 `tune/ray_internals.py` is the one place that uses a Ray name outside its public API (the local temp
 dir), checked so that a Ray upgrade that drops it fails loudly.

@@ -9,13 +9,23 @@ takes, per `model.name` tag (dpgdiff, sasrec, diffurec, ...), the finished child
 best validation MRR_X + MRR_Y (spec §5.4), and prints its test metrics ×100 per domain (rows
 Data × Metric, one column per model, "Imp." = DPG-Diff over the best other model), with a
 footnote per column naming the run id, search and trial that each cell comes from.
+
+When the searches have confirmation runs (tune/confirm.py: the best configuration rerun with N seeds),
+two more tables follow: Table 1's layout with mean ± std over seeds and a paired significance test of
+DPG-Diff against the strongest other model in each cell, and Table 3's layout (ablation variants against
+the full model). The test is a two-sided paired t-test on per-case metric values (`dpgdiff.significance`):
+both models ranked the same test cases against the same saved candidates, seed i of one is paired with
+seed i of the other, and all (seed, case) pairs are pooled; the interval is the 95% t interval of the mean
+difference. Each column's footnote lists its runs by seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,6 +60,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import os
 
     args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded ranks file
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
     try:
         text, out = build_report(uri, args.experiment, args.name, args.top, args.out)
@@ -73,6 +84,9 @@ def build_report(uri: str, experiment: str, names: list[str], top: int, out: Opt
         children_all += [(parent, c) for c in children]
         sections.append(_best_trials_section(parent, children, top))
     table = comparison_table(children_all)
+    confirmed = confirmation_tables(client, exp.experiment_id, parents)
+    if confirmed:
+        table += "\n\n" + confirmed
     text = "\n\n".join(sections + [table])
     label = "+".join(p.data.tags.get(tracking.SEARCH_TAG, p.info.run_id) for p in parents)
     path = Path(out) if out else Path("mlruns") / "reports" / f"{label}-table1.md"
@@ -164,6 +178,178 @@ def comparison_table(pairs: list[tuple[Any, Any]]) -> str:
                      f"{parent.data.tags.get(tracking.SEARCH_TAG)}, trial {run.data.tags.get(tracking.TRIAL_TAG)}, "
                      f"best epoch {run.data.tags.get('best_epoch', '?')}, val MRR sum {_num(_best_val(run))})")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- confirmation runs
+
+# Rows of the confirmed Table 1: (label, metric key); "full_*" ranks against every item of the domain.
+CONFIRMED_METRICS = TABLE_METRICS + (("N@10 full", "full_ndcg10"), ("H@10 full", "full_hr10"))
+ABLATION_METRICS = (("N@10", "ndcg10"), ("H@10", "hr10"), ("N@10 full", "full_ndcg10"))
+
+
+@dataclass
+class Confirmed:
+    """The finished confirmation runs of one (search, variant): one run per seed."""
+
+    search: str
+    model: str
+    variant: str
+    runs: dict[int, Any]  # seed -> MLflow run
+
+    def values(self, domain: str, key: str) -> list[float]:
+        return [r.data.metrics[f"test_{domain}_{key}"] for r in self.runs.values()
+                if f"test_{domain}_{key}" in r.data.metrics]
+
+    def cell(self, domain: str, key: str) -> str:
+        v = self.values(domain, key)
+        if not v:
+            return "-"
+        std = statistics.stdev(v) if len(v) > 1 else 0.0
+        return f"{100 * statistics.fmean(v):.2f} ± {100 * std:.2f}"
+
+    def mean(self, domain: str, key: str) -> float:
+        v = self.values(domain, key)
+        return statistics.fmean(v) if v else float("-inf")
+
+    def footnote(self) -> str:
+        return ", ".join(f"seed {s}: {r.info.run_id}" for s, r in sorted(self.runs.items()))
+
+
+def confirmed_groups(client: Any, experiment_id: str, parents: list[Any]) -> list[Confirmed]:
+    """Finished confirmation runs of the parents, grouped by (search, variant), in search order."""
+    from tune.confirmation import ROLE, SEED_TAG, VARIANT_TAG
+
+    groups: dict[tuple[str, str], Confirmed] = {}
+    for parent in parents:
+        search = parent.data.tags.get(tracking.SEARCH_TAG, parent.info.run_id)
+        for run in tracking.child_runs(client, experiment_id, parent.info.run_id, role=ROLE):
+            if run.info.status != "FINISHED" or "test_mrr_sum" not in run.data.metrics:
+                continue
+            variant = run.data.tags.get(VARIANT_TAG, "best")
+            group = groups.setdefault((search, variant), Confirmed(search, run.data.tags.get(tracking.MODEL_TAG, "?"),
+                                                                   variant, {}))
+            group.runs[int(run.data.tags.get(SEED_TAG, len(group.runs)))] = run
+    return list(groups.values())
+
+
+class RankCache:
+    """Per-case test ranks of confirmation runs (their test_ranks.npz artifacts), downloaded once."""
+
+    def __init__(self, client: Any, folder: Path) -> None:
+        self.client, self.folder, self._ranks = client, folder, {}
+
+    def __call__(self, run: Any) -> dict[str, Any]:
+        from dpgdiff.evaluation import load_ranks
+        from dpgdiff.training.loop import RANKS_FILE
+
+        run_id = run.info.run_id
+        if run_id not in self._ranks:
+            path = self.client.download_artifacts(run_id, RANKS_FILE, str(self.folder / run_id))
+            self._ranks[run_id] = load_ranks(path)
+        return self._ranks[run_id]
+
+
+def paired(a: Confirmed, b: Confirmed, domain: str, key: str, ranks: RankCache) -> Any:
+    """Paired t-test of a against b on one domain's metric `key`, over the seeds both have (seed i with seed i)."""
+    from dpgdiff.significance import paired_test
+
+    seeds = sorted(set(a.runs) & set(b.runs))
+    which = f"full_{domain}" if key.startswith("full_") else domain
+    metric = key.removeprefix("full_")
+    return paired_test([ranks(a.runs[s])[which] for s in seeds], [ranks(b.runs[s])[which] for s in seeds], metric)
+
+
+def confirmation_tables(client: Any, experiment_id: str, parents: list[Any]) -> str:
+    """Table 1 (mean ± std over seeds, paired tests) and Table 3 (ablations) from confirmation runs; '' if none."""
+    groups = confirmed_groups(client, experiment_id, parents)
+    if not groups:
+        return ""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ranks = RankCache(client, Path(tmp))
+        parts = [_confirmed_table1([g for g in groups if g.variant == "best"], parents, ranks)]
+        for search in dict.fromkeys(g.search for g in groups):
+            variants = [g for g in groups if g.search == search]
+            if len(variants) > 1:
+                parts.append(_ablation_table(variants, ranks))
+    return "\n\n".join(p for p in parts if p)
+
+
+def _column_label(group: Confirmed, groups: list[Confirmed]) -> str:
+    label = MODEL_LABELS.get(group.model, group.model)
+    return label if sum(g.model == group.model for g in groups) == 1 else f"{label} ({group.search})"
+
+
+def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCache) -> str:
+    if not groups:
+        return ""
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    groups = sorted(groups, key=lambda g: order.get(g.model, -1))
+    ours = next((g for g in groups if g.model == OURS), None)
+    others = [g for g in groups if g is not ours]
+    dataset = parents[0].data.tags.get("dataset", "")
+    domains = DOMAIN_NAMES.get(dataset, ("X", "Y"))
+    seeds = sorted({s for g in groups for s in g.runs})
+    header = ["Data", "Metric"] + [f"{_column_label(g, groups)} [{i}]" for i, g in enumerate(groups, 1)]
+    if ours and others:
+        header += ["vs", "Imp.", "diff ×100 [95% CI]", "p"]
+    lines = [f"## Confirmed comparison ({dataset}; test metrics ×100, mean ± std over seeds {seeds}; "
+             "each model at its search's best configuration, chosen on validation)", "",
+             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for d, dname in zip(("x", "y"), domains):
+        for j, (label, key) in enumerate(CONFIRMED_METRICS):
+            means = [g.mean(d, key) for g in groups]
+            top = max(means)
+            cells = [f"**{g.cell(d, key)}**" if m == top and len(groups) > 1 else g.cell(d, key)
+                     for g, m in zip(groups, means)]
+            row = [dname if j == 0 else "", label] + cells
+            if ours and others:
+                rival = max(others, key=lambda g: g.mean(d, key))  # the strongest other model in this cell
+                test = paired(ours, rival, d, key, ranks)
+                row += [MODEL_LABELS.get(rival.model, rival.model), f"{100 * test.rel_diff:+.1f}%",
+                        f"{100 * test.diff:+.2f} [{100 * test.ci_low:+.2f}, {100 * test.ci_high:+.2f}]",
+                        _p(test.p_value)]
+            lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    if ours and others:
+        lines.append("Imp.: DPG-Diff's mean over the strongest other model's (\"vs\") in that cell. diff, 95% CI, p: "
+                     "two-sided paired t-test of per-case values, DPG-Diff minus that model, seed i paired with "
+                     "seed i on the same test cases and candidates, all (seed, case) pairs pooled.")
+        lines.append("")
+    for i, g in enumerate(groups, 1):
+        lines.append(f"[{i}] {_column_label(g, groups)}: search {g.search}, confirmation runs {g.footnote()}")
+    return "\n".join(lines)
+
+
+def _ablation_table(groups: list[Confirmed], ranks: RankCache) -> str:
+    from tune.confirmation import ABLATIONS, BEST
+
+    order = [BEST, *ABLATIONS]
+    groups = sorted(groups, key=lambda g: (order.index(g.variant) if g.variant in order else len(order), g.variant))
+    full = groups[0] if groups[0].variant == BEST else None
+    header = ["Variant"] + [f"{d.upper()} {label}" for d in ("x", "y") for label, _ in ABLATION_METRICS]
+    if full:
+        header += ["p X N@10", "p Y N@10"]
+    lines = [f"## Ablations of search {groups[0].search} (Table 3 layout; test ×100, mean ± std over seeds)", "",
+             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for g in groups:
+        row = [("Full (best config)" if g.variant == BEST else g.variant)]
+        row += [g.cell(d, key) for d in ("x", "y") for _, key in ABLATION_METRICS]
+        if full:
+            row += ["" if g is full else _p(paired(g, full, d, "ndcg10", ranks).p_value) for d in ("x", "y")]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    if full:
+        lines.append("p: two-sided paired t-test of the variant against the full model on per-case NDCG@10, seed i "
+                     "paired with seed i.")
+    for g in groups:
+        lines.append(f"- {g.variant}: {g.footnote()}")
+    return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
 def _num(v: Any) -> str:

@@ -1,0 +1,135 @@
+"""Confirmation runs: the best configuration of finished searches, rerun with N seeds (and Table 3 ablations).
+
+    python tune/confirm.py --name fk-cpu-dpgdiff --name fk-cpu-sasrec --seeds 3
+    python tune/confirm.py --name fk-cpu-dpgdiff --seeds 3 --ablations     # + -Tri-CL, -G, -DE, Diff at the best config
+    python tune/confirm.py --name ... --variant "lr-half:train.lr=0.0005"   # any other variant of the best config
+    python tune/confirm.py --confirm-name NAME --resume                    # continue an interrupted confirmation
+    python tune/report.py --name fk-cpu-dpgdiff --name fk-cpu-sasrec       # mean ± std over seeds, paired tests
+    dpgdiff-confirm ...                                                     # the same, as the installed console script
+
+Each (search, variant, seed) is one Ray Tune trial of the search's own trainable, FIFO, tracked in MLflow as
+a child of that search's parent run with role `confirmation` (tune/confirmation.py). Seeds are --seed,
+--seed+1, ...: the same for every search, so that tune/report.py can pair seed i of one model with seed i of
+another, case by case. This module is the command line only.
+
+Exit codes: 0 done, 1 every trial failed, 2 bad arguments, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+try:
+    from dpgdiff.config import ConfigError
+    from dpgdiff.data import DataError
+    from tune.settings import RunOptions, SearchError, SearchSettings, read_text, write_text
+except ModuleNotFoundError as exc:
+    if not str(exc.name).startswith(("dpgdiff", "tune")):
+        raise
+    sys.exit(f"error: cannot import {exc.name!r}: install this checkout first (pip install -e .)")
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python tune/confirm.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", action="append", default=[], help="a finished search to confirm (repeatable)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
+    p.add_argument("--seed", type=int, default=1, help="first seed (default 1): seeds are SEED, SEED+1, ...")
+    p.add_argument("--ablations", action="store_true",
+                   help="also run Table 3's ablations (-Tri-CL, -G, -DE, Diff) at each DPG-Diff search's best config")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:section.key=value[,...]",
+                   help="another variant of every best configuration (repeatable)")
+    p.add_argument("--confirm-name", default=None, help="Tune experiment name (default: confirm-<names>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted confirmation --confirm-name")
+    p.add_argument("--data-dir", default=None, help="where the searches' data is on this machine (default: as saved)")
+    p.add_argument("--write-configs", default=None, metavar="DIR",
+                   help="write each search's best configuration to DIR/<model>.yaml (python -m dpgdiff train --config)")
+    p.add_argument("--storage-path", default="ray_results")
+    p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite ./mlruns/mlflow.db")
+    p.add_argument("--experiment", default="dpgdiff")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--address", default=None, help="existing Ray cluster (default: a local Ray on 127.0.0.1)")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from tune.search import _auth_for_existing_cluster
+
+    _auth_for_existing_cluster(args.address)  # before anything imports Ray
+    try:
+        return _main(args, argv)
+    except (SearchError, ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with: python tune/confirm.py --confirm-name NAME --resume", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
+    from tune import tracking
+    from tune.confirmation import (BEST, CONFIRM_STATE, Job, build_jobs, export_config, parse_variant,
+                                   run_confirmation, tune_state_exists)
+
+    if args.seeds < 1:
+        raise SearchError(f"--seeds must be >= 1, got {args.seeds}")
+    if not args.name and not args.resume:
+        raise SearchError("name at least one finished search with --name")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
+    client = tracking.client_for(uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise SearchError(f"{uri}: no MLflow experiment {args.experiment!r} (run tune/search.py first)")
+    storage = str(Path(args.storage_path).resolve()) if "://" not in args.storage_path else args.storage_path
+    name = args.confirm_name or "confirm-" + "+".join(args.name) + ("-ablations" if args.ablations else "")
+    run = RunOptions(storage=storage, resuming=args.resume, address=args.address, num_cpus=args.num_cpus,
+                     quiet=args.quiet)
+    state_path = f"{storage}/{name}/{CONFIRM_STATE}"
+    if args.resume:
+        text = read_text(state_path)
+        if text is None:
+            raise SearchError(f"--resume: no confirmation {name!r} at {storage} ({state_path} missing)")
+        saved = json.loads(text)
+        settings = SearchSettings.from_saved(saved["settings"], run, state_path).replace(name=name, tracking_uri=uri)
+        jobs = [Job.from_saved(j) for j in saved["jobs"]]
+    else:
+        variants = dict(parse_variant(v) for v in args.variant)
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        first, jobs = build_jobs(client, experiment.experiment_id, args.name, seeds, variants, args.ablations,
+                                 args.data_dir)
+        settings = first.replace(name=name, tracking_uri=uri, run=run, argv=tuple(argv))
+        if args.write_configs:
+            for job in jobs:
+                if job.variant == BEST and job.seed == seeds[0]:
+                    base = job.config.with_overrides({"train.seed": 0}, source="--write-configs")
+                    path = Path(args.write_configs) / f"{job.config.model.name}.yaml"
+                    export_config(base, path, job.search, job.best_run_id,
+                                  f"python -m dpgdiff train --dataset {settings.dataset.name} "
+                                  f"--split {settings.dataset.split} --config {path} --out runs/{path.stem}")
+                    print(f"wrote {path}")
+        if tune_state_exists(settings.path):
+            raise SearchError(f"{settings.path} exists: pass --resume to continue it, or another --confirm-name")
+        write_text(state_path, json.dumps({"settings": settings.to_saved(), "jobs": [j.to_saved() for j in jobs]},
+                                          indent=1))
+    print(f"confirmation {name!r}: {len(jobs)} trial(s): "
+          + ", ".join(sorted({f'{j.search}/{j.variant}' for j in jobs})) + f"; seeds {sorted({j.seed for j in jobs})}",
+          flush=True)
+    return run_confirmation(settings, jobs, experiment.experiment_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

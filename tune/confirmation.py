@@ -1,0 +1,253 @@
+"""Confirmation runs of finished searches: the jobs (search x variant x seed), their MLflow tracking, the Tune run.
+
+The command line is tune/confirm.py; this module is its driver (as tune/driver.py is tune/search.py's).
+A job is one search's best configuration (rebuilt from the search's saved settings and its best trial's
+sampled values, as chosen on validation), or a variant of it, with one seed. Every job is one trial of the
+search's own trainable (`tune.trainable.run_trial`), tracked as a child of that search's MLflow parent run
+with role `confirmation`, tags `dpgdiff.variant` / `dpgdiff.seed` / `dpgdiff.confirms_run`, and the
+artifacts `test_ranks.npz` (per-case test ranks, for tune/report.py's paired tests), `config.yaml` and
+`final.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import ray
+from ray import tune
+
+import dpgdiff
+from dpgdiff.config import Config, parse_assignment
+from dpgdiff.training.loop import RANKS_FILE
+from tune import tracking
+from tune.driver import EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK, check_resources, start_ray
+from tune.progress import ProgressReporter
+from tune.settings import RunOptions, SearchError, SearchSettings, write_text
+from tune.trainable import FINAL_MARKER, TrialSpec, run_trial
+
+CONFIRM_STATE = "dpgdiff_confirm.json"  # beside Tune's experiment state: the jobs, for --resume
+ROLE = "confirmation"
+VARIANT_TAG, SEED_TAG, OF_TAG = "dpgdiff.variant", "dpgdiff.seed", "dpgdiff.confirms_run"
+BEST = "best"  # the variant that is the best configuration itself
+# Table 3 (the paper's ablations) at the best configuration; a switched-off component is not built.
+ABLATIONS = {
+    "-Tri-CL": {"model.tri_cl": False},
+    "-G": {"model.guidance": False},
+    "-DE": {"model.disentangled_encoder": False},
+    "Diff": {"model.tri_cl": False, "model.guidance": False, "model.disentangled_encoder": False},
+}
+ARTIFACTS = (RANKS_FILE, "config.yaml", FINAL_MARKER)  # copied from a trial's final checkpoint to its run
+NOT_EXPORTED = ("train.num_threads", "train.device")  # per machine, not part of a configuration
+
+
+@dataclass(frozen=True)
+class Job:
+    """One confirmation trial: a search's best configuration (or a variant of it) with one seed."""
+
+    search: str
+    parent_run_id: str  # the search's MLflow parent run: the trial's run is its child
+    best_run_id: str  # the search trial being confirmed
+    variant: str  # BEST, or a variant label
+    seed: int
+    config: Config
+
+    @property
+    def key(self) -> str:
+        return f"{self.search}|{self.variant}|seed={self.seed}"
+
+    def to_saved(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"},
+                "config": self.config.to_dict()}
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "Job":
+        return cls(**{**data, "config": Config.from_dict(data["config"], source=f"{CONFIRM_STATE}: {data['search']}")})
+
+
+class ConfirmationJobs:
+    """The `space` of a confirmation experiment: a trial's config is {"job": key}; `resolve` gives its Config."""
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        self.jobs = {j.key: j for j in jobs}
+
+    def resolve(self, sampled: dict[str, Any], source: Optional[str] = None) -> Config:
+        return self.jobs[sampled["job"]].config
+
+
+# ------------------------------------------------------------------------------------- jobs from MLflow
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """'LABEL:section.key=value[,section.key=value...]' -> (label, overrides)."""
+    label, sep, body = text.partition(":")
+    if not sep or not label.strip() or not body.strip() or "|" in label:
+        raise SearchError(f"--variant {text!r}: expected LABEL:section.key=value[,section.key=value...]")
+    return label.strip(), dict(parse_assignment(a.strip(), f"--variant {label}") for a in body.split(","))
+
+
+def best_configuration(client: Any, experiment_id: str, search: str, data_dir: Optional[str]) -> tuple[SearchSettings, Any, Config]:
+    """(the search's settings, its parent run, the resolved Config of its best trial)."""
+    parents = tracking.find_runs(client, experiment_id, {tracking.SEARCH_TAG: search, tracking.ROLE_TAG: "search"})
+    if not parents:
+        raise SearchError(f"--name {search!r}: no such search in this MLflow store")
+    parent = parents[0]
+    best_run_id = parent.data.tags.get("best_run_id")
+    if parent.info.status != "FINISHED" or not best_run_id:
+        raise SearchError(f"search {search!r} has not finished (parent run {parent.info.run_id} is "
+                          f"{parent.info.status}); finish it with tune/search.py --name {search} --resume")
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = json.loads(Path(client.download_artifacts(parent.info.run_id, "search_settings.json", tmp)).read_text())
+    settings = SearchSettings.from_saved(saved, RunOptions(storage="ray_results"),
+                                         f"MLflow run {parent.info.run_id}: search_settings.json")
+    if data_dir:  # the data may live elsewhere on this machine than where the search ran
+        settings = settings.replace(dataset=dataclasses.replace(settings.dataset, data_dir=str(Path(data_dir).resolve())))
+    best = client.get_run(best_run_id)
+    sampled = json.loads(best.data.tags.get("dpgdiff.sampled", "{}"))
+    config = settings.space.resolve(sampled, source=f"search {search!r}, best run {best_run_id}")
+    return settings, parent, config
+
+
+def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Sequence[int],
+               variants: dict[str, dict[str, Any]], ablations: bool, data_dir: Optional[str]) -> tuple[SearchSettings, list[Job]]:
+    """Every (search, variant, seed) job, and the first search's settings (dataset, resources per trial)."""
+    jobs: list[Job] = []
+    first: Optional[SearchSettings] = None
+    for name in names:
+        settings, parent, best = best_configuration(client, experiment_id, name, data_dir)
+        if first is None:
+            first = settings
+        elif settings.fingerprint != first.fingerprint:
+            raise SearchError(f"search {name!r} ran on other data than {first.name!r} (dataset fingerprint "
+                              f"{str(settings.fingerprint)[:12]} vs {str(first.fingerprint)[:12]}): confirm them separately")
+        own = dict(variants)
+        if ablations and best.model.name == "dpgdiff":
+            own.update(ABLATIONS)
+        for label, overrides in {BEST: {}, **own}.items():
+            config = best.with_overrides(dict(overrides), source=f"--variant {label}") if overrides else best
+            for seed in seeds:
+                jobs.append(Job(name, parent.info.run_id, parent.data.tags["best_run_id"], label, seed,
+                                config.with_overrides({"train.seed": seed}, source="--seed")))
+    assert first is not None
+    return first, jobs
+
+
+def export_config(config: Config, path: Path, search: str, best_run_id: str, command: str) -> None:
+    """The best configuration as a `python -m dpgdiff train --config` file (machine-specific fields left out)."""
+    data = config.to_dict()
+    for dotted in NOT_EXPORTED:
+        section, key = dotted.split(".")
+        data[section].pop(key, None)
+    import yaml
+
+    header = (f"# Best configuration of search {search} (MLflow run {best_run_id}), chosen on validation.\n"
+              f"#   {command}\n")
+    write_text(str(path), header + yaml.safe_dump(data, sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------- MLflow callback
+
+
+class ConfirmationTracker(tune.Callback):
+    """One MLflowTrialTracker per search parent run; each trial goes to its job's parent, role confirmation."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, jobs: Sequence[Job]) -> None:
+        space = ConfirmationJobs(jobs)
+        self.jobs = {j.key: (j.parent_run_id, j.best_run_id, j.variant, j.seed) for j in jobs}
+        self.trackers = {j.parent_run_id: tracking.MLflowTrialTracker(tracking_uri, experiment_id, j.parent_run_id,
+                                                                      j.search, space, role=ROLE) for j in jobs}
+
+    def _tracker(self, trial: Any) -> tracking.MLflowTrialTracker:
+        return self.trackers[self.jobs[trial.config["job"]][0]]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tracker = self._tracker(trial)
+        tracker.on_trial_start(iteration, trials, trial, **info)
+        _, best_run, variant, seed = self.jobs[trial.config["job"]]
+        run_id = tracker.run_id(trial)
+        for key, value in ((VARIANT_TAG, variant), (SEED_TAG, str(seed)), (OF_TAG, best_run)):
+            tracker.client.set_tag(run_id, key, value)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._tracker(trial).on_trial_result(iteration, trials, trial, result, **info)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._tracker(trial).on_trial_recover(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._tracker(trial).on_trial_error(iteration, trials, trial, **info)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tracker = self._tracker(trial)
+        if trial.checkpoint is not None:  # the final checkpoint: per-case ranks, config, final metrics
+            with trial.checkpoint.as_directory() as folder:
+                for name in ARTIFACTS:
+                    if Path(folder, name).exists():
+                        tracker.client.log_artifact(tracker.run_id(trial), str(Path(folder, name)))
+        tracker.on_trial_complete(iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for parent, tracker in self.trackers.items():
+            tracker.reconcile([t for t in trials if self.jobs[t.config["job"]][0] == parent])
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_id: str) -> int:
+    """Run (or resume) the confirmation trials -> exit code (tune.driver's EXIT_*)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    dataset = settings.dataset.load()
+    if settings.fingerprint and dataset.fingerprint != settings.fingerprint:
+        raise SearchError(f"the data at {settings.dataset.data_dir} is not what the searches ran on (fingerprint "
+                          f"{dataset.fingerprint[:12]}, searches {settings.fingerprint[:12]})")
+    spec = TrialSpec(dataset=settings.dataset, fingerprint=settings.fingerprint, space=ConfirmationJobs(jobs),
+                     train_fn=dpgdiff.train)
+    trainable = tune.with_parameters(
+        tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}), spec=spec)
+    temp_dir = start_ray(settings)
+    try:
+        check_resources(ray, settings)
+        if settings.run.resuming:
+            tuner = tune.Tuner.restore(settings.path, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            epochs = max(j.config.train.epochs for j in jobs)
+            tuner = tune.Tuner(
+                trainable, param_space={"job": tune.grid_search([j.key for j in jobs])},
+                tune_config=tune.TuneConfig(num_samples=1, reuse_actors=settings.reuse_actors,
+                                            trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+                run_config=tune.RunConfig(
+                    name=settings.name, storage_path=settings.run.storage, verbose=0 if settings.run.quiet else 1,
+                    callbacks=[ConfirmationTracker(settings.tracking_uri, experiment_id, jobs),
+                               CSVLoggerCallback(), JsonLoggerCallback()],
+                    progress_reporter=None if settings.run.quiet else ProgressReporter(
+                        max_epochs=epochs, num_samples=len(jobs), max_report_frequency=30,
+                        metric_columns={"epoch": "epoch", "val_mrr_sum": "val MRR sum"},
+                        parameter_columns={"job": "job"}),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    failure_config=tune.FailureConfig(max_failures=settings.max_failures, fail_fast=False)))
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    finished = sum(1 for r in results if not r.error and (r.metrics or {}).get("final"))
+    failed = sum(1 for r in results if r.error)
+    print(f"\n{len(jobs)} confirmation trial(s): {finished} finished, {failed} failed", flush=True)
+    if finished + failed < len(jobs):
+        print(f"UNFINISHED: continue with python tune/confirm.py --confirm-name {settings.name} --resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if finished else EXIT_ALL_FAILED
+
+
+def tune_state_exists(path: str) -> bool:
+    """Whether a Tune experiment that could be restored lives at `path`."""
+    return bool(tune.Tuner.can_restore(path))
