@@ -216,9 +216,13 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
     text = out_file.read_text()
     assert "## Confirmed comparison" in text and "mean ± std over seeds [1, 2]" in text
     assert "## Ablations of search e2e" in text and "| no-cl |" in text
-    # starting the same confirmation again is refused (resume it instead)
+    # confirming the same seeds again is refused; resuming the finished confirmation reruns nothing
     again = run(args, tmp)
-    assert again.returncode == 2 and "pass --resume" in again.stderr, _explain(again)
+    assert again.returncode == 2 and "confirmed already" in again.stderr, _explain(again)
+    resumed = run([*CONFIRM, "--confirm-name", f"confirm-{NAME}", "--resume", "--quiet", "--storage-path",
+                   str(tmp / "ray_results"), "--tracking-uri", tracking_uri(tmp)], tmp)
+    assert resumed.returncode == 0 and "4 confirmation trial(s): 4 finished" in resumed.stdout, _explain(resumed)
+    assert len(tracking.child_runs(client, parent.info.experiment_id, parent.info.run_id, role="confirmation")) == 4
 
 
 @pytest.mark.parametrize("argv, message", [

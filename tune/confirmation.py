@@ -129,12 +129,20 @@ def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Seq
         own = dict(variants)
         if ablations and best.model.name == "dpgdiff":
             own.update(ABLATIONS)
+        done = {(r.data.tags.get(VARIANT_TAG), r.data.tags.get(SEED_TAG))
+                for r in tracking.child_runs(client, experiment_id, parent.info.run_id, role=ROLE)
+                if r.info.status == "FINISHED" and r.data.tags.get(OF_TAG) == parent.data.tags["best_run_id"]}
         for label, overrides in {BEST: {}, **own}.items():
             config = best.with_overrides(dict(overrides), source=f"--variant {label}") if overrides else best
             for seed in seeds:
+                if (label, str(seed)) in done:  # confirmed already (an earlier confirmation of this best run)
+                    print(f"{name}/{label} seed {seed}: already confirmed, skipped", flush=True)
+                    continue
                 jobs.append(Job(name, parent.info.run_id, parent.data.tags["best_run_id"], label, seed,
                                 config.with_overrides({"train.seed": seed}, source="--seed")))
     assert first is not None
+    if not jobs:
+        raise SearchError("every requested (search, variant, seed) is confirmed already; tune/report.py shows them")
     return first, jobs
 
 
@@ -222,7 +230,7 @@ def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_i
             tuner = tune.Tuner(
                 trainable, param_space={"job": tune.grid_search([j.key for j in jobs])},
                 tune_config=tune.TuneConfig(num_samples=1, reuse_actors=settings.reuse_actors,
-                                            trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+                                            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
                 run_config=tune.RunConfig(
                     name=settings.name, storage_path=settings.run.storage, verbose=0 if settings.run.quiet else 1,
                     callbacks=[ConfirmationTracker(settings.tracking_uri, experiment_id, jobs),
@@ -230,7 +238,7 @@ def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_i
                     progress_reporter=None if settings.run.quiet else ProgressReporter(
                         max_epochs=epochs, num_samples=len(jobs), max_report_frequency=30,
                         metric_columns={"epoch": "epoch", "val_mrr_sum": "val MRR sum"},
-                        parameter_columns={"job": "job"}),
+                        parameter_columns={"job": "job"}, max_column_length=60),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=settings.max_failures, fail_fast=False)))
         results = tuner.fit()
@@ -246,6 +254,10 @@ def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_i
               file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK if finished else EXIT_ALL_FAILED
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
 
 
 def tune_state_exists(path: str) -> bool:
