@@ -206,8 +206,12 @@ def test_checkpoint_of_other_data_is_refused(synthetic_dataset, tmp_path):
 
 
 def test_example_configs_are_valid():
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
     assert {p.name for p in configs} >= {"paper.yaml", "cpu-small.yaml"}
+    # the study's committed configurations (tune/confirm.py --write-configs): one per model, at CPU size
+    study = {p.stem: Config.from_yaml(p) for p in configs if p.parent.name == "food_kitchen-cpu"}
+    assert {"dpgdiff", "sasrec"} <= set(study)
+    assert all(c.model.name == name and c.model.dim == 64 for name, c in study.items())
     for path in configs:
         Config.from_yaml(path)
     paper = Config.from_yaml(configs[0].with_name("paper.yaml"))

@@ -115,9 +115,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         if args.write_configs:
             for job in jobs:
                 if job.variant == BEST and job.seed == seeds[0]:
-                    base = job.config.with_overrides({"train.seed": 0}, source="--write-configs")
-                    path = Path(args.write_configs) / f"{job.config.model.name}.yaml"
-                    export_config(base, path, job.search, job.best_run_id,
+                    path = Path(args.write_configs) / f"{job.config.model.name}.yaml"  # seed: the first confirmation seed
+                    export_config(job.config, path, job.search, job.best_run_id,
                                   f"python -m dpgdiff train --dataset {settings.dataset.name} "
                                   f"--split {settings.dataset.split} --config {path} --out runs/{path.stem}")
                     print(f"wrote {path}")
