@@ -236,7 +236,7 @@ def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_i
                     callbacks=[ConfirmationTracker(settings.tracking_uri, experiment_id, jobs),
                                CSVLoggerCallback(), JsonLoggerCallback()],
                     progress_reporter=None if settings.run.quiet else ProgressReporter(
-                        max_epochs=epochs, num_samples=len(jobs), max_report_frequency=30,
+                        max_epochs=epochs, num_samples=len(jobs), early_stopping=False, max_report_frequency=30,
                         metric_columns={"epoch": "epoch", "val_mrr_sum": "val MRR sum"},
                         parameter_columns={"job": "job"}, max_column_length=60),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

@@ -250,7 +250,7 @@ def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
     preferred = ("model.dim", "diffusion.steps", "train.lr", "loss.lambda_cl", "loss.lambda_diff")
     params = ([p for p in preferred if p in space.params] + [p for p in space.params if p not in preferred])[:4]
     return ProgressReporter(
-        max_epochs=settings.epochs, num_samples=settings.num_samples,
+        max_epochs=settings.epochs, num_samples=settings.num_samples, early_stopping=settings.scheduler == "asha",
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
                         "val_y_mrr": "val MRR Y", METRIC: "val MRR sum"},
         parameter_columns={p: p.split(".", 1)[1] for p in params},

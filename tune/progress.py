@@ -36,9 +36,10 @@ def _clock(seconds: float) -> str:
 class ProgressReporter(tune.CLIReporter):
     """Ray Tune's CLIReporter plus one line: elapsed time and, once epochs have been timed, the time left."""
 
-    def __init__(self, *, max_epochs: int, num_samples: int, **kwargs: Any) -> None:
+    def __init__(self, *, max_epochs: int, num_samples: int, early_stopping: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_epochs, self._num_samples = max_epochs, num_samples
+        self._caveat = "; ASHA shortens it" if early_stopping else ""
         self._concurrency = 1  # the most trials seen running at once: what the cluster fits
         self._start = time.time()
 
@@ -49,5 +50,5 @@ class ProgressReporter(tune.CLIReporter):
                  float((t.last_result or {}).get("time_total_s", 0.0) or 0.0)) for t in trials]
         left = estimate_seconds_left(rows, self._max_epochs, self._num_samples, self._concurrency)
         estimate = ("time left: estimated once the first epoch is timed" if left is None
-                    else f"time left: at most about {_clock(left)} (every trial to the last epoch; ASHA shortens it)")
+                    else f"time left: at most about {_clock(left)} (every trial to the last epoch{self._caveat})")
         print(f"elapsed {_clock(time.time() - self._start)}; {estimate}", flush=True)
