@@ -143,6 +143,7 @@ def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Seq
     assert first is not None
     if not jobs:
         raise SearchError("every requested (search, variant, seed) is confirmed already; tune/report.py shows them")
+    jobs.sort(key=lambda j: j.seed)  # seed-major: an interrupted confirmation has every configuration's first seeds
     return first, jobs
 
 
