@@ -319,9 +319,10 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         row["run_id"] = run_ids.get(row["trial_id"])
     done = [r for r in rows if r["status"] == "FINISHED"]
     failed = [r for r in rows if r["status"] == "ERROR"]
+    stopped = sum(r["status"] == "STOPPED" for r in rows)
     print(f"\n{len(rows)} trial(s): {len(done)} trained to the end, "
-          f"{sum(r['status'] == 'STOPPED' for r in rows)} stopped early by ASHA (FINISHED, tagged "
-          f"{tracking.STOPPED_EARLY_TAG}), {len(failed)} failed; wall time {wall:.1f} s", flush=True)
+          + (f"{stopped} stopped early by ASHA (FINISHED, tagged {tracking.STOPPED_EARLY_TAG}), " if stopped else "")
+          + f"{len(failed)} failed; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
