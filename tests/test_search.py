@@ -234,7 +234,8 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
             except OSError:
                 pass
             assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.time() < deadline, "mlflow server did not answer /health\n" + (tmp_path / "server.log").read_text()[-3000:]
+            assert time.time() < deadline, ("mlflow server did not answer /health\n"
+                                            + (tmp_path / "server.log").read_text()[-3000:])
             time.sleep(0.3)
         exp_id = call("experiments/get-by-name", experiment_name="dpgdiff")["experiment"]["experiment_id"]
         # the runs list the printed link opens: the parent and every trial of this search

@@ -28,12 +28,11 @@ from typing import Any, Callable, Optional
 
 import ray
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 import dpgdiff
 from tune import ray_internals, tracking
 from tune.progress import ProgressReporter
-from ray.tune.search.optuna import OptunaSearch
-
 from tune.results import (
     METRIC,
     MODE,
@@ -210,7 +209,7 @@ def _log_parent_inputs(client: Any, run_id: str, settings: SearchSettings, card:
     saved = settings.to_saved()
     params = {k: saved[k] for k in ("num_samples", "epochs", "seed", "scheduler", "grace_period", "reduction_factor",
                                     "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures",
-                                    "space_source", "startup_trials") if k in saved}
+                                    "space_source", "startup_trials")}
     params["objectives"] = ",".join(settings.objectives)
     # The full base config (defaults < fixed) once, here; trials log only what they sample. The searched
     # fields are left out of the params (their values differ per trial; search_space.yaml has the ranges).
@@ -347,7 +346,7 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     best = max(done or rows, key=lambda r: r.get(METRIC, float("-inf")))
     test_ranks = None
     if not best.get("test"):  # selection was on validation; now, and only for this trial, the test set
-        best["test"], test_ranks = test_selected_trial(best, dataset)
+        best["test"], test_ranks = evaluate_selected_trial(best, dataset)
     print_best(best, space)
     front = report_pareto_front(parent, rows, space, settings.objectives) if len(settings.objectives) > 1 else []
     _log_best(parent, rows, best, space, wall, settings, dataset, test_ranks, n_pareto=len(front))
@@ -378,7 +377,7 @@ def search_filter(search: str) -> str:
     return f"tags.`{tracking.SEARCH_TAG}` = '{search}'"
 
 
-def test_selected_trial(best: dict[str, Any], dataset: Any) -> tuple[dict[str, float], Any]:
+def evaluate_selected_trial(best: dict[str, Any], dataset: Any) -> tuple[dict[str, float], Any]:
     """Evaluate the selected trial on the test cases -> (test metrics, EvalResult), ({}, None) when it has no
     checkpoint. Its final checkpoint's best.pt (a stopped trial: its last training checkpoint) is loaded and
     evaluated with the trainer's own evaluator and the final sampler (dpgdiff.training.evaluate_model)."""
@@ -408,12 +407,13 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
         if r.get("run_id"):
             parent.client.set_tag(r["run_id"], tracking.PARETO_TAG, "1")
     width = max(len(o) for o in objectives)
-    print(f"\nPareto front ({len(front)} of {len(rows)} trials; {' vs '.join(f'{o} ({OBJECTIVES[o]})' for o in objectives)}; "
-          f"tagged {tracking.PARETO_TAG}=1 in MLflow):")
+    versus = " vs ".join(f"{o} ({OBJECTIVES[o]})" for o in objectives)
+    print(f"\nPareto front ({len(front)} of {len(rows)} trials; {versus}; tagged {tracking.PARETO_TAG}=1 in MLflow):")
     print("| optuna trial | trial | " + " | ".join(f"{o:>{width}}" for o in objectives) + " | MLflow run |")
     print("|---:|---|" + "---:|" * len(objectives) + "---|")
     for r in front:
-        print(f"| {r.get('optuna_trial', '')} | {r['trial_id']} | "
+        number = r.get("optuna_trial")
+        print(f"| {'-' if number is None else number} | {r['trial_id']} | "
               + " | ".join(f"{r.get(o, float('nan')):>{width}.4f}" for o in objectives) + f" | {r.get('run_id')} |")
     return front
 

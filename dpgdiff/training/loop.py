@@ -73,9 +73,10 @@ class Reporter(Protocol):
 
         metrics = {"epoch", "train_loss" and "train_<component>" per loss term (means over the
         last epoch's examples), "train_seconds" and "examples_per_second" (that epoch),
-        "infer_ms" (this validation pass: ms per 1,000 cases), ...EvalResult.flat("val")}. `checkpoint_dir` (only when `wants_checkpoint`) is a folder
-        holding model.pt + config.yaml that the callee may copy during the call; passing such a
-        folder as `train(..., resume_from=)` continues the run exactly.
+        "infer_ms" (this validation pass: ms per 1,000 cases), ...EvalResult.flat("val")}.
+        `checkpoint_dir` (only when `wants_checkpoint`) is a folder holding model.pt + config.yaml
+        that the callee may copy during the call; passing such a folder as
+        `train(..., resume_from=)` continues the run exactly.
         """
 
 
