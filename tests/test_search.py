@@ -271,7 +271,7 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
     finally:
         kill_session(proc.pid)
         log.close()
-    assert proc.poll() is not None
+    assert proc.wait(timeout=30) is not None  # stopped (wait: a process that has just exited may not be reaped yet)
 
 
 def test_two_objective_search_prints_and_tags_its_pareto_front(tmp_path):
