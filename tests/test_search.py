@@ -127,6 +127,14 @@ def test_parent_run_artifacts(search):
     assert (root / "optuna_history.png").read_bytes()[:4] == b"\x89PNG"
     csv = (root / "trials.csv").read_text().splitlines()
     assert len(csv) == N_TRIALS + 1 and "val_mrr_sum" in csv[0]
+    # trials.csv says what the MLflow UI shows: the run's status, and whether ASHA stopped it early
+    import csv as csv_module
+
+    by_run = {c.info.run_id: c for c in mlflow_runs(tmp, NAME)[1]}
+    for row in csv_module.DictReader((root / "trials.csv").read_text().splitlines()):
+        run_ = by_run[row["run_id"]]
+        assert row["status"] == run_.info.status
+        assert (row["stopped_early"] == "1") == (run_.data.tags.get("dpgdiff.stopped_early") == "1")
     params = parent.data.params
     assert params["dataset"] == "synthetic" and params["seed"] == "3" and len(params["dataset.fingerprint"]) == 64
     from dpgdiff.config import Config
