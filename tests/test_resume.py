@@ -139,6 +139,8 @@ def test_ctrl_c_then_sigkill_then_resume(tmp_path):
     assert parent.info.status == "FINISHED"
     assert len(children) == N_TRIALS, "exactly one MLflow run per trial after two interruptions"
     assert {c.data.tags["dpgdiff.trial_id"] for c in children} == {t.trial_id for t in trials}
+    # the Optuna trial numbers survive both restores (saved in each trial's config): 0..N-1, none repeated
+    assert sorted(int(c.data.tags["dpgdiff.optuna_trial"]) for c in children) == list(range(N_TRIALS))
     assert all(c.info.status == "FINISHED" for c in children), [c.info.status for c in children]
     from mlflow.tracking import MlflowClient
 

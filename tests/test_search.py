@@ -50,15 +50,21 @@ def test_tune_trials_and_mlflow_runs_agree(search):
     assert parent.info.status == "FINISHED"
     by_trial = {c.data.tags["dpgdiff.trial_id"]: c for c in children}
     assert len(children) == N_TRIALS and set(by_trial) == {t.trial_id for t in trials}, "one child run per trial"
+    # the Optuna trial numbers (what Optuna's plots show): 0..N-1, in the tag and the run name
+    numbers = sorted(int(c.data.tags["dpgdiff.optuna_trial"]) for c in children)
+    assert numbers == list(range(N_TRIALS))
+    assert all(c.info.run_name.startswith(f"trial_{int(c.data.tags['dpgdiff.optuna_trial']):03d}_") for c in children)
+    # the parent holds the full base config once; a trial logs only what it sampled
+    assert parent.data.params["train.epochs"] == "2" and parent.data.params["eval.n_negatives"] == "99"
+    assert "model.dim" not in parent.data.params  # searched: differs per trial
     n_failed = 0
     for t in trials:
         run_ = by_trial[t.trial_id]
         sampled = json.loads(run_.data.tags["dpgdiff.sampled"])
         assert run_.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run_.data.tags["model.name"] == "dpgdiff"
-        # every hyperparameter is a param; only meaningful metrics are logged
-        assert run_.data.params["model.dim"] == str(sampled["model.dim"])
-        assert run_.data.params["train.epochs"] == "2" and "eval.n_negatives" in run_.data.params
+        assert run_.data.params == {k: str(v) for k, v in sampled.items()}
+        # only meaningful metrics are logged, and no trial is tested
         assert not [k for k in run_.data.metrics if k.startswith("config") or k in ("pid", "done", "training_iteration")]
         if sampled["model.xt_injection"] == "add":
             n_failed += 1
@@ -67,19 +73,22 @@ def test_tune_trials_and_mlflow_runs_agree(search):
             assert "non-finite" in run_.data.tags["error"] and "val_mrr_sum" in run_.data.tags["error"]
         else:
             assert t.status == "TERMINATED"
-            assert run_.info.status in ("FINISHED", "KILLED")  # KILLED = stopped by ASHA
+            assert run_.info.status == "FINISHED"  # also when ASHA stopped it: tagged, not KILLED
+            stopped = not (t.last_result or {}).get("final")
+            assert (run_.data.tags.get("dpgdiff.stopped_early") == "1") == stopped
+            assert ("mlflow.note.content" in run_.data.tags) == stopped
             assert "model.lambda_u" not in sampled  # conditional parameter only under xt_injection=add
     assert 0 < n_failed < N_TRIALS, "seed 3 should sample both xt_injection values; pick another seed"
 
 
-def test_finished_runs_have_epoch_history_and_test_metrics_at_best_epoch(search):
+def test_finished_runs_have_epoch_history_and_only_the_selected_trial_test_metrics(search):
     tmp, result = search
     assert result.returncode == 0, _explain(result)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(tmp))
     parent, children = mlflow_runs(tmp, NAME)
-    finished = [c for c in children if c.info.status == "FINISHED"]
+    finished = [c for c in children if c.info.status == "FINISHED" and "dpgdiff.stopped_early" not in c.data.tags]
     assert finished, "no trial finished"
     for c in finished:
         history = client.get_metric_history(c.info.run_id, "val_mrr_sum")
@@ -88,14 +97,21 @@ def test_finished_runs_have_epoch_history_and_test_metrics_at_best_epoch(search)
         best_value = max(m.value for m in history)
         assert [m.step for m in history if m.value == best_value][0] == best_epoch
         assert math.isclose(c.data.metrics["best_val_mrr_sum"], best_value)
-        test = client.get_metric_history(c.info.run_id, "test_mrr_sum")
-        assert [m.step for m in test] == [best_epoch]
-        assert 0 <= test[0].value <= 2
-    # the parent's best trial is the finished trial with the best validation value
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "infer_ms")] == [1, 2]
+    # the parent's best trial is the finished trial with the best validation value; it alone is tested
     best = max(finished, key=lambda c: c.data.metrics["best_val_mrr_sum"])
-    assert parent.data.tags["best_run_id"] == best.info.run_id
-    assert math.isclose(parent.data.metrics["best_val_mrr_sum"], best.data.metrics["best_val_mrr_sum"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id and best.data.tags["dpgdiff.selected"] == "1"
+    tested = [c for c in children if any(k.startswith("test_") for k in c.data.metrics)]
+    assert [c.info.run_id for c in tested] == [best.info.run_id]
+    test = client.get_metric_history(best.info.run_id, "test_mrr_sum")
+    assert [m.step for m in test] == [int(best.data.tags["best_epoch"])] and 0 <= test[0].value <= 2
+    # the parent's summary metrics are search_*: none collides with a trial's metric name
+    assert math.isclose(parent.data.metrics["search_best_val_mrr_sum"], best.data.metrics["best_val_mrr_sum"])
+    assert math.isclose(parent.data.metrics["search_best_test_mrr_sum"], test[0].value)
+    assert parent.data.metrics["search_n_trials"] == N_TRIALS
+    assert all(k.startswith("search_") for k in parent.data.metrics)
     assert f"MLflow run {best.info.run_id}" in result.stdout
+    assert "Tested the selected trial" in result.stdout
 
 
 def test_parent_run_artifacts(search):
@@ -105,11 +121,20 @@ def test_parent_run_artifacts(search):
     root = Path(parent.info.artifact_uri.replace("file://", ""))
     assert root.is_relative_to(tmp / "mlruns" / "artifacts")
     for rel in ("search_space.yaml", "dataset_card.json", "trials.csv", "trials.md", "optuna_history.png",
-                "best/config.yaml", "best/metrics.json", "best/checkpoint/best.pt", "best/checkpoint/config.yaml"):
+                "best/config.yaml", "best/metrics.json", "best/checkpoint/best.pt", "best/checkpoint/config.yaml",
+                "best/test_ranks.npz", "config.yaml"):
         assert (root / rel).is_file(), f"missing parent artifact {rel}"
     assert (root / "optuna_history.png").read_bytes()[:4] == b"\x89PNG"
     csv = (root / "trials.csv").read_text().splitlines()
     assert len(csv) == N_TRIALS + 1 and "val_mrr_sum" in csv[0]
+    # trials.csv says what the MLflow UI shows: the run's status, and whether ASHA stopped it early
+    import csv as csv_module
+
+    by_run = {c.info.run_id: c for c in mlflow_runs(tmp, NAME)[1]}
+    for row in csv_module.DictReader((root / "trials.csv").read_text().splitlines()):
+        run_ = by_run[row["run_id"]]
+        assert row["status"] == run_.info.status
+        assert (row["stopped_early"] == "1") == (run_.data.tags.get("dpgdiff.stopped_early") == "1")
     params = parent.data.params
     assert params["dataset"] == "synthetic" and params["seed"] == "3" and len(params["dataset.fingerprint"]) == 64
     from dpgdiff.config import Config
@@ -148,7 +173,7 @@ def test_search_registers_the_best_model_as_dpgdiff_dataset_at_best(search):
     client = mlflow.MlflowClient(tracking_uri(tmp))
     version = client.get_model_version_by_alias("dpgdiff-synthetic", "best")
     assert version.tags["source_run_id"] == parent.info.run_id
-    assert float(version.tags["dpgdiff.metric_value"]) == pytest.approx(parent.data.metrics["best_val_mrr_sum"])
+    assert float(version.tags["dpgdiff.metric_value"]) == pytest.approx(parent.data.metrics["search_best_val_mrr_sum"])
     assert "Registered models:/dpgdiff-synthetic/1 (now @best" in result.stdout
     mlflow.set_tracking_uri(tracking_uri(tmp))
     model = mlflow.pyfunc.load_model("models:/dpgdiff-synthetic@best")
@@ -199,12 +224,21 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
     runs = tracking.child_runs(client, parent.info.experiment_id, parent.info.run_id, role="confirmation")
     assert sorted((r.data.tags["dpgdiff.variant"], r.data.tags["dpgdiff.seed"]) for r in runs) == [
         ("best", "1"), ("best", "2"), ("no-cl", "1"), ("no-cl", "2")]
+    import yaml
+
+    def full_config(run_id: str) -> dict:
+        return yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(tmp))).read_text())
+
+    reference = full_config(best.info.run_id)
     for r in runs:
         assert r.info.status == "FINISHED" and r.data.tags["dpgdiff.confirms_run"] == best.info.run_id
-        assert r.data.params["train.seed"] == r.data.tags["dpgdiff.seed"]
-        assert r.data.params["model.tri_cl"] == str(r.data.tags["dpgdiff.variant"] == "best")
-        same = {k: v for k, v in r.data.params.items() if k not in ("train.seed", "model.tri_cl")}
-        assert same == {k: v for k, v in best.data.params.items() if k not in ("train.seed", "model.tri_cl")}
+        config = full_config(r.info.run_id)
+        assert config["train"]["seed"] == int(r.data.tags["dpgdiff.seed"])
+        assert config["model"]["tri_cl"] == (r.data.tags["dpgdiff.variant"] == "best")
+        for section, values in reference.items():  # the best trial's configuration, but for seed and variant
+            for key, value in values.items():
+                if (section, key) not in (("train", "seed"), ("model", "tri_cl")):
+                    assert config[section][key] == value, f"{section}.{key}"
         assert 0 <= r.data.metrics["test_mrr_sum"] <= 2
         names = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"test_ranks.npz", "config.yaml", "final.json"} <= names
@@ -237,3 +271,117 @@ def test_confirm_bad_input_exits_2_before_ray(tmp_path, capsys, argv, message):
     tracking.ensure_experiment(tracking.client_for(tracking_uri(tmp_path)), "dpgdiff", None)
     rc = confirm.main([*argv, "--tracking-uri", tracking_uri(tmp_path), "--storage-path", str(tmp_path)])
     assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path):
+    """Issue 13 §4: `mlflow server` on the search's SQLite store; its REST API has the parent, the trials with
+    their Optuna numbers and early-stop tags, the registered model, and the runs the printed UI link filters to."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from tests.test_search_helpers import env, kill_session
+    from tune.driver import search_filter
+
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    parent, children = mlflow_runs(tmp, NAME)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(tmp),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            cwd=tmp_path, env={**env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job runner
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def call(path: str, payload: dict | None = None, **query) -> dict:
+        url = f"{base}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read().decode())
+
+    try:
+        deadline = time.time() + 180  # seconds when the machine is idle; minutes under a heavy load
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.time() < deadline, ("mlflow server did not answer /health\n"
+                                            + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.3)
+        exp_id = call("experiments/get-by-name", experiment_name="dpgdiff")["experiment"]["experiment_id"]
+        # the runs list the printed link opens: the parent and every trial of this search
+        found = call("runs/search", {"experiment_ids": [exp_id], "filter": search_filter(NAME), "max_results": 100})
+        runs = {r["info"]["run_id"]: r for r in found["runs"]}
+        assert set(runs) == {parent.info.run_id} | {c.info.run_id for c in children}
+        link = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{parent.info.run_id}"
+        assert link in result.stdout and "workflowType=machine_learning" in result.stdout
+
+        def tags(run: dict) -> dict:
+            return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+        parent_rest = runs[parent.info.run_id]
+        assert parent_rest["info"]["status"] == "FINISHED" and tags(parent_rest)["dpgdiff.role"] == "search"
+        metric_names = {m["key"] for m in parent_rest["data"]["metrics"]}
+        assert "search_best_val_mrr_sum" in metric_names and not metric_names & {"best_val_mrr_sum", "val_mrr_sum"}
+        trials = [r for r in runs.values() if tags(r).get("dpgdiff.role") == "trial"]
+        assert len(trials) == N_TRIALS
+        assert sorted(int(tags(r)["dpgdiff.optuna_trial"]) for r in trials) == list(range(N_TRIALS))
+        for r in trials:
+            t = tags(r)
+            assert t["mlflow.parentRunId"] == parent.info.run_id
+            assert r["info"]["status"] in ("FINISHED", "FAILED")  # never KILLED after a search that ended
+            if t.get("dpgdiff.stopped_early") == "1":
+                assert r["info"]["status"] == "FINISHED" and t["dpgdiff.stopped_by"] == "scheduler"
+                assert "ASHA" in t["mlflow.note.content"]
+        # the registered model, its @best version made from this search's parent run
+        model = call("registered-models/get", name="dpgdiff-synthetic")["registered_model"]
+        best_alias = [a for a in model.get("aliases", []) if a["alias"] == "best"]
+        assert best_alias, model
+        version = call("model-versions/get", name="dpgdiff-synthetic", version=best_alias[0]["version"])
+        assert version["model_version"]["run_id"] == parent.info.run_id
+    finally:
+        kill_session(proc.pid)
+        log.close()
+    assert proc.wait(timeout=30) is not None  # stopped (wait: a process that has just exited may not be reaped yet)
+
+
+def test_two_objective_search_prints_and_tags_its_pareto_front(tmp_path):
+    """Issue 13 §3: --objectives val_mrr_sum,infer_ms runs FIFO, saves the objectives for a resume, prints the
+    Pareto front and tags exactly the non-dominated trials (checked here from the runs' own metrics)."""
+    name = "pareto"
+    result = run(search_args(tmp_path, name, "--objectives", "val_mrr_sum,infer_ms", "--epochs", "1",
+                             "--num-samples", "3", "--max-concurrent", "2", "--seed", "5",
+                             "--set", "model.xt_injection=concat_token"), tmp_path)
+    assert result.returncode == 0, _explain(result)
+    assert "ASHA ranks trials on one metric" in result.stdout and "Pareto front (" in result.stdout
+    saved = json.loads((tmp_path / "ray_results" / name / "dpgdiff_search.json").read_text())
+    assert saved["objectives"] == ["val_mrr_sum", "infer_ms"] and saved["scheduler"] == "fifo"
+    parent, children = mlflow_runs(tmp_path, name)
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert not [c for c in children if "dpgdiff.stopped_early" in c.data.tags]
+    points = {c.info.run_id: (c.data.metrics["best_val_mrr_sum"], c.data.metrics["infer_ms"]) for c in children}
+
+    def dominated(p, by):  # val: higher is better; infer_ms: lower is better
+        return by[0] >= p[0] and by[1] <= p[1] and by != p
+
+    front = {rid for rid, p in points.items() if not any(dominated(p, q) for q in points.values())}
+    tagged = {c.info.run_id for c in children if c.data.tags.get("dpgdiff.pareto") == "1"}
+    assert tagged == front and front
+    for rid in front:  # printed: trial, both values, MLflow run
+        line = next(ln for ln in result.stdout.splitlines() if ln.endswith(f"| {rid} |"))
+        assert f"{points[rid][0]:.4f}" in line and f"{points[rid][1]:.4f}" in line
+    root = Path(parent.info.artifact_uri.replace("file://", ""))
+    assert (root / "optuna_pareto_front.png").read_bytes()[:4] == b"\x89PNG"
+    assert parent.data.params["objectives"] == "val_mrr_sum,infer_ms"
+    assert parent.data.metrics["search_n_pareto"] == len(front)

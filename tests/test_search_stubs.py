@@ -23,14 +23,14 @@ class _NaNReporter:
         self.inner(epoch, {**metrics, "val_mrr_sum": math.nan}, checkpoint_dir)
 
 
-def train_nan_when_add(config, dataset, reporter=None, resume_from=None, out_dir=None):
+def train_nan_when_add(config, dataset, reporter=None, resume_from=None, out_dir=None, **kwargs):
     """The real trainer; trials sampled with model.xt_injection=add report NaN and must fail."""
     if config.model.xt_injection == "add" and reporter is not None:
         reporter = _NaNReporter(reporter)
-    return real_train(config, dataset, reporter=reporter, resume_from=resume_from, out_dir=out_dir)
+    return real_train(config, dataset, reporter=reporter, resume_from=resume_from, out_dir=out_dir, **kwargs)
 
 
-def train_always_fails(config, dataset, reporter=None, resume_from=None, out_dir=None):
+def train_always_fails(config, dataset, reporter=None, resume_from=None, out_dir=None, **kwargs):
     raise ValueError(f"stub failure (lr={config.train.lr:.3g})")
 
 
@@ -48,8 +48,8 @@ class _SlowReporter:
         time.sleep(self.seconds)
 
 
-def train_slow(config, dataset, reporter=None, resume_from=None, out_dir=None):
+def train_slow(config, dataset, reporter=None, resume_from=None, out_dir=None, **kwargs):
     """The real trainer with a 1 s pause after every validation pass."""
     if reporter is not None:
         reporter = _SlowReporter(reporter, 1.0)
-    return real_train(config, dataset, reporter=reporter, resume_from=resume_from, out_dir=out_dir)
+    return real_train(config, dataset, reporter=reporter, resume_from=resume_from, out_dir=out_dir, **kwargs)

@@ -14,8 +14,9 @@ from tune.space import parse_space
 SPACE = parse_space({"params": {"model.dim": {"type": "categorical", "values": [16, 32]}}}, source="inline")
 
 
-def _trial(tid: str, dim: int = 16, status: str = "RUNNING", last: dict | None = None):
-    return SimpleNamespace(trial_id=tid, config={"model.dim": dim}, status=status, last_result=last or {},
+def _trial(tid: str, dim: int = 16, status: str = "RUNNING", last: dict | None = None, number: int | None = None):
+    config = {"model.dim": dim, **({"optuna_trial": number} if number is not None else {})}
+    return SimpleNamespace(trial_id=tid, config=config, status=status, last_result=last or {},
                            custom_dirname=f"trial_{tid}", run_metadata=SimpleNamespace(num_failures=0),
                            get_error=lambda: "Traceback ...\nValueError: boom", error_file=None)
 
@@ -33,7 +34,7 @@ def store(tmp_path):
 def test_trial_runs_survive_restart_and_end_with_the_right_status(store):
     uri, client, exp, parent = store
     tracker = tracking.MLflowTrialTracker(uri, exp, parent, "s1", SPACE)
-    a, b, c = _trial("a"), _trial("b", 32), _trial("c")
+    a, b, c = _trial("a", number=0), _trial("b", 32, number=1), _trial("c", number=2)
     for t in (a, b, c):
         tracker.on_trial_start(0, [], t)
     noise = {"config/model.dim": 16, "pid": 1, "done": False, "training_iteration": 1, "time_total_s": 1.0}
@@ -45,8 +46,8 @@ def test_trial_runs_survive_restart_and_end_with_the_right_status(store):
     assert restarted._runs == {} and restarted._client is None
     restarted.on_trial_start(0, [], a)
     restarted.on_trial_result(0, [], a, {"epoch": 1, "val_mrr_sum": 0.1})  # repeated epoch: not logged again
-    restarted.on_trial_result(0, [], a, {"epoch": 2, "val_mrr_sum": 0.2})
-    final = {"epoch": 2, "best_epoch": 2, "final": 1, "val_mrr_sum": 0.2, "test_mrr_sum": 0.25, "test_x_mrr": 0.1}
+    restarted.on_trial_result(0, [], a, {"epoch": 2, "val_mrr_sum": 0.2, "infer_ms": 12.5})
+    final = {"epoch": 2, "best_epoch": 2, "final": 1, "val_mrr_sum": 0.2, "infer_ms": 12.5}
     restarted.on_trial_result(0, [], a, final)
     a.last_result, a.status = final, "TERMINATED"
     restarted.on_trial_complete(0, [], a)
@@ -58,13 +59,25 @@ def test_trial_runs_survive_restart_and_end_with_the_right_status(store):
     children = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(client, exp, parent)}
     assert sorted(children) == ["a", "b", "c"], "one run per trial, none duplicated by the restart"
     ra, rb, rc = children["a"], children["b"], children["c"]
-    assert (ra.info.status, rb.info.status, rc.info.status) == ("FINISHED", "KILLED", "FAILED")
+    # stopped by ASHA: FINISHED (not a failure), tagged and described; only a failure is FAILED
+    assert (ra.info.status, rb.info.status, rc.info.status) == ("FINISHED", "FINISHED", "FAILED")
     assert "ValueError: boom" in rc.data.tags["error"]
-    assert rb.data.tags["dpgdiff.stopped_by"] == "scheduler"
-    assert ra.data.params["model.dim"] == "16" and rb.data.params["model.dim"] == "32"
-    assert ra.data.params["train.lr"] and ra.data.tags["model.name"] == "dpgdiff"  # the full resolved config
+    assert rb.data.tags["dpgdiff.stopped_by"] == "scheduler" and rb.data.tags["dpgdiff.stopped_early"] == "1"
+    assert "Stopped early by the ASHA scheduler after epoch 1" in rb.data.tags["mlflow.note.content"]
+    assert "dpgdiff.stopped_early" not in ra.data.tags
+    # only the sampled parameters are params; the full resolved config is the artifact config.yaml
+    assert ra.data.params == {"model.dim": "16"} and rb.data.params == {"model.dim": "32"}
+    assert ra.data.tags["model.name"] == "dpgdiff"
+    import yaml
+
+    saved = yaml.safe_load(open(client.download_artifacts(ra.info.run_id, "config.yaml")))
+    assert saved["model"]["dim"] == 16 and saved["train"]["lr"] > 0
+    # the Optuna trial number: tag and run name
+    assert [r.data.tags[tracking.OPTUNA_TAG] for r in (ra, rb, rc)] == ["0", "1", "2"]
+    assert rb.info.run_name == "trial_001_b"
     assert [(m.step, m.value) for m in client.get_metric_history(ra.info.run_id, "val_mrr_sum")] == [(1, 0.1), (2, 0.2)]
-    assert [m.step for m in client.get_metric_history(ra.info.run_id, "test_mrr_sum")] == [2]
+    assert [m.step for m in client.get_metric_history(ra.info.run_id, "infer_ms")] == [2]
+    assert not [k for k in ra.data.metrics if k.startswith("test_")]
     assert ra.data.metrics["best_val_mrr_sum"] == 0.2 and ra.data.tags["best_epoch"] == "2"
     assert not [k for k in ra.data.metrics if k.startswith("config") or k in ("pid", "done", "time_total_s")]
 

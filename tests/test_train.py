@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from dpgdiff.training import TrainingDivergedError, load_model, train
 from dpgdiff.training import loop as train_mod  # the loop's module, for monkeypatching
 
 # Timing entries differ between otherwise identical runs.
-TIMING_KEYS = ("train_seconds", "examples_per_second")
+TIMING_KEYS = ("train_seconds", "examples_per_second", "infer_ms")
 
 
 def tiny(**overrides) -> Config:
@@ -189,6 +190,23 @@ def test_early_stopping_keeps_and_tests_the_best_state(synthetic_dataset, tmp_pa
     assert best["epoch"] == 2
     for key, value in best["model"].items():  # the test pass ran on the epoch-2 weights
         assert torch.equal(tested[0][key], value), key
+
+
+def test_test_false_skips_the_test_pass_and_infer_ms_is_timed(synthetic_dataset, tmp_path, monkeypatch):
+    """A search trial (train(test=False)) never touches the test cases; every validation pass is timed."""
+    real_evaluate = train_mod.evaluate_model
+    passes: list[str] = []
+
+    def recording_evaluate(model, dataset, which, config, **kw):
+        passes.append(which)
+        return real_evaluate(model, dataset, which, config, **kw)
+
+    monkeypatch.setattr(train_mod, "evaluate_model", recording_evaluate)
+    result = train(tiny(), synthetic_dataset, out_dir=tmp_path, test=False)
+    assert passes == ["valid", "valid"] and result.test == {} and result.test_result is None
+    assert (tmp_path / "best.pt").is_file() and not (tmp_path / train_mod.RANKS_FILE).exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"] == {}
+    assert all(h["infer_ms"] > 0 for h in result.history)
 
 
 def test_eval_every_and_last_epoch(synthetic_dataset):

@@ -218,7 +218,7 @@ def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_i
         raise SearchError(f"the data at {settings.dataset.data_dir} is not what the searches ran on (fingerprint "
                           f"{dataset.fingerprint[:12]}, searches {settings.fingerprint[:12]})")
     spec = TrialSpec(dataset=settings.dataset, fingerprint=settings.fingerprint, space=ConfirmationJobs(jobs),
-                     train_fn=dpgdiff.train)
+                     train_fn=dpgdiff.train, evaluate_test=True)  # test metrics and per-case ranks: what is confirmed
     trainable = tune.with_parameters(
         tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}), spec=spec)
     temp_dir = start_ray(settings)

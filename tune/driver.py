@@ -2,9 +2,15 @@
 
 Steps: build the space (errors before Ray starts), load the dataset once for its card and
 fingerprint, start or join Ray and check that a trial fits on a node, save the settings (new
-search), open the MLflow parent run, run (or restore) the Tuner, then print the best trial's
-config and per-domain validation and test metrics and attach the best checkpoint, summary tables
-and Optuna plots to the parent run. Returns an exit code (EXIT_*).
+search), open the MLflow parent run, run (or restore) the Tuner, then test the best trial (the
+only trial whose test metrics are computed: trials select on validation), print its config and
+per-domain validation and test metrics, attach the best checkpoint, summary tables and Optuna plots
+to the parent run, and, with two objectives, print and tag the Pareto front. Returns an exit code
+(EXIT_*).
+
+The parent's summary metrics are named `search_*` (`search_best_val_mrr_sum`,
+`search_best_test_x_mrr`, `search_n_trials`, ...): trial runs log `val_*` per epoch and
+`best_val_mrr_sum`, and the same names on the parent would put it among the trials in overlaid charts.
 """
 
 from __future__ import annotations
@@ -22,18 +28,46 @@ from typing import Any, Callable, Optional
 
 import ray
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 import dpgdiff
 from tune import ray_internals, tracking
 from tune.progress import ProgressReporter
-from tune.results import METRIC, MODE, print_best, trial_rows, tune_trials, write_parent_artifacts
+from tune.results import (
+    METRIC,
+    MODE,
+    OBJECTIVES,
+    _best_checkpoint,
+    pareto_front,
+    print_best,
+    trial_rows,
+    tune_trials,
+    write_parent_artifacts,
+)
 from tune.serving import publish_best_model
 from tune.settings import STATE_FILE, SearchError, SearchSettings, write_text
 from tune.space import SearchSpace
-from tune.trainable import TrialSpec, run_trial
+from tune.trainable import OPTUNA_TRIAL_KEY, TrialSpec, run_trial
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
+UI_PORT = 5000  # `mlflow ui`'s default port: the printed links assume it
+
+
+class NumberedOptunaSearch(OptunaSearch):
+    """OptunaSearch that adds each trial's Optuna trial number to its config (`OPTUNA_TRIAL_KEY`).
+
+    OptunaSearch keeps Tune trial id -> Optuna trial in `_ot_trials` (saved with the searcher's state);
+    the number in the config is saved with the trial itself, so the MLflow tracker (driver side, which
+    cannot see the searcher) names runs by it, and a resumed search keeps it. The trainable drops
+    the key (`tune.trainable.sampled_params`)."""
+
+    def suggest(self, trial_id: str) -> Optional[dict[str, Any]]:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if not isinstance(config, dict) or ot_trial is None:
+            return config
+        return {**config, OPTUNA_TRIAL_KEY: int(ot_trial.number)}
 
 
 @dataclass(frozen=True)
@@ -176,6 +210,11 @@ def _log_parent_inputs(client: Any, run_id: str, settings: SearchSettings, card:
     params = {k: saved[k] for k in ("num_samples", "epochs", "seed", "scheduler", "grace_period", "reduction_factor",
                                     "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures",
                                     "space_source", "startup_trials")}
+    params["objectives"] = ",".join(settings.objectives)
+    # The full base config (defaults < fixed) once, here; trials log only what they sample. The searched
+    # fields are left out of the params (their values differ per trial; search_space.yaml has the ranges).
+    base = space.base_values()
+    params.update({k: v for k, v in base.items() if k not in space.params})
     params.update({"dataset": settings.dataset.name, "split": settings.dataset.split,
                    "dataset.fingerprint": settings.fingerprint, "argv": " ".join(settings.argv) or "(none)",
                    "git_commit": settings.git_commit or "unknown"})
@@ -185,6 +224,11 @@ def _log_parent_inputs(client: Any, run_id: str, settings: SearchSettings, card:
     client.log_text(run_id, str(card), "dataset_card.txt")
     client.log_dict(run_id, card.to_dict(), "dataset_card.json")
     client.log_dict(run_id, saved, "search_settings.json")
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in base.items():
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = value
+    client.log_dict(run_id, nested, "config.yaml")  # the base config; searched fields at their defaults
 
 
 # ------------------------------------------------------------------------------------- Tune
@@ -225,18 +269,20 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
 
 def _searcher(settings: SearchSettings, space: SearchSpace) -> Any:
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials,
                                          multivariate=True, group=True)
-    return OptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=sampler)
+    if len(settings.objectives) > 1:  # Optuna sees every objective (TPE is multi-objective: MOTPE)
+        return NumberedOptunaSearch(space=space, metric=list(settings.objectives),
+                                    mode=[OBJECTIVES[o] for o in settings.objectives], sampler=sampler)
+    return NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=sampler)
 
 
 def _scheduler(settings: SearchSettings) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if settings.scheduler != "asha":
+    if settings.scheduler != "asha" or len(settings.objectives) > 1:  # ASHA ranks on one metric only
         return FIFOScheduler()
     return ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=settings.epochs,
                          grace_period=min(settings.grace_period, settings.epochs),
@@ -252,7 +298,8 @@ def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
     return ProgressReporter(
         max_epochs=settings.epochs, num_samples=settings.num_samples, early_stopping=settings.scheduler == "asha",
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
-                        "val_y_mrr": "val MRR Y", METRIC: "val MRR sum"},
+                        "val_y_mrr": "val MRR Y", METRIC: "val MRR sum",
+                        **({"infer_ms": "ms/1k val"} if len(settings.objectives) > 1 else {})},
         parameter_columns={p: p.split(".", 1)[1] for p in params},
         max_report_frequency=15, metric=METRIC, mode=MODE, sort_by_metric=True, max_progress_rows=12)
 
@@ -271,9 +318,10 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         row["run_id"] = run_ids.get(row["trial_id"])
     done = [r for r in rows if r["status"] == "FINISHED"]
     failed = [r for r in rows if r["status"] == "ERROR"]
-    print(f"\n{len(rows)} trial(s): {len(done)} finished, "
-          f"{sum(r['status'] == 'STOPPED' for r in rows)} stopped early by ASHA, {len(failed)} failed; "
-          f"wall time {wall:.1f} s", flush=True)
+    stopped = sum(r["status"] == "STOPPED" for r in rows)
+    print(f"\n{len(rows)} trial(s): {len(done)} trained to the end, "
+          + (f"{stopped} stopped early by ASHA (FINISHED, tagged {tracking.STOPPED_EARLY_TAG}), " if stopped else "")
+          + f"{len(failed)} failed; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
@@ -296,30 +344,109 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         return EXIT_ALL_FAILED
 
     best = max(done or rows, key=lambda r: r.get(METRIC, float("-inf")))
+    test_ranks = None
+    if not best.get("test"):  # selection was on validation; now, and only for this trial, the test set
+        best["test"], test_ranks = evaluate_selected_trial(best, dataset)
     print_best(best, space)
-    _log_best(parent, rows, best, space, wall, settings, dataset)
+    front = report_pareto_front(parent, rows, space, settings.objectives) if len(settings.objectives) > 1 else []
+    _log_best(parent, rows, best, space, wall, settings, dataset, test_ranks, n_pareto=len(front))
     print(f"\nMLflow parent run {run_id}: best checkpoint, config, trials.csv/.md and Optuna plots attached. "
-          f"Browse with: mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1", flush=True)
+          f"Browse with:\n    mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1\n"
+          + ui_links(parent.experiment_id, run_id, settings.name), flush=True)
     return EXIT_OK
 
 
+def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = UI_PORT) -> str:
+    """The `mlflow ui` pages of a search: its parent run, and the runs list of this search with every trial
+    on its own row. The runs list opens on the classic (machine learning) view, not the GenAI overview
+    (`workflowType`); with a search filter the UI lists the trials flat instead of collapsed under the
+    parent (it only nests children when no filter or sort other than date is set), sorted here by
+    best_val_mrr_sum (the parent, which has no such metric, comes last). The UI keeps which parents
+    are expanded in the browser, not in the URL, so no link can open a parent expanded."""
+    from urllib.parse import urlencode
+
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+    query = urlencode({"workflowType": "machine_learning", "searchFilter": search_filter(search),
+                       "orderByKey": f"metrics.`best_{METRIC}`", "orderByAsc": "false"})
+    return (f"    parent run:           {base}/runs/{parent_run_id}\n"
+            f"    its trials (a list):  {base}?{query}")
+
+
+def search_filter(search: str) -> str:
+    """The MLflow search filter matching a search's parent and child runs (the UI link and tests use it)."""
+    return f"tags.`{tracking.SEARCH_TAG}` = '{search}'"
+
+
+def evaluate_selected_trial(best: dict[str, Any], dataset: Any) -> tuple[dict[str, float], Any]:
+    """Evaluate the selected trial on the test cases -> (test metrics, EvalResult), ({}, None) when it has no
+    checkpoint. Its final checkpoint's best.pt (a stopped trial: its last training checkpoint) is loaded and
+    evaluated with the trainer's own evaluator and the final sampler (dpgdiff.training.evaluate_model)."""
+    from dpgdiff.training import evaluate_model, load_model
+    from dpgdiff.training.reproducibility import resolve_device
+
+    checkpoint = _best_checkpoint(best["result"])
+    if checkpoint is None:
+        print(f"note: trial {best['trial_id']} has no checkpoint: no test metrics", file=sys.stderr)
+        return {}, None
+    t0 = time.time()
+    with checkpoint.as_directory() as folder:
+        path = Path(folder, "best.pt") if Path(folder, "best.pt").is_file() else Path(folder)
+        model, config, _ = load_model(path, dataset, device=resolve_device("auto"))
+        result = evaluate_model(model, dataset, "test", config)
+    print(f"\nTested the selected trial {best['trial_id']} on {dataset.name} test "
+          f"({time.time() - t0:.1f} s)", flush=True)
+    return result.flat("test"), result
+
+
+def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: SearchSpace,
+                        objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Print the Pareto front of a multi-objective search and tag its child runs `dpgdiff.pareto=1`."""
+    front = pareto_front(rows, space, objectives)
+    for r in front:
+        r["pareto"] = True
+        if r.get("run_id"):
+            parent.client.set_tag(r["run_id"], tracking.PARETO_TAG, "1")
+    width = max(len(o) for o in objectives)
+    versus = " vs ".join(f"{o} ({OBJECTIVES[o]})" for o in objectives)
+    print(f"\nPareto front ({len(front)} of {len(rows)} trials; {versus}; tagged {tracking.PARETO_TAG}=1 in MLflow):")
+    print("| optuna trial | trial | " + " | ".join(f"{o:>{width}}" for o in objectives) + " | MLflow run |")
+    print("|---:|---|" + "---:|" * len(objectives) + "---|")
+    for r in front:
+        number = r.get("optuna_trial")
+        print(f"| {'-' if number is None else number} | {r['trial_id']} | "
+              + " | ".join(f"{r.get(o, float('nan')):>{width}.4f}" for o in objectives) + f" | {r.get('run_id')} |")
+    return front
+
+
 def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace,
-              wall: float, settings: SearchSettings, dataset: Any) -> None:
-    """Attach artifacts and summary metrics to the parent run, register the best trial as an MLflow model
-    (tune/serving.py), tag the best trial, close the run FINISHED."""
+              wall: float, settings: SearchSettings, dataset: Any, test_ranks: Any = None, n_pareto: int = 0) -> None:
+    """Attach artifacts and summary metrics (`search_*`) to the parent run, register the best trial as an
+    MLflow model (tune/serving.py), log its test metrics on its own run, tag it, close the parent FINISHED."""
     from mlflow.entities import Metric
 
     client, run_id = parent.client, parent.run_id
     with tempfile.TemporaryDirectory() as tmp:
-        write_parent_artifacts(Path(tmp), rows, best, space)
+        write_parent_artifacts(Path(tmp), rows, best, space, settings.objectives)
+        if test_ranks is not None:  # per-case test ranks of the selected trial (paired tests, tune/confirm.py)
+            test_ranks.save_ranks(Path(tmp) / "best" / "test_ranks.npz")
         client.log_artifacts(run_id, tmp)
         publish_best_model(settings.tracking_uri, run_id, Path(tmp) / "best" / "checkpoint", dataset, best.get(METRIC))
     now = int(time.time() * 1000)
-    summary = {"best_" + k: v for k, v in {**best.get("best_val", {}), **best.get("test", {})}.items()}
-    summary.update(n_trials=len(rows), n_finished=sum(r["status"] == "FINISHED" for r in rows),
-                   n_failed=sum(r["status"] == "ERROR" for r in rows), search_wall_s=wall)
+    test = best.get("test", {})
+    if best.get("run_id") and test:  # the selected trial's run: test metrics at its best epoch, like a trained run
+        step = int(best.get("best_epoch") or 0)
+        client.log_batch(best["run_id"], metrics=[Metric(k, float(v), now, step) for k, v in test.items()])
+    summary = {"search_best_" + k: v for k, v in {**best.get("best_val", {}), **test}.items()}
+    if best.get("infer_ms") is not None:
+        summary["search_best_infer_ms"] = best["infer_ms"]
+    summary.update(search_n_trials=len(rows), search_n_finished=sum(r["status"] == "FINISHED" for r in rows),
+                   search_n_stopped_early=sum(r["status"] == "STOPPED" for r in rows),
+                   search_n_failed=sum(r["status"] == "ERROR" for r in rows), search_wall_s=wall)
+    if len(settings.objectives) > 1:
+        summary["search_n_pareto"] = n_pareto
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
     client.set_tag(run_id, "best_trial_id", best["trial_id"])
     if best.get("run_id"):
         client.set_tag(run_id, "best_run_id", best["run_id"])
+        client.set_tag(best["run_id"], "dpgdiff.selected", "1")  # the search's pick: the one tested run
     client.set_terminated(run_id, status="FINISHED")

@@ -5,10 +5,12 @@
     dpgdiff-report ...                          # the same, as the installed console script
 
 Reads only MLflow (the parent run of each named search and its child runs). The comparison
-takes, per `model.name` tag (dpgdiff, sasrec, diffurec, ...), the finished child run with the
-best validation MRR_X + MRR_Y (spec §5.4), and prints its test metrics ×100 per domain (rows
-Data × Metric, one column per model, "Imp." = DPG-Diff over the best other model), with a
-footnote per column naming the run id, search and trial that each cell comes from.
+takes, per `model.name` tag (dpgdiff, sasrec, diffurec, ...), the finished child run with test
+metrics (a search tests only the trial it selects on validation MRR_X + MRR_Y, spec §5.4; across
+several searches of one model, the one with the best validation value), and prints its test
+metrics ×100 per domain (rows Data × Metric, one column per model, "Imp." = DPG-Diff over the
+best other model), with a footnote per column naming the run id, search and trial that each cell
+comes from.
 
 When the searches have confirmation runs (tune/confirm.py: the best configuration rerun with N seeds),
 two more tables follow: Table 1's layout with mean ± std over seeds and a paired significance test of
@@ -119,21 +121,34 @@ def _best_trials_section(parent: Any, children: list[Any], top: int) -> str:
     name = parent.data.tags.get(tracking.SEARCH_TAG, parent.info.run_id)
     counts: dict[str, int] = {}
     for c in children:
-        counts[c.info.status] = counts.get(c.info.status, 0) + 1
+        counts[_status(c)] = counts.get(_status(c), 0) + 1
     lines = [f"## Search {name} (dataset {parent.data.tags.get('dataset', '?')}, parent run {parent.info.run_id}, "
              f"{parent.info.status})",
              "", "trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials", "",
              "| # | model | trial | status | best epoch | val MRR sum | test MRR sum | sampled | run id |",
-             "|---:|---|---|---|---:|---:|---:|---|---|"]
+             "|---:|---|---|---|---:|---:|---:|---|---|"]  # test: only the trial the search selected and tested
     ranked = sorted(children, key=_best_val, reverse=True)[:top]
     for i, c in enumerate(ranked, 1):
         sampled = json.loads(c.data.tags.get("dpgdiff.sampled", "{}") or "{}")
         short = ", ".join(f"{k.split('.', 1)[-1]}={_fmt(v)}" for k, v in sampled.items())
         test = c.data.metrics.get("test_mrr_sum")
-        lines.append(f"| {i} | {c.data.tags.get(tracking.MODEL_TAG, '?')} | {c.data.tags.get(tracking.TRIAL_TAG)} | "
-                     f"{c.info.status} | {c.data.tags.get('best_epoch', '')} | {_num(_best_val(c))} | {_num(test)} | "
+        lines.append(f"| {i} | {c.data.tags.get(tracking.MODEL_TAG, '?')} | {_trial_label(c)} | "
+                     f"{_status(c)} | {c.data.tags.get('best_epoch', '')} | {_num(_best_val(c))} | {_num(test)} | "
                      f"{short} | {c.info.run_id} |")
     return "\n".join(lines)
+
+
+def _status(run: Any) -> str:
+    """The run's MLflow status, as the UI shows it, with "(stopped early)" for a trial ASHA stopped."""
+    early = run.data.tags.get(tracking.STOPPED_EARLY_TAG) == "1"
+    return f"{run.info.status} (stopped early)" if early else run.info.status
+
+
+def _trial_label(run: Any) -> str:
+    """Optuna trial number (as in Optuna's plots) and Tune trial id."""
+    number = run.data.tags.get(tracking.OPTUNA_TAG)
+    tid = run.data.tags.get(tracking.TRIAL_TAG)
+    return f"{number} ({tid})" if number is not None else str(tid)
 
 
 def comparison_table(pairs: list[tuple[Any, Any]]) -> str:

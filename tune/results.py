@@ -1,10 +1,13 @@
 """A finished (or interrupted) search's results: trial rows, tables, the best trial, parent-run artifacts.
 
 `trial_rows` reads Tune's ResultGrid (public API): one dict per trial with its best validation epoch
-from the trial's history, its final test metrics and a status (FINISHED, STOPPED by ASHA, ERROR,
-NOT RUN). The rest turns rows into what a person reads: the per-domain table (`domain_table`),
-Markdown tables (`markdown_table`, also used by tune/report.py), and the artifacts attached to the
-MLflow parent run (trials.csv/.md, best/ with config, metrics and checkpoint, Optuna plots).
+from the trial's history, its Optuna trial number, its final report's `infer_ms` (and test metrics
+when the trial computed them) and a status (FINISHED, STOPPED by ASHA, ERROR, NOT RUN). The rest
+turns rows into what a person reads: the per-domain table (`domain_table`), Markdown tables
+(`markdown_table`, also used by tune/report.py), the Pareto front of a multi-objective search
+(`pareto_front`), and the artifacts attached to the MLflow parent run (trials.csv/.md, best/ with
+config, metrics and checkpoint, Optuna plots). The tables name statuses as the MLflow UI shows the
+runs: a trial ASHA stopped is FINISHED with `stopped_early` = 1 (tag `dpgdiff.stopped_early`).
 """
 
 from __future__ import annotations
@@ -20,18 +23,26 @@ from dpgdiff.files import atomic_write_text
 from tune.space import SearchSpace
 
 METRIC, MODE = "val_mrr_sum", "max"  # what the search maximises: validation MRR_X + MRR_Y (spec §5.4)
+# What --objectives may name, with Optuna's direction: accuracy, and the inference cost `infer_ms` (ms per
+# 1,000 validation cases at the trial's validation sampler and K; dpgdiff/training/loop.py).
+OBJECTIVES = {METRIC: "max", "infer_ms": "min"}
+# Tune status of a row -> (run status shown by MLflow, stopped early?)
+_SHOWN_STATUS = {"FINISHED": ("FINISHED", 0), "STOPPED": ("FINISHED", 1), "ERROR": ("FAILED", 0)}
 DOMAIN_METRICS = ("mrr", "mrr10", "ndcg5", "ndcg10", "hr1", "hr5", "hr10")
 
 
 def trial_rows(results: Any) -> list[dict[str, Any]]:
     """One summary dict per trial, the best epoch read from its history (not the last result)."""
+    from tune.trainable import OPTUNA_TRIAL_KEY, sampled_params
+
     rows = []
     for r in results:
         df = r.metrics_dataframe
         metrics = r.metrics or {}
         trial_id = metrics.get("trial_id") or Path(r.path).name.replace("trial_", "")
-        row: dict[str, Any] = {"trial_id": trial_id, "status": "ERROR" if r.error else "?", "config": dict(r.config or {}),
-                               "path": r.path, "result": r}
+        row: dict[str, Any] = {"trial_id": trial_id, "status": "ERROR" if r.error else "?",
+                               "config": sampled_params(dict(r.config or {})),
+                               "optuna_trial": (r.config or {}).get(OPTUNA_TRIAL_KEY), "path": r.path, "result": r}
         epochs = df[df["final"] != 1] if df is not None and "final" in df.columns else df
         if epochs is not None and len(epochs) and METRIC in epochs.columns:
             best = epochs.loc[epochs[METRIC].idxmax()]
@@ -42,7 +53,11 @@ def trial_rows(results: Any) -> list[dict[str, Any]]:
         final = df[df["final"] == 1] if df is not None and "final" in df.columns else None
         if final is not None and len(final):
             last = final.iloc[-1]
-            row["test"] = {k: float(v) for k, v in last.items() if str(k).startswith("test_")}
+            test = {k: float(v) for k, v in last.items() if str(k).startswith("test_") and v == v}
+            if test:  # a search's trials are not tested: only the trial it selects (tune/driver.py)
+                row["test"] = test
+            if "infer_ms" in last and last["infer_ms"] == last["infer_ms"]:
+                row["infer_ms"] = float(last["infer_ms"])
             row["best_epoch"] = int(last.get("best_epoch", row.get("best_epoch", 0)))
             row["status"] = "FINISHED"
         elif not r.error:
@@ -76,21 +91,26 @@ def print_best(best: dict[str, Any], space: SearchSpace) -> None:
     if space.fixed:
         print("fixed: " + ", ".join(f"{k}={v!r}" for k, v in space.fixed.items()))
     if "test" not in best:
-        print("(no test metrics: this trial did not finish)")
+        print("(no test metrics: the best trial's checkpoint could not be tested)")
     print("\n" + domain_table(best.get("best_val", {}), best.get("test", {})), flush=True)
 
 
-def write_parent_artifacts(out: Path, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace) -> None:
+def write_parent_artifacts(out: Path, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace,
+                           objectives: tuple[str, ...] = (METRIC,)) -> None:
     """trials.csv/.md, best/{config.yaml, metrics.json, metrics.md, checkpoint/} and Optuna plots, under `out`."""
     import pandas as pd
 
     keys = sorted({k for r in rows for k in r["config"]})
     table = []
     for r in rows:
-        rec = {"trial_id": r["trial_id"], "status": r["status"], "run_id": r.get("run_id"),
-               "epochs_run": r.get("epochs_run"), "best_epoch": r.get("best_epoch"), METRIC: r.get(METRIC),
-               "test_mrr_sum": r.get("test", {}).get("test_mrr_sum"),
-               "test_x_mrr": r.get("test", {}).get("test_x_mrr"), "test_y_mrr": r.get("test", {}).get("test_y_mrr")}
+        shown, stopped = _SHOWN_STATUS.get(r["status"], (r["status"], 0))
+        rec = {"optuna_trial": r.get("optuna_trial"), "trial_id": r["trial_id"], "status": shown,
+               "stopped_early": stopped, "run_id": r.get("run_id"),
+               "epochs_run": r.get("epochs_run"), "best_epoch": r.get("best_epoch"), METRIC: r.get(METRIC)}
+        if any("infer_ms" in x for x in rows):
+            rec.update(infer_ms=r.get("infer_ms"), pareto=int(bool(r.get("pareto"))))
+        # test: the selected trial only (and any trial tested by an older version or a confirmation run)
+        rec.update({k: r.get("test", {}).get(k) for k in ("test_mrr_sum", "test_x_mrr", "test_y_mrr")})
         rec.update({k: r["config"].get(k) for k in keys})
         rec["error"] = (r.get("error") or "").strip().splitlines()[-1][:200] if r.get("error") else ""
         table.append(rec)
@@ -107,7 +127,7 @@ def write_parent_artifacts(out: Path, rows: list[dict[str, Any]], best: dict[str
     if ckpt is not None:
         with ckpt.as_directory() as folder:
             shutil.copytree(folder, out / "best" / "checkpoint")
-    _optuna_plots(out, rows, space)
+    _optuna_plots(out, rows, space, objectives)
 
 
 def _best_checkpoint(result: Any) -> Any:
@@ -120,28 +140,58 @@ def _best_checkpoint(result: Any) -> Any:
     return max(scored, key=lambda x: x[0])[1] if scored else result.checkpoint
 
 
-def _optuna_plots(out: Path, rows: list[dict[str, Any]], space: SearchSpace) -> None:
-    """Optimization history and parameter importances, from a study rebuilt from the trial results."""
+def optuna_study(rows: list[dict[str, Any]], space: SearchSpace, objectives: tuple[str, ...] = (METRIC,)) -> Any:
+    """An Optuna study rebuilt from the trial rows, in Optuna trial-number order, so that its trial numbers
+    (what Optuna's plots show) are the runs' `dpgdiff.optuna_trial` tags. A trial with every objective
+    is COMPLETE (an ASHA-stopped one with its best value so far); the others FAIL."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = optuna.create_study(directions=["maximize" if OBJECTIVES[o] == "max" else "minimize" for o in objectives])
+    ordered = sorted(rows, key=lambda r: (r.get("optuna_trial") is None, r.get("optuna_trial") or 0))
+    for r in ordered:
+        params = {k: v for k, v in r["config"].items() if k in space.params}
+        values = [r.get(o) for o in objectives]
+        complete = all(v is not None for v in values)
+        state = optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.FAIL
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=space.distributions(params), values=values if complete else None,
+            state=state, user_attrs={"trial_id": r["trial_id"]}))
+    return study
+
+
+def pareto_front(rows: list[dict[str, Any]], space: SearchSpace, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows of the finished trials on the Pareto front of `objectives` (Optuna's `best_trials`), by
+    Optuna trial number. Only trials trained to the end take part (a multi-objective search runs FIFO)."""
+    done = [r for r in rows if r["status"] == "FINISHED"]
+    by_id = {r["trial_id"]: r for r in done}
+    study = optuna_study(done, space, objectives)
+    front = [by_id[t.user_attrs["trial_id"]] for t in study.best_trials]
+    return sorted(front, key=lambda r: (r.get("optuna_trial") is None, r.get("optuna_trial") or 0))
+
+
+def _optuna_plots(out: Path, rows: list[dict[str, Any]], space: SearchSpace,
+                  objectives: tuple[str, ...] = (METRIC,)) -> None:
+    """Optimization history and parameter importances (of the first objective), and with two objectives the
+    Pareto front, from a study rebuilt from the trial results (optuna.visualization.matplotlib: no plotly)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import optuna
         from optuna.visualization import matplotlib as ovm
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(direction="maximize")
-        for r in rows:
-            params = {k: v for k, v in r["config"].items() if k in space.params}
-            value = r.get(METRIC)
-            state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
-            study.add_trial(optuna.trial.create_trial(params=params, distributions=space.distributions(params),
-                                                      value=value, state=state))
-        plots = [("optuna_history.png", ovm.plot_optimization_history)]
+        study = optuna_study(rows, space, objectives)
+        first = {}
+        if len(objectives) > 1:  # Optuna's single-objective plots need the objective named
+            first = {"target": lambda t: t.values[0], "target_name": objectives[0]}
+        plots = [("optuna_history.png", lambda s: ovm.plot_optimization_history(s, **first))]
         if sum(r.get(METRIC) is not None for r in rows) >= 2:
-            plots.append(("optuna_importances.png", ovm.plot_param_importances))
+            plots.append(("optuna_importances.png", lambda s: ovm.plot_param_importances(s, **first)))
+        if len(objectives) > 1:
+            plots.append(("optuna_pareto_front.png",
+                          lambda s: ovm.plot_pareto_front(s, target_names=list(objectives))))
         for name, fn in plots:
             try:
                 ax = fn(study)

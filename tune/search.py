@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=None, help="epochs per trial (ASHA's max_t); default: the space's train.epochs")
     g.add_argument("--num-samples", type=int, default=8, help="number of trials (default 8)")
     g.add_argument("--seed", type=int, default=2040, help="Optuna sampler seed; also train.seed unless fixed")
+    g.add_argument("--objectives", default="val_mrr_sum", metavar="val_mrr_sum[,infer_ms]",
+                   help="what Optuna optimises: val_mrr_sum (max; default), or val_mrr_sum,infer_ms to also "
+                        "minimise the measured inference cost (ms per 1,000 validation cases at the trial's "
+                        "validation sampler and K). Two objectives run FIFO (ASHA cannot rank on two); the "
+                        "search prints the Pareto front and tags its runs dpgdiff.pareto=1")
     g.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before TPE takes over (default: min(10, max(2, num_samples // 2)))")
     g = p.add_argument_group("scheduling and resources")

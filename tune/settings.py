@@ -77,6 +77,8 @@ class SearchSettings:
     git_commit: Optional[str]  # HEAD (+dirty) of the checkout, None outside git
     argv: tuple[str, ...]  # the command line that started the search
     fingerprint: Optional[str] = None  # the dataset's, once the driver has loaded it
+    # What Optuna optimises (tune.results.OBJECTIVES): val_mrr_sum alone, or val_mrr_sum,infer_ms (FIFO then)
+    objectives: tuple[str, ...] = ("val_mrr_sum",)
     run: RunOptions = field(default_factory=lambda: RunOptions(storage="ray_results"), compare=False)
 
     @property
@@ -92,7 +94,8 @@ class SearchSettings:
     def to_saved(self) -> dict[str, Any]:
         """Plain JSON-able dict of everything but `run` (the resume file, MLflow's search_settings.json)."""
         saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
-        return {**saved, "dataset": self.dataset.to_dict(), "fixed": dict(self.fixed), "argv": list(self.argv)}
+        return {**saved, "dataset": self.dataset.to_dict(), "fixed": dict(self.fixed), "argv": list(self.argv),
+                "objectives": list(self.objectives)}
 
     @classmethod
     def from_saved(cls, data: Mapping[str, Any], run: RunOptions, source: str) -> "SearchSettings":
@@ -106,7 +109,7 @@ class SearchSettings:
             raise SearchError(f"{source}: not a search settings file this version can read "
                               f"(unknown keys {sorted(unknown)}, missing keys {sorted(missing)})")
         return cls(**{**data, "dataset": DatasetRef.from_dict(data["dataset"]), "argv": tuple(data["argv"]),
-                      "run": run})
+                      "objectives": tuple(data.get("objectives", ("val_mrr_sum",))), "run": run})
 
     def replace(self, **changes: Any) -> "SearchSettings":
         """`dataclasses.replace` that keeps the built space when the space's inputs do not change."""
@@ -202,8 +205,24 @@ def _dataset_ref(args: argparse.Namespace) -> DatasetRef:
     return ref
 
 
+def _objectives(args: argparse.Namespace) -> tuple[str, ...]:
+    """--objectives: val_mrr_sum first (the search still registers its best accuracy), then infer_ms."""
+    from tune.results import METRIC, OBJECTIVES
+
+    names = tuple(n.strip() for n in (getattr(args, "objectives", None) or METRIC).split(",") if n.strip())
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or not names or names[0] != METRIC or len(set(names)) != len(names):
+        raise SearchError(f"--objectives {','.join(names)!r}: expected {METRIC} or {METRIC},infer_ms "
+                          f"(known: {', '.join(OBJECTIVES)})")
+    if len(names) > 1 and args.scheduler == "asha":
+        print("--objectives with two objectives: ASHA ranks trials on one metric, so the search runs FIFO "
+              "(every trial to the end; Optuna sees both objectives)", flush=True)
+    return names
+
+
 def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions) -> SearchSettings:
     _check_numbers(args)
+    objectives = _objectives(args)
     space_path = Path(args.space) if args.space else default_space_path(args.dataset, gpu=args.gpus_per_trial > 0)
     if not args.space and space_path.name.endswith("-cpu.yaml"):
         print(f"no --gpus-per-trial: using the CPU-sized space {_display_path(space_path)}; pass --space "
@@ -219,7 +238,8 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
         name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,
         fixed=fixed, epochs=epochs, num_samples=args.num_samples, seed=args.seed,
         startup_trials=args.startup_trials or min(10, max(2, args.num_samples // 2)),
-        scheduler=args.scheduler, grace_period=args.grace_period or min(10, max(1, epochs // 4)),
+        scheduler="fifo" if len(objectives) > 1 else args.scheduler, objectives=objectives,
+        grace_period=args.grace_period or min(10, max(1, epochs // 4)),
         reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
         reuse_actors=args.reuse_actors,

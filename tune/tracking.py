@@ -4,9 +4,17 @@ Written from the driver by `MLflowTrialTracker` (a Tune Callback) instead of Ray
 MLflowLoggerCallback, which keeps its trial->run map in memory and so duplicates runs after a
 restore (search-notes). Here a trial's run is found by its tags (`dpgdiff.trial_id` under the
 parent's `mlflow.parentRunId`), so the mapping survives driver restarts; the callback also
-closes runs when trials end (FINISHED when the trainable completed, KILLED when ASHA stopped it,
-FAILED with the error text when it raised). Only meaningful metrics are logged (train_*, val_*,
-test_*, epoch_seconds, best_epoch), each with step = epoch.
+closes runs when trials end: FINISHED when the trainable completed; FINISHED with the tags
+`dpgdiff.stopped_early=1`, `dpgdiff.stopped_by=scheduler` and a run description when ASHA stopped it
+(an early stop is a result, not a failure); FAILED with the error text when it raised; KILLED only
+for a trial a stopped driver left unfinished (`dpgdiff.interrupted=1`; reopened on resume). Only
+meaningful metrics are logged (train_*, val_*, test_*, epoch_seconds, best_epoch, infer_ms), each
+with step = epoch.
+
+What a child run holds: only the trial's sampled parameters as params (the parent holds the
+search's full base config), its full resolved config as the artifact `config.yaml`, and the tag
+`dpgdiff.optuna_trial` with its Optuna trial number (also in the run name, `trial_003_<tune id>`),
+so that Optuna's plots, which number trials 0, 1, ..., can be matched to runs.
 
 Default store: SQLite `mlruns/mlflow.db` with artifacts in `mlruns/artifacts` (a plain file
 store is refused by MLflow 3 by default).
@@ -28,8 +36,13 @@ TRIAL_TAG = "dpgdiff.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 MODEL_TAG = "model.name"
 ERROR_TAG = "error"
+OPTUNA_TAG = "dpgdiff.optuna_trial"  # child: the trial's Optuna trial number (Optuna's plots number trials so)
+STOPPED_EARLY_TAG = "dpgdiff.stopped_early"  # child: "1" when ASHA stopped it (the run is FINISHED)
+STOPPED_BY_TAG = "dpgdiff.stopped_by"
+PARETO_TAG = "dpgdiff.pareto"  # child: "1" on the Pareto front of a multi-objective search
+NOTE_TAG = "mlflow.note.content"  # the run description shown in the MLflow UI
 _METRIC_PREFIXES = ("train_", "val_", "test_")
-_METRIC_KEYS = {"epoch_seconds", "best_epoch"}
+_METRIC_KEYS = {"epoch_seconds", "best_epoch", "infer_ms"}
 _MAX_TAG = 5000  # MLflow tag values are limited (8000 chars in SQL stores); keep headroom
 
 
@@ -179,7 +192,10 @@ class MLflowTrialTracker(tune.Callback):
         elif not create:
             return None
         else:
-            sampled = dict(trial.config)
+            from tune.trainable import OPTUNA_TRIAL_KEY, sampled_params
+
+            sampled = sampled_params(dict(trial.config))
+            number = trial.config.get(OPTUNA_TRIAL_KEY)
             try:
                 config = self.space.resolve(sampled).to_dict()
             except Exception:  # invalid combination: the trial itself fails with the message
@@ -193,11 +209,19 @@ class MLflowTrialTracker(tune.Callback):
                 SEARCH_TAG: self.search,
                 MODEL_TAG: model_name,
                 "dpgdiff.sampled": json.dumps(sampled, sort_keys=True, default=str)[:_MAX_TAG],
+                **({OPTUNA_TAG: str(number)} if number is not None else {}),
             }
-            run = self.client.create_run(self.experiment_id, run_name=_trial_name(trial), tags=tags)
+            name = _trial_name(trial)
+            if number is not None:  # trial_003_<tune id>: sorts like Optuna's numbering
+                name = f"trial_{int(number):03d}_{tid}"
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
             run_id = run.info.run_id
-            flat = {f"{s}.{k}": v for s, sec in config.items() for k, v in sec.items()} or sampled
-            log_params(self.client, run_id, flat)
+            log_params(self.client, run_id, sampled)  # only what was sampled; the parent has the base config
+            if config:
+                try:
+                    self.client.log_dict(run_id, config, "config.yaml")  # the full resolved config
+                except Exception:  # the artifact store is optional for the run to be tracked
+                    pass
             self._logged_steps[run_id] = set()
         self._runs[tid] = run_id
         return run_id
@@ -243,10 +267,18 @@ class MLflowTrialTracker(tune.Callback):
     @_timed
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
-        finished = bool((trial.last_result or {}).get("final"))
-        if not finished:
-            self.client.set_tag(run_id, "dpgdiff.stopped_by", "scheduler")
-        self.client.set_terminated(run_id, status="FINISHED" if finished else "KILLED")
+        if not (trial.last_result or {}).get("final"):
+            self._mark_stopped_early(run_id, trial)
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def _mark_stopped_early(self, run_id: str, trial: Any) -> None:
+        """Tags and description of a trial the scheduler (ASHA) stopped: FINISHED, but not trained to the end."""
+        epoch = (trial.last_result or {}).get("epoch", "?")
+        self.client.set_tag(run_id, STOPPED_BY_TAG, "scheduler")
+        self.client.set_tag(run_id, STOPPED_EARLY_TAG, "1")
+        self.client.set_tag(run_id, NOTE_TAG, f"Stopped early by the ASHA scheduler after epoch {epoch}: its "
+                            "validation MRR sum was below the cut at that rung. Not a failure; its metrics are "
+                            "those of the epochs it ran.")
 
     @_timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -272,8 +304,10 @@ class MLflowTrialTracker(tune.Callback):
             status = self.client.get_run(run_id).info.status
             want = mlflow_status(trial)
             if status == "RUNNING" or (want == "FAILED" and status != "FAILED"):
-                if want == "KILLED" and trial.status != "TERMINATED":
+                if want == "KILLED":
                     self.client.set_tag(run_id, "dpgdiff.interrupted", "1")
+                if want == "FINISHED" and not (trial.last_result or {}).get("final"):
+                    self._mark_stopped_early(run_id, trial)
                 if want == "FAILED":
                     self.client.set_tag(run_id, ERROR_TAG, _short(_error_text(trial), _MAX_TAG))
                 self.client.set_terminated(run_id, status=want)
@@ -283,9 +317,9 @@ def mlflow_status(trial: Any) -> str:
     """Tune trial status -> MLflow run status."""
     if trial.status == "ERROR":
         return "FAILED"
-    if trial.status == "TERMINATED" and (trial.last_result or {}).get("final"):
-        return "FINISHED"
-    return "KILLED"  # stopped by ASHA, or not finished (interrupted search; reopened on resume)
+    if trial.status == "TERMINATED":
+        return "FINISHED"  # trained to the end, or stopped early by ASHA (tagged dpgdiff.stopped_early)
+    return "KILLED"  # not finished: the search was interrupted (the run is reopened on resume)
 
 
 def _error_text(trial: Any) -> str:

@@ -7,8 +7,15 @@ sampled hyperparameters. Each worker process loads the dataset once (`_DATASETS`
 
 Reports: one per validation pass, `{"epoch", "train_loss", ..., "val_*"}` with the training
 checkpoint folder (resume: `tune.get_checkpoint()` -> `train(resume_from=...)`), then one final
-report `{"final": 1, "best_epoch", "test_*", best "val_*"}` whose checkpoint holds `best.pt`
-(the model `python -m dpgdiff evaluate` loads), `test_ranks.npz` (per-case test ranks) and `final.json`.
+report `{"final": 1, "best_epoch", best "val_*", "infer_ms"}` whose checkpoint holds `best.pt`
+(the model `python -m dpgdiff evaluate` loads), `config.yaml` and `final.json`. A search's trials are
+not tested (the driver tests only the trial it selects, tune/driver.py); with
+`TrialSpec.evaluate_test` (tune/confirm.py's reruns) the final report also has `test_*` and the
+checkpoint `test_ranks.npz` (per-case test ranks). `infer_ms` is the last validation pass's
+ms per 1,000 cases (dpgdiff/training/loop.py), the second objective of `--objectives`.
+
+The trial config may carry `OPTUNA_TRIAL_KEY` (tune/driver.py's searcher adds the Optuna trial
+number, so that it is saved with the trial and survives a resume); `sampled_params` drops it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from dpgdiff.files import atomic_write_text
 from dpgdiff.training.loop import RANKS_FILE
 
 FINAL_MARKER = "final.json"  # in the final checkpoint: the trial is complete, nothing to resume
+OPTUNA_TRIAL_KEY = "optuna_trial"  # in a trial's config: its Optuna trial number (not a hyperparameter)
 
 _DATASETS: dict[str, Any] = {}  # per worker process: DatasetRef.key() -> dataset
 
@@ -45,6 +53,14 @@ class TrialSpec:
     fingerprint: Optional[str]  # the driver's dataset fingerprint: every node must see the same data
     space: Any  # tune.space.SearchSpace, validated on the driver: resolves a trial's Config
     train_fn: Callable[..., Any]  # dpgdiff.train, or a stand-in with its signature (tests)
+    # Test the trial's best state (train(test=True)): test_* metrics and test_ranks.npz in the final
+    # checkpoint. False for a search's trials: selection sees validation only (issue 13 §4).
+    evaluate_test: bool = False
+
+
+def sampled_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial config's hyperparameters (without the Optuna trial number)."""
+    return {k: v for k, v in config.items() if k != OPTUNA_TRIAL_KEY}
 
 
 def load_dataset_cached(ref: DatasetRef) -> Any:
@@ -75,7 +91,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     # One "Checkpoint successfully created" line per epoch per trial drowns the trial table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     context = tune.get_context()
-    cfg = spec.space.resolve(config, source=f"trial {context.get_trial_id()}")
+    cfg = spec.space.resolve(sampled_params(config), source=f"trial {context.get_trial_id()}")
     dataset = load_dataset_cached(spec.dataset)
     if spec.fingerprint and dataset.fingerprint != spec.fingerprint:
         raise RuntimeError(
@@ -91,9 +107,10 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
                 shutil.rmtree(scratch, ignore_errors=True)
                 tune.report(json.loads(final.read_text()), checkpoint=checkpoint)
                 return
-            _train_and_report(spec.train_fn, cfg, dataset, resume_from=Path(folder), out_dir=scratch)
+            _train_and_report(spec.train_fn, cfg, dataset, resume_from=Path(folder), out_dir=scratch,
+                              test=spec.evaluate_test)
     else:
-        _train_and_report(spec.train_fn, cfg, dataset, resume_from=None, out_dir=scratch)
+        _train_and_report(spec.train_fn, cfg, dataset, resume_from=None, out_dir=scratch, test=spec.evaluate_test)
 
 
 def _scratch_dir(context: Any) -> Path:
@@ -107,13 +124,17 @@ def _scratch_dir(context: Any) -> Path:
 
 
 def _train_and_report(train: Callable[..., Any], cfg: Any, dataset: Any, resume_from: Optional[Path],
-                      out_dir: Path) -> None:
+                      out_dir: Path, test: bool = True) -> None:
     try:
-        result = train(cfg, dataset, reporter=TuneReporter(), resume_from=resume_from, out_dir=out_dir)
+        # test=False only when skipping: train functions without the keyword still work for test=True.
+        result = train(cfg, dataset, reporter=TuneReporter(), resume_from=resume_from, out_dir=out_dir,
+                       **({} if test else {"test": False}))
         last_epoch = max((int(h.get("epoch", 0)) for h in result.history), default=int(result.best_epoch))
+        timed = [h["infer_ms"] for h in result.history if "infer_ms" in h]
         final = {
             **{k: v for k, v in result.best_val.items() if k.startswith("val_")},
-            **result.test,
+            **(result.test if test else {}),
+            **({"infer_ms": float(timed[-1])} if timed else {}),  # the final validation pass
             "epoch": last_epoch,  # ASHA's time_attr must not go backwards
             "best_epoch": int(result.best_epoch),
             "final": 1,

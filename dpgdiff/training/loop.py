@@ -9,7 +9,12 @@ the last one) it evaluates on the validation cases (`diffusion.val_sampler`, `di
 by default the test procedure; a freshly seeded noise generator so epochs are comparable), hands the
 metrics (and, if asked, a checkpoint folder) to the reporter, and stops early when validation
 MRR_X + MRR_Y (spec §5.4) has not improved for `train.patience` passes. The best state is evaluated
-on the test cases at the end with the final sampler (`diffusion.sampler`, `diffusion.infer_steps`).
+on the test cases at the end with the final sampler (`diffusion.sampler`, `diffusion.infer_steps`),
+unless `train(..., test=False)` (search trials: only the trial the search selects is tested).
+
+Every validation pass is timed: `infer_ms` is its wall time in milliseconds per 1,000 validation
+cases (model scoring at the validation sampler and K, plus ranking the candidates), the inference
+cost a multi-objective search trades against accuracy (tune/search.py --objectives).
 
 After every validation pass the loop writes a checkpoint folder (training/checkpoints.py) that
 holds everything a resumed run needs to continue exactly as an uninterrupted one: model and
@@ -68,9 +73,10 @@ class Reporter(Protocol):
 
         metrics = {"epoch", "train_loss" and "train_<component>" per loss term (means over the
         last epoch's examples), "train_seconds" and "examples_per_second" (that epoch),
-        ...EvalResult.flat("val")}. `checkpoint_dir` (only when `wants_checkpoint`) is a folder
-        holding model.pt + config.yaml that the callee may copy during the call; passing such a
-        folder as `train(..., resume_from=)` continues the run exactly.
+        "infer_ms" (this validation pass: ms per 1,000 cases), ...EvalResult.flat("val")}.
+        `checkpoint_dir` (only when `wants_checkpoint`) is a folder holding model.pt + config.yaml
+        that the callee may copy during the call; passing such a folder as
+        `train(..., resume_from=)` continues the run exactly.
         """
 
 
@@ -78,7 +84,7 @@ class Reporter(Protocol):
 class TrainResult:
     best_epoch: int
     best_val: dict[str, float]  # the reporter's metrics dict of the best validation pass
-    test: dict[str, float]  # EvalResult.flat("test") of the best state, final sampler
+    test: dict[str, float]  # EvalResult.flat("test") of the best state, final sampler; {} with test=False
     history: list[dict[str, float]] = field(default_factory=list)  # one metrics dict per validation pass
     checkpoint_path: Optional[Path] = None  # out_dir/best.pt when out_dir was given
     test_result: Any = field(default=None, repr=False)  # the EvalResult behind `test` (for .table())
@@ -162,6 +168,7 @@ def train(
     out_dir: str | Path | None = None,
     *,
     progress: bool = False,
+    test: bool = True,
 ) -> TrainResult:
     """Train `config.model.name` on `dataset`, select by validation MRR sum, test the best state.
 
@@ -171,6 +178,8 @@ def train(
                  ranks) and checkpoint/ (latest resumable state, replaced atomically after every
                  validation pass).
     progress:    show a tqdm bar per epoch (the CLI turns it on).
+    test:        evaluate the best state on the test cases (False: TrainResult.test is {}, no
+                 test_ranks.npz; a search's trials select on validation only).
     Raises TrainingDivergedError on a NaN/inf loss (the last checkpoint stays intact).
     """
     config.validate()
@@ -187,7 +196,7 @@ def train(
             ckpt_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dpgdiff-ckpt-")))
         else:
             ckpt_root = None
-        return _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progress)
+        return _train(config, dataset, device, reporter, resume_from, out, ckpt_root, progress, test)
 
 
 def train_step(
@@ -224,7 +233,7 @@ def train_step(
 
 def _train(config: Config, dataset: Any, device: torch.device, reporter: Optional[Reporter],
            resume_from: str | Path | None, out: Optional[Path], ckpt_root: Optional[Path],
-           progress: bool) -> TrainResult:
+           progress: bool, run_test: bool = True) -> TrainResult:
     t = config.train
     # The raw <-> internal item-id map travels with the weights: serving needs it without the data files.
     identity = {**DatasetRef.identity(dataset), "item_ids": ItemIdMap.from_dataset(dataset).to_dict()}
@@ -290,12 +299,15 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
 
         train_seconds = time.perf_counter() - start
         val_sampler, val_steps = config.diffusion.val_procedure()
+        val_start = time.perf_counter()
         val = evaluate_model(model, dataset, "valid", config, sampler=val_sampler, infer_steps=val_steps,
                              evaluator=val_evaluator)
+        val_seconds = time.perf_counter() - val_start
         metrics: dict[str, float] = {"epoch": epoch, "train_loss": sums["total"] / n}
         metrics.update({f"train_{k}": v / n for k, v in sums.items() if k != "total"})
         metrics["train_seconds"] = train_seconds
         metrics["examples_per_second"] = n / train_seconds if train_seconds > 0 else 0.0
+        metrics["infer_ms"] = 1e6 * val_seconds / max(1, len(val_evaluator))  # ms per 1,000 validation cases
         metrics.update(val.flat("val"))
         run.history.append(metrics)
 
@@ -325,12 +337,13 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
     # Test the best state with the final sampler.
     if run.best_state is not None:
         model.load_state_dict(run.best_state)
-    test_result = evaluate_model(model, dataset, "test", config)
-    test = test_result.flat("test")
+    test_result = evaluate_model(model, dataset, "test", config) if run_test else None
+    test = test_result.flat("test") if test_result is not None else {}
     result = TrainResult(best_epoch=run.best_epoch, best_val=run.best_val, test=test, history=run.history,
                          checkpoint_path=(out / "best.pt") if out else None, test_result=test_result)
     if out is not None:
-        test_result.save_ranks(out / RANKS_FILE)  # per-case ranks: paired significance tests across runs
+        if test_result is not None:  # per-case ranks: paired significance tests across runs
+            test_result.save_ranks(out / RANKS_FILE)
         atomic_write_text(out / "metrics.json", json.dumps(
             {"best_epoch": run.best_epoch, "stopped_early": run.stopped_early, "best_val": run.best_val,
              "test": test, "history": run.history,
