@@ -271,16 +271,17 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         row["run_id"] = run_ids.get(row["trial_id"])
     done = [r for r in rows if r["status"] == "FINISHED"]
     failed = [r for r in rows if r["status"] == "ERROR"]
-    print(f"\n{len(rows)} trial(s): {len(done)} finished, "
-          f"{sum(r['status'] == 'STOPPED' for r in rows)} stopped early by ASHA, {len(failed)} failed; "
-          f"wall time {wall:.1f} s", flush=True)
+    counts = outcome_counts(rows, trials, settings.num_samples)
+    print(f"\n{settings.num_samples} trial(s): " + ", ".join(f"{n} {what}" for what, n in counts.items()
+                                                        if n or what in DONE_OUTCOMES)
+          + f"; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
     if unfinished or len(trials) < settings.num_samples:
         client.set_tag(run_id, "dpgdiff.unfinished", "1")
         client.set_terminated(run_id, status="KILLED")
-        print(f"\nSearch {settings.name!r} is UNFINISHED ({len(trials) - len(unfinished)} of "
+        print(f"\nSearch {settings.name!r} is UNFINISHED ({sum(counts[k] for k in DONE_OUTCOMES)} of "
               f"{settings.num_samples} trials done). Resume it with:\n"
               f"    python tune/search.py --name {settings.name} --storage-path {settings.run.storage} --resume",
               file=sys.stderr)
@@ -301,6 +302,27 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     print(f"\nMLflow parent run {run_id}: best checkpoint, config, trials.csv/.md and Optuna plots attached. "
           f"Browse with: mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1", flush=True)
     return EXIT_OK
+
+
+DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed")  # what a resume does not run again
+
+
+def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int) -> dict[str, int]:
+    """Trials by outcome: DONE_OUTCOMES, then interrupted (Tune's saved state has it unfinished, or does not know
+    it: a resume runs it) and not started. Tune's saved state decides what is done, so the summary line and the
+    UNFINISHED line count alike."""
+    saved = {t.trial_id: t.status for t in trials}
+    counts = dict.fromkeys((*DONE_OUTCOMES, "interrupted", "not started"), 0)
+    for row in rows:
+        status = saved.get(row["trial_id"])
+        if status not in ("TERMINATED", "ERROR"):
+            counts["interrupted"] += 1
+        elif status == "ERROR" or row["status"] == "ERROR":
+            counts["failed"] += 1
+        else:
+            counts["finished" if row["status"] == "FINISHED" else "stopped early by ASHA"] += 1
+    counts["not started"] = max(0, planned - len(rows))
+    return counts
 
 
 def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace,

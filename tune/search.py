@@ -107,9 +107,10 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: Optional[Callable[..., 
     args.argv = argv
     _auth_for_existing_cluster(args.address)
     try:
+        settings = settings_from_args(args)  # bad flags, space or settings: refused before Ray is imported
         from tune.driver import run_search  # imports Ray: only after its auth mode is set
 
-        return run_search(settings_from_args(args), train_fn=train_fn)
+        return run_search(settings, train_fn=train_fn)
     except (SpaceError, ConfigError, DataError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
