@@ -24,7 +24,7 @@ import ray
 from ray import tune
 
 import dpgdiff
-from tune import ray_internals, tracking
+from tune import leftovers, ray_internals, tracking
 from tune.progress import ProgressReporter
 from tune.results import METRIC, MODE, print_best, trial_rows, tune_trials, write_parent_artifacts
 from tune.serving import publish_best_model
@@ -101,9 +101,9 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
         ray.init(address=run.address, logging_level="WARNING", runtime_env=runtime_env or None)
         return None
     # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
-    temp_dir = run.ray_temp_dir or tempfile.mkdtemp(prefix="ray", dir="/tmp" if Path("/tmp").is_dir() else None)
-    # No dashboard; Ray's remaining local services bind 127.0.0.1 (the minimal dashboard process) or
-    # the node's own IP, which ray.init picks itself (it maps 127.0.0.1 to the reachable address).
+    # A temp folder of our own is marked with this driver's PID: if it is killed, the next search cleans up.
+    temp_dir = run.ray_temp_dir or leftovers.new_temp_dir()
+    # No dashboard; every other local service binds 127.0.0.1 (tune/ray_internals.py).
     session = ray_internals.init_local_ray(temp_dir, num_cpus=run.num_cpus or os.cpu_count(),
                                            include_dashboard=False, dashboard_host="127.0.0.1",
                                            logging_level="WARNING", runtime_env=runtime_env or None)
