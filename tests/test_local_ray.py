@@ -80,7 +80,7 @@ def _session(log_text: str) -> Path:
 def killed_search(tmp_path_factory):
     """Start a search, read its sockets while its trial runs, SIGKILL the driver -> what the test needs."""
     tmp = tmp_path_factory.mktemp("local_ray")
-    args = search_args(tmp, NAME, "--epochs", "3", "--num-samples", "1", "--scheduler", "fifo",
+    args = search_args(tmp, NAME, "--epochs", "2", "--num-samples", "1", "--scheduler", "fifo",
                        "--set", "model.xt_injection=concat_token", train_fn="train_slow")
     log = tmp / "driver.log"
     with log.open("w") as handle:
