@@ -141,3 +141,19 @@ def test_interrupted_search_summary_and_unfinished_line_count_alike():
     done = sum(counts[k] for k in DONE_OUTCOMES)
     assert done == sum(t.status in ("TERMINATED", "ERROR") for t in saved)  # the UNFINISHED line's "N of M done"
     assert sum(counts.values()) == 8
+
+
+def test_a_config_file_with_a_key_twice_is_refused_naming_file_and_line(tmp_path):
+    from dpgdiff.config import Config, ConfigError
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model:\n  dim: 32\ntrain:\n  lr: 0.001\nmodel:\n  dim: 64\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: not valid YAML, line 5 .*duplicate key 'model' \(first defined "
+                                          r"on line 1\)"):
+        Config.from_yaml(path)
+
+
+def test_yaml_merge_keys_may_still_be_overridden():
+    from dpgdiff.config import ConfigError, parse_yaml
+
+    assert parse_yaml("base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  y: 3\n", "inline", ConfigError)["d"] == {"x": 1, "y": 3}
