@@ -80,10 +80,14 @@ def _session(log_text: str) -> Path:
 def _trial_runs_started(tmp: Path) -> int:
     """Child runs of role "trial" in the search's MLflow store (read with sqlite3: cheap enough to poll)."""
     import sqlite3
+    from contextlib import closing
+
+    from tune.tracking import ROLE_TAG
 
     try:
-        with sqlite3.connect(tmp / "mlruns" / "mlflow.db", timeout=1) as db:
-            return db.execute("select count(*) from tags where key = 'dpgdiff.role' and value = 'trial'").fetchone()[0]
+        with closing(sqlite3.connect(f"file:{tmp / 'mlruns' / 'mlflow.db'}?mode=ro", uri=True, timeout=1)) as db:
+            query = "select count(*) from tags where key = ? and value = 'trial'"
+            return db.execute(query, (ROLE_TAG,)).fetchone()[0]
     except sqlite3.Error:  # not created yet, or locked by the driver
         return 0
 
