@@ -113,3 +113,16 @@ def test_tune_is_this_projects_package_beside_ray_tune():
 
     assert Path(tune.__file__).resolve().parent == REPO / "tune"
     assert ray.tune.__name__ == "ray.tune" and ray.tune is not tune
+
+
+def test_saving_tunes_state_when_a_trial_is_added_fails_loudly_when_ray_changes():
+    from types import SimpleNamespace
+
+    from tune import ray_internals
+
+    manager = SimpleNamespace(_should_force_sync_up=False)
+    wrapper = SimpleNamespace(_tune_controller=SimpleNamespace(_checkpoint_manager=manager))
+    ray_internals.save_state_this_step(wrapper)
+    assert manager._should_force_sync_up is True
+    with pytest.raises(ray_internals.RayInternalsChanged, match="_should_force_sync_up"):
+        ray_internals.save_state_this_step(SimpleNamespace(_tune_controller=SimpleNamespace()))

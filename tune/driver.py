@@ -234,11 +234,11 @@ def _searcher(settings: SearchSettings, space: SearchSpace) -> Any:
 
 
 def _scheduler(settings: SearchSettings) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
+    """ASHA or FIFO, each also making Tune save its experiment state whenever it adds a trial (a killed driver
+    then loses no trial: tune/ray_internals.py)."""
     if settings.scheduler != "asha":
-        return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=settings.epochs,
+        return ray_internals.SnapshotFIFOScheduler()
+    return ray_internals.SnapshotASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=settings.epochs,
                          grace_period=min(settings.grace_period, settings.epochs),
                          reduction_factor=settings.reduction_factor, stop_last_trials=False)
 

@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
 TEMP_DIR_KEYWORD = "_temp_dir"  # ray.init's keyword for the root temp dir of a local Ray
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode (node address 127.0.0.1)
 LOOPBACK = "127.0.0.1"
@@ -66,3 +68,43 @@ def init_local_ray(temp_dir: str, **kwargs: Any) -> Path:
             f"ray {ray.__version__}: {LOCAL_ONLY_ENV}=0 no longer keeps a local Ray on {LOOPBACK} (node address "
             f"{', '.join(map(str, sorted(addresses, key=str)))}); update tune/ray_internals.py")
     return session_dir(temp_dir)
+
+
+# ------------------------------------------------------------------------------------- experiment snapshots
+# Tune saves its experiment state (trials, the searcher's Optuna study) at the end of a step, at most every
+# 10 s unless its checkpoint manager's force flag is set. A trial the searcher proposed after the last save is
+# lost if the driver is killed before the next one: the restored searcher proposes its configuration again
+# under a new id (issue 11 §1). The schedulers below set that flag whenever a trial is added, so the state
+# is saved at the end of the very step that created the trial: one save per trial (bench/bench_search.py
+# prints what the saves cost).
+
+FORCE_FLAG = "_should_force_sync_up"  # TuneController._checkpoint_manager's "save at the end of this step"
+
+
+def save_state_this_step(tune_controller: Any) -> None:
+    """Ask Tune to save the experiment state at the end of the current step. `tune_controller`: what Tune passes
+    to a scheduler's hooks (a wrapper around its TuneController)."""
+    controller = getattr(tune_controller, "__dict__", {}).get("_tune_controller", tune_controller)
+    manager = getattr(controller, "__dict__", {}).get("_checkpoint_manager")
+    if manager is None or not hasattr(manager, FORCE_FLAG):
+        import ray
+
+        raise RayInternalsChanged(f"ray {ray.__version__}: Tune's controller has no _checkpoint_manager.{FORCE_FLAG}; "
+                                  "update tune/ray_internals.py")
+    setattr(manager, FORCE_FLAG, True)
+
+
+class SnapshotASHAScheduler(ASHAScheduler):
+    """ASHA that has Tune save its experiment state in the step that adds a trial."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        save_state_this_step(tune_controller)
+
+
+class SnapshotFIFOScheduler(FIFOScheduler):
+    """FIFO that has Tune save its experiment state in the step that adds a trial."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        save_state_this_step(tune_controller)
