@@ -30,8 +30,8 @@ tables, and the artifacts attached to the parent run; `tune/report.py` (`dpgdiff
 search's best trials and the Table 1 comparison from MLflow.
 
 `tune/ray_internals.py` is the one place that uses Ray names outside its public API (the local temp
-dir, and the local-only mode that keeps a local Ray on 127.0.0.1), checked so that a Ray upgrade that
-drops them fails loudly.
+dir, the local-only mode that keeps a local Ray on 127.0.0.1, and the flag that makes Tune save its
+state when a trial is added), checked so that a Ray upgrade that drops them fails loudly.
 
 `tune/leftovers.py` owns what a killed driver leaves behind: it marks each local Ray temp folder with
 the driver's PID, and the next search stops that Ray's processes by PID and removes the folder.
