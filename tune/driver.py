@@ -238,9 +238,10 @@ def _scheduler(settings: SearchSettings) -> Any:
     then loses no trial: tune/ray_internals.py)."""
     if settings.scheduler != "asha":
         return ray_internals.SnapshotFIFOScheduler()
-    return ray_internals.SnapshotASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=settings.epochs,
-                         grace_period=min(settings.grace_period, settings.epochs),
-                         reduction_factor=settings.reduction_factor, stop_last_trials=False)
+    return ray_internals.SnapshotASHAScheduler(
+        time_attr="epoch", metric=METRIC, mode=MODE, max_t=settings.epochs,
+        grace_period=min(settings.grace_period, settings.epochs), reduction_factor=settings.reduction_factor,
+        stop_last_trials=False)
 
 
 def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
