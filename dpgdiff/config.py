@@ -339,18 +339,47 @@ def read_yaml(path: str | os.PathLike, what: str, error: type[Exception]) -> tup
     """(safe_load'ed data, raw text) of a YAML file; unreadable or invalid files raise `error` naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise error(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+                    f"save the {what} as UTF-8") from None
     return parse_yaml(text, str(path), error), text
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (plain PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first defined on line {first})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: str, source: str, error: type[Exception]) -> Any:
-    """safe_load'ed `text`; invalid YAML raises `error` naming `source` (a file, or where the text came from)."""
+    """safe_load'ed `text` (duplicate keys refused); invalid YAML raises `error` naming `source` (a file, or
+    where the text came from) and the line."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise error(f"{source}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        if mark is None:
+            raise error(f"{source}: not valid YAML: {exc}") from exc
+        problem = ", ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None))))
+        raise error(f"{source}: not valid YAML, line {mark.line + 1} column {mark.column + 1}: {problem}") from exc
 
 
 def _get(config: Config, dotted: str) -> Any:

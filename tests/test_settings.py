@@ -92,12 +92,18 @@ def test_ray_temp_dir_internal_fails_loudly_when_ray_ignores_it(monkeypatch, tmp
     calls = []
     monkeypatch.setattr(ray, "init", lambda address=None, **kwargs: calls.append(kwargs))  # starts nothing
     monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    node = {"Alive": True, "NodeManagerAddress": "127.0.0.1"}
+    monkeypatch.setattr(ray, "nodes", lambda: [node])
     with pytest.raises(ray_internals.RayInternalsChanged, match="_temp_dir"):
         ray_internals.init_local_ray(str(tmp_path), num_cpus=1)
     assert calls == [{"_temp_dir": str(tmp_path), "num_cpus": 1}, "shutdown"]
     (tmp_path / "session_x").mkdir()
     (tmp_path / "session_latest").symlink_to(tmp_path / "session_x")  # what Ray leaves when it honours it
     assert ray_internals.init_local_ray(str(tmp_path)) == tmp_path / "session_x"
+    # a Ray that no longer honours the local-only switch: its node comes up on the machine's address
+    node["NodeManagerAddress"] = "192.0.2.7"
+    with pytest.raises(ray_internals.RayInternalsChanged, match="RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .*192.0.2.7"):
+        ray_internals.init_local_ray(str(tmp_path))
 
 
 def test_tune_is_this_projects_package_beside_ray_tune():
@@ -107,3 +113,16 @@ def test_tune_is_this_projects_package_beside_ray_tune():
 
     assert Path(tune.__file__).resolve().parent == REPO / "tune"
     assert ray.tune.__name__ == "ray.tune" and ray.tune is not tune
+
+
+def test_saving_tunes_state_when_a_trial_is_added_fails_loudly_when_ray_changes():
+    from types import SimpleNamespace
+
+    from tune import ray_internals
+
+    manager = SimpleNamespace(_should_force_sync_up=False)
+    wrapper = SimpleNamespace(_tune_controller=SimpleNamespace(_checkpoint_manager=manager))
+    ray_internals.save_state_this_step(wrapper)
+    assert manager._should_force_sync_up is True
+    with pytest.raises(ray_internals.RayInternalsChanged, match="_should_force_sync_up"):
+        ray_internals.save_state_this_step(SimpleNamespace(_tune_controller=SimpleNamespace()))

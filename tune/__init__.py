@@ -34,6 +34,10 @@ std over seeds with paired significance tests and the Table 3 ablations.
 it: the best configuration of finished searches rerun with N seeds (and ablation variants) as Ray trials,
 tracked as confirmation children of each search's parent run with their per-case test ranks.
 
-`tune/ray_internals.py` is the one place that uses a Ray name outside its public API (the local temp
-dir), checked so that a Ray upgrade that drops it fails loudly.
+`tune/ray_internals.py` is the one place that uses Ray names outside its public API (the local temp
+dir, the local-only mode that keeps a local Ray on 127.0.0.1, and the flag that makes Tune save its
+state when a trial is added), checked so that a Ray upgrade that drops them fails loudly.
+
+`tune/leftovers.py` owns what a killed driver leaves behind: it marks each local Ray temp folder with
+the driver's PID, and the next search stops that Ray's processes by PID and removes the folder.
 """

@@ -35,6 +35,7 @@ from tune.trainable import FINAL_MARKER, TrialSpec, run_trial
 CONFIRM_STATE = "dpgdiff_confirm.json"  # beside Tune's experiment state: the jobs, for --resume
 ROLE = "confirmation"
 VARIANT_TAG, SEED_TAG, OF_TAG = "dpgdiff.variant", "dpgdiff.seed", "dpgdiff.confirms_run"
+CONFIRMATION_TAG = "dpgdiff.confirmation"  # the confirmation (Tune experiment) name that ran the run
 BEST = "best"  # the variant that is the best configuration itself
 # Table 3 (the paper's ablations) at the best configuration; a switched-off component is not built.
 ABLATIONS = {
@@ -166,11 +167,13 @@ def export_config(config: Config, path: Path, search: str, best_run_id: str, com
 class ConfirmationTracker(tune.Callback):
     """One MLflowTrialTracker per search parent run; each trial goes to its job's parent, role confirmation."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, jobs: Sequence[Job]) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, jobs: Sequence[Job], confirmation: str) -> None:
         space = ConfirmationJobs(jobs)
         self.jobs = {j.key: (j.parent_run_id, j.best_run_id, j.variant, j.seed) for j in jobs}
-        self.trackers = {j.parent_run_id: tracking.MLflowTrialTracker(tracking_uri, experiment_id, j.parent_run_id,
-                                                                      j.search, space, role=ROLE) for j in jobs}
+        # CONFIRMATION_TAG tells this confirmation's runs from other confirmations under the same parent.
+        self.trackers = {j.parent_run_id: tracking.MLflowTrialTracker(
+            tracking_uri, experiment_id, j.parent_run_id, j.search, space, extra_tags={CONFIRMATION_TAG: confirmation},
+            role=ROLE) for j in jobs}
 
     def _tracker(self, trial: Any) -> tracking.MLflowTrialTracker:
         return self.trackers[self.jobs[trial.config["job"]][0]]
@@ -234,7 +237,7 @@ def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_i
                                             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
                 run_config=tune.RunConfig(
                     name=settings.name, storage_path=settings.run.storage, verbose=0 if settings.run.quiet else 1,
-                    callbacks=[ConfirmationTracker(settings.tracking_uri, experiment_id, jobs),
+                    callbacks=[ConfirmationTracker(settings.tracking_uri, experiment_id, jobs, settings.name),
                                CSVLoggerCallback(), JsonLoggerCallback()],
                     progress_reporter=None if settings.run.quiet else ProgressReporter(
                         max_epochs=epochs, num_samples=len(jobs), early_stopping=False, max_report_frequency=30,

@@ -31,7 +31,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 import dpgdiff
-from tune import ray_internals, tracking
+from tune import leftovers, ray_internals, tracking
 from tune.progress import ProgressReporter
 from tune.results import (
     METRIC,
@@ -135,9 +135,9 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
         ray.init(address=run.address, logging_level="WARNING", runtime_env=runtime_env or None)
         return None
     # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
-    temp_dir = run.ray_temp_dir or tempfile.mkdtemp(prefix="ray", dir="/tmp" if Path("/tmp").is_dir() else None)
-    # No dashboard; Ray's remaining local services bind 127.0.0.1 (the minimal dashboard process) or
-    # the node's own IP, which ray.init picks itself (it maps 127.0.0.1 to the reachable address).
+    # A temp folder of our own is marked with this driver's PID: if it is killed, the next search cleans up.
+    temp_dir = run.ray_temp_dir or leftovers.new_temp_dir()
+    # No dashboard; every other local service binds 127.0.0.1 (tune/ray_internals.py).
     session = ray_internals.init_local_ray(temp_dir, num_cpus=run.num_cpus or os.cpu_count(),
                                            include_dashboard=False, dashboard_host="127.0.0.1",
                                            logging_level="WARNING", runtime_env=runtime_env or None)
@@ -280,13 +280,14 @@ def _searcher(settings: SearchSettings, space: SearchSpace) -> Any:
 
 
 def _scheduler(settings: SearchSettings) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if settings.scheduler != "asha" or len(settings.objectives) > 1:  # ASHA ranks on one metric only
-        return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=settings.epochs,
-                         grace_period=min(settings.grace_period, settings.epochs),
-                         reduction_factor=settings.reduction_factor, stop_last_trials=False)
+    """ASHA or FIFO, each also making Tune save its experiment state whenever it adds a trial (a killed driver
+    then loses no trial: tune/ray_internals.py). A multi-objective search runs FIFO: ASHA ranks on one metric."""
+    if settings.scheduler != "asha" or len(settings.objectives) > 1:
+        return ray_internals.SnapshotFIFOScheduler()
+    return ray_internals.SnapshotASHAScheduler(
+        time_attr="epoch", metric=METRIC, mode=MODE, max_t=settings.epochs,
+        grace_period=min(settings.grace_period, settings.epochs), reduction_factor=settings.reduction_factor,
+        stop_last_trials=False)
 
 
 def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
@@ -318,17 +319,18 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         row["run_id"] = run_ids.get(row["trial_id"])
     done = [r for r in rows if r["status"] == "FINISHED"]
     failed = [r for r in rows if r["status"] == "ERROR"]
-    stopped = sum(r["status"] == "STOPPED" for r in rows)
-    print(f"\n{len(rows)} trial(s): {len(done)} trained to the end, "
-          + (f"{stopped} stopped early by ASHA (FINISHED, tagged {tracking.STOPPED_EARLY_TAG}), " if stopped else "")
-          + f"{len(failed)} failed; wall time {wall:.1f} s", flush=True)
+    counts = outcome_counts(rows, trials, settings.num_samples)
+    print(f"\n{settings.num_samples} trial(s): " + ", ".join(f"{n} {what}" for what, n in counts.items()
+                                                        if n or what in DONE_OUTCOMES)
+          + (f" (FINISHED in MLflow, tagged {tracking.STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
+          + f"; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
     if unfinished or len(trials) < settings.num_samples:
         client.set_tag(run_id, "dpgdiff.unfinished", "1")
         client.set_terminated(run_id, status="KILLED")
-        print(f"\nSearch {settings.name!r} is UNFINISHED ({len(trials) - len(unfinished)} of "
+        print(f"\nSearch {settings.name!r} is UNFINISHED ({sum(counts[k] for k in DONE_OUTCOMES)} of "
               f"{settings.num_samples} trials done). Resume it with:\n"
               f"    python tune/search.py --name {settings.name} --storage-path {settings.run.storage} --resume",
               file=sys.stderr)
@@ -416,6 +418,27 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
         print(f"| {'-' if number is None else number} | {r['trial_id']} | "
               + " | ".join(f"{r.get(o, float('nan')):>{width}.4f}" for o in objectives) + f" | {r.get('run_id')} |")
     return front
+
+
+DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed")  # what a resume does not run again
+
+
+def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int) -> dict[str, int]:
+    """Trials by outcome: DONE_OUTCOMES, then interrupted (Tune's saved state has it unfinished, or does not know
+    it: a resume runs it) and not started. Tune's saved state decides what is done, so the summary line and the
+    UNFINISHED line count alike."""
+    saved = {t.trial_id: t.status for t in trials}
+    counts = dict.fromkeys((*DONE_OUTCOMES, "interrupted", "not started"), 0)
+    for row in rows:
+        status = saved.get(row["trial_id"])
+        if status not in ("TERMINATED", "ERROR"):
+            counts["interrupted"] += 1
+        elif status == "ERROR" or row["status"] == "ERROR":
+            counts["failed"] += 1
+        else:
+            counts["finished" if row["status"] == "FINISHED" else "stopped early by ASHA"] += 1
+    counts["not started"] = max(0, planned - len(rows))
+    return counts
 
 
 def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace,

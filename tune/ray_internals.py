@@ -1,4 +1,4 @@
-"""The one place that uses a Ray name outside its public API, checked so a Ray upgrade fails loudly.
+"""The one place that uses Ray names outside its public API, checked so a Ray upgrade fails loudly.
 
 Ray offers no public way to give `ray.init` (local) its own temp directory: the per-search temp
 dir keeps the socket paths short (they must stay under 107 bytes) and lets the driver remove
@@ -7,14 +7,27 @@ docstring, underscored). `init_local_ray` checks the effect, the session folder 
 dir (Ray's documented layout: <temp dir>/session_latest), and raises RayInternalsChanged when it
 is missing, instead of a search that silently starts Ray somewhere else
 (tests/test_settings.py checks that it does).
+
+Nor is there a public way to keep a local Ray off the network: on Linux its GCS, raylet, workers and
+the driver's gRPC servers listen on every interface, and the runtime-env agent on the machine's
+address, even with `_node_ip_address="127.0.0.1"` (ray.init maps loopback to the reachable address).
+Ray's local-only mode, its default on macOS and Windows (ray_constants.ENABLE_RAY_CLUSTER, env
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), makes the node address 127.0.0.1, and every one of those
+servers then binds 127.0.0.1 (tests/test_local_ray.py lists the sockets). `init_local_ray` turns it
+on for the Ray it starts and checks that the node came up on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
 TEMP_DIR_KEYWORD = "_temp_dir"  # ray.init's keyword for the root temp dir of a local Ray
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode (node address 127.0.0.1)
+LOOPBACK = "127.0.0.1"
 
 
 class RayInternalsChanged(RuntimeError):
@@ -27,13 +40,71 @@ def session_dir(temp_dir: str) -> Path:
 
 
 def init_local_ray(temp_dir: str, **kwargs: Any) -> Path:
-    """`ray.init(address="local", **kwargs)` with its root temp dir at `temp_dir` -> the session folder."""
+    """`ray.init(address="local", **kwargs)` with its root temp dir at `temp_dir`, every server of it on
+    127.0.0.1 -> the session folder."""
     import ray
+    from ray._private import ray_constants
 
-    ray.init(address="local", **{TEMP_DIR_KEYWORD: temp_dir}, **kwargs)
+    saved = os.environ.get(LOCAL_ONLY_ENV), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[LOCAL_ONLY_ENV] = "0"  # read by the Ray processes ray.init starts (they inherit it)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already: its copy of the flag
+    try:
+        ray.init(address="local", **{TEMP_DIR_KEYWORD: temp_dir}, **kwargs)
+    finally:  # only this Ray is local-only: a later ray.init in this process gets Ray's default again
+        if saved[0] is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
     if not Path(temp_dir, "session_latest").exists():
         ray.shutdown()
         raise RayInternalsChanged(
             f"ray {ray.__version__}: ray.init({TEMP_DIR_KEYWORD}={temp_dir!r}) started Ray elsewhere (no "
             f"session_latest there); update tune/ray_internals.py")
+    addresses = {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+    if addresses != {LOOPBACK}:
+        ray.shutdown()
+        raise RayInternalsChanged(
+            f"ray {ray.__version__}: {LOCAL_ONLY_ENV}=0 no longer keeps a local Ray on {LOOPBACK} (node address "
+            f"{', '.join(map(str, sorted(addresses, key=str)))}); update tune/ray_internals.py")
     return session_dir(temp_dir)
+
+
+# ------------------------------------------------------------------------------------- experiment snapshots
+# Tune saves its experiment state (trials, the searcher's Optuna study) at the end of a step, at most every
+# 10 s unless its checkpoint manager's force flag is set. A trial the searcher proposed after the last save is
+# lost if the driver is killed before the next one: the restored searcher proposes its configuration again
+# under a new id (issue 11 §1). The schedulers below set that flag whenever a trial is added, so the state
+# is saved at the end of the very step that created the trial: one save per trial (bench/bench_snapshots.py
+# prints what the saves cost).
+
+FORCE_FLAG = "_should_force_sync_up"  # TuneController._checkpoint_manager's "save at the end of this step"
+
+
+def save_state_this_step(tune_controller: Any) -> None:
+    """Ask Tune to save the experiment state at the end of the current step. `tune_controller`: what Tune passes
+    to a scheduler's hooks (a wrapper around its TuneController)."""
+    controller = getattr(tune_controller, "__dict__", {}).get("_tune_controller", tune_controller)
+    manager = getattr(controller, "__dict__", {}).get("_checkpoint_manager")
+    if manager is None or not hasattr(manager, FORCE_FLAG):
+        import ray
+
+        raise RayInternalsChanged(f"ray {ray.__version__}: Tune's controller has no _checkpoint_manager.{FORCE_FLAG}; "
+                                  "update tune/ray_internals.py")
+    setattr(manager, FORCE_FLAG, True)
+
+
+class SnapshotASHAScheduler(ASHAScheduler):
+    """ASHA that has Tune save its experiment state in the step that adds a trial."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        save_state_this_step(tune_controller)
+
+
+class SnapshotFIFOScheduler(FIFOScheduler):
+    """FIFO that has Tune save its experiment state in the step that adds a trial."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        save_state_this_step(tune_controller)

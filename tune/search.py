@@ -29,6 +29,7 @@ try:  # `python tune/search.py` imports the installed packages: say so when they
     from dpgdiff.config import ConfigError
     from dpgdiff.data import DataError
     from dpgdiff.data.ref import add_dataset_args
+    from tune.leftovers import clean_leftovers
     from tune.settings import SYNTHETIC_DEFAULT_OPTIONS, SearchError, settings_from_args
     from tune.space import SpaceError
 except ModuleNotFoundError as exc:
@@ -110,11 +111,14 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: Optional[Callable[..., 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    for line in clean_leftovers():  # the local Ray of an earlier search whose driver was killed
+        print(f"cleaned up {line}", flush=True)
     _auth_for_existing_cluster(args.address)
     try:
+        settings = settings_from_args(args)  # bad flags, space or settings: refused before Ray is imported
         from tune.driver import run_search  # imports Ray: only after its auth mode is set
 
-        return run_search(settings_from_args(args), train_fn=train_fn)
+        return run_search(settings, train_fn=train_fn)
     except (SpaceError, ConfigError, DataError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -15,11 +15,13 @@ import dataclasses
 import datetime as _dt
 import functools
 import json
+import math
 import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
+from urllib.parse import urlparse
 
 from dpgdiff.config import parse_assignment
 from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
@@ -31,6 +33,8 @@ STATE_FILE = "dpgdiff_search.json"  # beside Tune's experiment state: what a res
 # The no-argument search: a smaller synthetic set so it finishes in minutes on 2 CPU cores.
 SYNTHETIC_DEFAULT_OPTIONS = {"n_users": 400}
 FIXED_SOURCE = "--set/--epochs"  # how errors name the command line's fixed values
+# MLflow's tracking store schemes ("" = a local folder), when its own table cannot be read
+_TRACKING_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
 
 class SearchError(RuntimeError):
@@ -140,6 +144,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     """A new search from the command line, or the saved settings of the one to resume."""
     run = RunOptions(storage=_storage_path(args.storage_path), address=args.address, num_cpus=args.num_cpus,
                      ray_temp_dir=args.ray_temp_dir, ship_code=args.ship_code, quiet=args.quiet)
+    _check_run_options(args, run)
     name = args.name
     if name is None and args.resume:
         name = _latest_search(run.storage)
@@ -148,17 +153,23 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     if name is not None:
         saved = _saved_settings(name, run, args)
         if saved is not None:
+            check_tracking_uri(saved.tracking_uri, "--tracking-uri" if args.tracking_uri else f"{STATE_FILE}: tracking_uri")
             return saved
         if args.resume:
             raise SearchError(f"--resume: nothing to resume at {run.storage}/{name} (no Tune experiment state there)")
-    return _new_settings(args, name, run)
+    settings = _new_settings(args, name, run)
+    check_tracking_uri(settings.tracking_uri, "--tracking-uri" if args.tracking_uri else
+                       "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking URI")
+    return settings
 
 
 def _saved_settings(name: str, run: RunOptions, args: argparse.Namespace) -> Optional[SearchSettings]:
     """The settings saved by search `name`, or None when there is no Tune experiment to restore there."""
+    path = f"{run.storage}/{name}"
+    if "://" not in path and not Path(path).is_dir():  # a new search: no need to import Ray to know
+        return None
     from ray import tune
 
-    path = f"{run.storage}/{name}"
     if not tune.Tuner.can_restore(path):
         return None
     text = read_text(f"{path}/{STATE_FILE}")
@@ -173,13 +184,57 @@ def _saved_settings(name: str, run: RunOptions, args: argparse.Namespace) -> Opt
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    for value, flag in ((args.num_samples, "--num-samples"), (args.cpus_per_trial, "--cpus-per-trial")):
-        if value <= 0:
-            raise SearchError(f"{flag} must be > 0, got {value}")
-    if args.gpus_per_trial < 0 or args.max_failures < 0:
-        raise SearchError("--gpus-per-trial and --max-failures must be >= 0")
+    """Every numeric search flag, before anything starts (Tune's own checks are asserts, after Ray started)."""
+    checks = (  # flag, value (None = not given: its default applies), what it must be, the test
+        ("--num-samples", args.num_samples, "> 0", lambda v: v > 0),
+        ("--cpus-per-trial", args.cpus_per_trial, "> 0", lambda v: v > 0),
+        ("--gpus-per-trial", args.gpus_per_trial, ">= 0", lambda v: v >= 0),
+        ("--max-failures", args.max_failures, ">= 0", lambda v: v >= 0),
+        ("--epochs", args.epochs, ">= 1", lambda v: v >= 1),
+        ("--startup-trials", args.startup_trials, ">= 0", lambda v: v >= 0),
+        ("--grace-period", args.grace_period, ">= 1 (epochs)", lambda v: v >= 1),
+        ("--reduction-factor", args.reduction_factor, "> 1 (ASHA keeps 1/reduction_factor of the trials per rung)",
+         lambda v: v > 1),
+        ("--max-concurrent", args.max_concurrent, ">= 1", lambda v: v >= 1),
+    )
+    for flag, value, expected, ok in checks:
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise SearchError(f"{flag} {value}: must be {expected}")
     if args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer():
         raise SearchError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 it must be a whole number")
+
+
+def _check_run_options(args: argparse.Namespace, run: RunOptions) -> None:
+    """The flags of this invocation (also checked when resuming): local CPUs and the storage folder."""
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise SearchError(f"--num-cpus {args.num_cpus}: must be >= 1")
+    if "://" not in run.storage:
+        folder = Path(run.storage)
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise SearchError(f"--storage-path {args.storage_path}: {existing} is a file, not a folder")
+
+
+def check_tracking_uri(uri: str, source: str) -> None:
+    """Refuse a tracking URI whose scheme MLflow has no store for (MLflow itself says so only when the parent
+    run is opened, after Ray started). `source` names where the URI came from."""
+    from mlflow.exceptions import MlflowException
+
+    try:  # MLflow's own scheme table, plugins included (not public API: fall back to its documented schemes)
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
+    except ImportError:
+        registry = None
+    scheme = urlparse(uri).scheme
+    if registry is not None and hasattr(registry, "get_store_builder"):
+        try:
+            registry.get_store_builder(uri)
+            return
+        except (MlflowException, KeyError):
+            pass
+    elif scheme in _TRACKING_SCHEMES:
+        return
+    raise SearchError(f"{source} {uri}: unknown tracking URI scheme {scheme!r}; use one of "
+                      f"{', '.join(s + ':' for s in _TRACKING_SCHEMES[1:])} or a local folder")
 
 
 def _fixed_values(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
@@ -237,7 +292,8 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
     settings = SearchSettings(
         name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,
         fixed=fixed, epochs=epochs, num_samples=args.num_samples, seed=args.seed,
-        startup_trials=args.startup_trials or min(10, max(2, args.num_samples // 2)),
+        startup_trials=(args.startup_trials if args.startup_trials is not None
+                        else min(10, max(2, args.num_samples // 2))),
         scheduler="fifo" if len(objectives) > 1 else args.scheduler, objectives=objectives,
         grace_period=args.grace_period or min(10, max(1, epochs // 4)),
         reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent,

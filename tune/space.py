@@ -184,6 +184,13 @@ class SearchSpace:
 
     def with_fixed(self, overrides: dict[str, Any], source: str = "--set") -> "SearchSpace":
         """Return a copy with more fixed values; a fixed parameter leaves the search."""
+        fields = Config.field_names()
+        for key, value in overrides.items():  # the overrides' own names and types: blame `source`, not the file
+            _check_name(key, fields, source, "")
+            try:
+                coerce_value(value, fields[key], key, source)
+            except ConfigError as exc:
+                raise SpaceError(f"{exc} (field type {_type_name(fields[key])})") from None
         fixed = {**self.fixed, **overrides}
         params = {k: p for k, p in self.params.items() if k not in overrides}
         space = SearchSpace(self.source, params, fixed, self.description, self.text)
@@ -261,7 +268,7 @@ def _check_name(name: Any, fields: dict[str, Any], source: str, section: str) ->
     if not isinstance(name, str) or name not in fields:
         close = difflib.get_close_matches(str(name), list(fields), n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else "; names are section.field as in dpgdiff/config.py"
-        raise SpaceError(f"{source}: {section}.{name}: unknown config field{hint}")
+        raise SpaceError(f"{source}: {section + '.' if section else ''}{name}: unknown config field{hint}")
 
 
 def _parse_param(name: str, spec: Any, hint: Any, where: str) -> Param:

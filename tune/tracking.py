@@ -41,6 +41,8 @@ STOPPED_EARLY_TAG = "dpgdiff.stopped_early"  # child: "1" when ASHA stopped it (
 STOPPED_BY_TAG = "dpgdiff.stopped_by"
 PARETO_TAG = "dpgdiff.pareto"  # child: "1" on the Pareto front of a multi-objective search
 NOTE_TAG = "mlflow.note.content"  # the run description shown in the MLflow UI
+LOST_ROLE = "lost"  # ROLE_TAG of a run whose trial Tune lost on resume (`MLflowTrialTracker.close_lost_runs`)
+REPLACED_BY_TAG = "dpgdiff.replaced_by"  # on a lost trial's run: the run of the trial that ran its configuration
 _METRIC_PREFIXES = ("train_", "val_", "test_")
 _METRIC_KEYS = {"epoch_seconds", "best_epoch", "infer_ms"}
 _MAX_TAG = 5000  # MLflow tag values are limited (8000 chars in SQL stores); keep headroom
@@ -155,13 +157,15 @@ class MLflowTrialTracker(tune.Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id (a cache; the tag is the truth)
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> epochs already logged (resume)
         self._best: dict[str, float] = {}  # run_id -> best val_mrr_sum so far (logged as best_val_mrr_sum)
+        self._final_logged: set[str] = set()  # run_ids whose final (test_*) metrics are logged (resume: once)
         self.seconds = 0.0  # driver time spent in these hooks (bench/bench_search.py reports it)
         self._known: Optional[dict[str, Any]] = None  # trial id -> run, read from MLflow once per session
 
     # Tune pickles callbacks into the experiment state: keep the client out of it.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _logged_steps={}, _best={}, seconds=0.0, _known=None)
+        state.update(_client=None, _runs={}, _logged_steps={}, _best={}, seconds=0.0, _known=None,
+                     _final_logged=set())
         return state
 
     @property
@@ -189,6 +193,8 @@ class MLflowTrialTracker(tune.Callback):
             values = [m.value for m in history if math.isfinite(m.value)]
             if values:
                 self._best[run_id] = max(values)
+            if "best_epoch" in runs[0].data.metrics:  # logged only with the final result
+                self._final_logged.add(run_id)
         elif not create:
             return None
         else:
@@ -241,6 +247,9 @@ class MLflowTrialTracker(tune.Callback):
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
         if result.get("final"):
+            if run_id in self._final_logged:
+                return  # reported again by a trial rerun from its checkpoint after a driver restart
+            self._final_logged.add(run_id)
             step = int(result.get("best_epoch", epoch))
             keep = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "best_epoch"}
             self.client.set_tag(run_id, "best_epoch", str(step))
@@ -296,7 +305,10 @@ class MLflowTrialTracker(tune.Callback):
         print(f"MLflow tracking: {self.seconds:.1f} s on the driver during the search", flush=True)
 
     def reconcile(self, trials: Iterable[Any]) -> None:
-        """Make every child run's status match its trial's; runs of unfinished trials become KILLED."""
+        """Make every child run's status match its trial's; runs of unfinished trials become KILLED, runs of
+        trials Tune lost are closed (`close_lost_runs`)."""
+        trials = list(trials)
+        self.close_lost_runs(trials)
         for trial in trials:
             run_id = self.run_id(trial, create=False)
             if run_id is None:
@@ -311,6 +323,40 @@ class MLflowTrialTracker(tune.Callback):
                 if want == "FAILED":
                     self.client.set_tag(run_id, ERROR_TAG, _short(_error_text(trial), _MAX_TAG))
                 self.client.set_terminated(run_id, status=want)
+
+
+    def close_lost_runs(self, trials: Iterable[Any]) -> list[str]:
+        """Close the runs of trials that Tune's restored state does not hold -> their run ids.
+
+        A driver killed after a trial started but before Tune's next experiment snapshot leaves that
+        trial's run in MLflow, while the resumed search never hears of the trial again: its searcher,
+        restored from the same snapshot, proposes the configuration anew under a new trial id. Such a
+        run ends KILLED, its role becomes LOST_ROLE (so reports and counts skip it: one run per trial),
+        and REPLACED_BY_TAG names the run of the trial with the same sampled configuration, if any."""
+        known = {t.trial_id for t in trials}
+        # Only this Tune experiment's runs: several confirmations (extra_tags names each) share a parent and role.
+        runs = [r for r in child_runs(self.client, self.experiment_id, self.parent_run_id, self.role)
+                if all(r.data.tags.get(k) == v for k, v in self.extra_tags.items())]
+        replacement = {}  # sampled configuration (its tag) -> run of a trial Tune holds
+        for run in runs:
+            if run.data.tags.get(TRIAL_TAG) in known:
+                replacement.setdefault(run.data.tags.get("dpgdiff.sampled"), run.info.run_id)
+        lost = []
+        for run in runs:
+            tid = run.data.tags.get(TRIAL_TAG)
+            if tid in known:
+                continue
+            by = replacement.get(run.data.tags.get("dpgdiff.sampled"))
+            why = (f"trial {tid} started, but the driver was killed before Tune saved it; the resumed search "
+                   f"does not hold it" + (f" and ran its configuration again as run {by}" if by else ""))
+            self.client.set_tag(run.info.run_id, "dpgdiff.lost", why)
+            if by:
+                self.client.set_tag(run.info.run_id, REPLACED_BY_TAG, by)
+            self.client.set_tag(run.info.run_id, ROLE_TAG, LOST_ROLE)
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+            lost.append(run.info.run_id)
+        return lost
 
 
 def mlflow_status(trial: Any) -> str:

@@ -52,6 +52,13 @@ def default_split(name: str | os.PathLike) -> str:
     return "loo" if _is_log(name) else "c2dsr"
 
 
+def _int_option(value: Any, key: str) -> int:
+    """An integer option (from Python, or a string from the command line); anything else names the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+        raise DataError(f"dataset option {key}={value!r} must be an integer")
+    return int(value)
+
+
 def _is_log(name: str | os.PathLike) -> bool:
     return str(name).lower().endswith(LOG_SUFFIXES)
 
@@ -71,7 +78,7 @@ def load_dataset(
     Synthetic: any field of `SyntheticSpec` (n_users, n_items_x, n_items_y, seed, noise, ...).
     Logs: domains=(x_value, y_value).
     """
-    max_len = int(options.pop("max_len", DEFAULT_MAX_LEN))
+    max_len = _int_option(options.pop("max_len", DEFAULT_MAX_LEN), "max_len")
     split = split or default_split(name)
     if _is_log(name):
         from dpgdiff.data.logs import load_log

@@ -117,6 +117,9 @@ def read_sequences(
         order = sorted(range(len(ids)), key=stamps.__getitem__)  # stable: ties keep file order
         sequences.append(np.array([ids[i] + 1 for i in order], dtype=np.int64))  # +1: 0 is PAD
         users.append(user)
+    if not sequences:  # an empty evaluation file would give 0 cases and a NaN metric much later
+        raise DataError(f"{path}: no sequences (empty file); expected one 'user_index<TAB>seq_index<TAB>item "
+                        "tokens...' line per user")
     return sequences, np.array(users, dtype=np.int64)
 
 

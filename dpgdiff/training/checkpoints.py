@@ -16,6 +16,7 @@ import logging
 import math
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -94,10 +95,16 @@ def checkpoint_file(path: str | Path) -> Path:
 def torch_load(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such {what} file")
+    # torch.save writes a zip archive; anything else (a text file, a bare pickle) makes torch.load fail with
+    # whatever its unpickler hit first ("pop from empty list", KeyError 101, ...): say what the file is not.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a dpgdiff {what} (not a file written by torch.save; expected "
+                              "best.pt or a checkpoint folder written by train)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, not a torch file, unsupported types
-        raise CheckpointError(f"{path}: cannot load {what}: {exc}") from exc
+    except Exception as exc:  # corrupt archive, unsupported types (weights_only refuses arbitrary objects)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: not a dpgdiff {what}, or a damaged one (torch.load failed: {first})") from exc
     if not isinstance(obj, dict) or "format" not in obj:
         raise CheckpointError(f"{path}: not a dpgdiff {what} (no 'format' entry)")
     return obj

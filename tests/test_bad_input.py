@@ -1,0 +1,159 @@
+"""Bad input (issue 11 §4): every case ends with exit 2 and a message naming the flag, key or file, and nothing
+starts before that: no local Ray, no MLflow run.
+
+The search rows call `tune.search.main` in this process with a fresh tracking store; none of them gets as far
+as `ray.init`, and every one but the data rows stops before the dataset is loaded (no Ray import either).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tok, write_c2dsr_dir
+from tests.test_search_helpers import REPO, TINY_DATA
+
+SMOKE = REPO / "search_spaces" / "smoke.yaml"
+
+
+def _space_with_utf8_error(tmp: Path) -> str:
+    path = tmp / "latin1.yaml"
+    path.write_bytes(SMOKE.read_bytes().replace(b"smoke test space", b"smoke test space \xe9t\xe9"))
+    return str(path)
+
+
+def _space_with_duplicate_key(tmp: Path) -> str:
+    path = tmp / "twice.yaml"
+    text = SMOKE.read_text()
+    path.write_text(text.replace("params:\n", "params:\n  model.dim: {type: categorical, values: [8]}\n", 1))
+    return str(path)
+
+
+def _empty_validdata(tmp: Path) -> str:
+    valid = [f"{u}\t{u}\t{tok(1, 1)}\t{tok(3, 2)}" for u in range(3)]
+    folder = write_c2dsr_dir(tmp / "c2dsr", 2, 2, 3, valid=valid, test=valid)
+    (folder / "validdata_new.txt").write_text("")
+    return str(folder)
+
+
+def _a_file(tmp: Path) -> str:
+    path = tmp / "not_a_folder"
+    path.write_text("x")
+    return str(path)
+
+
+# (id, extra arguments (a function of the tmp folder for files), fragments the message must hold)
+SEARCH_CASES = [
+    ("reduction-factor", lambda t: ["--reduction-factor", "0.5"], ["--reduction-factor", "0.5", "> 1"]),
+    ("grace-period", lambda t: ["--grace-period", "-1"], ["--grace-period", "-1", ">= 1"]),
+    ("grace-period-zero", lambda t: ["--grace-period", "0"], ["--grace-period", ">= 1"]),
+    ("epochs", lambda t: ["--epochs", "0"], ["--epochs", ">= 1"]),
+    ("max-concurrent", lambda t: ["--max-concurrent", "0"], ["--max-concurrent", ">= 1"]),
+    ("startup-trials", lambda t: ["--startup-trials", "-3"], ["--startup-trials", ">= 0"]),
+    ("num-cpus", lambda t: ["--num-cpus", "0"], ["--num-cpus", ">= 1"]),
+    ("num-samples", lambda t: ["--num-samples", "0"], ["--num-samples", "> 0"]),
+    ("max-failures", lambda t: ["--max-failures", "-1"], ["--max-failures", ">= 0"]),
+    ("storage-path-is-a-file", lambda t: ["--storage-path", _a_file(t)], ["--storage-path", "not_a_folder",
+                                                                           "not a folder"]),
+    ("storage-path-under-a-file", lambda t: ["--storage-path", _a_file(t) + "/results"],
+     ["--storage-path", "not_a_folder", "not a folder"]),
+    ("tracking-uri-scheme", lambda t: ["--tracking-uri", "foo://bar"], ["--tracking-uri", "foo://bar", "scheme"]),
+    ("space-not-utf8", lambda t: ["--space", _space_with_utf8_error(t)], ["latin1.yaml", "UTF-8"]),
+    ("space-duplicate-key", lambda t: ["--space", _space_with_duplicate_key(t)],
+     ["twice.yaml", "line 24", "model.dim", "duplicate"]),
+    ("set-unknown-field", lambda t: ["--set", "model.dimm=32"], ["--set", "model.dimm", "did you mean model.dim"]),
+    ("set-wrong-type", lambda t: ["--set", "model.dim=abc"], ["--set", "model.dim", "'abc'", "integer"]),
+    ("set-no-equals", lambda t: ["--set", "model.dim"], ["--set", "model.dim", "section.key=value"]),
+    ("empty-validdata", lambda t: ["--dataset", _empty_validdata(t), "--split", "c2dsr-histories"],
+     ["validdata_new.txt", "no sequences"]),
+    ("data-option-not-int", lambda t: ["--data-option", "max_len=abc"], ["max_len", "'abc'", "integer"]),
+]  # the data rows last: they import Ray (not start it), so the rows before them can check that they do not
+
+
+@pytest.mark.parametrize("make_args, fragments", [c[1:] for c in SEARCH_CASES], ids=[c[0] for c in SEARCH_CASES])
+def test_search_refuses_bad_input_before_anything_starts(make_args, fragments, tmp_path, monkeypatch, capsys):
+    from tune.search import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    store = tmp_path / "mlruns" / "mlflow.db"
+    store.parent.mkdir()
+    extra = make_args(tmp_path)
+    data = [] if "--dataset" in extra else [*TINY_DATA, "--data-dir", str(tmp_path / "data")]
+    args = ["--space", str(SMOKE), *data, "--epochs", "2", "--num-samples", "2",
+            "--storage-path", str(tmp_path / "ray_results"), "--tracking-uri", f"sqlite:///{store}", "--quiet", *extra]
+    ray_imported_before = "ray" in sys.modules
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    if "--dataset" not in extra and "--data-option" not in extra:  # refused before the driver (and Ray) is imported
+        assert ray_imported_before or "ray" not in sys.modules
+    if "ray" in sys.modules:
+        import ray
+
+        assert not ray.is_initialized(), "Ray was started before the input was checked"
+    assert not store.exists(), "the MLflow store was opened before the input was checked"
+    assert not (tmp_path / "ray_results").exists() or not any((tmp_path / "ray_results").iterdir())
+
+
+def test_data_command_names_an_empty_evaluation_file(tmp_path, capsys):
+    from dpgdiff.cli import main
+
+    assert main(["data", "--dataset", _empty_validdata(tmp_path), "--split", "c2dsr-histories"]) == 2
+    err = capsys.readouterr().err
+    assert "validdata_new.txt" in err and "no sequences" in err
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b"model:\n  dim: 8\n", b"\x80\x02}q\x00.", b"PK\x03\x04junk"],
+                         ids=["empty", "text", "yaml", "pickle", "broken-zip"])
+def test_a_file_that_is_not_a_checkpoint_says_so(content, tmp_path, capsys):
+    from dpgdiff.cli import main
+
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    assert main(["evaluate", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "not a dpgdiff model checkpoint" in err, err
+    assert "Traceback" not in err
+
+
+def test_interrupted_search_summary_and_unfinished_line_count_alike():
+    """After Ctrl-C: Tune's saved state decides what is done; a trial with epochs but no final result that Tune
+    saved as RUNNING (or never saved) is interrupted, not 'stopped early' (the two lines used to disagree)."""
+    from types import SimpleNamespace
+
+    from tune.driver import DONE_OUTCOMES, outcome_counts
+
+    rows = [{"trial_id": "a", "status": "STOPPED"}, {"trial_id": "b", "status": "STOPPED"},
+            {"trial_id": "c", "status": "ERROR"}, {"trial_id": "d", "status": "FINISHED"},
+            {"trial_id": "e", "status": "STOPPED"}, {"trial_id": "f", "status": "NOT RUN"}]
+    saved = [SimpleNamespace(trial_id=t, status=s) for t, s in
+             (("a", "TERMINATED"), ("b", "RUNNING"), ("c", "ERROR"), ("d", "TERMINATED"), ("f", "PENDING"))]
+    counts = outcome_counts(rows, saved, planned=8)
+    assert counts == {"finished": 1, "stopped early by ASHA": 1, "failed": 1, "interrupted": 3, "not started": 2}
+    done = sum(counts[k] for k in DONE_OUTCOMES)
+    assert done == sum(t.status in ("TERMINATED", "ERROR") for t in saved)  # the UNFINISHED line's "N of M done"
+    assert sum(counts.values()) == 8
+
+
+def test_a_config_file_with_a_key_twice_is_refused_naming_file_and_line(tmp_path):
+    from dpgdiff.config import Config, ConfigError
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model:\n  dim: 32\ntrain:\n  lr: 0.001\nmodel:\n  dim: 64\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: not valid YAML, line 5 .*duplicate key 'model' \(first defined "
+                                          r"on line 1\)"):
+        Config.from_yaml(path)
+
+
+def test_yaml_merge_keys_may_still_be_overridden():
+    from dpgdiff.config import ConfigError, parse_yaml
+
+    assert parse_yaml("base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  y: 3\n", "inline", ConfigError)["d"] == {"x": 1, "y": 3}

@@ -1,0 +1,110 @@
+"""What a killed search driver leaves behind: its local Ray's processes and temp folder (issue 11 §2).
+
+A local search makes its Ray temp folder with `new_temp_dir` and writes MARKER there before Ray starts:
+the driver's PID and start time. A driver that ends normally stops its Ray and removes the folder
+(tune.driver.run_search). A driver killed by SIGKILL (or the OOM killer) cannot: Ray's agents outlive
+it, adopted by PID 1, and the folder stays. `clean_leftovers`, run when the next search starts
+(tune/search.py), finds the folders with MARKER whose driver is gone, stops the processes that still
+hold files open in them (by PID: SIGTERM, then SIGKILL) and removes the folder.
+
+Never touched: a folder without MARKER (a Ray someone else started, or a --ray-temp-dir, which the
+user owns), a folder of another user, and a folder whose driver still runs (a search in progress).
+Processes are found through /proc (Linux); elsewhere nothing is cleaned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from dpgdiff.files import atomic_write_text
+
+MARKER = "dpgdiff_search_driver.json"  # in the temp folder of a local Ray that a search started
+OWNER = "dpgdiff tune/search.py"
+TEMP_PREFIX = "ray"  # short: Ray's socket paths under the folder must stay under 107 bytes
+
+
+def temp_root() -> Path:
+    """Where local searches make their Ray temp folders: /tmp (short paths), else the system's temp dir."""
+    return Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+
+
+def new_temp_dir() -> str:
+    """A new Ray temp folder under `temp_root()`, marked as this driver's (written before Ray starts)."""
+    folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=temp_root()))
+    atomic_write_text(folder / MARKER, json.dumps({"owner": OWNER, "pid": os.getpid(),
+                                                   "start_time": process_start_time(os.getpid())}))
+    return str(folder)
+
+
+def clean_leftovers(root: Optional[Path] = None, grace_s: float = 5.0) -> list[str]:
+    """Stop the processes of, and remove, every marked Ray temp folder under `root` whose driver is gone
+    -> one line per folder cleaned (what was stopped and removed)."""
+    if not Path("/proc/self/stat").exists():
+        return []
+    done = []
+    for marker in sorted((root or temp_root()).glob(f"{TEMP_PREFIX}*/{MARKER}")):
+        folder = marker.parent
+        try:
+            data = json.loads(marker.read_text())
+            mine = folder.stat().st_uid == os.getuid() and data.get("owner") == OWNER
+            pid, start = int(data["pid"]), data.get("start_time")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue  # unreadable or not our format: not ours to judge
+        if not mine or process_start_time(pid) == start:  # another user's, or its driver still runs
+            continue
+        stopped = stop_processes(holders(folder), grace_s)
+        shutil.rmtree(folder, ignore_errors=True)
+        done.append(f"a killed search's local Ray (driver pid {pid}): stopped pids "
+                    f"{' '.join(map(str, stopped)) or '-'}, removed {folder}")
+    return done
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """The process's start time (clock ticks after boot, /proc/PID/stat field 22), None when it is gone or a
+    zombie. Together with the PID it names one process: a PID reused later has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 is fields[0]
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def holders(folder: Path) -> list[int]:
+    """PIDs of this user's processes (not this one) with a file or working directory inside `folder`."""
+    prefix = str(folder.resolve()) + os.sep
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(entry / "cwd")] + [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:  # gone, or another user's
+            continue
+        if any(link.startswith(prefix) for link in links):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def stop_processes(pids: list[int], grace_s: float = 5.0) -> list[int]:
+    """SIGTERM each (by PID), SIGKILL those still there after `grace_s` -> the PIDs that were signalled."""
+    started = {pid: process_start_time(pid) for pid in pids}
+    started = {pid: t for pid, t in started.items() if t is not None}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, t in started.items():
+            if process_start_time(pid) == t:  # still the same process
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.time() + grace_s
+        while time.time() < deadline and any(process_start_time(p) == t for p, t in started.items()):
+            time.sleep(0.1)
+    return sorted(started)
