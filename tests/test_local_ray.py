@@ -183,7 +183,11 @@ def test_after_a_late_kill_every_run_is_closed_and_counted_once(killed_and_resum
     client = MlflowClient(tracking_uri(tmp))
     for run_ in trial_runs:
         assert run_.info.status == "FINISHED"
-        assert len(client.get_metric_history(run_.info.run_id, "test_mrr_sum")) == 1, "final metrics logged once"
+        # only the selected trial is tested (tune/driver.py), and its test metrics are logged once
+        selected = run_.data.tags.get("dpgdiff.selected") == "1"
+        assert len(client.get_metric_history(run_.info.run_id, "test_mrr_sum")) == int(selected), "logged once"
+        assert len(client.get_metric_history(run_.info.run_id, "best_epoch")) == 1, "final metrics logged once"
+    assert sum(r.data.tags.get("dpgdiff.selected") == "1" for r in trial_runs) == 1
 
 
 def test_leftovers_of_a_live_driver_or_without_marker_are_not_touched(tmp_path):
