@@ -135,3 +135,38 @@ def tune_trials(tmp: Path, name: str) -> list:
     from ray.tune import ExperimentAnalysis
 
     return list(ExperimentAnalysis(str(tmp / "ray_results" / name)).trials)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_http_server(cmd: list[str], folder: Path, ready_url: str, extra_env: dict | None = None,
+                      timeout: float = 180) -> subprocess.Popen:
+    """Start a server (its own session, output in folder/server.log) and wait until `ready_url` answers 200.
+    The caller stops it with kill_session(proc.pid); a server that dies or never answers fails the test
+    with the end of its log."""
+    import urllib.request
+
+    log_path = folder / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=folder, env={**env(), **(extra_env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + timeout  # seconds when the machine is idle; minutes under a heavy load
+    while True:
+        try:
+            with urllib.request.urlopen(ready_url, timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            kill_session(proc.pid)
+            raise AssertionError(f"{' '.join(cmd[:5])} did not answer {ready_url}\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+

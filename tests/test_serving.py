@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +16,7 @@ mlflow = pytest.importorskip("mlflow")
 
 from dpgdiff.config import Config  # noqa: E402
 from dpgdiff import train  # noqa: E402
-from tests.test_search_helpers import env, kill_session, tracking_uri  # noqa: E402
+from tests.test_search_helpers import free_port, kill_session, start_http_server, tracking_uri  # noqa: E402
 from tune import tracking  # noqa: E402
 from tune.serving import BEST_ALIAS, VALUE_TAG, log_best_model, registered_name  # noqa: E402
 
@@ -90,12 +87,6 @@ def test_alias_moves_only_when_the_search_improves(registry):
     assert float(client.get_model_version(NAME, better.version).tags[VALUE_TAG]) == 0.3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, payload: dict) -> tuple[int, str]:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     try:
@@ -106,25 +97,11 @@ def _post(url: str, payload: dict) -> tuple[int, str]:
 
 
 def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@{BEST_ALIAS}",
            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    server_env = {**env(), "MLFLOW_TRACKING_URI": registry["uri"]}
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=server_env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = start_http_server(cmd, tmp_path, f"http://127.0.0.1:{port}/ping", {"MLFLOW_TRACKING_URI": registry["uri"]})
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.time() < deadline, "server did not answer /ping in 120 s\n" + (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
         nx = registry["dataset"].items.n_items_x
         status, body = _post(f"http://127.0.0.1:{port}/invocations",
                              {"dataframe_records": [{"history": [12, 55, nx + 301], "domain": "y", "k": 4},
@@ -138,5 +115,4 @@ def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
         assert status == 400 and "empty history" in body and "Traceback" not in body, body
     finally:
         kill_session(proc.pid)
-        log.close()
-    assert proc.poll() is not None
+    assert proc.wait(timeout=30) is not None
