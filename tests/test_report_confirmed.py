@@ -102,7 +102,7 @@ def test_ablation_table_pairs_each_variant_with_the_full_model(store):
     client, exp_id, parents, ranks = store
     text = report.confirmation_tables(client, exp_id, parents)
     assert "## Ablations of search a" in text
-    row = next(ln for ln in text.splitlines() if ln.startswith("| -G |"))
+    row = next(ln for ln in text.splitlines() if ln.startswith("| -G | 3 |"))
     expected = paired_test([ranks[("a", "-G", s)]["y"] for s in (1, 2, 3)],
                            [ranks[("a", "best", s)]["y"] for s in (1, 2, 3)], "ndcg10")
     assert row.rstrip(" |").endswith(report._p(expected.p_value))

@@ -249,7 +249,7 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
     assert report.main(["--name", NAME, "--tracking-uri", tracking_uri(tmp), "--out", str(out_file)]) == 0
     text = out_file.read_text()
     assert "## Confirmed comparison" in text and "mean ± std over seeds [1, 2]" in text
-    assert "## Ablations of search e2e" in text and "| no-cl |" in text
+    assert "## Ablations of search e2e" in text and "| no-cl | 2 |" in text
     # confirming the same seeds again is refused; resuming the finished confirmation reruns nothing
     again = run(args, tmp)
     assert again.returncode == 2 and "confirmed already" in again.stderr, _explain(again)

@@ -343,13 +343,13 @@ def _ablation_table(groups: list[Confirmed], ranks: RankCache) -> str:
     order = [BEST, *ABLATIONS]
     groups = sorted(groups, key=lambda g: (order.index(g.variant) if g.variant in order else len(order), g.variant))
     full = groups[0] if groups[0].variant == BEST else None
-    header = ["Variant"] + [f"{d.upper()} {label}" for d in ("x", "y") for label, _ in ABLATION_METRICS]
+    header = ["Variant", "seeds"] + [f"{d.upper()} {label}" for d in ("x", "y") for label, _ in ABLATION_METRICS]
     if full:
         header += ["p X N@10", "p Y N@10"]
     lines = [f"## Ablations of search {groups[0].search} (Table 3 layout; test ×100, mean ± std over seeds)", "",
              "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for g in groups:
-        row = [("Full (best config)" if g.variant == BEST else g.variant)]
+        row = [("Full (best config)" if g.variant == BEST else g.variant), str(len(g.runs))]
         row += [g.cell(d, key) for d in ("x", "y") for _, key in ABLATION_METRICS]
         if full:
             row += ["" if g is full else _p(paired(g, full, d, "ndcg10", ranks).p_value) for d in ("x", "y")]
@@ -357,7 +357,7 @@ def _ablation_table(groups: list[Confirmed], ranks: RankCache) -> str:
     lines.append("")
     if full:
         lines.append("p: two-sided paired t-test of the variant against the full model on per-case NDCG@10, seed i "
-                     "paired with seed i.")
+                     "paired with seed i (the seeds both have).")
     for g in groups:
         lines.append(f"- {g.variant}: {g.footnote()}")
     return "\n".join(lines)
