@@ -44,7 +44,8 @@ ABLATIONS = {
     "-DE": {"model.disentangled_encoder": False},
     "Diff": {"model.tri_cl": False, "model.guidance": False, "model.disentangled_encoder": False},
 }
-ARTIFACTS = (RANKS_FILE, "config.yaml", FINAL_MARKER)  # copied from a trial's final checkpoint to its run
+# Copied from a trial's final checkpoint to its run (MLflowTrialTracker already logs the run's config.yaml).
+ARTIFACTS = (RANKS_FILE, FINAL_MARKER)
 NOT_EXPORTED = ("train.num_threads", "train.device")  # per machine, not part of a configuration
 
 
@@ -197,7 +198,7 @@ class ConfirmationTracker(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tracker = self._tracker(trial)
-        if trial.checkpoint is not None:  # the final checkpoint: per-case ranks, config, final metrics
+        if trial.checkpoint is not None:  # the final checkpoint: per-case ranks, final metrics
             with trial.checkpoint.as_directory() as folder:
                 for name in ARTIFACTS:
                     if Path(folder, name).exists():
