@@ -18,3 +18,17 @@ def test_estimate_counts_unfinished_epochs_and_trials_not_yet_created():
     # median of (100, 120) s per epoch = 110; 2 + 3 epochs left + 5 trials not created x 3 epochs = 20 epochs; 2 at once
     assert estimate_seconds_left(trials, max_epochs=3, num_samples=8, concurrency=2) == pytest.approx(20 * 110 / 2)
     assert estimate_seconds_left([("TERMINATED", 3, 300.0)], 3, 1, 1) == 0.0  # all done
+
+
+def test_a_resumed_reporter_counts_elapsed_time_from_its_own_start(monkeypatch):
+    import pickle
+
+    import tune.progress as progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
+    reporter = progress.ProgressReporter(max_epochs=3, num_samples=2)
+    clock[0] += 3 * 3600  # the search was interrupted for three hours, then resumed from tuner.pkl
+    restored = pickle.loads(pickle.dumps(reporter))
+    clock[0] += 5
+    assert clock[0] - restored._start == 5

@@ -43,6 +43,12 @@ class ProgressReporter(tune.CLIReporter):
         self._concurrency = 1  # the most trials seen running at once: what the cluster fits
         self._start = time.time()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A resumed search unpickles this reporter from tuner.pkl: count from this driver's start, not from
+        # the interrupted one's (which would add the time the search was not running).
+        self.__dict__.update(state)
+        self._start = time.time()
+
     def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
         super().report(trials, done, *sys_info)
         self._concurrency = max(self._concurrency, sum(t.status == "RUNNING" for t in trials))
