@@ -68,6 +68,10 @@ class ModelConfig:
     # (README, "Item initialisation"). x0_norm=l2_sqrt_d restores unit-scale x_0 if wanted.
     item_init_std: float = 0.1
     score_alpha: float = 1.0  # weight of g_{d*} in the Eq. 15 score (spec §5.1)
+    # A learned per-item bias b_j added to every item logit, s·h·E^T + b, in training and scoring (every
+    # model alike; not in the paper). On sparse data, where most items are seen once or twice, their
+    # embeddings stay near their init and b carries the popularity prior that the dot product cannot.
+    item_bias: bool = False
     # Where Eq. 15's softmax goes (DPG-Diff scoring only, spec §5.1 / A4): items = over the item scores
     # (monotone, so raw scores rank); literal = softmax over the d-dim vector x̂_0 + α·ĝ before the
     # dot product with E_{d*}, as Eq. 15 is printed (changes the ranking; kept for the ablation).

@@ -28,10 +28,13 @@ class Recommender(nn.Module):
         raise ValueError(f"unknown logit_scale {mode!r}; expected 'one' or 'inv_sqrt_d'")
 
     @staticmethod
-    def item_scores(rep: torch.Tensor, table: torch.Tensor, scale: float) -> torch.Tensor:
-        """s·rep·E^T in float32 even under autocast: bf16 scores would tie far too often for ranking."""
+    def item_scores(rep: torch.Tensor, table: torch.Tensor, scale: float,
+                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """s·rep·E^T (+ b, model.item_bias) in float32 even under autocast: bf16 scores would tie far too
+        often for ranking. rep (B, d), table (N, d), bias (N,) or None -> (B, N)."""
         with torch.autocast(device_type=rep.device.type, enabled=False):
-            return (rep.float() @ table.float().t()) * scale
+            scores = (rep.float() @ table.float().t()) * scale
+            return scores if bias is None else scores + bias.float()
 
     def target_local(self, target: torch.Tensor, target_domain: torch.Tensor) -> torch.Tensor:
         """Internal target ids -> local index within d*'s table; a clear error if a target is not in d*."""

@@ -83,6 +83,8 @@ class DiffuRec(Recommender):
         # Row = internal id: 0 = PAD (learned, as DiffuRec's nn.Embedding without padding_idx), then X, then Y.
         self.item = nn.Embedding(1 + items.n_items_x + items.n_items_y, m.dim)
         nn.init.normal_(self.item.weight, std=m.item_init_std)
+        # model.item_bias: b (1 + Nx + Ny,), row = internal id like self.item; from zero
+        self.item_bias = nn.Parameter(torch.zeros(self.item.num_embeddings)) if m.item_bias else None
         self.emb_drop = nn.Dropout(m.emb_dropout)
         self.emb_norm = nn.LayerNorm(m.dim, eps=DIFFUREC_LN_EPS)
         self.denoiser = DiffuRecDenoiser(m.dim, dc.steps, m.n_c_layers, m.n_heads, m.dropout,
@@ -93,6 +95,13 @@ class DiffuRec(Recommender):
         """E_d (n_items(domain), d): the joint table's rows of that domain; row j = local item j."""
         nx, ny = self.items.n_items_x, self.items.n_items_y
         return self.item.weight[1:1 + nx] if domain == DOMAIN_X else self.item.weight[1 + nx:1 + nx + ny]
+
+    def bias(self, domain: int) -> Optional[torch.Tensor]:
+        """b_d (n_items(domain),) of model.item_bias, the rows of `table(domain)`; None without it."""
+        if self.item_bias is None:
+            return None
+        nx, ny = self.items.n_items_x, self.items.n_items_y
+        return self.item_bias[1:1 + nx] if domain == DOMAIN_X else self.item_bias[1 + nx:1 + nx + ny]
 
     def embed(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) left-padded ids -> (h = LN(Dropout(E[s])) (B, max_len, d), valid (B, max_len)).
@@ -114,7 +123,7 @@ class DiffuRec(Recommender):
         t = self.schedule.sample_timesteps(target.shape[0], target.device, generator)
         x_t = self.schedule.add_noise(x0, randn_like(x0, generator), t)  # Eq. 3-4 (q_sample)
         x0_hat = self.denoiser(h, valid, x_t, t, generator)
-        logits = self.item_scores(x0_hat, self.item.weight, self.scale)  # (B, 1 + Nx + Ny)
+        logits = self.item_scores(x0_hat, self.item.weight, self.scale, self.item_bias)  # (B, 1 + Nx + Ny)
         ce = F.cross_entropy(logits, target)
         return {"total": ce, "rec": ce.detach()}
 
@@ -138,7 +147,7 @@ class DiffuRec(Recommender):
         steps = self.schedule.timesteps(infer_steps if infer_steps is not None else dc.infer_steps)
         h, valid = self.embed(history)
         b, device = h.shape[0], h.device
-        table = self.table(int(target_domain))
+        table, bias = self.table(int(target_domain)), self.bias(int(target_domain))
         scores = None
         for _ in range(dc.n_samples):
             x = randn_like(h.new_empty(b, h.shape[2]), generator)
@@ -146,7 +155,7 @@ class DiffuRec(Recommender):
                 x0_hat = self.denoiser(h, valid, x, torch.full((b,), t, device=device), generator)
                 t_prev = steps[i + 1] if i + 1 < len(steps) else -1
                 x = self.schedule.step(x0_hat, t, t_prev, x, sampler, generator) if t_prev >= 0 else x0_hat
-            s = self.item_scores(x, table, self.scale)
+            s = self.item_scores(x, table, self.scale, bias)
             scores = s if scores is None else scores + s
         return scores / dc.n_samples
 

@@ -45,7 +45,7 @@ class DPGDiff(Recommender):
         self.dim = m.dim
         self.scale = self.logit_scale(m.dim, m.logit_scale)
         self.embedding = ItemEmbedding(
-            items, m.dim, max_len, m.position if use_positions else None, m.emb_dropout, m.item_init_std
+            items, m.dim, max_len, m.position if use_positions else None, m.emb_dropout, m.item_init_std, m.item_bias
         )
         # DE: Encoder_x / Encoder_y + fusion (Eq. 8). Off = "Diff": no guidance at all.
         self.encoder = (
@@ -161,6 +161,7 @@ class DPGDiff(Recommender):
             ces = domain_cross_entropy(
                 heads, target_local, target_domain, self.tables(), self.scale,
                 lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows,
+                (self.embedding.bias(DOMAIN_X), self.embedding.bias(DOMAIN_Y)),
             )
             weights = {"rec_c": 1.0, "rec_s": lc.lambda_s, "rec_mix": lc.lambda_mix}
             rec = sum(weights[n] * ce for n, ce in zip(names, ces))
@@ -246,7 +247,7 @@ class DPGDiff(Recommender):
         null_kv = den.null_kv(b) if (dc.cfg_w > 0 and den.null_memory is not None) else None
         conds = {t: den.condition(torch.full((b,), t, device=device), td) for t in steps}
 
-        table = self.embedding.table(int(target_domain))
+        table, bias = self.embedding.table(int(target_domain)), self.embedding.bias(int(target_domain))
         scores = None
         for _ in range(dc.n_samples):
             x = randn_like(h.new_empty(b, self.dim), generator)  # x_T ~ N(0, I)
@@ -260,6 +261,6 @@ class DPGDiff(Recommender):
             rep = x if guidance is None else x + self.config.model.score_alpha * guidance.domain(td)
             if self.config.model.score_softmax == "literal":  # Eq. 15 as printed: softmax over the d dims
                 rep = torch.softmax(rep.float(), dim=-1)
-            s = self.item_scores(rep, table, self.scale)
+            s = self.item_scores(rep, table, self.scale, bias)
             scores = s if scores is None else scores + s
         return scores / dc.n_samples

@@ -101,7 +101,8 @@ class ItemEmbedding(nn.Module):
     E_x is (Nx, d) and E_y is (Ny, d): row j = local item j = score column j. PAD embeds as zeros."""
 
     def __init__(
-        self, items: ItemSpace, dim: int, max_len: int, position: Optional[str], dropout: float, init_std: float = 1.0
+        self, items: ItemSpace, dim: int, max_len: int, position: Optional[str], dropout: float, init_std: float = 1.0,
+        item_bias: bool = False,
     ) -> None:
         super().__init__()
         self.items = items
@@ -111,6 +112,9 @@ class ItemEmbedding(nn.Module):
         self.item_x = nn.Parameter(torch.randn(items.n_items_x, dim) * init_std)
         self.item_y = nn.Parameter(torch.randn(items.n_items_y, dim) * init_std)
         self.mask_token = nn.Parameter(torch.randn(dim) * init_std)
+        # model.item_bias: b_x (Nx,), b_y (Ny,), from zero (no prior before the data speaks)
+        self.bias_x = nn.Parameter(torch.zeros(items.n_items_x)) if item_bias else None
+        self.bias_y = nn.Parameter(torch.zeros(items.n_items_y)) if item_bias else None
         self.pos = nn.Embedding(max_len + 1, dim, padding_idx=0) if position else None
         if self.pos is not None:
             # Same scale as the items (nanoGPT inits wte and wpe alike): with PyTorch's N(0, 1) default,
@@ -123,6 +127,10 @@ class ItemEmbedding(nn.Module):
     def table(self, domain: int) -> torch.Tensor:
         """E_d, (n_items(domain), d); column j of the scores = local item j."""
         return self.item_x if domain == DOMAIN_X else self.item_y
+
+    def bias(self, domain: int) -> Optional[torch.Tensor]:
+        """b_d (n_items(domain),) of model.item_bias, or None without it."""
+        return self.bias_x if domain == DOMAIN_X else self.bias_y
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Raw item vectors of internal ids of either domain (..., d); PAD -> 0, MASK -> the mask vector.

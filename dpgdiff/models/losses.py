@@ -112,11 +112,13 @@ def domain_cross_entropy(
     n_negatives: int = 1024,
     generator: Optional[torch.Generator] = None,
     chunk_rows: int = 256,
+    biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
 ) -> list[torch.Tensor]:
-    """CE of each head's logits s·h·E_{d*}^T against the target, summed over domains (Eq. 10-12).
+    """CE of each head's logits s·h·E_{d*}^T (+ b_{d*}) against the target, summed over domains (Eq. 10-12).
 
     heads: H tensors (B, d) (e.g. x̂_0, ĝ_{d*}); target_local (B,) local item index within d*;
-    target_domain (B,); tables: (E_x, E_y) without PAD rows, (N_d, d).
+    target_domain (B,); tables: (E_x, E_y) without PAD rows, (N_d, d); biases: None, or the per-item
+    biases (b_x (N_x,), b_y (N_y,)) of model.item_bias, added to every logit.
     norm: per_domain_mean -> mean over X-target rows + mean over Y-target rows (Σ_d of Eq. 10);
           global_mean -> sum over all rows / B (C2DSR's weighting by domain frequency).
     impl: full softmax over the domain; `chunked`: the same loss and gradients, holding at most
@@ -135,8 +137,12 @@ def domain_cross_entropy(
         h = torch.cat([head.index_select(0, rows) for head in heads], 0)  # (H·n, d)
         tgt = target_local.index_select(0, rows)
         table = tables[domain]
+        bias = biases[domain] if biases is not None else None
         if impl in ("full", "chunked"):
             hs = h * scale if scale != 1.0 else h  # s·(h·E^T) = (s·h)·E^T: scale the small side
+            if bias is not None:  # [s·h, 1]·[E, b]^T = s·h·E^T + b: the bias rides in the same matmul
+                hs = torch.cat([hs, hs.new_ones(hs.shape[0], 1)], 1)
+                table = torch.cat([table, bias[:, None].to(table.dtype)], 1)
             per_row = softmax_cross_entropy(hs, table, tgt.repeat(n_heads), None if impl == "full" else chunk_rows)
         elif impl == "sampled":
             gen_device = generator.device if generator is not None else table.device
@@ -145,6 +151,9 @@ def domain_cross_entropy(
             neg_logit = h @ table.index_select(0, neg).t()
             hit = (neg[None, :] == tgt[:, None]).repeat(n_heads, 1)
             logits = torch.cat([pos_logit, neg_logit.masked_fill(hit, float("-inf"))], 1) * scale
+            if bias is not None:
+                logits = logits + torch.cat([bias.index_select(0, tgt).repeat(n_heads)[:, None],
+                                             bias.index_select(0, neg)[None, :].expand(len(h), -1)], 1)
             per_row = F.cross_entropy(logits, torch.zeros_like(tgt).repeat(n_heads), reduction="none")
         else:
             raise ValueError(f"unknown ce_impl {impl!r}; expected 'full', 'chunked' or 'sampled'")

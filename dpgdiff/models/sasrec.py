@@ -25,7 +25,8 @@ class SASRec(Recommender):
         self.config = config
         self.items = items
         self.scale = self.logit_scale(m.dim, m.logit_scale)
-        self.embedding = ItemEmbedding(items, m.dim, max_len, m.position, m.emb_dropout, m.item_init_std)
+        self.embedding = ItemEmbedding(items, m.dim, max_len, m.position, m.emb_dropout, m.item_init_std,
+                                       m.item_bias)
         self.transformer = CausalTransformer(m.dim, m.n_c_layers, m.n_heads, m.dropout)
 
     def represent(self, history: torch.Tensor) -> torch.Tensor:
@@ -40,16 +41,18 @@ class SASRec(Recommender):
         target_domain = target_domain.long()
         local = self.target_local(target, target_domain)
         tables = (self.embedding.table(DOMAIN_X), self.embedding.table(DOMAIN_Y))
+        biases = (self.embedding.bias(DOMAIN_X), self.embedding.bias(DOMAIN_Y))
         (ce,) = domain_cross_entropy(
             [self.represent(history)], local, target_domain, tables, self.scale,
-            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows,
+            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows, biases,
         )
         return {"total": ce, "rec": ce.detach()}
 
     @torch.no_grad()
     def score(self, history, target_domain: int, *, sampler=None, infer_steps=None, generator=None):
         """(B, n_items(d*)) = s·u·E_{d*}^T; sampler / infer_steps / generator are ignored (not a diffusion model)."""
-        return self.item_scores(self.represent(history), self.embedding.table(int(target_domain)), self.scale)
+        d = int(target_domain)
+        return self.item_scores(self.represent(history), self.embedding.table(d), self.scale, self.embedding.bias(d))
 
 
 class SASRecSingle(Recommender):
@@ -79,6 +82,9 @@ class SASRecSingle(Recommender):
     def table(self, domain: int) -> torch.Tensor:
         return self.towers[domain].embedding.table(DOMAIN_X)
 
+    def bias(self, domain: int) -> Optional[torch.Tensor]:
+        return self.towers[domain].embedding.bias(DOMAIN_X)
+
     def loss(self, history, target, target_domain, generator: Optional[torch.Generator] = None):
         """CE of u_d·E_d^T per domain's rows (loss.ce_impl, loss.domain_loss_norm as SASRec)."""
         lc = self.config.loss
@@ -94,7 +100,8 @@ class SASRecSingle(Recommender):
             rep = rep.index_copy(0, rows, u)
         (ce,) = domain_cross_entropy(
             [rep], local, target_domain, (self.table(DOMAIN_X), self.table(DOMAIN_Y)), self.scale,
-            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator,
+            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows,
+            (self.bias(DOMAIN_X), self.bias(DOMAIN_Y)),
         )
         return {"total": ce, "rec": ce.detach()}
 
@@ -103,4 +110,4 @@ class SASRecSingle(Recommender):
         """(B, n_items(d*)) = s·u_{d*}·E_{d*}^T from d*'s tower on s_{d*}; sampler etc. are ignored."""
         d = int(target_domain)
         u = self.towers[d].represent(self.subsequence(history, d))
-        return self.item_scores(u, self.table(d), self.scale)
+        return self.item_scores(u, self.table(d), self.scale, self.bias(d))
