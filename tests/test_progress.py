@@ -32,3 +32,26 @@ def test_a_resumed_reporter_counts_elapsed_time_from_its_own_start(monkeypatch):
     restored = pickle.loads(pickle.dumps(reporter))
     clock[0] += 5
     assert clock[0] - restored._start == 5
+
+
+def test_a_reporter_pickled_by_an_older_version_still_reports(capsys, monkeypatch):
+    """tuner.pkl of an interrupted search holds the reporter as the older code pickled it (its whole __dict__,
+    without fields added since): the resumed search must report, not crash on a missing attribute."""
+    import pickle
+
+    import tune.progress as progress
+
+    reporter = progress.ProgressReporter(max_epochs=3, num_samples=2, metric_columns={"epoch": "epoch"})
+    old = pickle.loads(pickle.dumps(reporter))
+    old_state = {k: v for k, v in old.__dict__.items() if k not in ("_caveat", "_init_args")}
+    restored = progress.ProgressReporter.__new__(progress.ProgressReporter)
+    restored.__setstate__(old_state)
+
+    class Trial:  # what our report() reads of a Tune trial (Ray's own table is not under test here)
+        status, last_result = "RUNNING", {"epoch": 1, "time_total_s": 60.0}
+
+    monkeypatch.setattr(progress.tune.CLIReporter, "report", lambda self, *args: None)
+    restored.report([Trial()], False)
+    assert "time left: at most about" in capsys.readouterr().out
+    again = pickle.loads(pickle.dumps(restored))
+    assert again._max_epochs == 3 and again._caveat == "; ASHA shortens it"

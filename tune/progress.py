@@ -38,16 +38,27 @@ class ProgressReporter(tune.CLIReporter):
 
     def __init__(self, *, max_epochs: int, num_samples: int, early_stopping: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._init_args = dict(max_epochs=max_epochs, num_samples=num_samples, early_stopping=early_stopping, **kwargs)
         self._max_epochs, self._num_samples = max_epochs, num_samples
         self._caveat = "; ASHA shortens it" if early_stopping else ""
         self._concurrency = 1  # the most trials seen running at once: what the cluster fits
         self._start = time.time()
 
+    # A resumed search unpickles this reporter from tuner.pkl, written by the driver that was interrupted,
+    # perhaps by an older version of this class. So only the constructor's arguments are pickled, and a
+    # restored reporter is built afresh: new fields exist, and the elapsed time counts from this driver's
+    # start (not the interrupted one's, which would add the time the search was not running).
+    def __getstate__(self) -> dict[str, Any]:
+        return {"init_args": self._init_args} if self._init_args is not None else self.__dict__
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # A resumed search unpickles this reporter from tuner.pkl: count from this driver's start, not from
-        # the interrupted one's (which would add the time the search was not running).
+        if "init_args" in state:
+            self.__init__(**state["init_args"])
+            return
+        # pickled whole by a version without __getstate__: keep its fields, add those it lacks
         self.__dict__.update(state)
-        self._start = time.time()
+        self.__dict__.setdefault("_caveat", "; ASHA shortens it")
+        self._init_args, self._start = None, time.time()
 
     def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
         super().report(trials, done, *sys_info)
