@@ -297,11 +297,11 @@ def test_item_bias_is_learned_and_added_to_every_score(synthetic_dataset, batch,
     of item j move by exactly b_j."""
     plain = make(config(**{"model.name": name}, **overrides), synthetic_dataset)
     assert not any("bias_" in n or n == "item_bias" for n, _ in plain.named_parameters())
-    model = make(config(**{"model.name": name, "model.item_bias": True}, **overrides), synthetic_dataset)
+    model = make(config(**{"model.name": name, "model.item_bias": "zero"}, **overrides), synthetic_dataset)
     biases = {n: p for n, p in model.named_parameters() if "bias_" in n or n == "item_bias"}
     assert biases, [n for n, _ in model.named_parameters()]
     loss_of(model, batch)["total"].backward()
-    bias_of = model.bias if hasattr(model, "bias") else model.embedding.bias
+    bias_of = model.bias
     for domain in (DOMAIN_X, DOMAIN_Y):  # b_d is a view of (or is) a trained parameter
         leaf = bias_of(domain)._base if bias_of(domain)._base is not None else bias_of(domain)
         assert leaf.grad is not None and leaf.grad.abs().sum() > 0, domain
@@ -321,3 +321,19 @@ def test_item_bias_is_learned_and_added_to_every_score(synthetic_dataset, batch,
         bias = bias_of(domain)
         assert bias.shape == (synthetic_dataset.items.n_items(domain),)
         assert torch.allclose(scores() - before, bias.expand_as(before), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dpgdiff", "sasrec", "sasrec_single", "diffurec"])
+def test_popularity_item_bias_starts_at_centred_log_counts(synthetic_dataset, name):
+    import numpy as np
+
+    model = make(config(**{"model.name": name, "model.item_bias": "popularity"}), synthetic_dataset)
+    counts = np.bincount(np.concatenate(synthetic_dataset.train_sequences), minlength=synthetic_dataset.items.n_tokens)
+    items = synthetic_dataset.items
+    for domain in (DOMAIN_X, DOMAIN_Y):
+        prior = np.log1p(counts[items.offset(domain):items.offset(domain) + items.n_items(domain)])
+        expected = torch.as_tensor(prior - prior.mean(), dtype=torch.float32)
+        assert expected.std() > 0  # the synthetic set has a popularity skew to start from
+        assert torch.allclose(model.bias(domain).detach(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="without model.item_bias"):
+        make(config(**{"model.name": name}), synthetic_dataset).init_item_bias(counts)

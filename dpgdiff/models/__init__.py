@@ -18,18 +18,25 @@ def build_model(config: Config, dataset) -> Recommender:
     """config.model.name -> a Recommender for `dataset` (uses dataset.items, .max_len, .train_sequences).
 
     The positional table covers max(config.model.max_len, dataset.max_len) positions. The ItemCF map
-    for the augmentations is computed here (once) only when Tri-CL is on with augment.sim_model=itemcf."""
+    for the augmentations is computed here (once) only when Tri-CL is on with augment.sim_model=itemcf, and
+    model.item_bias=popularity sets the bias from dataset.item_counts() here."""
     m = config.model
     max_len = max(int(m.max_len), int(dataset.max_len))
     if m.name == "sasrec":
-        return SASRec(config, dataset.items, max_len)
-    if m.name == "sasrec_single":
-        return SASRecSingle(config, dataset.items, max_len)
-    if m.name == "diffurec":
-        return build_diffurec(config, dataset.items, max_len)
-    if m.name == "dpgdiff":
+        model = SASRec(config, dataset.items, max_len)
+    elif m.name == "sasrec_single":
+        model = SASRecSingle(config, dataset.items, max_len)
+    elif m.name == "diffurec":
+        model = build_diffurec(config, dataset.items, max_len)
+    elif m.name == "dpgdiff":
         similar = None
         if m.tri_cl and config.augment.sim_model == "itemcf":
             similar = item_similarity(dataset.train_sequences, dataset.items, seed=config.train.seed)
-        return DPGDiff(config, dataset.items, max_len, similar)
-    raise ConfigError(f"model.name={m.name!r} is not a known model; expected dpgdiff, sasrec, sasrec_single or diffurec")
+        model = DPGDiff(config, dataset.items, max_len, similar)
+    else:
+        raise ConfigError(
+            f"model.name={m.name!r} is not a known model; expected dpgdiff, sasrec, sasrec_single or diffurec"
+        )
+    if m.item_bias == "popularity":
+        model.init_item_bias(dataset.item_counts())
+    return model

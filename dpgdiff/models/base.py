@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +36,22 @@ class Recommender(nn.Module):
         with torch.autocast(device_type=rep.device.type, enabled=False):
             scores = (rep.float() @ table.float().t()) * scale
             return scores if bias is None else scores + bias.float()
+
+    def bias(self, domain: int) -> Optional[torch.Tensor]:
+        """b_d (n_items(domain),), the per-item logit bias of model.item_bias (a view of a parameter), or None."""
+        return None
+
+    @torch.no_grad()
+    def init_item_bias(self, item_counts: np.ndarray) -> None:
+        """model.item_bias=popularity: b_d = log(1 + training count), centred per domain (item_counts (n_tokens,)
+        by internal id, as dataset.item_counts()): the untrained model ranks each domain by popularity."""
+        for domain in (DOMAIN_X, DOMAIN_Y):
+            bias = self.bias(domain)
+            if bias is None:
+                raise ValueError("init_item_bias: the model was built without model.item_bias")
+            start = self.items.offset(domain)
+            prior = torch.log1p(torch.as_tensor(item_counts[start:start + self.items.n_items(domain)], dtype=torch.float64))
+            bias.copy_((prior - prior.mean()).to(bias.dtype))
 
     def target_local(self, target: torch.Tensor, target_domain: torch.Tensor) -> torch.Tensor:
         """Internal target ids -> local index within d*'s table; a clear error if a target is not in d*."""

@@ -45,7 +45,8 @@ class DPGDiff(Recommender):
         self.dim = m.dim
         self.scale = self.logit_scale(m.dim, m.logit_scale)
         self.embedding = ItemEmbedding(
-            items, m.dim, max_len, m.position if use_positions else None, m.emb_dropout, m.item_init_std, m.item_bias
+            items, m.dim, max_len, m.position if use_positions else None, m.emb_dropout, m.item_init_std,
+            m.item_bias != "off",
         )
         # DE: Encoder_x / Encoder_y + fusion (Eq. 8). Off = "Diff": no guidance at all.
         self.encoder = (
@@ -80,6 +81,9 @@ class DPGDiff(Recommender):
     def table(self, domain: int) -> torch.Tensor:
         """E_d (n_items(domain), d); column j of the scores = local item j."""
         return self.embedding.table(domain)
+
+    def bias(self, domain: int) -> Optional[torch.Tensor]:
+        return self.embedding.bias(domain)
 
     def diffused_x0(self, target: torch.Tensor) -> torch.Tensor:
         """x_0 of the forward process for internal target ids (B, d): E_{d*}[target], after model.x0_norm."""
@@ -161,7 +165,7 @@ class DPGDiff(Recommender):
             ces = domain_cross_entropy(
                 heads, target_local, target_domain, self.tables(), self.scale,
                 lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows,
-                (self.embedding.bias(DOMAIN_X), self.embedding.bias(DOMAIN_Y)),
+                (self.bias(DOMAIN_X), self.bias(DOMAIN_Y)),
             )
             weights = {"rec_c": 1.0, "rec_s": lc.lambda_s, "rec_mix": lc.lambda_mix}
             rec = sum(weights[n] * ce for n, ce in zip(names, ces))
@@ -247,7 +251,7 @@ class DPGDiff(Recommender):
         null_kv = den.null_kv(b) if (dc.cfg_w > 0 and den.null_memory is not None) else None
         conds = {t: den.condition(torch.full((b,), t, device=device), td) for t in steps}
 
-        table, bias = self.embedding.table(int(target_domain)), self.embedding.bias(int(target_domain))
+        table, bias = self.embedding.table(int(target_domain)), self.bias(int(target_domain))
         scores = None
         for _ in range(dc.n_samples):
             x = randn_like(h.new_empty(b, self.dim), generator)  # x_T ~ N(0, I)

@@ -112,7 +112,7 @@ class ItemEmbedding(nn.Module):
         self.item_x = nn.Parameter(torch.randn(items.n_items_x, dim) * init_std)
         self.item_y = nn.Parameter(torch.randn(items.n_items_y, dim) * init_std)
         self.mask_token = nn.Parameter(torch.randn(dim) * init_std)
-        # model.item_bias: b_x (Nx,), b_y (Ny,), from zero (no prior before the data speaks)
+        # model.item_bias: b_x (Nx,), b_y (Ny,); zero here, build_model sets the popularity prior
         self.bias_x = nn.Parameter(torch.zeros(items.n_items_x)) if item_bias else None
         self.bias_y = nn.Parameter(torch.zeros(items.n_items_y)) if item_bias else None
         self.pos = nn.Embedding(max_len + 1, dim, padding_idx=0) if position else None

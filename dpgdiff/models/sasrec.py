@@ -26,7 +26,7 @@ class SASRec(Recommender):
         self.items = items
         self.scale = self.logit_scale(m.dim, m.logit_scale)
         self.embedding = ItemEmbedding(items, m.dim, max_len, m.position, m.emb_dropout, m.item_init_std,
-                                       m.item_bias)
+                                       m.item_bias != "off")
         self.transformer = CausalTransformer(m.dim, m.n_c_layers, m.n_heads, m.dropout)
 
     def represent(self, history: torch.Tensor) -> torch.Tensor:
@@ -35,13 +35,16 @@ class SASRec(Recommender):
         states, _ = self.transformer(h, valid)
         return states[:, -1]
 
+    def bias(self, domain: int) -> Optional[torch.Tensor]:
+        return self.embedding.bias(domain)
+
     def loss(self, history, target, target_domain, generator: Optional[torch.Generator] = None):
         """Full-softmax (or sampled) CE of u·E_{d*}^T, rows split by target domain (loss.ce_impl, domain_loss_norm)."""
         lc = self.config.loss
         target_domain = target_domain.long()
         local = self.target_local(target, target_domain)
         tables = (self.embedding.table(DOMAIN_X), self.embedding.table(DOMAIN_Y))
-        biases = (self.embedding.bias(DOMAIN_X), self.embedding.bias(DOMAIN_Y))
+        biases = (self.bias(DOMAIN_X), self.bias(DOMAIN_Y))
         (ce,) = domain_cross_entropy(
             [self.represent(history)], local, target_domain, tables, self.scale,
             lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows, biases,
@@ -52,7 +55,7 @@ class SASRec(Recommender):
     def score(self, history, target_domain: int, *, sampler=None, infer_steps=None, generator=None):
         """(B, n_items(d*)) = s·u·E_{d*}^T; sampler / infer_steps / generator are ignored (not a diffusion model)."""
         d = int(target_domain)
-        return self.item_scores(self.represent(history), self.embedding.table(d), self.scale, self.embedding.bias(d))
+        return self.item_scores(self.represent(history), self.embedding.table(d), self.scale, self.bias(d))
 
 
 class SASRecSingle(Recommender):
