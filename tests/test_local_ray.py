@@ -253,6 +253,7 @@ def test_after_random_kills_every_trial_finishes_and_is_counted_once(killed_and_
 
     from tests.test_search_helpers import mlflow_runs, tracking_uri, tune_trials
     from tune import tracking
+    from tune.serving import registered_from
 
     tmp, result, plan = killed_and_resumed["tmp"], killed_and_resumed["resumed"], killed_and_resumed["plan"]
     assert result.returncode == 0, f"{plan}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -284,6 +285,7 @@ def test_after_random_kills_every_trial_finishes_and_is_counted_once(killed_and_
         assert len(client.get_metric_history(run_.info.run_id, "test_mrr_sum")) == int(selected), f"once\n{plan}"
         assert len(client.get_metric_history(run_.info.run_id, "best_epoch")) == 1, f"final metrics once\n{plan}"
     assert sum(r.data.tags.get("dpgdiff.selected") == "1" for r in trial_runs) == 1, plan
+    assert len(registered_from(tracking_uri(tmp), parent.info.run_id)) == 1, f"the best model registered once\n{plan}"
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp)))
     assert sorted(table["trial_id"]) == sorted(t.trial_id for t in trials), f"trials.csv: {list(table['trial_id'])}\n{plan}"
 

@@ -163,3 +163,11 @@ def test_without_retries_the_trial_fails_naming_the_lost_node(head):
     error = runs[lost].data.tags.get("error", "")
     assert node in error, f"the error does not name the lost node {node}:\n{error}"
     assert parent.info.status == "FINISHED"
+
+
+def test_the_node_note_names_the_node_a_trial_last_reported_from():
+    from tune.tracking import node_note
+
+    note = node_note({"node_id": "ab12", "node_ip": "10.0.0.7", "epoch": 2})
+    assert note == "the trial last ran on Ray node ab12 (10.0.0.7)"  # no Ray connected here: not known dead
+    assert node_note({"epoch": 2}) == "", "a result without a node id (another trainable) adds nothing"

@@ -458,7 +458,10 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
     test = best.get("test", {})
     if best.get("run_id") and test:  # the selected trial's run: test metrics at its best epoch, like a trained run
         step = int(best.get("best_epoch") or 0)
-        client.log_batch(best["run_id"], metrics=[Metric(k, float(v), now, step) for k, v in test.items()])
+        logged = client.get_run(best["run_id"]).data.metrics  # a resume after a kill in these last steps: once
+        fresh = [Metric(k, float(v), now, step) for k, v in test.items() if k not in logged]
+        if fresh:
+            client.log_batch(best["run_id"], metrics=fresh)
     summary = {"search_best_" + k: v for k, v in {**best.get("best_val", {}), **test}.items()}
     if best.get("infer_ms") is not None:
         summary["search_best_infer_ms"] = best["infer_ms"]
