@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -142,10 +143,12 @@ def test_a_trial_on_a_lost_node_continues_from_its_checkpoint(head):
     assert runs[lost].data.tags.get("dpgdiff.retries") == "1"
     # what the node loss cost (printed for the README): Ray's notice, the wait for a free CPU, the restart
     kill = got["killed_at"]
-    noticed = (tmp / "ray_results" / "retried" / f"trial_{lost}" / "error.txt").stat().st_mtime - kill
+    error_text = (tmp / "ray_results" / "retried" / f"trial_{lost}" / "error.txt").read_text()
+    stamp = re.search(r"occurred at (\S+)\)", error_text).group(1)  # Tune's local time, to the second
+    noticed = time.mktime(time.strptime(stamp, "%Y-%m-%d_%H-%M-%S")) - kill
     other_done = max(at for trial, _, _, _, at in _epochs_trained(tmp / "epochs.log") if trial != lost) - kill
     restart = min(at for _, _, _, _, at in trained if at >= kill) - kill
-    print(f"\nnode loss: Tune saw the trial fail {noticed:.1f} s after the raylet was killed; the head's trial "
+    print(f"\nnode loss: Tune saw the trial fail {noticed:.0f} s (+-1) after the raylet was killed; the head's trial "
           f"trained its last epoch at +{other_done:.1f} s; the lost trial trained its next epoch at +{restart:.1f} s")
 
 
