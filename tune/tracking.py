@@ -67,7 +67,38 @@ def artifact_root_for(tracking_uri: str) -> Optional[str]:
 def client_for(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
+    create_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def create_sqlite_store(tracking_uri: str) -> None:
+    """Create a local SQLite store that does not exist yet, atomically.
+
+    MLflow creates a new store's tables in many steps (its schema migrations). A driver killed in the middle
+    (tests/test_local_ray.py's kill before the first trial hit it) left a store that every later start refused
+    ("table ... already exists"). Here the store is built under a temporary name beside the target and then
+    linked to its name, which fails if another process made it first (that one wins; ours is dropped)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    db = Path(tracking_uri[len("sqlite:///"):])
+    if db.exists() or not db.parent.is_dir():  # no folder: MLflow's own error names it
+        return
+    import os
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{db.name}.", suffix=".creating", dir=db.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)  # MLflow creates the file itself
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # runs the migrations
+        try:
+            os.link(tmp, db)
+        except FileExistsError:
+            pass
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def ensure_experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
