@@ -235,7 +235,7 @@ def test_the_next_search_cleans_up_after_a_killed_driver(killed_and_resumed):
     assert result.returncode == 0, f"{plan}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     kills = killed_and_resumed["kills"]
     assert all(len(k.temp_dirs) == 1 for k in kills), f"each killed driver's marked temp folder stays\n{plan}"
-    assert any(k.left for k in kills), f"Ray processes should outlive a killed driver (else this checks nothing)\n{plan}"
+    assert any(k.left for k in kills), f"Ray processes outlive a killed driver (else this checks nothing)\n{plan}"
     for kill, log in zip(kills, killed_and_resumed["logs"]):
         text = result.stdout if log is None else log.read_text()
         assert f"removed {kill.temp_dirs[0]}" in text, f"{kill.phase}: not cleaned by the next start\n{plan}"
@@ -287,7 +287,7 @@ def test_after_random_kills_every_trial_finishes_and_is_counted_once(killed_and_
     assert sum(r.data.tags.get("dpgdiff.selected") == "1" for r in trial_runs) == 1, plan
     assert len(registered_from(tracking_uri(tmp), parent.info.run_id)) == 1, f"the best model registered once\n{plan}"
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp)))
-    assert sorted(table["trial_id"]) == sorted(t.trial_id for t in trials), f"trials.csv: {list(table['trial_id'])}\n{plan}"
+    assert sorted(table["trial_id"]) == sorted(t.trial_id for t in trials), f"trials.csv: {table}\n{plan}"
 
 
 def test_leftovers_of_a_live_driver_or_without_marker_are_not_touched(tmp_path):

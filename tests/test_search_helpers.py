@@ -1,4 +1,5 @@
-"""Shared pieces of the search tests (no tests in here): run tune/search.py in a subprocess, read MLflow, stop processes by PID."""
+"""Shared pieces of the search tests (no tests in here): run tune/search.py in a subprocess, read MLflow, stop
+processes by PID, start a loopback Ray cluster."""
 
 from __future__ import annotations
 
