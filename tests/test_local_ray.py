@@ -7,7 +7,8 @@ times (`kill_plan`: before the first trial, twice mid-trial, between Tune's snap
 start, in the driver's last steps), each time restarted by the same command, then resumed to the end. The kill
 times come from a random seed, printed with what each kill hit; DPGDIFF_KILL_SEED=SEED replays them. While a
 trial reports, the listening sockets of every process of the driver's session are read from /proc. The tests
-share that one sequence (about 2 minutes on 2 idle cores).
+share that one sequence: 3 min 40 s on the shared 2-core machine at load average 2-3, most of it the 6 driver
+starts (15-20 s each before Ray is up).
 """
 
 from __future__ import annotations
