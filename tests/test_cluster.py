@@ -7,38 +7,13 @@ started with `ray start` in their own sessions and stopped by PID (never `ray st
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-from tests.test_search_helpers import (RAY_CLI, env, generate_ray_token, kill_session, mlflow_runs, run,
-                                       search_args, tune_trials)
+from tests.test_search_helpers import (LoopbackCluster, generate_ray_token, mlflow_runs, run, search_args,
+                                       tune_trials)
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ray_start(args: list[str], log: Path, token: Path) -> subprocess.Popen:
-    e = env()
-    e["RAY_AUTH_MODE"] = "token"
-    e["RAY_AUTH_TOKEN_PATH"] = str(token)  # the README recipe: the head's token, copied to every node
-    with log.open("w") as handle:
-        proc = subprocess.Popen([*RAY_CLI, "start", *args, "--disable-usage-stats"], env=e, stdout=handle,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    proc.wait(timeout=120)
-    assert proc.returncode == 0, log.read_text()[-3000:]
-    return proc
 
 
 @pytest.fixture
@@ -47,24 +22,13 @@ def cluster(tmp_path, monkeypatch):
     # then every node and the launching machine use that file (here through RAY_AUTH_TOKEN_PATH).
     token = generate_ray_token(tmp_path / "head_home")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-    port = _free_port()
-    sessions = []
-    # Short temp dirs: Ray's socket paths must stay under the 107-byte limit.
-    temps = [Path(tempfile.mkdtemp(prefix="rh", dir="/tmp")), Path(tempfile.mkdtemp(prefix="rw", dir="/tmp"))]
+    nodes = LoopbackCluster(tmp_path, token)
     try:
-        head = _ray_start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
-                           "--include-dashboard", "false", "--temp-dir", str(temps[0])], tmp_path / "head.log", token)
-        sessions.append(head.pid)
-        worker = _ray_start(["--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                             "--temp-dir", str(temps[1])], tmp_path / "worker.log", token)
-        sessions.append(worker.pid)
-        yield f"127.0.0.1:{port}"
+        nodes.start_head()
+        nodes.add_worker()
+        yield nodes.address
     finally:
-        for sid in reversed(sessions):
-            kill_session(sid)
-        time.sleep(0.5)
-        for t in temps:
-            subprocess.run(["rm", "-rf", str(t)], check=False)
+        nodes.stop()
 
 
 def test_search_on_two_node_cluster(tmp_path, cluster):

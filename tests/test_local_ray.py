@@ -1,30 +1,40 @@
-"""The local Ray of a search (issue 11 §1-3): it listens on loopback only; when its driver is killed, the next
-search stops the processes it left and removes its temp folder; and MLflow ends consistent after the resume.
+"""The local Ray of a search (issue 11 §1-3), under random SIGKILLs of its driver: it listens on loopback only;
+after each kill the next start stops the processes the killed driver left and removes its temp folder; and
+after the last resume every trial finished, once, and MLflow is consistent.
 
-One small search (2 trials one after the other, stub trainer with a 1 s pause per epoch) runs in its own
-session; while its first trial runs, the listening sockets of every process of that session are read from
-/proc; as soon as the second trial has its MLflow run, the driver is SIGKILLed; then the search is resumed to
-the end. About a minute on 2 idle cores; the tests share that one run.
+One small search (2 trials one after the other, 2 epochs, stub trainer with a 1 s pause per epoch) is killed 5
+times (`kill_plan`: before the first trial, twice mid-trial, between Tune's snapshot of a new trial and its
+start, in the driver's last steps), each time restarted by the same command, then resumed to the end. The kill
+times come from a random seed, printed with what each kill hit; DPGDIFF_KILL_SEED=SEED replays them. While a
+trial reports, the listening sockets of every process of the driver's session are read from /proc. The tests
+share that one sequence: 3 min 40 s on the shared 2-core machine at load average 2-3, most of it the 6 driver
+starts (15-20 s each before Ray is up).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.test_search_helpers import env, kill_session, run, search_args, session_pids
-from tune.leftovers import MARKER, process_start_time
+from tune.leftovers import MARKER, TEMP_PREFIX, process_start_time, temp_root
 
 pytestmark = pytest.mark.slow
 NAME = "local"
+TRIALS, EPOCHS = 2, 2
+SEED_ENV = "DPGDIFF_KILL_SEED"  # replays the kill times of a failed run (its seed is in every assertion message)
 
 
 def _address(hex_address: str) -> str:
@@ -67,7 +77,19 @@ def _is_loopback(ip: str) -> bool:
 
 
 def _result_lines(tmp: Path) -> int:
+    """Results reported so far, all trials and driver sessions together (result.json: one line per report)."""
     return sum(len(f.read_text().splitlines()) for f in (tmp / "ray_results" / NAME).glob("trial_*/result.json"))
+
+
+def _saved_trials(tmp: Path) -> int:
+    """Trials in Tune's latest saved experiment state (0 when none is saved yet, or one is being written)."""
+    count = 0
+    for state in (tmp / "ray_results" / NAME).glob("experiment_state-*.json"):
+        try:
+            count = max(count, len(json.loads(state.read_text())["trial_data"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return count
 
 
 def _session(log_text: str) -> Path:
@@ -92,45 +114,115 @@ def _trial_runs_started(tmp: Path) -> int:
         return 0
 
 
+def _marked_temp_dirs(driver_pid: int) -> list[Path]:
+    """The Ray temp folders that tune/leftovers.py marked as this driver's."""
+    found = []
+    for marker in temp_root().glob(f"{TEMP_PREFIX}*/{MARKER}"):
+        try:
+            if json.loads(marker.read_text()).get("pid") == driver_pid:
+                found.append(marker.parent)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return found
+
+
+@dataclass
+class Kill:
+    """One SIGKILL of the driver: when it is aimed (phase, event, delay) and what it hit."""
+
+    phase: str
+    delay: float  # seconds after the phase's event
+    results: int = 0  # "mid-trial": the event is this many new results in this driver session
+    landed: str = ""  # what the search had done when the kill came
+    temp_dirs: list = field(default_factory=list)  # the killed driver's marked Ray temp folders
+    left: dict = field(default_factory=dict)  # pid -> start time: its session's processes alive after the kill
+
+
+def kill_plan(seed: int) -> list[Kill]:
+    """Five kills spread over the search's life, their timing drawn from `seed`: Ray up, no trial yet; a trial
+    between two reports; Tune has just saved a new trial that may not have started (issue 11 §1); a later trial
+    between two reports; the driver's last steps (testing the selected trial, logging, registering the model)."""
+    rng = random.Random(seed)
+    return [Kill("before the first trial", rng.uniform(0.0, 2.0)),
+            Kill("mid-trial", rng.uniform(0.0, 1.0), results=rng.randint(1, 2)),
+            Kill("between snapshot and trial start", rng.uniform(0.0, 0.1)),
+            Kill("mid-trial", rng.uniform(0.0, 1.0), results=rng.randint(1, 2)),
+            Kill("near the end", rng.uniform(0.0, 0.5))]
+
+
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
-    """Two trials one after the other. Read the sockets while the first runs; SIGKILL the driver as soon as the
-    second trial's MLflow run exists (likely before Tune's next experiment snapshot: a lost trial, issue 11 §1);
-    then resume to the end -> what the tests need."""
+    """One small search (TRIALS trials one after the other, stub trainer with a 1 s pause per epoch), its driver
+    SIGKILLed at the five times of `kill_plan`, each time restarted by the same command; then a last restart
+    runs it to the end. The sockets are read while the first trial of the search reports. -> what the tests
+    need, with `plan`: the seed and what each kill hit (in every assertion message, to replay a failure with
+    DPGDIFF_KILL_SEED=seed)."""
+    seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**31))
+    kills = kill_plan(seed)
     tmp = tmp_path_factory.mktemp("local_ray")
-    args = search_args(tmp, NAME, "--epochs", "2", "--num-samples", "2", "--max-concurrent", "1",
+    args = search_args(tmp, NAME, "--epochs", str(EPOCHS), "--num-samples", str(TRIALS), "--max-concurrent", "1",
                        "--scheduler", "fifo", "--set", "model.xt_injection=concat_token", train_fn="train_slow")
-    log = tmp / "driver.log"
-    with log.open("w") as handle:
-        proc = subprocess.Popen(args, cwd=tmp, env=env(), stdout=handle, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+    sessions, sockets, logs = [], None, []
     try:
-        def wait_for(condition, what: str) -> None:
-            deadline = time.time() + 240
-            while not condition():
-                assert proc.poll() is None, f"search exited (rc {proc.returncode}):\n{log.read_text()[-4000:]}"
-                assert time.time() < deadline, f"no {what} after 240 s:\n{log.read_text()[-4000:]}"
-                time.sleep(0.2)
+        for i, kill in enumerate(kills):
+            log = tmp / f"driver{i}.log"
+            logs.append(log)
+            base_results, base_saved = _result_lines(tmp), _saved_trials(tmp)
+            with log.open("w") as handle:  # the same command: a restart resumes (README), even with no state saved
+                proc = subprocess.Popen(args, cwd=tmp, env=env(), stdout=handle, stderr=subprocess.STDOUT,
+                                        text=True, start_new_session=True)
+            sessions.append(proc.pid)
+            t0 = time.time()
 
-        wait_for(lambda: _result_lines(tmp) >= 1, "trial result")  # a trial reported: every Ray process is up
-        sockets = listening_sockets(session_pids(proc.pid))
-        wait_for(lambda: _trial_runs_started(tmp) >= 2, "second trial")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        temp_dir = _session(log.read_text()).parent
-        time.sleep(1.0)  # what dies with the driver has died by now
-        left = {pid: process_start_time(pid) for pid in session_pids(proc.pid)}
-        left = {pid: start for pid, start in left.items() if start is not None}  # not the zombies
-        marked = (temp_dir / MARKER).is_file()
+            def wait_for(condition, what: str) -> None:
+                deadline = time.time() + 240
+                while not condition():
+                    assert proc.poll() is None, (f"seed {seed}, kill {i} ({kill.phase}): the search exited (rc "
+                                                 f"{proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+                    assert time.time() < deadline, f"seed {seed}: no {what} after 240 s:\n{log.read_text()[-4000:]}"
+                    time.sleep(0.05)
+
+            if kill.phase == "before the first trial":
+                wait_for(lambda: "ray session" in log.read_text(), "Ray")
+                end = time.time() + kill.delay
+                wait_for(lambda: time.time() > end or _trial_runs_started(tmp) > 0, "the delay")
+            elif kill.phase == "mid-trial":
+                wait_for(lambda: _result_lines(tmp) >= base_results + kill.results, f"{kill.results} result(s)")
+                time.sleep(kill.delay)
+            elif kill.phase == "between snapshot and trial start":
+                wait_for(lambda: _saved_trials(tmp) > max(base_saved, 1), "a new trial in Tune's saved state")
+                time.sleep(kill.delay)
+            else:
+                wait_for(lambda: "trial(s): " in log.read_text(), "the search's summary line")
+                time.sleep(kill.delay)
+            if sockets is None and _result_lines(tmp) > 0:  # a trial reported: every Ray process is up
+                sockets = listening_sockets(session_pids(proc.pid))
+            assert proc.poll() is None, f"seed {seed}: the search ended before kill {i} ({kill.phase})"
+            kill.landed = (f"{time.time() - t0:.1f} s after start: {_trial_runs_started(tmp)} trial run(s) in "
+                           f"MLflow, {_saved_trials(tmp)} trial(s) in Tune's saved state, {_result_lines(tmp)} "
+                           "result(s)")
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            time.sleep(1.0)  # what dies with the driver has died by now
+            kill.temp_dirs = _marked_temp_dirs(proc.pid)
+            left = {pid: process_start_time(pid) for pid in session_pids(proc.pid)}
+            kill.left = {pid: start for pid, start in left.items() if start is not None}  # not the zombies
+        plan = f"{SEED_ENV}={seed}; kills:\n" + "\n".join(
+            f"  {i}. {k.phase} (+{k.delay:.2f} s{f', after {k.results} result(s)' if k.results else ''}): "
+            f"{k.landed}; left {len(k.left)} process(es), {len(k.temp_dirs)} temp folder(s)"
+            for i, k in enumerate(kills))
+        print(plan)
         resumed = run([*args, "--resume"], tmp, timeout=300)
-        yield {"tmp": tmp, "sockets": sockets, "temp_dir": temp_dir, "marked": marked, "left": left,
-               "resumed": resumed}
+        yield {"tmp": tmp, "sockets": sockets, "kills": kills, "plan": plan, "resumed": resumed,
+               "logs": [*logs[1:], None]}  # the output of the start after each kill (None: `resumed`)
     finally:
-        kill_session(proc.pid)  # whatever the test failed to clean, by PID
+        for sid in sessions:
+            kill_session(sid)  # whatever the test failed to clean, by PID
 
 
 def test_a_local_search_listens_on_loopback_only(killed_and_resumed):
     sockets = killed_and_resumed["sockets"]
+    assert sockets is not None, killed_and_resumed["plan"]
     names = {name for _, name, _, _ in sockets}
     assert {"gcs_server", "raylet"} <= names, f"expected Ray's servers among the sockets: {sockets}"
     exposed = [s for s in sockets if not _is_loopback(s[2])]
@@ -138,56 +230,65 @@ def test_a_local_search_listens_on_loopback_only(killed_and_resumed):
 
 
 def test_the_next_search_cleans_up_after_a_killed_driver(killed_and_resumed):
-    temp_dir, left, result = killed_and_resumed["temp_dir"], killed_and_resumed["left"], killed_and_resumed["resumed"]
-    assert killed_and_resumed["marked"], "the killed driver's marked Ray temp folder should have stayed"
-    assert left, "the killed driver's Ray processes should outlive it (else this test checks nothing)"
-    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    assert f"removed {temp_dir}" in result.stdout
-    still = [pid for pid, start in left.items() if process_start_time(pid) == start]
-    assert not still, f"processes of the killed search's Ray still run: {still}"
-    assert not temp_dir.exists(), f"{temp_dir} was not removed"
+    """Issue 11 §2: after every kill, the next start stopped the killed driver's Ray processes (by PID) and
+    removed its temp folder; after the last start nothing of any killed session remains."""
+    plan, result = killed_and_resumed["plan"], killed_and_resumed["resumed"]
+    assert result.returncode == 0, f"{plan}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    kills = killed_and_resumed["kills"]
+    assert all(len(k.temp_dirs) == 1 for k in kills), f"each killed driver's marked temp folder stays\n{plan}"
+    assert any(k.left for k in kills), f"Ray processes outlive a killed driver (else this checks nothing)\n{plan}"
+    for kill, log in zip(kills, killed_and_resumed["logs"]):
+        text = result.stdout if log is None else log.read_text()
+        assert f"removed {kill.temp_dirs[0]}" in text, f"{kill.phase}: not cleaned by the next start\n{plan}"
+    still = [pid for k in kills for pid, start in k.left.items() if process_start_time(pid) == start]
+    assert not still, f"processes of a killed search's Ray still run: {still}\n{plan}"
+    assert not [d for k in kills for d in k.temp_dirs if d.exists()], f"a temp folder was not removed\n{plan}"
     assert not _session(result.stdout).parent.exists(), "the resumed search's own Ray temp folder was not removed"
 
 
-def test_after_a_late_kill_every_run_is_closed_and_counted_once(killed_and_resumed):
-    """Issue 11 §1: the kill came after the second trial started, within Tune's 10 s between periodic saves; the
-    resumed search still holds both trials, ends with one trial run per Tune trial, none RUNNING, each test
-    metric logged once (and had a trial been lost, its run would be KILLED, role "lost", naming its
-    replacement)."""
+def test_after_random_kills_every_trial_finishes_and_is_counted_once(killed_and_resumed):
+    """Issue 11 §1: after the kills and a last resume, every trial is TERMINATED; MLflow holds one FINISHED trial run
+    per Tune trial and none RUNNING (a lost trial's run would be KILLED, role "lost", naming its replacement), each
+    epoch's metrics and the final metrics logged once; trials.csv lists each trial once."""
     from mlflow.tracking import MlflowClient
 
     from tests.test_search_helpers import mlflow_runs, tracking_uri, tune_trials
     from tune import tracking
+    from tune.serving import registered_from
 
-    tmp, result = killed_and_resumed["tmp"], killed_and_resumed["resumed"]
-    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    tmp, result, plan = killed_and_resumed["tmp"], killed_and_resumed["resumed"], killed_and_resumed["plan"]
+    assert result.returncode == 0, f"{plan}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     trials = tune_trials(tmp, NAME)
-    assert len(trials) == 2 and all(t.status == "TERMINATED" for t in trials)
+    assert len(trials) == TRIALS and all(t.status == "TERMINATED" for t in trials), f"{plan}\n{trials}"
     parent, children = mlflow_runs(tmp, NAME)
-    assert parent.info.status == "FINISHED"
-    assert not [c for c in children if c.info.status == "RUNNING"]
+    assert parent.info.status == "FINISHED", plan
+    assert not [c for c in children if c.info.status == "RUNNING"], plan
     trial_runs = [c for c in children if c.data.tags[tracking.ROLE_TAG] == "trial"]
-    assert sorted(c.data.tags[tracking.TRIAL_TAG] for c in trial_runs) == sorted(t.trial_id for t in trials)
+    assert sorted(c.data.tags[tracking.TRIAL_TAG] for c in trial_runs) == sorted(t.trial_id for t in trials), plan
     lost = [c for c in children if c.data.tags[tracking.ROLE_TAG] == tracking.LOST_ROLE]
-    assert len(children) == len(trial_runs) + len(lost)
-    # Tune saved its state in the step that added the second trial (ray_internals.SnapshotFIFOScheduler), before
-    # that trial started: the kill lost nothing (without it, this kill loses the trial; tests/test_lost_trials.py)
-    assert not lost, f"a trial was lost: {[c.data.tags for c in lost]}"
+    assert len(children) == len(trial_runs) + len(lost), plan
     by_id = {c.info.run_id: c for c in trial_runs}
     for run_ in lost:
-        assert run_.info.status == "KILLED" and "dpgdiff.lost" in run_.data.tags
+        assert run_.info.status == "KILLED" and "dpgdiff.lost" in run_.data.tags, plan
         replaced_by = run_.data.tags.get(tracking.REPLACED_BY_TAG)
-        assert replaced_by in by_id, "the restored Optuna sampler proposes the lost configuration again"
-        replacement = by_id[replaced_by]
-        assert replacement.data.tags["dpgdiff.sampled"] == run_.data.tags["dpgdiff.sampled"]
+        assert replaced_by in by_id, f"the restored Optuna sampler proposes the lost configuration again\n{plan}"
+        assert by_id[replaced_by].data.tags["dpgdiff.sampled"] == run_.data.tags["dpgdiff.sampled"], plan
+    # Tune saves its state in the step that adds a trial (ray_internals.SnapshotFIFOScheduler), before it starts:
+    # no kill loses a trial (without that, the kill between snapshot and start can; tests/test_lost_trials.py)
+    assert not lost, f"a trial was lost: {[c.data.tags for c in lost]}\n{plan}"
     client = MlflowClient(tracking_uri(tmp))
     for run_ in trial_runs:
-        assert run_.info.status == "FINISHED"
+        assert run_.info.status == "FINISHED", plan
+        steps = sorted(m.step for m in client.get_metric_history(run_.info.run_id, "val_mrr_sum"))
+        assert steps == list(range(1, EPOCHS + 1)), f"each epoch logged once: {steps}\n{plan}"
         # only the selected trial is tested (tune/driver.py), and its test metrics are logged once
         selected = run_.data.tags.get("dpgdiff.selected") == "1"
-        assert len(client.get_metric_history(run_.info.run_id, "test_mrr_sum")) == int(selected), "logged once"
-        assert len(client.get_metric_history(run_.info.run_id, "best_epoch")) == 1, "final metrics logged once"
-    assert sum(r.data.tags.get("dpgdiff.selected") == "1" for r in trial_runs) == 1
+        assert len(client.get_metric_history(run_.info.run_id, "test_mrr_sum")) == int(selected), f"once\n{plan}"
+        assert len(client.get_metric_history(run_.info.run_id, "best_epoch")) == 1, f"final metrics once\n{plan}"
+    assert sum(r.data.tags.get("dpgdiff.selected") == "1" for r in trial_runs) == 1, plan
+    assert len(registered_from(tracking_uri(tmp), parent.info.run_id)) == 1, f"the best model registered once\n{plan}"
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp)))
+    assert sorted(table["trial_id"]) == sorted(t.trial_id for t in trials), f"trials.csv: {table}\n{plan}"
 
 
 def test_leftovers_of_a_live_driver_or_without_marker_are_not_touched(tmp_path):

@@ -56,3 +56,20 @@ def test_a_final_result_reported_again_after_a_restart_is_logged_once(store):  #
     run_id = tracker.run_id(t, create=False)
     for key in ("test_mrr_sum", "best_epoch"):
         assert len(client.get_metric_history(run_id, key)) == 1, key
+
+
+def test_a_new_sqlite_store_appears_whole_or_not_at_all(tmp_path):
+    """MLflow builds a new store in many steps; a driver killed among them must not leave a half-built store that
+    every later start refuses ("table ... already exists"). It is built aside and linked into place."""
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    (tmp_path / ".mlflow.db.x.creating").write_bytes(b"half a store")  # a creation killed earlier: ignored
+    client = tracking.client_for(f"sqlite:///{db}")
+    assert db.is_file() and [f.name for f in tmp_path.glob("*.creating")] == [".mlflow.db.x.creating"]
+    tables = {name for (name,) in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")}
+    assert {"runs", "experiments", "alembic_version"} <= tables
+    exp = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(f"sqlite:///{db}"))
+    client.create_run(exp)
+    tracking.create_sqlite_store(f"sqlite:///{db}")  # an existing store is left as it is
+    assert len(tracking.client_for(f"sqlite:///{db}").search_runs([exp])) == 1

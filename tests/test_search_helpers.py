@@ -1,4 +1,5 @@
-"""Shared pieces of the search tests (no tests in here): run tune/search.py in a subprocess, read MLflow, stop processes by PID."""
+"""Shared pieces of the search tests (no tests in here): run tune/search.py in a subprocess, read MLflow, stop
+processes by PID, start a loopback Ray cluster."""
 
 from __future__ import annotations
 
@@ -170,3 +171,67 @@ def start_http_server(cmd: list[str], folder: Path, ready_url: str, extra_env: d
             raise AssertionError(f"{' '.join(cmd[:5])} did not answer {ready_url}\n{log_path.read_text()[-3000:]}")
         time.sleep(0.3)
 
+
+
+def ray_start(args: list[str], log: Path, token: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    """`ray start ARGS` in its own session (the node's processes stay in it: stop them with kill_session(pid))."""
+    e = {**env(), **(extra_env or {})}
+    e["RAY_AUTH_MODE"] = "token"
+    e["RAY_AUTH_TOKEN_PATH"] = str(token)  # the README recipe: the head's token, copied to every node
+    with log.open("w") as handle:
+        proc = subprocess.Popen([*RAY_CLI, "start", *args, "--disable-usage-stats"], env=e, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc.wait(timeout=120)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    return proc
+
+
+class LoopbackCluster:
+    """A Ray cluster of nodes on 127.0.0.1 (1 CPU each, own short temp dirs), each node started with `ray start` in
+    its own session and stopped by PID (never `ray stop`, which kills by name). `extra_env`: for every node's
+    processes (the trial workers inherit it)."""
+
+    def __init__(self, folder: Path, token: Path, extra_env: dict | None = None) -> None:
+        self.folder, self.token, self.extra_env = folder, token, dict(extra_env or {})
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.sessions: list[int] = []  # the session id of each node's `ray start`: head first
+        self.temps: list[Path] = []
+
+    def _start(self, args: list[str], prefix: str) -> int:
+        import tempfile
+
+        temp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: socket paths must stay under 107 bytes
+        self.temps.append(temp)
+        log = self.folder / f"node{len(self.sessions)}.log"
+        proc = ray_start([*args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", str(temp)],
+                         log, self.token, self.extra_env)
+        self.sessions.append(proc.pid)
+        return proc.pid
+
+    def start_head(self) -> int:
+        return self._start(["--head", "--port", str(self.port), "--include-dashboard", "false"], "rh")
+
+    def add_worker(self) -> int:
+        """Start one more worker node -> the session id of its processes."""
+        return self._start(["--address", self.address], "rw")
+
+    def stop(self) -> None:
+        for sid in reversed(self.sessions):
+            kill_session(sid)
+        time.sleep(0.5)
+        for temp in self.temps:
+            subprocess.run(["rm", "-rf", str(temp)], check=False)
+
+
+def node_processes(sid: int, name: str) -> list[int]:
+    """PIDs of the processes named `name` (e.g. "raylet") among a node's session `sid`: found by session, used
+    by PID."""
+    found = []
+    for pid in session_pids(sid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                found.append(pid)
+        except OSError:
+            continue
+    return found

@@ -42,10 +42,32 @@ class _SlowReporter:
         self.wants_checkpoint = inner.wants_checkpoint
 
     def __call__(self, epoch, metrics, checkpoint_dir):
+        record_epoch(epoch)
         self.inner(epoch, metrics, checkpoint_dir)
         import time
 
         time.sleep(self.seconds)
+
+
+EPOCH_LOG_ENV = "DPGDIFF_STUB_EPOCH_LOG"  # a file: train_slow appends "trial_id epoch pid node_id time" per epoch
+
+
+def record_epoch(epoch: int) -> None:
+    """Append the epoch just trained (before it is reported: a kill may lose its report) to $DPGDIFF_STUB_EPOCH_LOG.
+    Set on the Ray nodes, which the trial workers inherit it from (tests/test_node_loss.py)."""
+    import os
+
+    path = os.environ.get(EPOCH_LOG_ENV)
+    if path:
+        import time
+
+        import ray
+        from ray import tune
+
+        line = (f"{tune.get_context().get_trial_id()} {int(epoch)} {os.getpid()} "
+                f"{ray.get_runtime_context().get_node_id()} {time.time():.3f}\n")
+        with open(path, "a") as log:  # one short line per append: whole lines even from several processes
+            log.write(line)
 
 
 def train_slow(config, dataset, reporter=None, resume_from=None, out_dir=None, **kwargs):

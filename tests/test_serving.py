@@ -116,3 +116,16 @@ def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
     finally:
         kill_session(proc.pid)
     assert proc.wait(timeout=30) is not None
+
+
+def test_a_resumed_search_does_not_register_its_best_model_again(registry, capsys):
+    """A driver killed after registering the model, before closing its parent run: the resumed search's end
+    registers nothing new (tune/driver.py runs publish_best_model again)."""
+    from tune.serving import publish_best_model, registered_from
+
+    before = registered_from(registry["uri"], registry["parent"])
+    assert before, "the fixture registered a version from this run"
+    assert publish_best_model(registry["uri"], registry["parent"], registry["checkpoint"], registry["dataset"],
+                              0.9) is None
+    assert registered_from(registry["uri"], registry["parent"]) == before
+    assert "registered already" in capsys.readouterr().out

@@ -126,3 +126,19 @@ def test_saving_tunes_state_when_a_trial_is_added_fails_loudly_when_ray_changes(
     assert manager._should_force_sync_up is True
     with pytest.raises(ray_internals.RayInternalsChanged, match="_should_force_sync_up"):
         ray_internals.save_state_this_step(SimpleNamespace(_tune_controller=SimpleNamespace()))
+
+
+def test_saving_a_failed_trials_state_fails_loudly_when_ray_changes():
+    from types import SimpleNamespace
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    from tune import ray_internals
+
+    assert callable(getattr(TuneController, ray_internals.MARK_FOR_SAVE, None)), "the installed Ray lacks it"
+    marked, manager = [], SimpleNamespace(_should_force_sync_up=False)
+    controller = SimpleNamespace(_checkpoint_manager=manager, _mark_trial_to_checkpoint=marked.append)
+    ray_internals.save_trial_this_step(controller, "trial")
+    assert marked == ["trial"] and manager._should_force_sync_up is True
+    with pytest.raises(ray_internals.RayInternalsChanged, match="_mark_trial_to_checkpoint"):
+        ray_internals.save_trial_this_step(SimpleNamespace(_checkpoint_manager=manager), "trial")

@@ -52,6 +52,7 @@ from tune.trainable import OPTUNA_TRIAL_KEY, TrialSpec, run_trial
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
 UI_PORT = 5000  # `mlflow ui`'s default port: the printed links assume it
+INPUTS_LOGGED_TAG = "dpgdiff.inputs_logged"  # parent: its params and input artifacts are all logged
 
 
 class NumberedOptunaSearch(OptunaSearch):
@@ -197,8 +198,10 @@ def open_parent_run(settings: SearchSettings, space: SearchSpace, card: Any) -> 
     tags = {"dataset": settings.dataset.name, "dataset.fingerprint": settings.fingerprint or "", "git_commit": commit,
             "seed": str(settings.seed), "mlflow.source.git.commit": commit.split("+")[0]}
     run_id, reopened = tracking.start_parent_run(client, exp_id, settings.name, tags)
-    if not reopened:
+    # once, and again after a driver killed before they were all logged (the same values: MLflow accepts that)
+    if not reopened or INPUTS_LOGGED_TAG not in client.get_run(run_id).data.tags:
         _log_parent_inputs(client, run_id, settings, card, space)
+        client.set_tag(run_id, INPUTS_LOGGED_TAG, "1")
     print(f"MLflow: {uri} experiment {settings.experiment!r} run {run_id}{' (reopened)' if reopened else ''}",
           flush=True)
     tracker = tracking.MLflowTrialTracker(uri, exp_id, run_id, settings.name, space)
@@ -458,7 +461,10 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
     test = best.get("test", {})
     if best.get("run_id") and test:  # the selected trial's run: test metrics at its best epoch, like a trained run
         step = int(best.get("best_epoch") or 0)
-        client.log_batch(best["run_id"], metrics=[Metric(k, float(v), now, step) for k, v in test.items()])
+        logged = client.get_run(best["run_id"]).data.metrics  # a resume after a kill in these last steps: once
+        fresh = [Metric(k, float(v), now, step) for k, v in test.items() if k not in logged]
+        if fresh:
+            client.log_batch(best["run_id"], metrics=fresh)
     summary = {"search_best_" + k: v for k, v in {**best.get("best_val", {}), **test}.items()}
     if best.get("infer_ms") is not None:
         summary["search_best_infer_ms"] = best["infer_ms"]

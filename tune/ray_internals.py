@@ -79,6 +79,7 @@ def init_local_ray(temp_dir: str, **kwargs: Any) -> Path:
 # prints what the saves cost).
 
 FORCE_FLAG = "_should_force_sync_up"  # TuneController._checkpoint_manager's "save at the end of this step"
+MARK_FOR_SAVE = "_mark_trial_to_checkpoint"  # TuneController: write this trial's state in the next save
 
 
 def save_state_this_step(tune_controller: Any) -> None:
@@ -94,17 +95,45 @@ def save_state_this_step(tune_controller: Any) -> None:
     setattr(manager, FORCE_FLAG, True)
 
 
+def save_trial_this_step(tune_controller: Any, trial: Any) -> None:
+    """Have Tune write `trial`'s state (status, failure count) in the save at the end of the current step.
+
+    Tune rewrites a trial's saved state only when the trial is marked for it. A trial whose actor died with its
+    node (issue 11 §5) and has no retry left is set to ERROR without that mark (TuneController._schedule_trial_stop
+    returns early for a trial without a live actor), so the saved experiment state kept it RUNNING: the search's
+    summary counted it as interrupted, asked for a resume and exited 130 (tests/test_node_loss.py)."""
+    controller = getattr(tune_controller, "__dict__", {}).get("_tune_controller", tune_controller)
+    mark = getattr(controller, MARK_FOR_SAVE, None)
+    if mark is None:
+        import ray
+
+        raise RayInternalsChanged(f"ray {ray.__version__}: Tune's controller has no {MARK_FOR_SAVE}; "
+                                  "update tune/ray_internals.py")
+    mark(trial)
+    save_state_this_step(tune_controller)
+
+
 class SnapshotASHAScheduler(ASHAScheduler):
-    """ASHA that has Tune save its experiment state in the step that adds a trial."""
+    """ASHA that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
+    status."""
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
         save_state_this_step(tune_controller)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_error(tune_controller, trial)
+        save_trial_this_step(tune_controller, trial)
 
 
 class SnapshotFIFOScheduler(FIFOScheduler):
-    """FIFO that has Tune save its experiment state in the step that adds a trial."""
+    """FIFO that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
+    status."""
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
         save_state_this_step(tune_controller)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_error(tune_controller, trial)
+        save_trial_this_step(tune_controller, trial)

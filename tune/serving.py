@@ -166,6 +166,18 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, d
     return LoggedModel(name, version, f"models:/{name}/{version}", moved, reason)
 
 
+def registered_from(tracking_uri: str, run_id: str) -> list[str]:
+    """models:/NAME/VERSION of the registered versions logged from `run_id` (complete ones: with VALUE_TAG)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    try:
+        versions = client.search_model_versions(f"run_id = '{run_id}'")
+    except Exception:  # noqa: BLE001  no model registry at this tracking URI: nothing registered
+        return []
+    return [f"models:/{v.name}/{v.version}" for v in versions if VALUE_TAG in (v.tags or {})]
+
+
 def publish_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, dataset: Any,
                        metric_value: Optional[float], *, metric: str = "val_mrr_sum") -> Optional[LoggedModel]:
     """The end of a search (tune/search.py): log + register the best trial's checkpoint folder and say
@@ -175,6 +187,10 @@ def publish_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Pat
 
     if metric_value is None or not Path(checkpoint_dir).is_dir():
         print(f"note: no model registered: the best trial has no {metric} or no checkpoint", file=sys.stderr)
+        return None
+    done = registered_from(tracking_uri, run_id)
+    if done:  # a search resumed after its driver was killed in its last steps: register once
+        print(f"\nThe best model of this search is registered already: {', '.join(done)}.", flush=True)
         return None
     try:
         logged = log_best_model(tracking_uri, run_id, checkpoint_dir, dataset.card().to_dict(),

@@ -43,6 +43,7 @@ PARETO_TAG = "dpgdiff.pareto"  # child: "1" on the Pareto front of a multi-objec
 NOTE_TAG = "mlflow.note.content"  # the run description shown in the MLflow UI
 LOST_ROLE = "lost"  # ROLE_TAG of a run whose trial Tune lost on resume (`MLflowTrialTracker.close_lost_runs`)
 REPLACED_BY_TAG = "dpgdiff.replaced_by"  # on a lost trial's run: the run of the trial that ran its configuration
+RETRIES_TAG = "dpgdiff.retries"  # child: how often Tune restarted the trial from its checkpoint (--max-failures)
 _METRIC_PREFIXES = ("train_", "val_", "test_")
 _METRIC_KEYS = {"epoch_seconds", "best_epoch", "infer_ms"}
 _MAX_TAG = 5000  # MLflow tag values are limited (8000 chars in SQL stores); keep headroom
@@ -66,7 +67,38 @@ def artifact_root_for(tracking_uri: str) -> Optional[str]:
 def client_for(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
+    create_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def create_sqlite_store(tracking_uri: str) -> None:
+    """Create a local SQLite store that does not exist yet, atomically.
+
+    MLflow creates a new store's tables in many steps (its schema migrations). A driver killed in the middle
+    (tests/test_local_ray.py's kill before the first trial hit it) left a store that every later start refused
+    ("table ... already exists"). Here the store is built under a temporary name beside the target and then
+    linked to its name, which fails if another process made it first (that one wins; ours is dropped)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    db = Path(tracking_uri[len("sqlite:///"):])
+    if db.exists() or not db.parent.is_dir():  # no folder: MLflow's own error names it
+        return
+    import os
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{db.name}.", suffix=".creating", dir=db.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)  # MLflow creates the file itself
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # runs the migrations
+        try:
+            os.link(tmp, db)
+        except FileExistsError:
+            pass
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def ensure_experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
@@ -269,8 +301,10 @@ class MLflowTrialTracker(tune.Callback):
 
     @_timed
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A failed trial Tune retries from its last checkpoint (--max-failures): the run stays open, tagged with
+        the retries so far (RETRIES_TAG) and the last failure (ERROR_TAG, naming the node it ran on)."""
         run_id = self.run_id(trial)
-        self.client.set_tag(run_id, "dpgdiff.retries", str(trial.run_metadata.num_failures))
+        self.client.set_tag(run_id, RETRIES_TAG, str(trial.run_metadata.num_failures))
         self.client.set_tag(run_id, ERROR_TAG, _short(_error_text(trial), _MAX_TAG))
 
     @_timed
@@ -369,6 +403,7 @@ def mlflow_status(trial: Any) -> str:
 
 
 def _error_text(trial: Any) -> str:
+    """Tune's error text of a failed trial, after a line naming the Ray node it last ran on (`node_note`)."""
     text = None
     try:
         text = trial.get_error()
@@ -376,7 +411,28 @@ def _error_text(trial: Any) -> str:
         pass
     if not text and getattr(trial, "error_file", None) and Path(trial.error_file).exists():
         text = Path(trial.error_file).read_text()
-    return text or "trial failed (no error text was saved)"
+    note = node_note(getattr(trial, "last_result", None) or {})
+    return (f"{note}\n" if note else "") + (text or "trial failed (no error text was saved)")
+
+
+def node_note(last_result: dict[str, Any]) -> str:
+    """Where the trial last reported from: "Ray node ID (IP)", and "is lost" when Ray lists that node as dead.
+
+    Ray's error for a trial whose node died names only the actor ("The actor ... is unavailable: ... Socket
+    closed"), and the trial's results carry the node's IP, which several nodes may share; the trainable reports
+    the node id (tune/trainable.py). Ray marks a node dead only after its health checks fail (seconds after the
+    error), so a node just lost may still be listed alive."""
+    node, ip = last_result.get("node_id"), last_result.get("node_ip")
+    if not node:
+        return ""
+    where = f"Ray node {node} ({ip or 'unknown address'})"
+    try:
+        import ray
+
+        dead = ray.is_initialized() and any(n.get("NodeID") == node and not n.get("Alive") for n in ray.nodes())
+    except Exception:  # noqa: BLE001  no Ray connection: the note still names the node
+        dead = False
+    return f"the trial last ran on {where}" + (", which is lost (Ray lists it dead)" if dead else "")
 
 
 def first_error_line(text: str) -> str:

@@ -5,7 +5,7 @@ search space, the train function) through `tune.with_parameters`; the trial conf
 sampled hyperparameters. Each worker process loads the dataset once (`_DATASETS`, keyed by
 `DatasetRef.key()`), so reused actors (`reuse_actors=True`) do not reload it.
 
-Reports: one per validation pass, `{"epoch", "train_loss", ..., "val_*"}` with the training
+Reports: one per validation pass, `{"epoch", "node_id", "train_loss", ..., "val_*"}` with the training
 checkpoint folder (resume: `tune.get_checkpoint()` -> `train(resume_from=...)`), then one final
 report `{"final": 1, "best_epoch", best "val_*", "infer_ms"}` whose checkpoint holds `best.pt`
 (the model `python -m dpgdiff evaluate` loads), `config.yaml` and `final.json`. A search's trials are
@@ -81,9 +81,16 @@ class TuneReporter:
         bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
         if bad:
             raise NonFiniteMetricError(f"epoch {epoch}: non-finite metric(s) {bad}")
-        metrics = {**metrics, "epoch": int(epoch)}
+        # node_id: which Ray node trained it (Tune adds node_ip and pid); names the node if it is lost (tracking.py)
+        metrics = {**metrics, "epoch": int(epoch), "node_id": _node_id()}
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)  # copies the folder to storage before returning
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
