@@ -286,6 +286,8 @@ def test_after_random_kills_every_trial_finishes_and_is_counted_once(killed_and_
         assert len(client.get_metric_history(run_.info.run_id, "test_mrr_sum")) == int(selected), f"once\n{plan}"
         assert len(client.get_metric_history(run_.info.run_id, "best_epoch")) == 1, f"final metrics once\n{plan}"
     assert sum(r.data.tags.get("dpgdiff.selected") == "1" for r in trial_runs) == 1, plan
+    # the Optuna trial numbers survive every restore (saved in each trial's config): 0..N-1, none repeated
+    assert sorted(int(r.data.tags["dpgdiff.optuna_trial"]) for r in trial_runs) == list(range(TRIALS)), plan
     assert len(registered_from(tracking_uri(tmp), parent.info.run_id)) == 1, f"the best model registered once\n{plan}"
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp)))
     assert sorted(table["trial_id"]) == sorted(t.trial_id for t in trials), f"trials.csv: {table}\n{plan}"
