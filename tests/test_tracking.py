@@ -86,6 +86,22 @@ def test_trial_runs_survive_restart_and_end_with_the_right_status(store):
     assert reopened and again == parent
 
 
+def test_a_tracker_pickled_by_an_older_version_gets_every_field_on_restore(store):
+    """tuner.pkl of an interrupted search holds the tracker as the older code pickled it (its whole __dict__,
+    without fields added since): the resumed search must track, not crash on a missing attribute."""
+    uri, client, exp, parent = store
+    tracker = tracking.MLflowTrialTracker(uri, exp, parent, "s1", SPACE, role="confirmation")
+    old_state = {k: v for k, v in tracker.__dict__.items() if k not in ("_final_logged", "role")}
+    restored = tracking.MLflowTrialTracker.__new__(tracking.MLflowTrialTracker)
+    restored.__setstate__(old_state)
+    assert restored._final_logged == set() and restored.role == "trial" and restored.parent_run_id == parent
+    a = _trial("a", number=0)
+    restored.on_trial_start(0, [], a)
+    restored.on_trial_result(0, [], a, {"epoch": 1, "best_epoch": 1, "final": 1, "val_mrr_sum": 0.1})
+    again = pickle.loads(pickle.dumps(tracker))
+    assert again.role == "confirmation" and again._client is None and again._runs == {}
+
+
 def test_reconcile_closes_runs_of_interrupted_trials(store):
     uri, client, exp, parent = store
     tracker = tracking.MLflowTrialTracker(uri, exp, parent, "s1", SPACE)

@@ -193,12 +193,17 @@ class MLflowTrialTracker(tune.Callback):
         self.seconds = 0.0  # driver time spent in these hooks (bench/bench_search.py reports it)
         self._known: Optional[dict[str, Any]] = None  # trial id -> run, read from MLflow once per session
 
-    # Tune pickles callbacks into the experiment state: keep the client out of it.
+    # Tune pickles callbacks into tuner.pkl, and a resumed search unpickles this tracker from there, written by
+    # the interrupted driver, perhaps by an older version of this class. So only the constructor's arguments
+    # are pickled (no client, no per-session cache) and __init__ rebuilds the rest: every field this version
+    # has exists after a restore (a missing one crashed a resumed search in its first on_trial_result).
+    _INIT_ARGS = ("tracking_uri", "experiment_id", "parent_run_id", "search", "space", "extra_tags", "role")
+
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _logged_steps={}, _best={}, seconds=0.0, _known=None,
-                     _final_logged=set())
-        return state
+        return {k: getattr(self, k) for k in self._INIT_ARGS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**{k: state[k] for k in self._INIT_ARGS if k in state})  # an older pickle: whole __dict__
 
     @property
     def client(self) -> Any:
