@@ -39,7 +39,7 @@ from tune.results import METRIC
 TABLE_METRICS = (("MRR", "mrr"), ("N@5", "ndcg5"), ("N@10", "ndcg10"), ("H@5", "hr5"), ("H@10", "hr10"))
 DOMAIN_NAMES = {"food_kitchen": ("Food", "Kitchen"), "movie_book": ("Movie", "Book")}
 MODEL_ORDER = ("sasrec", "diffurec", "dpgdiff")  # Table 1 puts the proposed model last
-MODEL_LABELS = {"sasrec": "SASRec", "diffurec": "DiffuRec", "dpgdiff": "DPG-Diff"}
+MODEL_LABELS = {"sasrec": "SASRec", "sasrec_single": "SASRec-single", "diffurec": "DiffuRec", "dpgdiff": "DPG-Diff"}
 OURS = "dpgdiff"
 
 
