@@ -18,7 +18,6 @@ average 7-8 (the full suite), most of it the driver's start and the trials' 4 ep
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_search_helpers import (LoopbackCluster, env, generate_ray_token, kill_session, mlflow_runs,
-                                       node_processes, search_args, session_pids, tune_trials)
+                                       node_processes, search_args, session_pids, trial_results, tune_trials)
 from tests.test_search_stubs import EPOCH_LOG_ENV
 
 pytestmark = pytest.mark.slow
@@ -49,20 +48,6 @@ def head(tmp_path_factory):
             yield nodes
         finally:
             nodes.stop()
-
-
-def _results(trial_dir: Path) -> list[dict]:
-    try:
-        lines = (trial_dir / "result.json").read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line being written
-            pass
-    return out
 
 
 def _epochs_trained(log: Path) -> list[tuple[str, int, int, str, float]]:
@@ -95,13 +80,13 @@ def lose_the_worker(head: LoopbackCluster, name: str, max_failures: int) -> dict
             assert time.time() < deadline, f"no trial reported on the worker node:\n{log.read_text()[-4000:]}"
             on_worker = set(session_pids(worker))
             for trial_dir in (tmp / "ray_results" / name).glob("trial_*"):
-                results = [r for r in _results(trial_dir) if not r.get("final")]
+                results = [r for r in trial_results(trial_dir) if not r.get("final")]
                 if results and results[-1].get("pid") in on_worker and results[-1]["epoch"] < EPOCHS:
                     lost = trial_dir.name.removeprefix("trial_")
             time.sleep(0.1)
         raylets = node_processes(worker, "raylet")
         assert len(raylets) == 1, f"expected one raylet in the worker's session: {raylets}"
-        reported = max(r["epoch"] for r in _results(tmp / "ray_results" / name / f"trial_{lost}"))
+        reported = max(r["epoch"] for r in trial_results(tmp / "ray_results" / name / f"trial_{lost}"))
         os.kill(raylets[0], signal.SIGKILL)
         killed_at = time.time()
         try:
@@ -133,7 +118,7 @@ def test_a_trial_on_a_lost_node_continues_from_its_checkpoint(head):
     twice = [e for e in set(epochs) if epochs.count(e) > 1]
     assert set(epochs) == set(range(1, EPOCHS + 1)) and len(twice) <= 1, f"epochs trained: {epochs}"
     assert all(e == got["reported"] + 1 for e in twice), f"only the epoch in flight may train twice: {trained}"
-    reported = [r["epoch"] for r in _results(tmp / "ray_results" / "retried" / f"trial_{lost}") if not r.get("final")]
+    reported = [r["epoch"] for r in trial_results(tmp / "ray_results" / "retried" / f"trial_{lost}") if not r.get("final")]
     assert reported == list(range(1, EPOCHS + 1)), f"each epoch reported once: {reported}"
     parent, children = mlflow_runs(tmp, "retried")
     assert parent.info.status == "FINISHED"

@@ -5,7 +5,6 @@ left RUNNING. (SIGKILLs of the driver at random times: tests/test_local_ray.py.)
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from tests.test_search_helpers import (
     mlflow_runs,
     run,
     search_args,
+    trial_results,
     tracking_uri,
     tune_trials,
 )
@@ -34,17 +34,7 @@ def _rows(tmp: Path) -> dict[str, list[dict]]:
     """trial dir name -> its results so far (result.json: one JSON line per tune.report)."""
     out = {}
     for f in (tmp / "ray_results" / NAME).glob("trial_*/result.json"):
-        try:
-            lines = f.read_text().splitlines()
-        except OSError:
-            continue
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line being written
-                break
-        out[f.parent.name] = rows
+        out[f.parent.name] = trial_results(f.parent)
     return out
 
 

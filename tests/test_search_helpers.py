@@ -132,6 +132,24 @@ def mlflow_runs(tmp: Path, search: str) -> tuple[object, list]:
     return parents[0], list(children)
 
 
+def trial_results(trial_dir: Path) -> list[dict]:
+    """The results a trial reported so far (its result.json: one JSON line per tune.report); [] before the file
+    exists. A last line still being written is left out."""
+    import json
+
+    try:
+        lines = (trial_dir / "result.json").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break
+    return out
+
+
 def tune_trials(tmp: Path, name: str) -> list:
     from ray.tune import ExperimentAnalysis
 
