@@ -84,7 +84,7 @@ class DiffuRec(Recommender):
         self.item = nn.Embedding(1 + items.n_items_x + items.n_items_y, m.dim)
         nn.init.normal_(self.item.weight, std=m.item_init_std)
         # model.item_bias: b (1 + Nx + Ny,), row = internal id like self.item; zero here, see build_model
-        self.item_bias = nn.Parameter(torch.zeros(self.item.num_embeddings)) if m.item_bias != "off" else None
+        self.item_bias = nn.Parameter(torch.zeros(self.item.num_embeddings)) if m.item_bias != "none" else None
         self.emb_drop = nn.Dropout(m.emb_dropout)
         self.emb_norm = nn.LayerNorm(m.dim, eps=DIFFUREC_LN_EPS)
         self.denoiser = DiffuRecDenoiser(m.dim, dc.steps, m.n_c_layers, m.n_heads, m.dropout,

@@ -46,7 +46,7 @@ class DPGDiff(Recommender):
         self.scale = self.logit_scale(m.dim, m.logit_scale)
         self.embedding = ItemEmbedding(
             items, m.dim, max_len, m.position if use_positions else None, m.emb_dropout, m.item_init_std,
-            m.item_bias != "off",
+            m.item_bias != "none",
         )
         # DE: Encoder_x / Encoder_y + fusion (Eq. 8). Off = "Diff": no guidance at all.
         self.encoder = (

@@ -26,7 +26,7 @@ class SASRec(Recommender):
         self.items = items
         self.scale = self.logit_scale(m.dim, m.logit_scale)
         self.embedding = ItemEmbedding(items, m.dim, max_len, m.position, m.emb_dropout, m.item_init_std,
-                                       m.item_bias != "off")
+                                       m.item_bias != "none")
         self.transformer = CausalTransformer(m.dim, m.n_c_layers, m.n_heads, m.dropout)
 
     def represent(self, history: torch.Tensor) -> torch.Tensor:
