@@ -71,8 +71,9 @@ class ModelConfig:
     # A learned per-item bias b_j added to every item logit, s·h·E^T + b, in training and scoring (every
     # model alike; not in the paper). On sparse data, where most items are seen once or twice, their
     # embeddings stay near their init and b carries the popularity prior that the dot product cannot.
-    # none: no bias ("off" would read as YAML false); zero: b starts at 0; popularity: b starts at log(1 + training count), centred per
-    # domain, so that the untrained model already ranks by popularity and training learns the rest
+    # none: no bias ("off" would read as YAML false); zero: b starts at 0; popularity: b starts at
+    # log(1 + training count), centred per domain, so that the untrained model already ranks by popularity
+    # and training learns the rest
     # (from zero, Adam moves b by about lr per step: far too slowly to reach log-popularity in 3 epochs).
     item_bias: Literal["none", "zero", "popularity"] = "none"
     # Where Eq. 15's softmax goes (DPG-Diff scoring only, spec §5.1 / A4): items = over the item scores

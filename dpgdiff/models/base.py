@@ -41,6 +41,10 @@ class Recommender(nn.Module):
         """b_d (n_items(domain),), the per-item logit bias of model.item_bias (a view of a parameter), or None."""
         return None
 
+    def biases(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(b_x, b_y) for domain_cross_entropy."""
+        return self.bias(DOMAIN_X), self.bias(DOMAIN_Y)
+
     @torch.no_grad()
     def init_item_bias(self, item_counts: np.ndarray) -> None:
         """model.item_bias=popularity: b_d = log(1 + training count), centred per domain (item_counts (n_tokens,)

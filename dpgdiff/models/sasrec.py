@@ -44,10 +44,9 @@ class SASRec(Recommender):
         target_domain = target_domain.long()
         local = self.target_local(target, target_domain)
         tables = (self.embedding.table(DOMAIN_X), self.embedding.table(DOMAIN_Y))
-        biases = (self.bias(DOMAIN_X), self.bias(DOMAIN_Y))
         (ce,) = domain_cross_entropy(
             [self.represent(history)], local, target_domain, tables, self.scale,
-            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows, biases,
+            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows, self.biases(),
         )
         return {"total": ce, "rec": ce.detach()}
 
@@ -103,8 +102,7 @@ class SASRecSingle(Recommender):
             rep = rep.index_copy(0, rows, u)
         (ce,) = domain_cross_entropy(
             [rep], local, target_domain, (self.table(DOMAIN_X), self.table(DOMAIN_Y)), self.scale,
-            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows,
-            (self.bias(DOMAIN_X), self.bias(DOMAIN_Y)),
+            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows, self.biases(),
         )
         return {"total": ce, "rec": ce.detach()}
 
