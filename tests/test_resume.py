@@ -117,3 +117,39 @@ def test_ctrl_c_then_resume(tmp_path):
     for c in children:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_mrr_sum")]
         assert steps == list(range(1, EPOCHS + 1)), f"run {c.info.run_id}: epochs logged {steps}"
+
+
+def test_resume_retry_errored_reruns_failed_trials_from_their_checkpoint(tmp_path):
+    """Trials that crashed stay ERROR on a plain resume; `--resume --retry-errored` runs them again from their last
+    checkpoint (not from epoch 1) and reopens their MLflow runs, without the stale error tag."""
+    from tests.test_search_stubs import FAIL_AT_EPOCH_ENV
+
+    args = search_args(tmp_path, "retry", "--epochs", "2", "--num-samples", "2", "--scheduler", "fifo",
+                       "--set", "model.xt_injection=concat_token", train_fn="train_fails_at_epoch_if_env")
+    os.environ[FAIL_AT_EPOCH_ENV] = "2"  # run() copies os.environ: the driver and its local Ray see it
+    try:
+        failed = run(args, tmp_path, timeout=300)
+    finally:
+        del os.environ[FAIL_AT_EPOCH_ENV]
+    assert failed.returncode == 1 and "stub failure at epoch 2" in failed.stderr, failed.stderr[-4000:]
+    assert all(t.status == "ERROR" for t in tune_trials(tmp_path, "retry"))
+    parent, children = mlflow_runs(tmp_path, "retry")
+    assert len(children) == 2 and all(c.info.status == "FAILED" and "error" in c.data.tags for c in children)
+
+    retried = run(search_args(tmp_path, "retry", "--resume", "--retry-errored", train_fn="train_fails_at_epoch_if_env"),
+                  tmp_path, timeout=300)
+    assert retried.returncode == 0, f"{retried.stdout[-4000:]}\n{retried.stderr[-4000:]}"
+    trials = tune_trials(tmp_path, "retry")
+    assert len(trials) == 2 and all(t.status == "TERMINATED" for t in trials)
+    for t in trials:
+        epochs = [r["epoch"] for r in trial_results(tmp_path / "ray_results" / "retry" / f"trial_{t.trial_id}")
+                  if "epoch" in r and not r.get("final")]
+        assert epochs == [1, 2], f"trial {t.trial_id} reran epoch 1 or skipped one: {epochs}"
+    parent, children = mlflow_runs(tmp_path, "retry")
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 2 and all(c.info.status == "FINISHED" and "error" not in c.data.tags for c in children)
+
+
+def test_retry_errored_needs_resume(tmp_path):
+    result = run(search_args(tmp_path, "x", "--retry-errored"), tmp_path, timeout=120)
+    assert result.returncode == 2 and "--retry-errored: only with --resume" in result.stderr, result.stderr[-2000:]

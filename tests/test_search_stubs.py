@@ -75,3 +75,30 @@ def train_slow(config, dataset, reporter=None, resume_from=None, out_dir=None, *
     if reporter is not None:
         reporter = _SlowReporter(reporter, 1.0)
     return real_train(config, dataset, reporter=reporter, resume_from=resume_from, out_dir=out_dir, **kwargs)
+
+
+FAIL_AT_EPOCH_ENV = "DPGDIFF_STUB_FAIL_AT_EPOCH"  # set in the driver's environment, which local Ray workers inherit
+
+
+class _FailingReporter:
+    """Passes results on until the epoch in $DPGDIFF_STUB_FAIL_AT_EPOCH, then raises (a trial that crashed after
+    its last checkpoint)."""
+
+    def __init__(self, inner, epoch: int):
+        self.inner, self.epoch = inner, epoch
+        self.wants_checkpoint = inner.wants_checkpoint
+
+    def __call__(self, epoch, metrics, checkpoint_dir):
+        if epoch >= self.epoch:
+            raise RuntimeError(f"stub failure at epoch {epoch}")
+        self.inner(epoch, metrics, checkpoint_dir)
+
+
+def train_fails_at_epoch_if_env(config, dataset, reporter=None, resume_from=None, out_dir=None, **kwargs):
+    """The real trainer; while $DPGDIFF_STUB_FAIL_AT_EPOCH is set, it raises when that epoch is reported."""
+    import os
+
+    fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
+    if fail_at and reporter is not None:
+        reporter = _FailingReporter(reporter, int(fail_at))
+    return real_train(config, dataset, reporter=reporter, resume_from=resume_from, out_dir=out_dir, **kwargs)

@@ -96,6 +96,22 @@ def test_resume_refuses_a_different_config(synthetic_dataset, tmp_path):
         train(tiny(**{"train.lr": 0.01}), synthetic_dataset, resume_from=tmp_path / "checkpoint")
 
 
+def test_resume_from_a_checkpoint_written_when_item_bias_was_a_bool(synthetic_dataset, tmp_path):
+    # Checkpoints from before `model.item_bias` became none|zero|popularity say False / True.
+    train(tiny(**{"train.epochs": 1}), synthetic_dataset, out_dir=tmp_path)
+    file = tmp_path / "checkpoint" / "model.pt"
+    state = torch.load(file, weights_only=True)
+    assert state["config"]["model"]["item_bias"] == "none"
+    state["config"]["model"]["item_bias"] = False
+    torch.save(state, file)
+    resumed = train(tiny(**{"train.epochs": 2}), synthetic_dataset, resume_from=tmp_path / "checkpoint")
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    state["config"]["model"]["item_bias"] = True  # a learned bias from zero: not this run's config
+    torch.save(state, file)
+    with pytest.raises(ConfigError, match="model.item_bias: checkpoint 'zero' vs given 'none'"):
+        train(tiny(**{"train.epochs": 2}), synthetic_dataset, resume_from=tmp_path / "checkpoint")
+
+
 def test_nan_loss_raises_and_keeps_the_last_checkpoint(synthetic_dataset, tmp_path, monkeypatch):
     real_build = train_mod.build_model
     steps_per_epoch = math.ceil(len(synthetic_dataset.training_examples("last")) / 256)

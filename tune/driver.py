@@ -248,8 +248,8 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
     trainable = tune.with_parameters(tune.with_resources(run_trial, resources), spec=spec)
     if settings.run.resuming:
         # Searcher (Optuna study), scheduler, callbacks and run config come back from the saved state.
-        return tune.Tuner.restore(settings.path, trainable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False)
+        return tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
+                                  resume_errored=settings.run.retry_errored, restart_errored=False)
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     return tune.Tuner(

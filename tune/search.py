@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Tune results: local folder, shared filesystem or s3:// (default ./ray_results)")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted search (--name, or the latest one in --storage-path)")
+    g.add_argument("--retry-errored", action="store_true",
+                   help="with --resume: run the trials that ended in ERROR again, from their last checkpoint "
+                        "(after fixing what made them fail; by default a resume leaves them as they are)")
     g.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite ./mlruns/mlflow.db)")
     g.add_argument("--experiment", default="dpgdiff", help="MLflow experiment name (default dpgdiff)")

@@ -52,6 +52,7 @@ class RunOptions:
     ray_temp_dir: Optional[str] = None  # local Ray's temp dir (None = a new short folder under /tmp)
     ship_code: bool = False  # upload dpgdiff/ and tune/ to the workers (runtime_env py_modules)
     quiet: bool = False  # no trial table while running
+    retry_errored: bool = False  # resuming: run ERROR trials again, from their last checkpoint
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ def _upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     """A new search from the command line, or the saved settings of the one to resume."""
     run = RunOptions(storage=_storage_path(args.storage_path), address=args.address, num_cpus=args.num_cpus,
-                     ray_temp_dir=args.ray_temp_dir, ship_code=args.ship_code, quiet=args.quiet)
+                     ray_temp_dir=args.ray_temp_dir, ship_code=args.ship_code, quiet=args.quiet,
+                     retry_errored=args.retry_errored)
     _check_run_options(args, run)
     name = args.name
     if name is None and args.resume:
@@ -206,6 +208,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def _check_run_options(args: argparse.Namespace, run: RunOptions) -> None:
     """The flags of this invocation (also checked when resuming): local CPUs and the storage folder."""
+    if args.retry_errored and not args.resume:
+        raise SearchError("--retry-errored: only with --resume (it reruns the failed trials of an existing search)")
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SearchError(f"--num-cpus {args.num_cpus}: must be >= 1")
     if "://" not in run.storage:

@@ -225,6 +225,8 @@ class MLflowTrialTracker(tune.Callback):
             run_id = runs[0].info.run_id
             if runs[0].info.status != "RUNNING" and create:
                 self.client.update_run(run_id, status="RUNNING")  # resumed trial
+                if ERROR_TAG in runs[0].data.tags:  # a failed trial run again (--retry-errored)
+                    self.client.delete_tag(run_id, ERROR_TAG)
             history = self.client.get_metric_history(run_id, "val_mrr_sum")
             self._logged_steps[run_id] = {int(m.step) for m in history}
             values = [m.value for m in history if math.isfinite(m.value)]

@@ -162,13 +162,16 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
     Checkpoints store every field, so a missing one means the checkpoint predates it: it then gets the
     behaviour the model was trained with, not today's default (a schedule as named with DiffuRec's
     fixed-large DDPM variance, validation with DDIM-4). `model.diffurec_faithful` became
-    `model.diffurec_variant`; the old model is the `harness` variant."""
+    `model.diffurec_variant`; the old model is the `harness` variant. `model.item_bias` was a bool: False is
+    `none`, True a zero-initialised bias (`zero`)."""
     data = {section: dict(values or {}) for section, values in saved.items()}
     model, diffusion = data.setdefault("model", {}), data.setdefault("diffusion", {})
     if "diffurec_faithful" in model:
         model.pop("diffurec_faithful")
         if model.get("name") == "diffurec":
             model.setdefault("diffurec_variant", "harness")
+    if isinstance(model.get("item_bias"), bool):
+        model["item_bias"] = "zero" if model["item_bias"] else "none"
     if diffusion and "terminal_snr" not in diffusion:
         diffusion.update(terminal_snr="as_is", ddpm_variance="fixed_large")
     return data
@@ -190,7 +193,7 @@ def load_model_and_data(
 
 
 def check_resume_config(saved: dict[str, Any], config: Config, source: str) -> None:
-    now = config.to_dict()
+    now, saved = config.to_dict(), upgrade_saved_config(saved)
     diffs = [
         f"{section}.{key}: checkpoint {value!r} vs given {now[section].get(key)!r}"
         for section, values in saved.items()
