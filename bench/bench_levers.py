@@ -5,6 +5,9 @@
 - ce:   full-softmax CE forward + backward over (rows, items) logits: h @ E^T + F.cross_entropy (the code
         of commit 0106d09) against SoftmaxCrossEntropy (loss.ce_impl=full) and its chunked form.
         Food-Kitchen-like sizes: 512 rows, 32,000 items, d from --dim.
+- dropout: forward + backward of the step's dropouts at d=64 (B=512, L=20: activations (B, L, d) and attention
+        weights (B, 4, L, L)): F.dropout (a `bernoulli_` draw per entry) against dpgdiff.models.layers.dropout
+        (four entries per 64-bit draw).
 - adam: one Adam step on DPG-Diff-like parameters (two item tables of 30,000 and 35,000 rows plus 90
         small matrices): the for-loop implementation (default on CPU) against fused=True.
 Medians over --rounds; the forms alternate within each round, so machine load hits them alike.
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import _common  # noqa: F401  (shared bench helpers)
+from dpgdiff.models.layers import dropout
 from dpgdiff.models.losses import softmax_cross_entropy
 
 
@@ -53,6 +57,19 @@ def bench_ce(dim: int, rounds: int) -> dict[str, float]:
     return interleave({f"ce {k}": (lambda k=k: run(k)) for k in ("old", "full", "chunked")}, rounds)
 
 
+def bench_dropout(rounds: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    inputs = [torch.randn(512, 20, 64, requires_grad=True) for _ in range(24)]
+    inputs += [torch.randn(512, 4, 20, 20, requires_grad=True) for _ in range(9)]  # 33 dropouts, as in a step
+
+    def run(fn):
+        def step():
+            sum(fn(x, 0.1, True).sum() for x in inputs).backward()
+        return step
+
+    return interleave({"dropout F": run(F.dropout), "dropout 4/draw": run(dropout)}, rounds)
+
+
 def bench_adam(rounds: int) -> dict[str, float]:
     def params():
         torch.manual_seed(0)
@@ -75,7 +92,7 @@ def main() -> int:
     args = p.parse_args()
     _common.set_threads(args.threads)
     print(f"machine: {_common.machine()}")
-    for name, sec in {**bench_ce(args.dim, args.rounds), **bench_adam(args.rounds)}.items():
+    for name, sec in {**bench_ce(args.dim, args.rounds), **bench_dropout(args.rounds), **bench_adam(args.rounds)}.items():
         print(f"{name:<16s} {1000 * sec:8.1f} ms (median of {args.rounds})")
     print(f"[{_common.load()}]")
     return 0

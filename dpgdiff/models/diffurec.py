@@ -39,7 +39,7 @@ from dpgdiff.models.base import Recommender
 from dpgdiff.models.denoiser import inject_additive
 from dpgdiff.models.diffusion import NoiseSchedule, randn_like
 from dpgdiff.models.dpgdiff import DPGDiff
-from dpgdiff.models.layers import SelfAttentionBlock, TimestepEmbedding, self_attention_mask
+from dpgdiff.models.layers import Dropout, SelfAttentionBlock, TimestepEmbedding, self_attention_mask
 
 DIFFUREC_LN_EPS = 1e-12  # DiffuRec's TF-style LayerNorm (src/model.py, src/diffurec.py)
 
@@ -56,7 +56,7 @@ class DiffuRecDenoiser(nn.Module):
         self.lambda_infer = lambda_infer
         self.time_emb = TimestepEmbedding(dim, steps)  # sinusoid(t·1000/T) -> Linear -> SiLU -> Linear
         self.blocks = nn.ModuleList(SelfAttentionBlock(dim, n_heads, dropout) for _ in range(n_layers))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=DIFFUREC_LN_EPS)  # `norm_diffu_rep`
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
@@ -85,7 +85,7 @@ class DiffuRec(Recommender):
         nn.init.normal_(self.item.weight, std=m.item_init_std)
         # model.item_bias: b (1 + Nx + Ny,), row = internal id like self.item; zero here, see build_model
         self.item_bias = nn.Parameter(torch.zeros(self.item.num_embeddings)) if m.item_bias != "none" else None
-        self.emb_drop = nn.Dropout(m.emb_dropout)
+        self.emb_drop = Dropout(m.emb_dropout)
         self.emb_norm = nn.LayerNorm(m.dim, eps=DIFFUREC_LN_EPS)
         self.denoiser = DiffuRecDenoiser(m.dim, dc.steps, m.n_c_layers, m.n_heads, m.dropout,
                                          m.lambda_u, m.lambda_infer)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpgdiff.data.dataset import DOMAIN_X, ItemSpace
-from dpgdiff.models.layers import CausalTransformer
+from dpgdiff.models.layers import CausalTransformer, Dropout
 
 
 # ------------------------------------------------------------------ sequence utilities
@@ -122,7 +122,7 @@ class ItemEmbedding(nn.Module):
             with torch.no_grad():
                 self.pos.weight.normal_(0.0, init_std)
                 self.pos.weight[0].zero_()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def table(self, domain: int) -> torch.Tensor:
         """E_d, (n_items(domain), d); column j of the scores = local item j."""
@@ -172,7 +172,7 @@ class DomainEncoder(nn.Module):
         super().__init__()
         self.pool = pool
         self.transformer = CausalTransformer(dim, n_layers, n_heads, dropout)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim))
         self.norm = nn.LayerNorm(dim)
         self.null = nn.Parameter(torch.randn(dim) * 0.02)  # ĝ of an empty subsequence (spec §1.4)
 

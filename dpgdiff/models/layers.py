@@ -42,6 +42,67 @@ class TimestepEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t.float() * self.rescale, self.dim))
 
 
+# ------------------------------------------------------------------ dropout
+
+
+def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """Bool (shape) mask, each entry kept (True) with probability 1 - p, independently (up to 2^-16 in p).
+
+    Four entries per 64-bit draw of the global generator: on CPU, `bernoulli_` draws one random number per
+    entry, and that made dropout about a tenth of a DPG-Diff training step (BENCHMARKS.md, issue 9)."""
+    n = math.prod(shape)
+    threshold = round((1.0 - p) * 65536) - 32768  # int16 r < threshold with probability (1 - p)
+    if threshold > 32767:  # p < 2^-17 (the comparison must stay within int16)
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, 2**63 - 1)
+    return bits.view(torch.int16)[:n].view(shape) < threshold
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout(x, p, training): zero each entry with probability p, scale the rest by 1 / (1 - p).
+
+    On CPU the mask comes from `dropout_keep_mask`; elsewhere this is F.dropout (fused on GPUs)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training)
+    return x * torch.where(dropout_keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p), 0.0).to(x.dtype)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout through `dropout` (same semantics, a cheaper mask on CPU)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability {p} is not in [0, 1]")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], p: float,
+              training: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(dh) + mask) v with dropout p on the attention weights (as F.scaled_dot_product_attention).
+
+    q (B, h, Lq, dh), k / v (B, h, Lk, dh), mask bool (True = attend) or additive float, broadcastable to
+    (B, h, Lq, Lk). Without dropout this is SDPA itself. With dropout on CPU, SDPA falls back to the same
+    unfused math with a `bernoulli_` mask; here the mask is `dropout_keep_mask`'s."""
+    if not training or p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0)
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return dropout(torch.softmax(scores, dim=-1), p, True) @ v
+
+
+# ------------------------------------------------------------------ blocks
+
+
 class FeedForward(nn.Module):
     """Position-wise FFN d -> 4d -> d with GELU (DiffuRec `PositionwiseFeedForward`), dropout on the output.
 
@@ -52,7 +113,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.fc2 = nn.Linear(4 * dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
@@ -101,7 +162,7 @@ class SelfAttentionBlock(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.ln2 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, past: Optional[KV] = None) -> tuple[torch.Tensor, KV]:
         """x (B, L, d); mask broadcastable to (B, 1, L, P + L); past: cached (k, v) of P earlier tokens.
@@ -110,9 +171,7 @@ class SelfAttentionBlock(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
         q, k, v = (_heads(z, self.n_heads) for z in (q, k, v))
         k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
-        a = F.scaled_dot_product_attention(
-            q, k_all, v_all, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        a = attention(q, k_all, v_all, mask, self.dropout, self.training)
         x = x + self.drop(self.proj(_merge(a)))
         x = x + self.ffn(self.ln2(x))
         return x, (k, v)
@@ -163,7 +222,7 @@ class CrossAttentionBlock(nn.Module):
             self.q = nn.Linear(dim, dim)
             self.kv = nn.Linear(dim, 2 * dim)
             self.proj = nn.Linear(dim, dim)
-            self.drop = nn.Dropout(dropout)
+            self.drop = Dropout(dropout)
         self.ln2 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, dropout)
 
@@ -177,8 +236,6 @@ class CrossAttentionBlock(nn.Module):
         if self.cross:
             q = _heads(self.q(self.ln_q(x))[:, None, :], self.n_heads)  # (B, h, 1, dh)
             mask = None if key_valid is None else key_valid[:, None, None, :]
-            a = F.scaled_dot_product_attention(
-                q, kv[0], kv[1], attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-            )
+            a = attention(q, kv[0], kv[1], mask, self.dropout, self.training)
             x = x + self.drop(self.proj(_merge(a)[:, 0]))
         return x + self.ffn(self.ln2(x))
