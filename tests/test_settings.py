@@ -128,6 +128,29 @@ def test_saving_tunes_state_when_a_trial_is_added_fails_loudly_when_ray_changes(
         ray_internals.save_state_this_step(SimpleNamespace(_tune_controller=SimpleNamespace()))
 
 
+def test_asha_cuts_at_lower_rungs_but_never_at_the_last_epoch():
+    from types import SimpleNamespace
+
+    from ray.tune.experiment import Trial
+
+    from tune import ray_internals
+
+    sched = ray_internals.SnapshotASHAScheduler(time_attr="epoch", metric="val", mode="max", max_t=3, grace_period=1,
+                                                reduction_factor=3, stop_last_trials=False)
+    controller = SimpleNamespace(_tune_controller=SimpleNamespace(
+        _checkpoint_manager=SimpleNamespace(_should_force_sync_up=False)))
+    trials = [Trial("__fake", trial_id=f"t{i}", stub=True) for i in range(4)]
+    for t in trials:
+        sched.on_trial_add(controller, t)
+    decide = lambda t, epoch, val: sched.on_trial_result(controller, t, {"epoch": epoch, "val": val})  # noqa: E731
+    for t, val in zip(trials[:3], (0.7, 0.8, 0.9)):  # each the best so far: above the cut (the top third)
+        assert decide(t, 1, val) == sched.CONTINUE
+    assert decide(trials[3], 1, 0.1) == sched.STOP  # below the epoch-1 rung's cut: stopped, as ASHA does
+    assert decide(trials[2], 3, 0.9) == sched.CONTINUE
+    assert decide(trials[1], 3, 0.1) == sched.CONTINUE  # below the epoch-3 cut, but that is the last epoch
+    assert sched._num_stopped == 1
+
+
 def test_saving_a_failed_trials_state_fails_loudly_when_ray_changes():
     from types import SimpleNamespace
 

@@ -115,11 +115,22 @@ def save_trial_this_step(tune_controller: Any, trial: Any) -> None:
 
 class SnapshotASHAScheduler(ASHAScheduler):
     """ASHA that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
-    status."""
+    status; it never stops a trial at its last epoch (max_t)."""
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
         save_state_this_step(tune_controller)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        """ASHA's decision (its rungs record the result as usual), except at max_t: there a cut saves no
+        training, but Tune would stop the trial before its final report (best epoch, test metrics, best.pt)
+        arrived whenever that report takes longer than Tune's reaction, as DiffuRec's test pass does; the
+        trial then looked stopped early although it trained every epoch."""
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP and result.get(self._time_attr, 0) >= self._max_t:
+            self._num_stopped -= 1
+            return self.CONTINUE
+        return action
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_error(tune_controller, trial)
