@@ -124,8 +124,8 @@ class SnapshotASHAScheduler(ASHAScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """ASHA's decision (its rungs record the result as usual), except at max_t: there a cut saves no
         training, but Tune would stop the trial before its final report (best epoch, test metrics, best.pt)
-        arrived whenever that report takes longer than Tune's reaction, as DiffuRec's test pass does; the
-        trial then looked stopped early although it trained every epoch."""
+        arrived whenever that report is slower than Tune's reaction (a race the DiffuRec search's trials lost);
+        the trial then looked stopped early although it trained every epoch."""
         action = super().on_trial_result(tune_controller, trial, result)
         if action == self.STOP and result.get(self._time_attr, 0) >= self._max_t:
             self._num_stopped -= 1
