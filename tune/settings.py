@@ -207,7 +207,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _check_run_options(args: argparse.Namespace, run: RunOptions) -> None:
-    """The flags of this invocation (also checked when resuming): local CPUs and the storage folder."""
+    """The flags of this invocation (also checked when resuming): --retry-errored, local CPUs, the storage folder."""
     if args.retry_errored and not args.resume:
         raise SearchError("--retry-errored: only with --resume (it reruns the failed trials of an existing search)")
     if args.num_cpus is not None and args.num_cpus < 1:
