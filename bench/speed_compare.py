@@ -60,7 +60,13 @@ def worker(args: argparse.Namespace) -> int:
     model = build_model(config, dataset)
     model.train()
     optimizer = make_optimizer(config, model)
-    torch.use_deterministic_algorithms(True, warn_only=True)  # as dpgdiff.train does on CPU
+    try:  # the working tree: the run's CPU settings exactly as `dpgdiff.train` enters them
+        from dpgdiff.training.reproducibility import runtime_settings
+
+        settings = runtime_settings(config, torch.device("cpu"))
+        settings.__enter__()  # held until the worker exits
+    except ImportError:  # the old commit set deterministic algorithms only
+        torch.use_deterministic_algorithms(True, warn_only=True)
     ex = dataset.training_examples("prefix")
     generator = torch.Generator().manual_seed(0)
     batch = _common.batch_sampler(ex, args.batch_size, seed=0)

@@ -153,3 +153,24 @@ def test_domain_cross_entropy_adds_the_item_bias_to_every_logit(impl):
     assert torch.allclose(loss, expected, rtol=1e-10)
     for a, b in zip(got, (b.grad for b in biases)):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_logits_buffers_are_reused_across_steps_without_leaking_stale_values():
+    """The CE's CPU logits come from LogitsWorkspace: a later step of equal or smaller size reuses the buffer
+    of an earlier one (no fresh page-faulted allocation), and whatever the buffer held before never reaches
+    a loss or a gradient: each call matches F.cross_entropy, row counts going up and down as batches do."""
+    from dpgdiff.models.losses import LOGITS
+
+    LOGITS.clear()
+    pointers = []
+    for n in (40, 33, 40, 12, 51):
+        h, table, target, weight = _case(n=n, v=300, d=8, seed=n)
+        got = _loss_and_grads(lambda a, b, c: softmax_cross_entropy(a, b, c, None), h, table, target, weight)
+        ref = _loss_and_grads(_reference, h, table, target, weight)
+        for a, b in zip(got, ref):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
+        pointers.append({b.data_ptr() for b in LOGITS._free()})
+    assert pointers[0] == pointers[1] == pointers[2] == pointers[3]  # 33 and 12 rows fit the 40-row buffer
+    assert len(pointers[4]) >= 1 and pointers[4] != pointers[0]  # 51 rows needed a larger one
+    LOGITS.clear()
+    assert not LOGITS._free()

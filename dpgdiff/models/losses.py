@@ -6,10 +6,12 @@ The full-softmax CE is one autograd Function (`SoftmaxCrossEntropy`): on CPU the
 are the largest tensor of a training step, and F.cross_entropy walks it about seven times
 (log_softmax output, NLL's zero-filled gradient, log_softmax backward); the Function walks it three
 times, turning the saved logits into their own gradient in place. `chunked` bounds it to one chunk.
+On CPU the logits live in buffers reused from step to step (`LogitsWorkspace`), not fresh allocations.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Optional, Sequence
 
 import torch
@@ -35,6 +37,57 @@ def _softmax_minus_onehot_(probs: torch.Tensor, target: torch.Tensor) -> torch.T
     return probs
 
 
+class LogitsWorkspace:
+    """Reusable CPU buffers for the CE's (rows, items) logits, one free list per thread.
+
+    Why: a fresh (rows, items) buffer is tens of MB, which the C allocator takes from the kernel with
+    mmap; every page is then faulted in and zeroed on first write and handed back on free, every step.
+    At d=64 on 2 cores that was about 15% of a DPG-Diff step (bench/profile_step.py: ~34k page faults,
+    ~140 MB per step, nearly all of it the logits). A buffer taken here goes back to the free list when
+    the backward pass that consumed it is done with it; one never given back (no backward) is freed by
+    Python as usual. GPUs have a caching allocator already: there `take` is a plain new_empty."""
+
+    headroom = 1.25  # rows per domain vary from batch to batch: a slightly larger batch still fits
+    max_free = 4
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _free(self) -> list[torch.Tensor]:
+        if not hasattr(self._local, "free"):
+            self._local.free = []
+        return self._local.free
+
+    def take(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised (rows, cols) tensor with like's dtype and device."""
+        if like.device.type != "cpu":
+            return like.new_empty(rows, cols)
+        need, free = rows * cols, self._free()
+        fits = [i for i, b in enumerate(free) if b.dtype == like.dtype and b.numel() >= need]
+        if fits:
+            flat = free.pop(min(fits, key=lambda i: free[i].numel()))
+        else:
+            flat = like.new_empty(int(need * self.headroom))
+        return flat[:need].view(rows, cols)
+
+    def give(self, buffer: torch.Tensor) -> None:
+        """Hand back a tensor from `take` once nothing reads it any more."""
+        flat = buffer._base
+        if buffer.device.type != "cpu" or flat is None:
+            return
+        free = self._free()
+        free.append(flat)
+        if len(free) > self.max_free:
+            free.remove(min(free, key=lambda b: b.numel()))
+
+    def clear(self) -> None:
+        """Free this thread's buffers (e.g. after training, before a long evaluation)."""
+        self._free().clear()
+
+
+LOGITS = LogitsWorkspace()
+
+
 class SoftmaxCrossEntropy(torch.autograd.Function):
     """Per-row CE_i = logsumexp(h_i·E^T) - h_i·E[target_i] over all rows of E (full softmax), as (n,).
 
@@ -54,14 +107,21 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         lse = h.new_empty(n)
         logp = None
         for lo in range(0, n, step):
+            if logp is not None:  # chunked: the previous chunk's block is free again
+                LOGITS.give(logp)
             tgt = target[lo:lo + step, None]
-            logp = h[lo:lo + step] @ table.t()
+            hc = h[lo:lo + step]
+            logp = torch.mm(hc, table.t(), out=LOGITS.take(hc.shape[0], table.shape[0], h))
             target_logit = logp.gather(1, tgt)[:, 0]
             loss[lo:lo + step] = -_log_softmax_(logp).gather(1, tgt)[:, 0]
             lse[lo:lo + step] = target_logit + loss[lo:lo + step]
         ctx.save_for_backward(h, table, target, lse)
         ctx.step = step
-        ctx.logp = logp if chunk_rows is None else None  # consumed (in place) by the first backward
+        if chunk_rows is None:
+            ctx.logp = logp  # consumed (in place) by the first backward
+        else:
+            ctx.logp = None
+            LOGITS.give(logp)
         return loss
 
     @staticmethod
@@ -76,13 +136,15 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
             if kept is not None:
                 probs = kept.exp_()
             else:
-                probs = (hc @ table.t()).sub_(lse[lo:lo + step, None]).exp_()
+                probs = torch.mm(hc, table.t(), out=LOGITS.take(hc.shape[0], table.shape[0], hc))
+                probs.sub_(lse[lo:lo + step, None]).exp_()
             g = _softmax_minus_onehot_(probs, target[lo:lo + step])
             if grad_h is not None:
                 grad_h[lo:lo + step] = (g @ table).mul_(w)
             if ctx.needs_input_grad[1]:
                 hw = hc * w
                 grad_table = g.t() @ hw if grad_table is None else grad_table.addmm_(g.t(), hw)
+            LOGITS.give(g)
         return grad_h, grad_table, None, None
 
 

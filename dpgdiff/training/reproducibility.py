@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from dpgdiff.config import Config, ConfigError
+from dpgdiff.models.losses import LOGITS
+from dpgdiff.training.cpu_memory import keep_freed_memory, release_freed_memory
 
 
 # --------------------------------------------------------------------------------------------
@@ -41,21 +43,28 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @contextlib.contextmanager
 def runtime_settings(config: Config, device: torch.device) -> Iterator[None]:
-    """Thread count and deterministic algorithms for the duration of a run, restored afterwards."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if config.train.num_threads is not None:
-        torch.set_num_threads(config.train.num_threads)
-    if device.type == "cpu":
-        # Costs nothing on CPU and turns silent nondeterminism into a warning. Not on CUDA:
-        # there it would need CUBLAS_WORKSPACE_CONFIG and slower kernels.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
+    """Thread count and deterministic algorithms for the duration of a run, restored afterwards.
+
+    On CPU also the allocator (`cpu_memory.keep_freed_memory`, process-wide and kept); at the end of the
+    run the CE's logits buffers and the heap's free memory go back to the kernel."""
+    with contextlib.ExitStack() as restore:  # undone in reverse order
+        restore.callback(torch.use_deterministic_algorithms, torch.are_deterministic_algorithms_enabled(),
+                         warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
+        restore.callback(torch.set_num_threads, torch.get_num_threads())
+        if config.train.num_threads is not None:
+            torch.set_num_threads(config.train.num_threads)
+        if device.type == "cpu":
+            # Turns silent nondeterminism into a warning. Not on CUDA: there it would need
+            # CUBLAS_WORKSPACE_CONFIG and slower kernels. Without the NaN fill of every torch.empty
+            # that deterministic mode adds, a debugging aid that cost ~4% of a step (~1,200 fills).
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            restore.callback(setattr, torch.utils.deterministic, "fill_uninitialized_memory",
+                             torch.utils.deterministic.fill_uninitialized_memory)
+            torch.utils.deterministic.fill_uninitialized_memory = False
+            keep_freed_memory()
+            restore.callback(release_freed_memory)
+            restore.callback(LOGITS.clear)  # the run's CE buffers go first
         yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det, warn_only=old_det_warn)
 
 
 def seed_everything(seed: int) -> None:

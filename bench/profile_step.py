@@ -1,0 +1,71 @@
+"""Where one training step's CPU time goes: torch.profiler over a few optimizer steps, top ops by self time.
+
+    DPGDIFF_DATA_DIR=DIR python bench/profile_step.py --model dpgdiff --dim 64 --steps 3 [--set KEY=VALUE ...]
+
+Food-Kitchen (split c2dsr-histories, `prefix` examples; synthetic data of the same size when its files
+are missing), the default config at that d (full-softmax CE, batch 512), one warm-up step. Prints the
+share of self CPU time per op, the shares of the model's stages (forward, backward, optimizer) and the
+wall time per step. Shares, not absolute times, are what carries across machines and loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import _common
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="dpgdiff", choices=["dpgdiff", "sasrec", "sasrec_single", "diffurec"])
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
+    args = p.parse_args()
+
+    from dpgdiff.config import Config
+    from dpgdiff.models import build_model
+    from dpgdiff.training import make_optimizer, seed_everything, train_step
+    from dpgdiff.training.reproducibility import runtime_settings
+
+    _common.set_threads(args.threads)
+    dataset, source = _common.load_food_kitchen(args.data_dir)
+    config = Config().with_overrides([f"model.name={args.model}", f"model.dim={args.dim}",
+                                      f"train.batch_size={args.batch_size}", "loss.ce_impl=full",
+                                      "train.device=cpu", *args.set])
+    settings = runtime_settings(config, torch.device("cpu"))
+    settings.__enter__()  # as `dpgdiff.train` runs a step; held to the end
+    seed_everything(0)
+    model = build_model(config, dataset)
+    model.train()
+    optimizer = make_optimizer(config, model)
+    batch = _common.batch_sampler(dataset.training_examples("prefix"), args.batch_size, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    train_step(model, optimizer, *batch(), config, generator=generator)  # warm-up
+
+    batches = [batch() for _ in range(args.steps)]
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for b in batches:
+            train_step(model, optimizer, *b, config, generator=generator)
+    wall = (time.perf_counter() - start) / args.steps
+
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"{args.model} d={args.dim} batch {args.batch_size} on {source}: {wall:.3f} s/step under the "
+          f"profiler ({args.steps} steps); {_common.machine()}")
+    print(f"{'op':<44} {'self CPU %':>10} {'calls/step':>10}")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+        print(f"{e.key[:44]:<44} {100 * e.self_cpu_time_total / total:>9.1f}% {e.count / args.steps:>10.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
