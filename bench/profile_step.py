@@ -64,6 +64,7 @@ def main() -> int:
     print(f"{'op':<44} {'self CPU %':>10} {'calls/step':>10}")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
         print(f"{e.key[:44]:<44} {100 * e.self_cpu_time_total / total:>9.1f}% {e.count / args.steps:>10.0f}")
+    settings.__exit__(None, None, None)
     return 0
 
 

@@ -60,6 +60,7 @@ def worker(args: argparse.Namespace) -> int:
     model = build_model(config, dataset)
     model.train()
     optimizer = make_optimizer(config, model)
+    settings = None
     try:  # the working tree: the run's CPU settings exactly as `dpgdiff.train` enters them
         from dpgdiff.training.reproducibility import runtime_settings
 
@@ -92,6 +93,8 @@ def worker(args: argparse.Namespace) -> int:
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
         print(json.dumps({"times": times, "cpu": cpu}), flush=True)
+    if settings is not None:
+        settings.__exit__(None, None, None)
     return 0
 
 
