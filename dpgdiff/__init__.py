@@ -23,8 +23,9 @@ popularity and random scorers; `dpgdiff/significance.py` the paired tests on per
 
 `dpgdiff/training/` owns training: `loop.py` is the function `dpgdiff.train` (epochs, validation,
 early stopping, the final test), `checkpoints.py` the checkpoint and best.pt formats with the
-`LoopState` they carry and `load_model`, and `reproducibility.py` devices, precision, seeds and RNG
-state, so that a resumed run continues exactly.
+`LoopState` they carry and `load_model`, `reproducibility.py` devices, precision, seeds and RNG
+state, so that a resumed run continues exactly, and `cpu_memory.py` the allocator setting of CPU runs
+(freed activations stay in the process heap: glibc's `mallopt`, process-wide, heap trimmed after the run).
 
 `dpgdiff/recommend.py` owns recommending from a checkpoint: top-k in the user's own item ids (through
 the id map in `dpgdiff/data/ids.py`), the code path of both `python -m dpgdiff recommend` and the MLflow
