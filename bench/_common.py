@@ -7,6 +7,7 @@ import platform
 import resource
 import statistics
 import sys
+import time
 
 import torch
 
@@ -23,6 +24,18 @@ def peak_rss_mb() -> float:
 
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
+
+
+def median_seconds(fn, repeats: int, warmup: int = 0) -> float:
+    """Median wall seconds of fn() over `repeats` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return median(times)
 
 
 def machine() -> str:

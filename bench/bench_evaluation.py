@@ -11,18 +11,8 @@ Prints medians over --repeats runs.
 from __future__ import annotations
 
 import argparse
-import time
 
 import _common
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return _common.median(times)
 
 
 def main() -> int:
@@ -46,16 +36,16 @@ def main() -> int:
     config = EvalConfig(full_ranking=not args.no_full)
     print(f"{data_name} {args.which}: {len(cases):,} cases, 1+{config.n_negatives} candidates; {_common.machine()}")
 
-    draw = median_seconds(lambda: draw_candidates(cases, dataset.items, config.n_negatives,
+    draw = _common.median_seconds(lambda: draw_candidates(cases, dataset.items, config.n_negatives,
                                                   np.random.default_rng(config.candidate_seed)), args.repeats)
     print(f"draw candidates (no cache)      {draw:7.3f} s")
     Evaluator(dataset, args.which, config)  # writes the cache file if it is not there yet
-    setup = median_seconds(lambda: Evaluator(dataset, args.which, config), args.repeats)
+    setup = _common.median_seconds(lambda: Evaluator(dataset, args.which, config), args.repeats)
     print(f"Evaluator set-up (cached file)  {setup:7.3f} s")
     evaluator = Evaluator(dataset, args.which, config)
     scorer = PopularityScorer(dataset)
     result = evaluator.evaluate(scorer)
-    seconds = median_seconds(lambda: evaluator.evaluate(scorer), args.repeats)
+    seconds = _common.median_seconds(lambda: evaluator.evaluate(scorer), args.repeats)
     print(f"popularity evaluation pass      {seconds:7.3f} s  ({len(cases) / seconds:,.0f} cases/s; "
           f"full ranking {'off' if args.no_full else 'on'})")
     print(result.table())

@@ -30,14 +30,7 @@ import _common
 
 
 def timed(fn, repeats: int) -> float:
-    """Median seconds of fn() over `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _common.median_seconds(fn, repeats, warmup=1)
 
 
 def matmuls(dim: int, repeats: int) -> None:
