@@ -40,7 +40,9 @@ def main() -> int:
     from dpgdiff.config import Config
     from dpgdiff.data import load_dataset
     from dpgdiff.models import build_model
+    from dpgdiff.models.losses import LOGITS
     from dpgdiff.training import make_optimizer, make_scorer, seed_everything, train_step
+    from dpgdiff.training.reproducibility import runtime_settings
 
     stages = []
 
@@ -59,23 +61,25 @@ def main() -> int:
     model = build_model(config, dataset)
     optimizer = make_optimizer(config, model)
     stage(f"model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params)")
-    rng = np.random.default_rng(0)
-    gen = torch.Generator().manual_seed(0)
-    start = time.perf_counter()
-    for step in range(args.steps):
-        idx = rng.choice(len(ex), size=args.batch_size, replace=False)
-        train_step(model, optimizer, torch.from_numpy(ex.history[idx]), torch.from_numpy(ex.target[idx]),
-                   torch.from_numpy(ex.target_domain[idx].astype(np.int64)), config, generator=gen)
-    sec = (time.perf_counter() - start) / max(args.steps, 1)
-    stage(f"{args.steps} training steps ({sec:.1f} s/step)")
-    if args.eval_cases:
-        model.eval()
-        scorer = make_scorer(model, torch.device("cpu"), sampler="ddim", infer_steps=4, seed=0)
-        with torch.no_grad():
-            h = torch.from_numpy(dataset.valid.history[: args.eval_cases])
-            for lo in range(0, len(h), config.eval.batch_size):
-                scorer(h[lo:lo + config.eval.batch_size], 1)  # Y: the larger domain
-        stage(f"scoring {args.eval_cases} cases (4 DDIM steps)")
+    with runtime_settings(config, torch.device("cpu")):  # as `dpgdiff.train` runs (allocator, threads)
+        rng = np.random.default_rng(0)
+        gen = torch.Generator().manual_seed(0)
+        start = time.perf_counter()
+        for step in range(args.steps):
+            idx = rng.choice(len(ex), size=args.batch_size, replace=False)
+            train_step(model, optimizer, torch.from_numpy(ex.history[idx]), torch.from_numpy(ex.target[idx]),
+                       torch.from_numpy(ex.target_domain[idx].astype(np.int64)), config, generator=gen)
+        sec = (time.perf_counter() - start) / max(args.steps, 1)
+        stage(f"{args.steps} training steps ({sec:.1f} s/step)")
+        LOGITS.clear()  # as the training loop does before validating
+        if args.eval_cases:
+            model.eval()
+            scorer = make_scorer(model, torch.device("cpu"), sampler="ddim", infer_steps=4, seed=0)
+            with torch.no_grad():
+                h = torch.from_numpy(dataset.valid.history[: args.eval_cases])
+                for lo in range(0, len(h), config.eval.batch_size):
+                    scorer(h[lo:lo + config.eval.batch_size], 1)  # Y: the larger domain
+            stage(f"scoring {args.eval_cases} cases (4 DDIM steps)")
     peak_gb = max(mb for _, mb in stages) / 1024
     verdict = "within" if peak_gb <= args.limit_gb else "OVER"
     print(f"peak RSS {peak_gb:.2f} GB: {verdict} the {args.limit_gb:g} GB target")

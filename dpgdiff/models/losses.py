@@ -66,7 +66,8 @@ class LogitsWorkspace:
         fits = [i for i, b in enumerate(free) if b.dtype == like.dtype and b.numel() >= need]
         if fits:
             flat = free.pop(min(fits, key=lambda i: free[i].numel()))
-        else:
+        else:  # the free buffers are too small (or of another dtype): let them go rather than hold them
+            free.clear()
             flat = like.new_empty(int(need * self.headroom))
         return flat[:need].view(rows, cols)
 

@@ -42,6 +42,7 @@ from dpgdiff.data.ref import DatasetRef
 from dpgdiff.evaluation import Evaluator
 from dpgdiff.files import atomic_write_text
 from dpgdiff.models import build_model
+from dpgdiff.models.losses import LOGITS
 from dpgdiff.optim import LRSchedule, make_optimizer
 from dpgdiff.training.checkpoints import (
     CHECKPOINT_DIRNAME,
@@ -292,6 +293,7 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
                 steps.set_postfix(loss=f"{value:.4f}", refresh=False)
         if progress:
             steps.close()
+        LOGITS.clear()  # the CE's reused logits buffers are not held through validation
         run.epoch = epoch
         lr_schedule.epoch_end()
         if epoch % t.eval_every != 0 and epoch != t.epochs:
