@@ -1,8 +1,8 @@
 """The search driver: `run_search(settings)` loads the data, starts Ray, runs the Tuner, reports the result.
 
 Steps: build the space (errors before Ray starts), load the dataset once for its card and
-fingerprint, start or join Ray and check that a trial fits on a node, save the settings (new
-search), open the MLflow parent run, run (or restore) the Tuner, then test the best trial (the
+fingerprint, start or join Ray (building a new local MLflow store meanwhile) and check that a trial
+fits on a node, save the settings (new search), open the MLflow parent run, run (or restore) the Tuner, then test the best trial (the
 only trial whose test metrics are computed: trials select on validation), print its config and
 per-domain validation and test metrics, attach the best checkpoint, summary tables and Optuna plots
 to the parent run, and, with two objectives, print and tag the Pareto front. Returns an exit code
@@ -15,6 +15,7 @@ The parent's summary metrics are named `search_*` (`search_best_val_mrr_sum`,
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -98,11 +99,14 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
                           f"{settings.fingerprint[:12]} -> {dataset.fingerprint[:12]}); start a new search")
     settings = settings.with_dataset(dataset)
 
+    # A new local MLflow store takes seconds to build (its schema migrations): build it while Ray starts.
+    store_built = in_background(tracking.create_sqlite_store, settings.tracking_uri)
     temp_dir = start_ray(settings)  # 3. Ray: local (no dashboard) or an existing cluster
     try:
         check_resources(ray, settings)  # a trial that cannot fit is an error now
         if not settings.run.resuming:
             write_text(f"{settings.path}/{STATE_FILE}", json.dumps(settings.to_saved(), indent=1))
+        store_built.result()  # its error, if any, is raised here
         parent = open_parent_run(settings, space, card)  # 4. MLflow parent run (reopened on resume)
         try:  # 5. Tune
             tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train)
@@ -121,6 +125,15 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
         ray.shutdown()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def in_background(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    """fn(*args) in a thread of its own -> its Future (`.result()` waits and re-raises its error)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=getattr(fn, "__name__", "task"))
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with fn; the interpreter waits for it at exit
 
 
 # ------------------------------------------------------------------------------------- Ray

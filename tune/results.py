@@ -26,6 +26,9 @@ METRIC, MODE = "val_mrr_sum", "max"  # what the search maximises: validation MRR
 # What --objectives may name, with Optuna's direction: accuracy, and the inference cost `infer_ms` (ms per
 # 1,000 validation cases at the trial's validation sampler and K; dpgdiff/training/loop.py).
 OBJECTIVES = {METRIC: "max", "infer_ms": "min"}
+# Optuna's fANOVA importances fit a random forest to the trials: on a handful of trials they are noise that
+# reads as a finding (and importing scikit-learn for them takes seconds).
+MIN_TRIALS_FOR_IMPORTANCES = 10
 # Tune status of a row -> (run status shown by MLflow, stopped early?)
 _SHOWN_STATUS = {"FINISHED": ("FINISHED", 0), "STOPPED": ("FINISHED", 1), "ERROR": ("FAILED", 0)}
 DOMAIN_METRICS = ("mrr", "mrr10", "ndcg5", "ndcg10", "hr1", "hr5", "hr10")
@@ -187,8 +190,12 @@ def _optuna_plots(out: Path, rows: list[dict[str, Any]], space: SearchSpace,
         if len(objectives) > 1:  # Optuna's single-objective plots need the objective named
             first = {"target": lambda t: t.values[0], "target_name": objectives[0]}
         plots = [("optuna_history.png", lambda s: ovm.plot_optimization_history(s, **first))]
-        if sum(r.get(METRIC) is not None for r in rows) >= 2:
+        scored = sum(r.get(METRIC) is not None for r in rows)
+        if scored >= MIN_TRIALS_FOR_IMPORTANCES:
             plots.append(("optuna_importances.png", lambda s: ovm.plot_param_importances(s, **first)))
+        else:
+            print(f"note: optuna_importances.png not drawn: parameter importances need at least "
+                  f"{MIN_TRIALS_FOR_IMPORTANCES} scored trials, this search has {scored}", file=sys.stderr)
         if len(objectives) > 1:
             plots.append(("optuna_pareto_front.png",
                           lambda s: ovm.plot_pareto_front(s, target_names=list(objectives))))
