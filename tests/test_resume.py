@@ -153,3 +153,46 @@ def test_resume_retry_errored_reruns_failed_trials_from_their_checkpoint(tmp_pat
 def test_retry_errored_needs_resume(tmp_path):
     result = run(search_args(tmp_path, "x", "--retry-errored"), tmp_path, timeout=120)
     assert result.returncode == 2 and "--retry-errored: only with --resume" in result.stderr, result.stderr[-2000:]
+
+
+def test_resume_after_a_kill_before_tune_saved_any_state_runs_every_trial(tmp_path):
+    """A driver killed after Tune wrote tuner.pkl but before its first experiment state leaves a folder that
+    `Tuner.restore` takes as a new run with num_samples = 1 (the resumed search then stopped after one trial,
+    "1 not started"). The resume starts such a search's trials anew, and runs all of them."""
+    from tune.ray_internals import experiment_state_saved
+
+    args = search_args(tmp_path, "early", "--epochs", "1", "--num-samples", "2", "--max-concurrent", "1",
+                       "--scheduler", "fifo", "--set", "model.xt_injection=concat_token", train_fn="train_slow")
+    folder = tmp_path / "ray_results" / "early"
+    log = tmp_path / "killed.log"
+    with log.open("w") as handle:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=handle, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not (folder / "tuner.pkl").exists():  # polled tightly: Tune's first state follows within a second
+            assert proc.poll() is None and time.time() < deadline, f"no tuner.pkl:\n{log.read_text()[-4000:]}"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_session(proc.pid)
+    assert not experiment_state_saved(str(folder)), "the kill came after Tune's first state: the case was not made"
+
+    result = run(search_args(tmp_path, "early", "--resume", train_fn="train_slow"), tmp_path, timeout=300)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert "no Tune state was saved" in result.stdout and "its trials start anew" in result.stdout
+    trials = tune_trials(tmp_path, "early")
+    assert len(trials) == 2 and all(t.status == "TERMINATED" for t in trials), trials
+    parent, children = mlflow_runs(tmp_path, "early")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+
+
+def test_experiment_state_saved_looks_for_tunes_state_not_tuner_pkl(tmp_path):
+    from tune.ray_internals import experiment_state_saved
+
+    assert not experiment_state_saved(str(tmp_path / "missing"))
+    (tmp_path / "tuner.pkl").write_bytes(b"")
+    assert not experiment_state_saved(str(tmp_path))
+    (tmp_path / "experiment_state-2026-11-28_19-37-46.json").write_text("{}")
+    assert experiment_state_saved(str(tmp_path))

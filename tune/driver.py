@@ -259,10 +259,13 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
     spec = TrialSpec(dataset=settings.dataset, fingerprint=settings.fingerprint, space=space, train_fn=train_fn)
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_parameters(tune.with_resources(run_trial, resources), spec=spec)
-    if settings.run.resuming:
+    if settings.run.resuming and ray_internals.experiment_state_saved(settings.path):
         # Searcher (Optuna study), scheduler, callbacks and run config come back from the saved state.
         return tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
                                   resume_errored=settings.run.retry_errored, restart_errored=False)
+    if settings.run.resuming:  # killed before Tune saved anything (no trial can have started): begin anew
+        print(f"no Tune state was saved in {settings.path} before the search stopped: its trials start anew",
+              flush=True)
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     return tune.Tuner(

@@ -30,6 +30,27 @@ LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machin
 LOOPBACK = "127.0.0.1"
 
 
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"  # Tune's saved experiment state (one per driver session)
+
+
+def experiment_state_saved(path: str) -> bool:
+    """Whether Tune saved an experiment state in the experiment folder `path` (local, or a pyarrow URI).
+
+    `Tuner.can_restore` only looks for tuner.pkl, which Tune writes before its first state: a driver killed in
+    between leaves a folder that `Tuner.restore` accepts but restores as a new run whose search generator
+    counts num_samples = 1, so the resumed search stops after one trial. Such a folder is started anew."""
+    import fnmatch
+
+    import pyarrow.fs
+
+    if "://" in path:
+        fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    else:
+        fs, root = pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    return any(fnmatch.fnmatch(Path(info.path).name, EXPERIMENT_STATE_GLOB) for info in infos)
+
+
 class RayInternalsChanged(RuntimeError):
     """The installed Ray no longer honours an internal name this project relies on."""
 
