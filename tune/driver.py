@@ -2,11 +2,11 @@
 
 Steps: build the space (errors before Ray starts), load the dataset once for its card and
 fingerprint, start or join Ray (building a new local MLflow store meanwhile) and check that a trial
-fits on a node, save the settings (new search), open the MLflow parent run, run (or restore) the Tuner, then test the best trial (the
-only trial whose test metrics are computed: trials select on validation), print its config and
-per-domain validation and test metrics, attach the best checkpoint, summary tables and Optuna plots
-to the parent run, and, with two objectives, print and tag the Pareto front. Returns an exit code
-(EXIT_*).
+fits on a node, save the settings (new search), open the MLflow parent run, run (or restore) the
+Tuner, then test the best trial (the only trial whose test metrics are computed: trials select on
+validation), print its config and per-domain validation and test metrics, attach the best checkpoint,
+summary tables and Optuna plots to the parent run, and, with two objectives, print and tag the Pareto
+front. Returns an exit code (EXIT_*).
 
 The parent's summary metrics are named `search_*` (`search_best_val_mrr_sum`,
 `search_best_test_x_mrr`, `search_n_trials`, ...): trial runs log `val_*` per epoch and

@@ -42,8 +42,8 @@ class LogitsWorkspace:
 
     Why: a fresh (rows, items) buffer is tens of MB, which the C allocator takes from the kernel with
     mmap; every page is then faulted in and zeroed on first write and handed back on free, every step.
-    At d=64 on 2 cores that was about 15% of a DPG-Diff step (bench/profile_step.py: ~34k page faults,
-    ~140 MB per step, nearly all of it the logits). A buffer taken here goes back to the free list when
+    Reusing them made a d=64 DPG-Diff step on 2 cores 1.13x faster (BENCHMARKS.md, issue 9; page faults
+    per step: bench/profile_step.py). A buffer taken here goes back to the free list when
     the backward pass that consumed it is done with it; one never given back (no backward) is freed by
     Python as usual. GPUs have a caching allocator already: there `take` is a plain new_empty."""
 

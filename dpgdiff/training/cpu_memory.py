@@ -3,8 +3,8 @@
 A training step allocates and frees the same few-MB activations every step (a d=128 FFN hidden state
 is 7,680 x 512 floats, 15.7 MB). glibc serves blocks above its mmap threshold with a fresh mmap, so
 every page of such a tensor is faulted in and zeroed by the kernel on first write and unmapped on free,
-step after step: on 2 cores that was ~9k-47k page faults and a tenth of the step's time
-(bench/profile_step.py, BENCHMARKS.md "Issue 9"). With the threshold fixed at glibc's maximum and a
+step after step (with the CE's logits: 20k-40k page faults per step at d=64-128, bench/profile_step.py;
+BENCHMARKS.md "Issue 9"). With the threshold fixed at glibc's maximum and a
 high trim threshold, blocks up to 32 MB come from the heap and are reused. Larger ones (the CE's
 logits) are reused by `dpgdiff.models.losses.LOGITS`. A no-op where the C library is not glibc.
 """
