@@ -34,8 +34,6 @@ def main() -> int:
     args = p.parse_args()
 
     from dpgdiff.config import Config
-    from dpgdiff.models import build_model
-    from dpgdiff.training import make_optimizer, seed_everything, train_step
     from dpgdiff.training.reproducibility import runtime_settings
 
     _common.set_threads(args.threads)
@@ -43,8 +41,14 @@ def main() -> int:
     config = Config().with_overrides([f"model.name={args.model}", f"model.dim={args.dim}",
                                       f"train.batch_size={args.batch_size}", "loss.ce_impl=full",
                                       "train.device=cpu", *args.set])
-    settings = runtime_settings(config, torch.device("cpu"))
-    settings.__enter__()  # as `dpgdiff.train` runs a step; held to the end
+    with runtime_settings(config, torch.device("cpu")):  # as `dpgdiff.train` runs a step
+        return profile(args, config, dataset, source)
+
+
+def profile(args: argparse.Namespace, config, dataset, source: str) -> int:
+    from dpgdiff.models import build_model
+    from dpgdiff.training import make_optimizer, seed_everything, train_step
+
     seed_everything(0)
     model = build_model(config, dataset)
     model.train()
@@ -80,7 +84,6 @@ def main() -> int:
     print(f"{'op':<44} {'self CPU %':>10} {'calls/step':>10}")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
         print(f"{e.key[:44]:<44} {100 * e.self_cpu_time_total / total:>9.1f}% {e.count / args.steps:>10.0f}")
-    settings.__exit__(None, None, None)
     return 0
 
 

@@ -12,6 +12,7 @@ logits) are reused by `dpgdiff.models.losses.LOGITS`. A no-op where the C librar
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 from typing import Optional
 
@@ -23,6 +24,7 @@ MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's upper limit on 64-bit (4 * 1024 * 1
 TRIM_THRESHOLD = 1024 * 1024 * 1024  # hand freed heap memory back to the kernel only beyond 1 GiB
 
 
+@functools.cache
 def _glibc() -> Optional[ctypes.CDLL]:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
