@@ -13,7 +13,9 @@ import pytest
 from tests.test_search_helpers import (LoopbackCluster, generate_ray_token, mlflow_runs, run, search_args,
                                        tune_trials)
 
-pytestmark = pytest.mark.slow
+# pytest -n: the modules that start clusters with `ray start --head` (tests/test_cluster.py, tests/test_node_loss.py)
+# run on one worker, one after the other: a head node binds fixed default ports (the Ray client server's 10001).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_start_head")]
 
 
 @pytest.fixture

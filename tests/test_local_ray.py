@@ -18,9 +18,11 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +31,10 @@ import pandas as pd
 import pytest
 
 from tests.test_search_helpers import env, kill_session, run, search_args, session_pids
-from tune.leftovers import MARKER, TEMP_PREFIX, process_start_time, temp_root
+from tune.leftovers import MARKER, RAY_TMPDIR, TEMP_PREFIX, process_start_time, temp_root
 
-pytestmark = pytest.mark.slow
+# pytest -n (README: --dist loadgroup): one worker runs this module, so its module-scoped fixture runs once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local_ray")]
 NAME = "local"
 TRIALS, EPOCHS = 2, 2
 SEED_ENV = "DPGDIFF_KILL_SEED"  # replays the kill times of a failed run (its seed is in every assertion message)
@@ -160,6 +163,11 @@ def killed_and_resumed(tmp_path_factory):
     seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**31))
     kills = kill_plan(seed)
     tmp = tmp_path_factory.mktemp("local_ray")
+    # A temp root of these drivers' own (short: Ray's socket paths): a search that another test runs at the same
+    # time (pytest -n) cleans up leftovers under /tmp only, so "the next start removed it" is this sequence's.
+    ray_root = Path(tempfile.mkdtemp(prefix="dpgt", dir=temp_root()))
+    patch = pytest.MonkeyPatch()
+    patch.setenv(RAY_TMPDIR, str(ray_root))
     args = search_args(tmp, NAME, "--epochs", str(EPOCHS), "--num-samples", str(TRIALS), "--max-concurrent", "1",
                        "--scheduler", "fifo", "--set", "model.xt_injection=concat_token", train_fn="train_slow")
     sessions, sockets, logs = [], None, []
@@ -218,6 +226,8 @@ def killed_and_resumed(tmp_path_factory):
     finally:
         for sid in sessions:
             kill_session(sid)  # whatever the test failed to clean, by PID
+        patch.undo()
+        shutil.rmtree(ray_root, ignore_errors=True)
 
 
 def test_a_local_search_listens_on_loopback_only(killed_and_resumed):

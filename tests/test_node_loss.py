@@ -31,7 +31,9 @@ from tests.test_search_helpers import (LoopbackCluster, env, generate_ray_token,
                                        node_processes, search_args, session_pids, trial_results, tune_trials)
 from tests.test_search_stubs import EPOCH_LOG_ENV
 
-pytestmark = pytest.mark.slow
+# pytest -n: the modules that start clusters with `ray start --head` (tests/test_cluster.py, tests/test_node_loss.py)
+# run on one worker, one after the other: a head node binds fixed default ports (the Ray client server's 10001).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_start_head")]
 EPOCHS = 4
 
 

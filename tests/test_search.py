@@ -16,6 +16,8 @@ import pytest
 from tests.test_search_helpers import mlflow_runs, run, search_args, tracking_uri, tune_trials
 
 pytestmark = pytest.mark.slow
+# pytest -n: the tests of the module-scoped `search` run on one worker, so that search runs once.
+ON_SEARCH_WORKER = pytest.mark.xdist_group("search_fixture")
 NAME = "e2e"
 N_TRIALS = 4
 
@@ -32,6 +34,7 @@ def _explain(result) -> str:
     return f"rc={result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
 
 
+@ON_SEARCH_WORKER
 def test_search_succeeds_and_prints_best_trial(search):
     tmp, result = search
     assert result.returncode == 0, _explain(result)
@@ -41,6 +44,7 @@ def test_search_succeeds_and_prints_best_trial(search):
     assert "| mrr |" in out and "| mrr_sum |" in out
 
 
+@ON_SEARCH_WORKER
 def test_tune_trials_and_mlflow_runs_agree(search):
     tmp, result = search
     assert result.returncode == 0, _explain(result)
@@ -81,6 +85,7 @@ def test_tune_trials_and_mlflow_runs_agree(search):
     assert 0 < n_failed < N_TRIALS, "seed 3 should sample both xt_injection values; pick another seed"
 
 
+@ON_SEARCH_WORKER
 def test_finished_runs_have_epoch_history_and_only_the_selected_trial_test_metrics(search):
     tmp, result = search
     assert result.returncode == 0, _explain(result)
@@ -114,6 +119,7 @@ def test_finished_runs_have_epoch_history_and_only_the_selected_trial_test_metri
     assert "Tested the selected trial" in result.stdout
 
 
+@ON_SEARCH_WORKER
 def test_parent_run_artifacts(search):
     tmp, result = search
     assert result.returncode == 0, _explain(result)
@@ -142,6 +148,7 @@ def test_parent_run_artifacts(search):
     assert Config.from_yaml(root / "best" / "config.yaml").train.epochs == 2
 
 
+@ON_SEARCH_WORKER
 def test_report_prints_best_trials_and_table1(search, capsys):
     tmp, result = search
     assert result.returncode == 0, _explain(result)
@@ -162,6 +169,7 @@ def test_report_prints_best_trials_and_table1(search, capsys):
     assert "no search named 'nope'" in err and NAME in err
 
 
+@ON_SEARCH_WORKER
 def test_search_registers_the_best_model_as_dpgdiff_dataset_at_best(search):
     """Issue 13 §1: after a search, models:/dpgdiff-synthetic@best predicts top-k in the dataset's own ids."""
     tmp, result = search
@@ -199,6 +207,7 @@ def test_every_trial_failing_exits_nonzero_with_first_error(tmp_path):
     assert all("stub failure" in c.data.tags["error"] for c in children)
 
 
+@ON_SEARCH_WORKER
 def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(search, capsys):
     """Issue 10 §2: tune/confirm.py reruns the best trial's configuration with N seeds (and a variant) as Ray
     trials, tracked as confirmation children of the search's parent run, and the report pairs them."""
@@ -273,6 +282,7 @@ def test_confirm_bad_input_exits_2_before_ray(tmp_path, capsys, argv, message):
     assert rc == 2 and message in capsys.readouterr().err
 
 
+@ON_SEARCH_WORKER
 def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path):
     """Issue 13 §4: `mlflow server` on the search's SQLite store; its REST API has the parent, the trials with
     their Optuna numbers and early-stop tags, the registered model, and the runs the printed UI link filters to."""

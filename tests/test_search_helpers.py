@@ -228,7 +228,9 @@ class LoopbackCluster:
         return proc.pid
 
     def start_head(self) -> int:
-        return self._start(["--head", "--port", str(self.port), "--include-dashboard", "false"], "rh")
+        # A dashboard port of its own: the default 8265 may be held by a local search running beside this test.
+        return self._start(["--head", "--port", str(self.port), "--include-dashboard", "false",
+                            "--dashboard-port", str(free_port())], "rh")
 
     def add_worker(self) -> int:
         """Start one more worker node -> the session id of its processes."""

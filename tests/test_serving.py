@@ -25,6 +25,9 @@ TINY = ["model.dim=16", "model.n_c_layers=1", "train.epochs=1", "train.mode=last
         "diffusion.val_infer_steps=2"]
 NAME = registered_name("synthetic")
 
+# pytest -n: one worker runs this module, so its module-scoped fixture (a training run) runs once.
+pytestmark = pytest.mark.xdist_group("serving")
+
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, synthetic_dataset):

@@ -27,11 +27,16 @@ from dpgdiff.files import atomic_write_text
 
 MARKER = "dpgdiff_search_driver.json"  # in the temp folder of a local Ray that a search started
 OWNER = "dpgdiff tune/search.py"
+RAY_TMPDIR = "RAY_TMPDIR"
 TEMP_PREFIX = "ray"  # short: Ray's socket paths under the folder must stay under 107 bytes
 
 
 def temp_root() -> Path:
-    """Where local searches make their Ray temp folders: /tmp (short paths), else the system's temp dir."""
+    """Where local searches make (and look for) their Ray temp folders: $RAY_TMPDIR when set (Ray's own variable
+    for its temp root), else /tmp (short paths), else the system's temp dir. Searches with different roots never
+    see each other's leftovers."""
+    if os.environ.get(RAY_TMPDIR):
+        return Path(os.environ[RAY_TMPDIR])
     return Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
 
 
