@@ -29,6 +29,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--shapes", action="store_true", help="one row per op and input shapes (which matmuls cost most)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     args = p.parse_args()
@@ -72,18 +73,19 @@ def profile(args: argparse.Namespace, config, dataset, source: str) -> int:
           f"({med(faults) * resource.getpagesize() / 1e6:.0f} MB), CPU s/step user {med(user):.3f} system {med(system):.3f}")
 
     start = time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         for b in batches:
             train_step(model, optimizer, *b, config, generator=generator)
     wall = (time.perf_counter() - start) / args.steps
 
-    events = prof.key_averages()
+    events = prof.key_averages(group_by_input_shape=args.shapes)
     total = sum(e.self_cpu_time_total for e in events)
     print(f"{args.model} d={args.dim} batch {args.batch_size} on {source}: {wall:.3f} s/step under the "
           f"profiler ({args.steps} steps); {_common.machine()}")
-    print(f"{'op':<44} {'self CPU %':>10} {'calls/step':>10}")
+    print(f"{'op':<44} {'self CPU %':>10} {'calls/step':>10}" + ("  input shapes" if args.shapes else ""))
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
-        print(f"{e.key[:44]:<44} {100 * e.self_cpu_time_total / total:>9.1f}% {e.count / args.steps:>10.0f}")
+        shapes = f"  {[s for s in e.input_shapes if s]}" if args.shapes else ""
+        print(f"{e.key[:44]:<44} {100 * e.self_cpu_time_total / total:>9.1f}% {e.count / args.steps:>10.0f}{shapes}")
     return 0
 
 

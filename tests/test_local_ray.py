@@ -326,3 +326,19 @@ def test_leftovers_of_a_live_driver_or_without_marker_are_not_touched(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_ray_tmpdir_sets_where_searches_make_and_clean_their_temp_folders(tmp_path, monkeypatch):
+    """$RAY_TMPDIR (Ray's own variable) is the root of a search's marked temp folder, and the only place the next
+    search looks for leftovers: searches under different roots never clean up each other's."""
+    from tune.leftovers import clean_leftovers, new_temp_dir
+
+    monkeypatch.setenv(RAY_TMPDIR, str(tmp_path))
+    assert temp_root() == tmp_path
+    folder = Path(new_temp_dir())
+    assert folder.parent == tmp_path and (folder / MARKER).is_file()
+    marker = json.loads((folder / MARKER).read_text())
+    (folder / MARKER).write_text(json.dumps({**marker, "start_time": -1}))  # as if its driver were gone
+    assert len(clean_leftovers(grace_s=1)) == 1 and not folder.exists()
+    monkeypatch.delenv(RAY_TMPDIR)
+    assert temp_root() != tmp_path  # a search without the variable looks elsewhere (/tmp)
