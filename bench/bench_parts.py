@@ -6,7 +6,8 @@ branch, and whole steps with components switched off.
 - matmuls: the step's characteristic matmul shapes at this d (the full CE's logits for batch 512 with two heads,
   its two gradient matmuls, the FFN of a block over 512 x 15 tokens), each into a fresh output and into a
   reused one, in GFLOP/s, beside the square 2048² rate. A fresh output of tens of MB is page-faulted in by the
-  kernel on first write; the gap between the two columns is that cost (issue 9's LogitsWorkspace).
+  kernel on first write; the gap between the two columns is that cost (issue 9's LogitsWorkspace). Also the CE's
+  forward in other layouts (E @ h^T, row blocks), and what one pass over the logits costs beside that matmul.
 - block: one pre-LN self-attention block (d, 2 heads, dropout 0.3) forward + backward over 512 x 15 tokens,
   its GFLOP/s and the share of its CPU time in the exact GELU.
 - cl: the Tri-CL branch of the loss (spec §4.2, Eq. 13), forward + backward: the augmenter, Encoder_c over the
@@ -45,16 +46,30 @@ def matmuls(dim: int, repeats: int) -> None:
     cases = [
         ("CE forward  h @ E^T", lambda: h @ table.t(), lambda o: torch.mm(h, table.t(), out=o), (rows, items), rows * items * dim),
         ("CE forward  h @ (E^T contiguous, incl. copy)", lambda: h @ table.t().contiguous(), None, None, rows * items * dim),
+        ("CE forward  E @ h^T (logits transposed)", lambda: table @ h.t(), lambda o: torch.mm(table, h.t(), out=o), (items, rows), rows * items * dim),
+        ("CE forward  h @ E^T in blocks of 128 rows", None,
+         lambda o: [torch.mm(h[i:i + 128], table.t(), out=o[i:i + 128]) for i in range(0, rows, 128)], (rows, items),
+         rows * items * dim),
         ("CE backward g @ E", lambda: logits @ table, lambda o: torch.mm(logits, table, out=o), (rows, dim), rows * items * dim),
         ("CE backward g^T @ h", lambda: logits.t() @ h, lambda o: torch.mm(logits.t(), h, out=o), (items, dim), rows * items * dim),
         ("FFN up      x @ W1", lambda: x @ w1, lambda o: torch.mm(x, w1, out=o), (tokens, 4 * dim), tokens * dim * 4 * dim),
     ]
     for name, fresh, into, shape, macs in cases:
-        line = f"  {name:<46} fresh {2 * macs / timed(fresh, repeats) / 1e9:6.1f}"
+        line = f"  {name:<46} fresh " + (f"{2 * macs / timed(fresh, repeats) / 1e9:6.1f}" if fresh else "     -")
         if into is not None:
             out = torch.empty(shape)
             line += f"   reused {2 * macs / timed(lambda: into(out), repeats) / 1e9:6.1f}"
         print(line)
+    # What one pass over the logits costs beside the forward matmul that writes them (log-probabilities as values).
+    logp = torch.log_softmax(logits, 1)
+    work = torch.empty_like(logp)
+    mm_ms = 1e3 * timed(lambda: torch.mm(h, table.t(), out=work), repeats)
+    passes = {"log_softmax in place": lambda: torch.ops.aten._log_softmax.out(work, 1, False, out=work),
+              "exp_": lambda: work.exp_(), "fill_": lambda: work.fill_(0.0)}
+    costs = []
+    for name, fn in passes.items():
+        costs.append(f"{name} {1e3 * timed(lambda: (work.copy_(logp), fn()), repeats) - 1e3 * timed(lambda: work.copy_(logp), repeats):.1f}")
+    print(f"  one pass over the ({rows}, {items}) logits, ms: {', '.join(costs)}; the forward matmul writing them: {mm_ms:.1f}")
 
 
 def block(dim: int, repeats: int) -> None:
