@@ -7,7 +7,7 @@ branch, and whole steps with components switched off.
   its two gradient matmuls, the FFN of a block over 512 x 15 tokens), each into a fresh output and into a
   reused one, in GFLOP/s, beside the square 2048² rate. A fresh output of tens of MB is page-faulted in by the
   kernel on first write; the gap between the two columns is that cost (issue 9's LogitsWorkspace). Also the CE's
-  forward in other layouts (E @ h^T, row blocks), and what one pass over the logits costs beside that matmul.
+  forward in other layouts (E @ h^T, row blocks, oneDNN), and what one pass over the logits costs beside that matmul.
 - block: one pre-LN self-attention block (d, 2 heads, dropout 0.3) forward + backward over 512 x 15 tokens,
   its GFLOP/s and the share of its CPU time in the exact GELU.
 - cl: the Tri-CL branch of the loss (spec §4.2, Eq. 13), forward + backward: the augmenter, Encoder_c over the
@@ -34,6 +34,15 @@ def timed(fn, repeats: int) -> float:
     return _common.median_seconds(fn, repeats, warmup=1)
 
 
+def _onednn_forward(h: torch.Tensor, table: torch.Tensor):
+    """h @ E^T through oneDNN (torch's mkldnn_linear), the output left in oneDNN's layout (a lower bound on that
+    path: the CE would need it back as a dense tensor); None where this torch has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    table_mkldnn = table.to_mkldnn()
+    return lambda: torch._C._nn.mkldnn_linear(h.to_mkldnn(), table_mkldnn)
+
+
 def matmuls(dim: int, repeats: int) -> None:
     print(f"matmuls at d={dim} (GFLOP/s; 'fresh': a new output tensor per call, 'reused': out= one kept buffer)")
     n = 2048
@@ -50,6 +59,7 @@ def matmuls(dim: int, repeats: int) -> None:
         ("CE forward  h @ E^T in blocks of 128 rows", None,
          lambda o: [torch.mm(h[i:i + 128], table.t(), out=o[i:i + 128]) for i in range(0, rows, 128)], (rows, items),
          rows * items * dim),
+        ("CE forward  oneDNN mkldnn_linear (no to_dense)", _onednn_forward(h, table), None, None, rows * items * dim),
         ("CE backward g @ E", lambda: logits @ table, lambda o: torch.mm(logits, table, out=o), (rows, dim), rows * items * dim),
         ("CE backward g^T @ h", lambda: logits.t() @ h, lambda o: torch.mm(logits.t(), h, out=o), (items, dim), rows * items * dim),
         ("FFN up      x @ W1", lambda: x @ w1, lambda o: torch.mm(x, w1, out=o), (tokens, 4 * dim), tokens * dim * 4 * dim),
