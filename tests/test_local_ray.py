@@ -2,7 +2,7 @@
 after each kill the next start stops the processes the killed driver left and removes its temp folder; and
 after the last resume every trial finished, once, and MLflow is consistent.
 
-One small search (2 trials one after the other, 2 epochs, stub trainer with a 1 s pause per epoch) is killed 5
+One small search (3 trials one after the other, 2 epochs, stub trainer with a 1 s pause per epoch) is killed 5
 times (`kill_plan`: before the first trial, twice mid-trial, between Tune's snapshot of a new trial and its
 start, in the driver's last steps), each time restarted by the same command, then resumed to the end. The kill
 times come from a random seed, printed with what each kill hit; DPGDIFF_KILL_SEED=SEED replays them. While a
@@ -36,7 +36,9 @@ from tune.leftovers import MARKER, RAY_TMPDIR, TEMP_PREFIX, process_start_time, 
 # pytest -n (README: --dist loadgroup): one worker runs this module, so its module-scoped fixture runs once
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local_ray")]
 NAME = "local"
-TRIALS, EPOCHS = 2, 2
+# 3 trials: a mid-trial kill of the first trial may land after it finished and Tune saved the second; the kill
+# "between snapshot and trial start" then still has a third trial to wait for (with 2 it had none).
+TRIALS, EPOCHS = 3, 2
 SEED_ENV = "DPGDIFF_KILL_SEED"  # replays the kill times of a failed run (its seed is in every assertion message)
 
 
