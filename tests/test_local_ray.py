@@ -169,11 +169,11 @@ def killed_and_resumed(tmp_path_factory):
     # time (pytest -n) cleans up leftovers under /tmp only, so "the next start removed it" is this sequence's.
     ray_root = Path(tempfile.mkdtemp(prefix="dpgt", dir=temp_root()))
     patch = pytest.MonkeyPatch()
-    patch.setenv(RAY_TMPDIR, str(ray_root))
     args = search_args(tmp, NAME, "--epochs", str(EPOCHS), "--num-samples", str(TRIALS), "--max-concurrent", "1",
                        "--scheduler", "fifo", "--set", "model.xt_injection=concat_token", train_fn="train_slow")
     sessions, sockets, logs = [], None, []
     try:
+        patch.setenv(RAY_TMPDIR, str(ray_root))
         for i, kill in enumerate(kills):
             log = tmp / f"driver{i}.log"
             logs.append(log)

@@ -141,4 +141,3 @@ def test_cpu_space_searches_the_diffusion_knobs_and_is_the_no_gpu_default():
         assert baseline.fixed["model.name"] == model
         assert all(baseline.fixed[k] == space.fixed[k] for k in ("model.dim", "train.epochs", "train.mode",
                                                                  "train.batch_size"))
-

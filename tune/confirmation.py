@@ -26,8 +26,9 @@ from ray import tune
 import dpgdiff
 from dpgdiff.config import Config, parse_assignment
 from dpgdiff.training.loop import RANKS_FILE
-from tune import ray_internals, tracking
-from tune.driver import EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK, check_resources, start_ray
+from tune import tracking
+from tune.driver import (EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK, check_resources, restore_saved_state,
+                         start_ray)
 from tune.progress import ProgressReporter
 from tune.settings import RunOptions, SearchError, SearchSettings, write_text
 from tune.trainable import FINAL_MARKER, TrialSpec, run_trial
@@ -228,7 +229,7 @@ def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_i
     temp_dir = start_ray(settings)
     try:
         check_resources(ray, settings)
-        if settings.run.resuming and ray_internals.experiment_state_saved(settings.path):
+        if restore_saved_state(settings):
             tuner = tune.Tuner.restore(settings.path, trainable, resume_unfinished=True, resume_errored=True)
         else:
             epochs = max(j.config.train.epochs for j in jobs)

@@ -127,6 +127,12 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def restore_saved_state(settings: SearchSettings) -> bool:
+    """Whether to `Tuner.restore` the experiment: on --resume, once Tune has saved a state there (a driver killed
+    before that leaves nothing to restore, and no trial can have started: its trials begin anew)."""
+    return settings.run.resuming and ray_internals.experiment_state_saved(settings.path)
+
+
 def in_background(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
     """fn(*args) in a thread of its own -> its Future (`.result()` waits and re-raises its error)."""
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=getattr(fn, "__name__", "task"))
@@ -259,7 +265,7 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
     spec = TrialSpec(dataset=settings.dataset, fingerprint=settings.fingerprint, space=space, train_fn=train_fn)
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_parameters(tune.with_resources(run_trial, resources), spec=spec)
-    if settings.run.resuming and ray_internals.experiment_state_saved(settings.path):
+    if restore_saved_state(settings):
         # Searcher (Optuna study), scheduler, callbacks and run config come back from the saved state.
         return tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
                                   resume_errored=settings.run.retry_errored, restart_errored=False)
