@@ -9,8 +9,8 @@ import statistics
 import sys
 import time
 
+import dpgdiff  # noqa: F401  (before torch: on AMD CPUs it loads its MKL fix first, dpgdiff/mkl_amd.py)
 import torch
-
 
 
 def set_threads(n: int) -> None:
@@ -40,7 +40,13 @@ def median_seconds(fn, repeats: int, warmup: int = 0) -> float:
 
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs visible, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load()}")
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {mkl_amd()}; {load()}")
+
+
+def mkl_amd() -> str:
+    """Whether dpgdiff's MKL fix for AMD CPUs is in effect in this process (absent in trees before it)."""
+    module = getattr(dpgdiff, "mkl_amd", None)
+    return f"MKL AMD fix {module.STATUS if module else 'absent (older tree)'}"
 
 
 def load() -> str:

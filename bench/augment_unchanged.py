@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import dpgdiff  # noqa: F401  (before torch: the MKL fix for AMD CPUs, dpgdiff/mkl_amd.py)
 import torch
 
 from dpgdiff.config import AugmentConfig

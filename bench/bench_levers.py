@@ -20,10 +20,10 @@ import statistics
 import sys
 import time
 
+import _common  # first: it imports dpgdiff before torch (the MKL fix for AMD CPUs, dpgdiff/mkl_amd.py)
 import torch
 import torch.nn.functional as F
 
-import _common  # noqa: F401  (shared bench helpers)
 from dpgdiff.models.layers import dropout
 from dpgdiff.models.losses import softmax_cross_entropy
 

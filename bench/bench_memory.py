@@ -16,9 +16,9 @@ import sys
 import time
 
 import numpy as np
+import _common  # first: it imports dpgdiff before torch (the MKL fix for AMD CPUs, dpgdiff/mkl_amd.py)
 import torch
 
-import _common
 
 # Movie-Book item counts; synthetic users have 1-3 training sequences (2 on average) -> ~60k sequences.
 MOVIE_BOOK_SIZED = {"n_items_x": 36845, "n_items_y": 63937, "n_users": 30000}

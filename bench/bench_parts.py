@@ -25,9 +25,9 @@ import argparse
 import statistics
 import time
 
+import _common  # first: it imports dpgdiff before torch (the MKL fix for AMD CPUs, dpgdiff/mkl_amd.py)
 import torch
 
-import _common
 
 
 def timed(fn, repeats: int) -> float:

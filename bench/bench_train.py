@@ -18,9 +18,9 @@ import subprocess
 import sys
 import time
 
+import _common  # first: it imports dpgdiff before torch (the MKL fix for AMD CPUs, dpgdiff/mkl_amd.py)
 import torch
 
-import _common
 
 
 def matmul_rate(n: int, repeats: int = 5) -> float:

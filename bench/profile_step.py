@@ -16,9 +16,9 @@ import resource
 import statistics
 import time
 
+import _common  # first: it imports dpgdiff before torch (the MKL fix for AMD CPUs, dpgdiff/mkl_amd.py)
 import torch
 
-import _common
 
 
 def main() -> int:
@@ -85,8 +85,23 @@ def profile(args: argparse.Namespace, config, dataset, source: str) -> int:
     print(f"{'op':<44} {'self CPU %':>10} {'calls/step':>10}" + ("  input shapes" if args.shapes else ""))
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
         shapes = f"  {[s for s in e.input_shapes if s]}" if args.shapes else ""
-        print(f"{e.key[:44]:<44} {100 * e.self_cpu_time_total / total:>9.1f}% {e.count / args.steps:>10.0f}{shapes}")
+        flops = matmul_flops(e.key, e.input_shapes) if args.shapes else None
+        rate = f"  {flops * e.count / (e.self_cpu_time_total * 1e-6) / 1e9:.0f} GFLOP/s" if flops else ""
+        print(f"{e.key[:44]:<44} {100 * e.self_cpu_time_total / total:>9.1f}% {e.count / args.steps:>10.0f}{shapes}{rate}")
     return 0
+
+
+def matmul_flops(op: str, shapes: list) -> int | None:
+    """FLOPs of one mm / addmm / bmm call from its input shapes (None for other ops)."""
+    dims = [s for s in shapes if s]
+    pair = dims[1:3] if op == "aten::addmm" else dims[:2]  # addmm(bias, a, b); mm(a, b[, out])
+    if op in ("aten::mm", "aten::addmm") and len(pair) == 2 and len(pair[0]) == len(pair[1]) == 2:
+        (m, k), (_, n) = pair
+        return 2 * m * k * n
+    if op == "aten::bmm" and len(dims) == 2 and len(dims[0]) == len(dims[1]) == 3:
+        (b, m, k), (_, _, n) = dims
+        return 2 * b * m * k * n
+    return None
 
 
 if __name__ == "__main__":

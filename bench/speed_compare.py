@@ -38,9 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def worker(args: argparse.Namespace) -> int:
     """Build one model in the tree on PYTHONPATH, then answer 'steps N' lines with JSON timings."""
+    import _common  # imports dpgdiff before torch, as every entry point of the package does
     import torch
-
-    import _common
 
     torch.set_num_threads(args.threads)
     import dpgdiff
@@ -79,7 +78,7 @@ def worker(args: argparse.Namespace) -> int:
     with FlopCounterMode(display=False) as counter:
         train_step(model, optimizer, *batch(), config, generator=generator)
     hello = {"ready": True, "dpgdiff": dpgdiff.__file__, "gflop_per_step": counter.get_total_flops() / 1e9,
-             "params": sum(p.numel() for p in model.parameters())}
+             "params": sum(p.numel() for p in model.parameters()), "mkl_amd": _common.mkl_amd()}
     print(json.dumps(hello), flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -165,6 +164,8 @@ def compare_one_dim(dim: int, old_tree: Path, args: argparse.Namespace, rate: fl
         workers = [Worker(old_tree, "dpgdiff", dim, args), Worker(REPO, "dpgdiff", dim, args)]
         if not args.no_sasrec:
             workers.append(Worker(REPO, "sasrec", dim, args))
+        for w in workers:
+            print(f"  {w.name}: {w.hello.get('mkl_amd', '?')}", flush=True)
         for r in range(args.rounds):
             order = workers if r % 2 == 0 else workers[::-1]  # alternate who goes first
             for w in order:
@@ -173,6 +174,7 @@ def compare_one_dim(dim: int, old_tree: Path, args: argparse.Namespace, rate: fl
         row = {"dim": dim, "old_s": old.median, "new_s": new.median, "speedup": old.median / new.median,
                "old_times": old.times, "new_times": new.times,
                "old_cpu_s": old.median_cpu, "new_cpu_s": new.median_cpu, "cpu_speedup": old.median_cpu / new.median_cpu,
+               "old_mkl_amd": old.hello["mkl_amd"], "new_mkl_amd": new.hello["mkl_amd"],
                "old_gflop": old.hello["gflop_per_step"], "new_gflop": new.hello["gflop_per_step"],
                "new_fraction_of_matmul": new.hello["gflop_per_step"] * 1e9 / new.median / rate,
                "old_fraction_of_matmul": old.hello["gflop_per_step"] * 1e9 / old.median / rate}
@@ -206,12 +208,13 @@ def main() -> int:
     if args.worker:
         return worker(args)
 
+    import _common  # (dpgdiff before torch: the matmul reference runs on the kernels the new tree gets)
     import torch
 
     torch.set_num_threads(args.threads)
     rate = matmul_rate()
     print(f"machine: {os.cpu_count()} logical CPUs, torch {torch.__version__}, {args.threads} threads, "
-          f"load avg {os.getloadavg()[0]:.1f}")
+          f"{_common.mkl_amd()} (driver), load avg {os.getloadavg()[0]:.1f}")
     print(f"fp32 matmul rate (torch.mm 2048^2, median of 5): {rate / 1e9:.1f} GFLOP/s "
           f"(depends on the machine and its load)")
     tmp = Path(tempfile.mkdtemp(prefix="dpgdiff-old-"))

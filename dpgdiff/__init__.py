@@ -31,12 +31,20 @@ state, so that a resumed run continues exactly, and `cpu_memory.py` the allocato
 the id map in `dpgdiff/data/ids.py`), the code path of both `python -m dpgdiff recommend` and the MLflow
 model.
 
+`dpgdiff/mkl_amd.py` lets torch's MKL use its AVX2 kernels on AMD processors (a vendor-check shim
+loaded before torch; 2-3x on the CE's skinny matmuls there, nothing elsewhere). `import dpgdiff` runs it,
+so import dpgdiff before torch.
+
 `dpgdiff/cli.py` owns `python -m dpgdiff {data,train,evaluate,diagnose,recommend}`: one small function
 per subcommand.
 """
 
-from dpgdiff.config import Config, ConfigError
-from dpgdiff.training import TrainingDivergedError, TrainResult, train
+from dpgdiff import mkl_amd
+
+mkl_amd.enable()  # must run before anything imports torch: see dpgdiff/mkl_amd.py
+
+from dpgdiff.config import Config, ConfigError  # noqa: E402
+from dpgdiff.training import TrainingDivergedError, TrainResult, train  # noqa: E402
 
 __all__ = ["Config", "ConfigError", "TrainResult", "TrainingDivergedError", "train"]
 __version__ = "0.1.0"

@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from dpgdiff import mkl_amd
 from dpgdiff.config import Config
 from dpgdiff.data.ids import ItemIdMap
 from dpgdiff.data.ref import DatasetRef
@@ -236,6 +237,8 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
            resume_from: str | Path | None, out: Optional[Path], ckpt_root: Optional[Path],
            progress: bool, run_test: bool = True) -> TrainResult:
     t = config.train
+    if device.type == "cpu":  # which matmul kernels this run gets (dpgdiff/mkl_amd.py)
+        log.info("CPU run, %d threads; MKL AMD fix %s", torch.get_num_threads(), mkl_amd.STATUS)
     # The raw <-> internal item-id map travels with the weights: serving needs it without the data files.
     identity = {**DatasetRef.identity(dataset), "item_ids": ItemIdMap.from_dataset(dataset).to_dict()}
 

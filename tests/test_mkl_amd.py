@@ -1,0 +1,114 @@
+"""dpgdiff/mkl_amd.py: when the MKL vendor-check shim loads, that it builds, and that it changes no values."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dpgdiff import mkl_amd
+
+AMD_HERE = mkl_amd.cpu_vendor() in mkl_amd.AMD_VENDORS and sys.platform == "linux"
+NEEDS_CC = pytest.mark.skipif(mkl_amd.compiler() is None, reason="no C compiler on PATH to build the shim")
+
+
+def run_python(code: str, **env: str) -> str:
+    import os
+
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env={**os.environ, **env}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_cpu_vendor_reads_the_first_vendor_id(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+                       "processor\t: 1\nvendor_id\t: GenuineIntel\n")
+    assert mkl_amd.cpu_vendor(str(cpuinfo)) == "AuthenticAMD"
+    assert mkl_amd.cpu_vendor(str(tmp_path / "missing")) == ""
+
+
+@pytest.mark.parametrize(("env", "system", "machine", "vendor", "torch_loaded", "expected"), [
+    ({}, "linux", "x86_64", "AuthenticAMD", False, None),
+    ({}, "linux", "x86_64", "HygonGenuine", False, None),
+    ({"DPGDIFF_MKL_AMD": "1"}, "linux", "x86_64", "AuthenticAMD", False, None),
+    ({"DPGDIFF_MKL_AMD": "0"}, "linux", "x86_64", "AuthenticAMD", False, "DPGDIFF_MKL_AMD=0"),
+    ({}, "linux", "x86_64", "GenuineIntel", False, "not needed on a GenuineIntel CPU"),
+    ({}, "linux", "aarch64", "", False, "not needed on linux/aarch64"),
+    ({}, "darwin", "x86_64", "AuthenticAMD", False, "not needed on darwin/x86_64"),
+    ({}, "linux", "x86_64", "AuthenticAMD", True, "torch was imported before dpgdiff (import dpgdiff first)"),
+])
+def test_reason_to_skip(env, system, machine, vendor, torch_loaded, expected) -> None:
+    assert mkl_amd.reason_to_skip(env, system, machine, vendor, torch_loaded) == expected
+
+
+@NEEDS_CC
+def test_build_shim_makes_a_library_whose_vendor_check_says_yes(tmp_path: Path) -> None:
+    path = mkl_amd.build_shim(tmp_path)
+    assert path.parent == tmp_path and path.suffix == ".so"
+    assert ctypes.CDLL(str(path)).mkl_serv_intel_cpu_true() == 1
+    built = path.stat().st_mtime_ns
+    assert mkl_amd.build_shim(tmp_path) == path and path.stat().st_mtime_ns == built  # built once, then reused
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+
+
+def test_no_compiler_leaves_mkl_alone_and_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    assert mkl_amd.compiler() is None
+    with pytest.raises(OSError, match="no C compiler"):
+        mkl_amd.build_shim(tmp_path)
+
+
+@pytest.mark.skipif(not AMD_HERE, reason="the shim loads only on AMD CPUs under Linux; this machine is not one")
+@NEEDS_CC
+def test_import_dpgdiff_makes_libtorch_resolve_the_vendor_check_to_the_shim(tmp_path: Path) -> None:
+    """In a fresh process: `import dpgdiff` before torch puts the shim first in the global symbol scope,
+    so the symbol libtorch's MKL calls is the shim's; importing torch first leaves MKL alone and says so."""
+    code = """
+        import ctypes, json, dpgdiff, torch
+        from dpgdiff import mkl_amd
+        found = ctypes.cast(ctypes.CDLL(None).mkl_serv_intel_cpu_true, ctypes.c_void_p).value
+        shim = ctypes.cast(mkl_amd._handle.mkl_serv_intel_cpu_true, ctypes.c_void_p).value
+        print(json.dumps({"status": mkl_amd.STATUS, "same": found == shim}))
+    """
+    out = json.loads(run_python(code, XDG_CACHE_HOME=str(tmp_path)))
+    assert out == {"status": "on", "same": True}
+    assert list((tmp_path / "dpgdiff").glob("mkl_intel_cpu_true-*.so"))
+
+    late = run_python("import torch, dpgdiff; print(dpgdiff.mkl_amd.STATUS)", XDG_CACHE_HOME=str(tmp_path))
+    assert late.strip() == "off: torch was imported before dpgdiff (import dpgdiff first)"
+    off = run_python("import dpgdiff; print(dpgdiff.mkl_amd.STATUS)", DPGDIFF_MKL_AMD="0")
+    assert off.strip() == "off: DPGDIFF_MKL_AMD=0"
+
+
+@pytest.mark.skipif(not AMD_HERE, reason="the shim loads only on AMD CPUs under Linux; this machine is not one")
+@NEEDS_CC
+def test_the_shim_changes_no_values_beyond_float_rounding(tmp_path: Path) -> None:
+    """The CE's matmuls (skinny: inner dimension d, ~30k items) with MKL's AVX2 kernels and with its generic
+    ones agree to float rounding, forward and both gradients."""
+    code = f"""
+        import dpgdiff, torch
+        torch.manual_seed(0)
+        h = torch.randn(300, 64, requires_grad=True)
+        table = torch.randn(20000, 64, requires_grad=True)
+        logits = h @ table.t()
+        logits.backward(torch.randn_like(logits))
+        torch.save({{"status": dpgdiff.mkl_amd.STATUS, "logits": logits.detach(), "h": h.grad, "table": table.grad}},
+                   r"{tmp_path}/" + ("on" if dpgdiff.mkl_amd.STATUS == "on" else "off") + ".pt")
+    """
+    run_python(code, XDG_CACHE_HOME=str(tmp_path))
+    run_python(code, DPGDIFF_MKL_AMD="0")
+    import torch
+
+    on = torch.load(tmp_path / "on.pt", weights_only=True)
+    off = torch.load(tmp_path / "off.pt", weights_only=True)
+    assert (on["status"], off["status"]) == ("on", "off: DPGDIFF_MKL_AMD=0")
+    for key in ("logits", "h", "table"):
+        torch.testing.assert_close(on[key], off[key], rtol=1e-5, atol=1e-4)
