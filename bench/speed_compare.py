@@ -13,7 +13,7 @@ prints the process CPU time per step (all threads): with other jobs on the machi
 wall time at --threads 1, but with 2+ threads it also counts OpenMP threads spinning at barriers.
 
 Printed per d: median s/step for old and new and their ratio (examples/s new / old), the DPG-Diff /
-SASRec step ratio (both working tree), GFLOP per step of both trees (they must agree: no work dropped)
+SASRec step ratio (both working tree) beside the ratio of their FLOPs, GFLOP per step of both trees (they must agree: no work dropped)
 and the fraction of the machine's fp32 matmul rate. That fraction depends on the machine (its matmul
 rate and memory bandwidth) and on the load; the old/new ratio is the figure that carries across machines.
 """
@@ -181,6 +181,8 @@ def compare_one_dim(dim: int, old_tree: Path, args: argparse.Namespace, rate: fl
         if not args.no_sasrec:
             sas = workers[2]
             row.update({"sasrec_s": sas.median, "dpgdiff_over_sasrec": new.median / sas.median,
+                        "sasrec_gflop": sas.hello["gflop_per_step"],
+                        "flop_ratio": new.hello["gflop_per_step"] / sas.hello["gflop_per_step"],
                         "sasrec_times": sas.times})
         return row
     finally:
@@ -233,7 +235,8 @@ def main() -> int:
                     f"matmul fraction old {100 * row['old_fraction_of_matmul']:.1f}% "
                     f"new {100 * row['new_fraction_of_matmul']:.1f}%")
             if "sasrec_s" in row:
-                line += f"  SASRec {row['sasrec_s']:.3f} s/step, DPG-Diff/SASRec {row['dpgdiff_over_sasrec']:.2f}"
+                line += (f"  SASRec {row['sasrec_s']:.3f} s/step, DPG-Diff/SASRec {row['dpgdiff_over_sasrec']:.2f} "
+                         f"(in FLOPs: {row['new_gflop']:.1f} / {row['sasrec_gflop']:.1f} GFLOP = {row['flop_ratio']:.2f})")
             print(line + f"  [load avg {os.getloadavg()[0]:.1f}]", flush=True)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], capture_output=True)

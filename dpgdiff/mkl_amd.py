@@ -91,6 +91,21 @@ def build_shim(folder: Path | None = None) -> Path:
     return path
 
 
+def _load_shim() -> ctypes.CDLL:
+    """Build (or find) the shim in the user cache and load it into the global symbol scope.
+
+    Where the cache cannot be written (a read-only home on a cluster node), build it in a private temp
+    folder (0700: no other user can swap the file) that goes once loaded: the mapping outlives the file."""
+    if compiler() is None:
+        raise OSError("no C compiler (cc, gcc or clang) on PATH")
+    try:
+        path = build_shim()
+    except OSError:
+        with tempfile.TemporaryDirectory(prefix="dpgdiff-mkl-") as tmp:
+            return ctypes.CDLL(str(build_shim(Path(tmp))), mode=os.RTLD_GLOBAL)
+    return ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL)
+
+
 def reason_to_skip(env: dict[str, str], system: str, machine: str, vendor: str, torch_loaded: bool) -> str | None:
     """Why this process should not (or cannot) load the shim; None when it should."""
     if env.get(ENV, "1") == "0":
@@ -117,7 +132,7 @@ def enable() -> str:
                           f"see dpgdiff/mkl_amd.py", RuntimeWarning, stacklevel=3)
         return STATUS
     try:
-        _handle = ctypes.CDLL(str(build_shim()), mode=os.RTLD_GLOBAL)
+        _handle = _load_shim()
         STATUS = "on"
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or exc

@@ -112,3 +112,15 @@ def test_the_shim_changes_no_values_beyond_float_rounding(tmp_path: Path) -> Non
     assert (on["status"], off["status"]) == ("on", "off: DPGDIFF_MKL_AMD=0")
     for key in ("logits", "h", "table"):
         torch.testing.assert_close(on[key], off[key], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not AMD_HERE, reason="the shim loads only on AMD CPUs under Linux; this machine is not one")
+@NEEDS_CC
+def test_an_unwritable_cache_still_gets_the_shim_from_a_private_temp_folder(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.write_text("a file where the cache folder should be")  # mkdir fails, as on a read-only home
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    out = run_python("import dpgdiff; print(dpgdiff.mkl_amd.STATUS)", XDG_CACHE_HOME=str(cache), TMPDIR=str(temp))
+    assert out.strip() == "on"
+    assert list(temp.iterdir()) == []  # the temp build is gone once loaded
