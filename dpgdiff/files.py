@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 
+def user_cache_root() -> Path:
+    """The per-user cache folder: $XDG_CACHE_HOME/dpgdiff or ~/.cache/dpgdiff (datasets, the MKL shim)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dpgdiff"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: Optional[int] = None) -> None:
     """Call `write(temp_path)` to fill a temp file beside `path`, then rename it to `path`.
 

@@ -4,7 +4,7 @@ torch's x86 wheels link Intel's oneMKL for fp32 matmuls. oneMKL picks its fast c
 its vendor check, `mkl_serv_intel_cpu_true()`, says the CPU is Intel; on AMD (and Hygon) processors
 it falls back to generic kernels. For square products the gap is small, but for the skinny products a
 training step is made of it is 2-3x: the full-softmax CE's `h @ E^T` (inner dimension d, one side
-~30k items) ran at 36 GFLOP/s against 104-119 with the vendor check answered "yes", on a 2-core
+~30k items) ran at 41.8 GFLOP/s against 105.8 with the vendor check answered "yes" (d=64), on a 2-core
 AMD EPYC (BENCHMARKS.md, issue 9). MKL still checks the instruction sets themselves (AVX2, FMA,
 AVX-512) and uses only what the CPU has; only the vendor gate goes.
 
@@ -17,8 +17,8 @@ kernel, another summation order); on Intel CPUs and non-x86 machines this does n
 
     DPGDIFF_MKL_AMD=0   keep MKL's own dispatch (for an A/B, or if a future MKL misbehaves)
 
-`STATUS` says what happened: "on", or "off: <why>" (printed by `python -m dpgdiff train` and the
-benches, so a figure always says which kernels produced it).
+`STATUS` says what happened: "on", or "off: <why>" (logged at the start of a CPU training run and
+printed by the benches, so a figure always says which kernels produced it).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from dpgdiff.files import atomic_write
+from dpgdiff.files import atomic_write, user_cache_root
 
 ENV = "DPGDIFF_MKL_AMD"
 SHIM_SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
@@ -56,32 +56,27 @@ def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
     return ""
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dpgdiff"
-
-
 def compiler() -> str | None:
     """A C compiler on PATH: $CC, else cc, gcc or clang."""
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        if name and (path := shutil.which(name)):
+            return path
     return None
 
 
 def build_shim(folder: Path | None = None) -> Path:
-    """The compiled shim, built on first use (atomically: concurrent trial processes may race here).
+    """The compiled shim in `folder` (default: the user cache), built on first use; once built, later calls
+    (every `import dpgdiff`) only find it. Built atomically: concurrent trial processes may race here.
 
     Raises OSError / subprocess.CalledProcessError when it cannot be built."""
+    key = hashlib.sha256(f"{SHIM_SOURCE}{platform.machine()}".encode()).hexdigest()[:12]
+    path = (folder or user_cache_root()) / f"mkl_intel_cpu_true-{key}.so"
+    if path.exists():
+        return path
     cc = compiler()
     if cc is None:
         raise OSError("no C compiler (cc, gcc or clang) on PATH")
-    key = hashlib.sha256(f"{SHIM_SOURCE}{platform.machine()}".encode()).hexdigest()[:12]
-    folder = folder or cache_dir()
-    path = folder / f"mkl_intel_cpu_true-{key}.so"
-    if path.exists():
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "shim.c"
         source.write_text(SHIM_SOURCE)
@@ -92,15 +87,15 @@ def build_shim(folder: Path | None = None) -> Path:
 
 
 def _load_shim() -> ctypes.CDLL:
-    """Build (or find) the shim in the user cache and load it into the global symbol scope.
+    """Find (or build) the shim in the user cache and load it into the global symbol scope.
 
     Where the cache cannot be written (a read-only home on a cluster node), build it in a private temp
     folder (0700: no other user can swap the file) that goes once loaded: the mapping outlives the file."""
-    if compiler() is None:
-        raise OSError("no C compiler (cc, gcc or clang) on PATH")
     try:
         path = build_shim()
     except OSError:
+        if compiler() is None:  # the temp folder would fail the same way
+            raise
         with tempfile.TemporaryDirectory(prefix="dpgdiff-mkl-") as tmp:
             return ctypes.CDLL(str(build_shim(Path(tmp))), mode=os.RTLD_GLOBAL)
     return ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL)

@@ -23,7 +23,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_user_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Point the per-user cache (XDG_CACHE_HOME) at a temp folder, so tests never write to ~/.cache."""
+    """Point the per-user cache (XDG_CACHE_HOME) at a temp folder, so tests never write to ~/.cache (apart from
+    the MKL shim that `import dpgdiff` builds there on AMD CPUs, dpgdiff/mkl_amd.py, before any fixture runs)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
         mp.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))  # Optuna's plots import matplotlib

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpgdiff.data.dataset import DataError
+from dpgdiff.files import user_cache_root  # noqa: F401  (re-exported: dpgdiff.data.user_cache_root)
 
 ENV_DATA_DIR = "DPGDIFF_DATA_DIR"
 ENV_DATA_URL = "DPGDIFF_DATA_URL"
@@ -69,12 +70,6 @@ NAMED_DATASETS: dict[str, NamedDataset] = {
         },
     ),
 }
-
-
-def user_cache_root() -> Path:
-    """The per-user cache folder: $XDG_CACHE_HOME/dpgdiff or ~/.cache/dpgdiff."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dpgdiff"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
