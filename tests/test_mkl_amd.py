@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -18,8 +19,6 @@ NEEDS_CC = pytest.mark.skipif(mkl_amd.compiler() is None, reason="no C compiler 
 
 
 def run_python(code: str, **env: str) -> str:
-    import os
-
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                             env={**os.environ, **env}, timeout=120)
     assert result.returncode == 0, result.stderr
