@@ -136,12 +136,20 @@ class Worker:
             raise RuntimeError(f"worker {self.name} exited with {self.proc.wait()} (see its stderr above)")
         return json.loads(line)
 
-    def run(self, steps: int) -> None:
+    def start(self, steps: int) -> None:
+        """Ask for `steps` timed steps without waiting (several workers can then run at once)."""
         self.proc.stdin.write(f"steps {steps}\n")
         self.proc.stdin.flush()
+
+    def finish(self) -> None:
+        """Wait for the timings asked for by start()."""
         answer = self._read()
         self.times += answer["times"]
         self.cpu += answer["cpu"]
+
+    def run(self, steps: int) -> None:
+        self.start(steps)
+        self.finish()
 
     def close(self) -> None:
         if self.proc.poll() is None:
