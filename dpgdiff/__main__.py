@@ -1,7 +1,5 @@
 """`python -m dpgdiff ...`: see dpgdiff/cli.py."""
 
-import sys
+from dpgdiff.cli import exit_process, main
 
-from dpgdiff.cli import main
-
-sys.exit(main())
+exit_process(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,28 @@ def _isolated_ray_token(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
         mp.delenv("RAY_AUTH_TOKEN", raising=False)
         yield token
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, its schema made once per session (per xdist worker)."""
+    from tune import tracking
+
+    db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    tracking.create_sqlite_store(f"sqlite:///{db}")
+    return db
+
+
+@pytest.fixture
+def mlflow_store(_empty_mlflow_store: Path, tmp_path: Path) -> str:
+    """The tracking URI of a new, empty MLflow SQLite store at tmp_path/mlruns/mlflow.db (the path that
+    tune.tracking.local_tracking_uri and the tests' tracking_uri give), copied from `_empty_mlflow_store`:
+    MLflow's schema migrations take 4-8 s per store on 2 busy cores. For tests of what goes into a store;
+    making one is tested in tests/test_lost_trials.py and by every search test."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_empty_mlflow_store, db)
+    return f"sqlite:///{db}"
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import sys
 
+from dpgdiff.cli import exit_process
 from tests import test_search_stubs
 from tune.search import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[2:], train_fn=getattr(test_search_stubs, sys.argv[1])))
+    exit_process(main(sys.argv[2:], train_fn=getattr(test_search_stubs, sys.argv[1])))  # as tune/search.py exits

@@ -151,3 +151,21 @@ def test_diagnose_prints_per_t_figures_and_metrics_by_k(trained, synthetic_data_
     by_k = {r["infer_steps"]: r["metrics"] for r in diag["per_k"]}
     assert sorted(by_k) == [1, 2]
     assert by_k[2]["x_mrr"] == pytest.approx(metrics["test_x_mrr"]) and by_k[2]["y_mrr"] == pytest.approx(metrics["test_y_mrr"])
+
+
+def test_exit_process_keeps_the_exit_code_output_and_atexit_handlers(tmp_path):
+    """The entry points' fast exit (gc.freeze, then sys.exit) still runs atexit handlers, flushes buffered output
+    and files, and exits with main's code."""
+    code = f"""
+import atexit, sys
+from dpgdiff.cli import exit_process
+log = open(r"{tmp_path / 'log.txt'}", "w")  # left open: its buffer is flushed when the module is torn down
+log.write("buffered")
+atexit.register(lambda: print("atexit ran"))
+print("no newline, buffered", end="")
+exit_process(3)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "no newline, bufferedatexit ran\n"
+    assert (tmp_path / "log.txt").read_text() == "buffered"

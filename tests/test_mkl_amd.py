@@ -65,50 +65,63 @@ def test_no_compiler_leaves_mkl_alone_and_says_why(monkeypatch: pytest.MonkeyPat
         mkl_amd.build_shim(tmp_path)
 
 
-@pytest.mark.skipif(not AMD_HERE, reason="the shim loads only on AMD CPUs under Linux; this machine is not one")
-@NEEDS_CC
-def test_import_dpgdiff_makes_libtorch_resolve_the_vendor_check_to_the_shim(tmp_path: Path) -> None:
-    """In a fresh process: `import dpgdiff` before torch puts the shim first in the global symbol scope,
-    so the symbol libtorch's MKL calls is the shim's; importing torch first leaves MKL alone and says so."""
-    code = """
-        import ctypes, json, dpgdiff, torch
-        from dpgdiff import mkl_amd
+# One fresh process with the shim and one without, shared by the two tests below (each start imports torch).
+FRESH_PROCESS = """
+    import ctypes, json, sys, dpgdiff, torch
+    from dpgdiff import mkl_amd
+    found = shim = None
+    if mkl_amd._handle is not None:  # the symbol libtorch's MKL calls, and the shim's
         found = ctypes.cast(ctypes.CDLL(None).mkl_serv_intel_cpu_true, ctypes.c_void_p).value
         shim = ctypes.cast(mkl_amd._handle.mkl_serv_intel_cpu_true, ctypes.c_void_p).value
-        print(json.dumps({"status": mkl_amd.STATUS, "same": found == shim}))
-    """
-    out = json.loads(run_python(code, XDG_CACHE_HOME=str(tmp_path)))
-    assert out == {"status": "on", "same": True}
-    assert list((tmp_path / "dpgdiff").glob("mkl_intel_cpu_true-*.so"))
+    # the CE's matmuls (skinny: inner dimension d, ~30k items), forward and both gradients
+    torch.manual_seed(0)
+    h = torch.randn(300, 64, requires_grad=True)
+    table = torch.randn(20000, 64, requires_grad=True)
+    logits = h @ table.t()
+    logits.backward(torch.randn_like(logits))
+    torch.save({"logits": logits.detach(), "h": h.grad, "table": table.grad}, sys.argv[1])
+    print(json.dumps({"status": mkl_amd.STATUS, "same": found is not None and found == shim}))
+"""
 
-    late = run_python("import torch, dpgdiff; print(dpgdiff.mkl_amd.STATUS)", XDG_CACHE_HOME=str(tmp_path))
-    assert late.strip() == "off: torch was imported before dpgdiff (import dpgdiff first)"
-    off = run_python("import dpgdiff; print(dpgdiff.mkl_amd.STATUS)", DPGDIFF_MKL_AMD="0")
-    assert off.strip() == "off: DPGDIFF_MKL_AMD=0"
+
+@pytest.fixture(scope="module")
+def with_and_without(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """FRESH_PROCESS run with the shim (a new cache folder) and with DPGDIFF_MKL_AMD=0 -> per run: its output,
+    its values file, and (with the shim) the cache folder."""
+    tmp = tmp_path_factory.mktemp("mkl_amd")
+    runs = {}
+    for name, env in (("on", {"XDG_CACHE_HOME": str(tmp / "cache")}), ("off", {"DPGDIFF_MKL_AMD": "0"})):
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(FRESH_PROCESS), str(tmp / f"{name}.pt")],
+                                capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+        assert result.returncode == 0, result.stderr
+        runs[name] = {"out": json.loads(result.stdout), "values": tmp / f"{name}.pt"}
+    runs["cache"] = tmp / "cache"
+    return runs
 
 
 @pytest.mark.skipif(not AMD_HERE, reason="the shim loads only on AMD CPUs under Linux; this machine is not one")
 @NEEDS_CC
-def test_the_shim_changes_no_values_beyond_float_rounding(tmp_path: Path) -> None:
-    """The CE's matmuls (skinny: inner dimension d, ~30k items) with MKL's AVX2 kernels and with its generic
-    ones agree to float rounding, forward and both gradients."""
-    code = f"""
-        import dpgdiff, torch
-        torch.manual_seed(0)
-        h = torch.randn(300, 64, requires_grad=True)
-        table = torch.randn(20000, 64, requires_grad=True)
-        logits = h @ table.t()
-        logits.backward(torch.randn_like(logits))
-        torch.save({{"status": dpgdiff.mkl_amd.STATUS, "logits": logits.detach(), "h": h.grad, "table": table.grad}},
-                   r"{tmp_path}/" + ("on" if dpgdiff.mkl_amd.STATUS == "on" else "off") + ".pt")
-    """
-    run_python(code, XDG_CACHE_HOME=str(tmp_path))
-    run_python(code, DPGDIFF_MKL_AMD="0")
+def test_import_dpgdiff_makes_libtorch_resolve_the_vendor_check_to_the_shim(with_and_without, tmp_path: Path) -> None:
+    """In a fresh process: `import dpgdiff` before torch puts the shim first in the global symbol scope,
+    so the symbol libtorch's MKL calls is the shim's; importing torch first leaves MKL alone and says so."""
+    assert with_and_without["on"]["out"] == {"status": "on", "same": True}
+    assert list((with_and_without["cache"] / "dpgdiff").glob("mkl_intel_cpu_true-*.so"))
+    assert with_and_without["off"]["out"] == {"status": "off: DPGDIFF_MKL_AMD=0", "same": False}
+    late = run_python("import torch, dpgdiff; print(dpgdiff.mkl_amd.STATUS)", XDG_CACHE_HOME=str(tmp_path))
+    assert late.strip() == "off: torch was imported before dpgdiff (import dpgdiff first)"
+
+
+@pytest.mark.skipif(not AMD_HERE, reason="the shim loads only on AMD CPUs under Linux; this machine is not one")
+@NEEDS_CC
+def test_the_shim_changes_no_values_beyond_float_rounding(with_and_without) -> None:
+    """The CE's matmuls with MKL's AVX2 kernels and with its generic ones agree to float rounding, forward and
+    both gradients."""
     import torch
 
-    on = torch.load(tmp_path / "on.pt", weights_only=True)
-    off = torch.load(tmp_path / "off.pt", weights_only=True)
-    assert (on["status"], off["status"]) == ("on", "off: DPGDIFF_MKL_AMD=0")
+    on = torch.load(with_and_without["on"]["values"], weights_only=True)
+    off = torch.load(with_and_without["off"]["values"], weights_only=True)
+    assert (with_and_without["on"]["out"]["status"], with_and_without["off"]["out"]["status"]) == (
+        "on", "off: DPGDIFF_MKL_AMD=0")
     for key in ("logits", "h", "table"):
         torch.testing.assert_close(on[key], off[key], rtol=1e-5, atol=1e-4)
 

@@ -47,8 +47,8 @@ def _log_run(client, exp_id: str, parent_id: str, model: str, variant: str, seed
 
 
 @pytest.fixture
-def store(tmp_path):
-    uri = tracking.local_tracking_uri(tmp_path / "mlruns")
+def store(mlflow_store, tmp_path):
+    uri = mlflow_store
     client = tracking.client_for(uri)
     exp_id = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(uri))
     rng = np.random.default_rng(0)
@@ -109,8 +109,8 @@ def test_ablation_table_pairs_each_variant_with_the_full_model(store):
     assert "## Ablations of search b" not in text  # one variant only: no ablation table
 
 
-def test_no_confirmation_runs_no_tables(tmp_path):
-    uri = tracking.local_tracking_uri(tmp_path / "mlruns")
+def test_no_confirmation_runs_no_tables(mlflow_store):
+    uri = mlflow_store
     client = tracking.client_for(uri)
     exp_id = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(uri))
     parent = client.create_run(exp_id, tags={tracking.SEARCH_TAG: "s", tracking.ROLE_TAG: "search"})

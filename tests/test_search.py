@@ -274,11 +274,11 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
     (["--name", "x", "--variant", "nolabel"], "expected LABEL:section.key=value"),
     ([], "--name"),
 ])
-def test_confirm_bad_input_exits_2_before_ray(tmp_path, capsys, argv, message):
+def test_confirm_bad_input_exits_2_before_ray(tmp_path, mlflow_store, capsys, argv, message):
     from tune import confirm, tracking
 
-    tracking.ensure_experiment(tracking.client_for(tracking_uri(tmp_path)), "dpgdiff", None)
-    rc = confirm.main([*argv, "--tracking-uri", tracking_uri(tmp_path), "--storage-path", str(tmp_path)])
+    tracking.ensure_experiment(tracking.client_for(mlflow_store), "dpgdiff", None)
+    rc = confirm.main([*argv, "--tracking-uri", mlflow_store, "--storage-path", str(tmp_path)])
     assert rc == 2 and message in capsys.readouterr().err
 
 

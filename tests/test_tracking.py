@@ -22,8 +22,8 @@ def _trial(tid: str, dim: int = 16, status: str = "RUNNING", last: dict | None =
 
 
 @pytest.fixture
-def store(tmp_path):
-    uri = tracking.local_tracking_uri(tmp_path / "mlruns")
+def store(mlflow_store):
+    uri = mlflow_store
     client = tracking.client_for(uri)
     exp = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(uri))
     parent, reopened = tracking.start_parent_run(client, exp, "s1", {})

@@ -131,4 +131,6 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dpgdiff.cli import exit_process
+
+    exit_process(main())

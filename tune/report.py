@@ -376,4 +376,6 @@ def _fmt(v: Any) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dpgdiff.cli import exit_process
+
+    exit_process(main())

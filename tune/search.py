@@ -143,4 +143,6 @@ def _auth_for_existing_cluster(address: Optional[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dpgdiff.cli import exit_process
+
+    exit_process(main())
