@@ -28,7 +28,7 @@ def exit_process(code: int | None) -> NoReturn:
     """sys.exit(code) for a command-line entry point, without the interpreter's last full garbage collection.
 
     Once a run has imported torch (and for `tune/`, Ray, MLflow, Optuna), that collection walks millions of
-    objects: 2-4 s between a command's last line and the prompt (BENCHMARKS.md, "Exit of the command-line
+    objects: 1.8-3.7 s between a command's last line and the prompt (BENCHMARKS.md, "Exit of the command-line
     entry points"). gc.freeze() moves every object to the permanent generation, which the collection skips.
     The rest of a normal exit still happens: atexit handlers (Ray's shutdown, MLflow's and logging's flushes),
     stdout and stderr flushed, modules torn down and their objects freed by reference count. Only objects in

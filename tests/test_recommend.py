@@ -152,12 +152,17 @@ def test_cli_history_input_and_output(synthetic_run, tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_cli_bad_input_exits_2_without_traceback(synthetic_run, tmp_path):
+def test_cli_bad_input_exits_2_without_traceback(synthetic_run, tmp_path, capsys):
+    """`python -m dpgdiff recommend` with bad input: exit status 2 and one line naming the problem. The first case
+    runs as a process (the whole exit path); the others call the same main in this process (no torch import each)."""
     (tmp_path / "bad.jsonl").write_text('{"history": [12]}\n{"history": []}\n')
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    base = [sys.executable, "-m", "dpgdiff", "recommend", "--checkpoint", str(synthetic_run / "best.pt")]
-    for args, message in [(["--history", ","], "--history: empty history"),
-                          (["--input", str(tmp_path / "bad.jsonl")], "bad.jsonl:2: empty history"),
+    base = ["recommend", "--checkpoint", str(synthetic_run / "best.pt")]
+    proc = subprocess.run([sys.executable, "-m", "dpgdiff", *base, "--history", ","], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 2 and "--history: empty history" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for args, message in [(["--input", str(tmp_path / "bad.jsonl")], "bad.jsonl:2: empty history"),
                           (["--history", "12", "--domain", "q"], "unknown domain 'q'")]:
-        proc = subprocess.run(base + args, capture_output=True, text=True, env=env, timeout=120)
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert main(base + args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
