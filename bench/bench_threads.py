@@ -20,8 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_compare import REPO, Worker  # noqa: E402  (the same worker protocol and step as the side-by-side)
+from speed_compare import REPO, Worker  # the same worker protocol and step as the side-by-side
 
 
 def run_layout(dim: int, procs: int, threads: int, args: argparse.Namespace) -> dict:

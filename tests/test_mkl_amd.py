@@ -18,8 +18,9 @@ AMD_HERE = mkl_amd.cpu_vendor() in mkl_amd.AMD_VENDORS and sys.platform == "linu
 NEEDS_CC = pytest.mark.skipif(mkl_amd.compiler() is None, reason="no C compiler on PATH to build the shim")
 
 
-def run_python(code: str, **env: str) -> str:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+def run_python(code: str, *argv: str, **env: str) -> str:
+    """stdout of `python -c code argv...` in a fresh process, with `env` added to this one's."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *argv], capture_output=True, text=True,
                             env={**os.environ, **env}, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -91,10 +92,8 @@ def with_and_without(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("mkl_amd")
     runs = {}
     for name, env in (("on", {"XDG_CACHE_HOME": str(tmp / "cache")}), ("off", {"DPGDIFF_MKL_AMD": "0"})):
-        result = subprocess.run([sys.executable, "-c", textwrap.dedent(FRESH_PROCESS), str(tmp / f"{name}.pt")],
-                                capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
-        assert result.returncode == 0, result.stderr
-        runs[name] = {"out": json.loads(result.stdout), "values": tmp / f"{name}.pt"}
+        out = run_python(FRESH_PROCESS, str(tmp / f"{name}.pt"), **env)
+        runs[name] = {"out": json.loads(out), "values": tmp / f"{name}.pt"}
     runs["cache"] = tmp / "cache"
     return runs
 
