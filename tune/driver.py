@@ -97,7 +97,8 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
     if settings.fingerprint and settings.fingerprint != dataset.fingerprint:
         raise SearchError(f"the dataset changed since search {settings.name!r} started (fingerprint "
                           f"{settings.fingerprint[:12]} -> {dataset.fingerprint[:12]}); start a new search")
-    settings = settings.with_dataset(dataset)
+    settings = settings.with_dataset(dataset).sized_from_card(card)
+    space = settings.space
 
     # A new local MLflow store takes seconds to build (its schema migrations): build it while Ray starts.
     store_built = in_background(tracking.create_sqlite_store, settings.tracking_uri)
