@@ -134,17 +134,22 @@ def check_dataset(meta: dict[str, Any], dataset: Any, source: str) -> None:
 
 
 def load_model(
-    path: str | Path, dataset: Any = None, device: str | torch.device = "cpu"
+    path: str | Path, dataset: Any = None, device: str | torch.device = "cpu",
+    overrides: Optional[list[str] | dict[str, Any]] = None,
 ) -> tuple[torch.nn.Module, Config, dict[str, Any]]:
     """Load best.pt (or a checkpoint folder / model.pt) -> (model in eval mode, config, info).
 
     info has "dataset" (identity dict) and "epoch". With `dataset`, its fingerprint must match.
+    overrides: `section.key=value` assignments of inference-only fields (config.INFERENCE_KEYS, e.g.
+    diffusion.n_samples=16, diffusion.start=zero) applied to the saved config before the model is built.
     """
     file = checkpoint_file(path)
     obj = torch_load(file, "model checkpoint")
     if obj["format"] not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
         raise CheckpointError(f"{file}: unknown checkpoint format {obj['format']!r}")
     config = Config.from_dict(upgrade_saved_config(obj["config"]), source=f"{file} (config)")
+    if overrides:
+        config = config.with_inference_overrides(overrides)
     info = {"dataset": obj["dataset"], "epoch": obj.get("epoch"), "val": obj.get("val", {})}
     if dataset is None:
         return None, config, info  # type: ignore[return-value]  # caller only wanted the metadata
@@ -179,16 +184,17 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
 
 def load_model_and_data(
     path: str | Path, data_dir: Optional[str] = None, split: Optional[str] = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", overrides: Optional[list[str] | dict[str, Any]] = None,
 ) -> tuple[torch.nn.Module, Config, dict[str, Any], Any]:
     """(model, config, info, dataset): reload the dataset recorded in the checkpoint, then the model on it.
 
-    data_dir says where the files are (default: DPGDIFF_DATA_DIR / the cache); split may override the saved one."""
+    data_dir says where the files are (default: DPGDIFF_DATA_DIR / the cache); split may override the saved one;
+    overrides: inference-only fields (see `load_model`)."""
     from dpgdiff.data.ref import DatasetRef
 
-    _, _, info = load_model(path)  # metadata only: which dataset to load
+    _, _, info = load_model(path, overrides=overrides)  # metadata only (and the overrides checked before the data loads)
     dataset = DatasetRef.from_identity(info["dataset"], data_dir=data_dir, split=split).load()
-    model, config, info = load_model(path, dataset, device=device)
+    model, config, info = load_model(path, dataset, device=device, overrides=overrides)
     return model, config, info, dataset
 
 
