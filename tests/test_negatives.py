@@ -197,7 +197,8 @@ def _commented_sampled_entries(text: str) -> list[str]:
                                                            r"popularity_alpha):", line)]
 
 
-@pytest.mark.parametrize("name", ["food_kitchen-cpu", "food_kitchen-cpu-sasrec", "food_kitchen-cpu-sasrec-single"])
+@pytest.mark.parametrize("name", ["food_kitchen-cpu", "food_kitchen-cpu-sasrec", "food_kitchen-cpu-sasrec-single",
+                                  "movie_book-cpu", "default-cpu"])
 def test_the_commented_sampled_entries_of_the_cpu_spaces_parse_when_uncommented(name):
     """The CPU spaces carry the sampled-softmax knobs commented out (BENCHMARKS.md, issue 26: in only if it
     pays); uncommented, they form a valid space whose every sampled config validates."""
