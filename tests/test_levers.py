@@ -280,3 +280,57 @@ def test_self_conditioning_feeds_the_previous_x0_back(synthetic_dataset, batch, 
     # K = 1: nothing to feed back; K = 3: the later steps see x̂_0 of the step before.
     assert torch.allclose(scores(model, hist, 0, **k1), scores(plain, hist, 0, **k1), atol=1e-6)
     assert not torch.allclose(scores(model, hist, 0), scores(plain, hist, 0), atol=1e-4)
+
+
+# ------------------------------------------------------------------ F. train.init_from (embedding pretraining)
+
+
+def _donor(tmp_path, dataset, **overrides) -> Path:
+    """A SASRec best.pt with random weights (what a trained one looks like to init_from)."""
+    from dpgdiff.data.ref import DatasetRef
+    from dpgdiff.training.checkpoints import cpu_state, save_best
+
+    cfg = config(**{"model.name": "sasrec", "model.n_c_layers": 2, **overrides})
+    donor = make(cfg, dataset, seed=5)
+    path = tmp_path / "sasrec.pt"
+    save_best(path, cpu_state(donor), cfg, DatasetRef.identity(dataset), 1, {})
+    return path
+
+
+def test_init_from_copies_item_tables_and_matching_blocks(synthetic_dataset, tmp_path):
+    from dpgdiff.training.checkpoints import init_from_checkpoint
+
+    path = _donor(tmp_path, synthetic_dataset)
+    donor = torch.load(path, weights_only=True)["model"]
+    model = make(config(), synthetic_dataset)  # Encoder_c: 1 block; the donor has 2
+    copied = init_from_checkpoint(model, path, synthetic_dataset)
+    state = model.state_dict()
+    for name in ("embedding.item_x", "embedding.item_y", "embedding.mask_token", "embedding.pos.weight"):
+        assert name in copied and torch.equal(state[name], donor[name])
+    block, src = "denoiser.encoder_c.blocks.0.qkv.weight", "transformer.blocks.0.qkv.weight"
+    assert torch.equal(state[block], donor[src]) and f"{block} <- {src}" in copied
+    assert any(c.startswith("denoiser.encoder_c.blocks.0.") for c in copied)
+    assert any(c.startswith("encoder.enc_x.transformer.blocks.0.") for c in copied)
+    assert not any(".blocks.1." in c.split(" <- ")[0] for c in copied)  # the model has no second block
+    assert not any(c.startswith("denoiser.decoder") or c.startswith("denoiser.time_emb") for c in copied)
+
+
+def test_init_from_refuses_other_shapes_and_other_files(synthetic_dataset, tmp_path):
+    from dpgdiff.training import CheckpointError
+    from dpgdiff.training.checkpoints import init_from_checkpoint
+
+    path = _donor(tmp_path, synthetic_dataset, **{"model.dim": 8})
+    with pytest.raises(CheckpointError, match=r"embedding.item_x is \(1200, 8\) there but \(1200, 16\)"):
+        init_from_checkpoint(make(config(), synthetic_dataset), path, synthetic_dataset)
+    with pytest.raises(CheckpointError, match="no such"):
+        init_from_checkpoint(make(config(), synthetic_dataset), tmp_path / "missing.pt", synthetic_dataset)
+
+
+def test_train_init_from_starts_from_the_donor(synthetic_dataset, tmp_path, capsys):
+    from dpgdiff.training import train
+
+    path = _donor(tmp_path, synthetic_dataset)
+    cfg = config(**{"train.init_from": str(path), "train.epochs": 1, "train.mode": "last", "train.device": "cpu",
+                    "train.num_threads": 1, "diffusion.infer_steps": 1, "diffusion.sampler": "ddim"})
+    train(cfg, synthetic_dataset, test=False)
+    assert "train.init_from: copied" in capsys.readouterr().err

@@ -161,6 +161,48 @@ def load_model(
     return model, config, info
 
 
+# train.init_from: where a donor's tensors go when the names differ (SASRec's one transformer reads the mixed
+# sequence, as DPG-Diff's Encoder_c does; Encoder_x / Encoder_y get it too where the shapes match).
+_INIT_FROM_RENAMES = (
+    ("transformer.", ("denoiser.encoder_c.", "encoder.enc_x.transformer.", "encoder.enc_y.transformer.")),
+)
+_INIT_FROM_REQUIRED = ("embedding.item_x", "embedding.item_y")
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str | Path, dataset: Any) -> list[str]:
+    """train.init_from: copy a trained checkpoint's item tables (required) and every other tensor whose name
+    (after _INIT_FROM_RENAMES) and shape match into `model`, in place -> the names copied into `model`.
+
+    The donor (best.pt or a checkpoint folder, loaded with weights_only=True) must come from the same dataset
+    (fingerprint) and have the same item tables' shapes (n_items × model.dim); otherwise CheckpointError."""
+    file = checkpoint_file(path)
+    obj = torch_load(file, "model checkpoint (train.init_from)")
+    if obj["format"] not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{file}: unknown checkpoint format {obj['format']!r} (train.init_from)")
+    check_dataset(obj["dataset"], dataset, f"{file} (train.init_from)")
+    donor, target = obj["model"], model.state_dict()
+    for name in _INIT_FROM_REQUIRED:
+        if name not in donor or name not in target or donor[name].shape != target[name].shape:
+            have = tuple(donor[name].shape) if name in donor else "missing"
+            want = tuple(target[name].shape) if name in target else "missing"
+            raise CheckpointError(f"{file} (train.init_from): {name} is {have} there but {want} in this model; "
+                                  "the item tables must match (same data and model.dim)")
+    pairs: dict[str, str] = {}
+    for name in donor:
+        pairs.setdefault(name, name)  # same name in both (item tables, positions, bias, or a same-model donor)
+        for prefix, targets in _INIT_FROM_RENAMES:
+            if name.startswith(prefix):
+                for new in targets:
+                    pairs.setdefault(new + name[len(prefix):], name)
+    copied = []
+    with torch.no_grad():
+        for dst, src in sorted(pairs.items()):
+            if dst in target and target[dst].shape == donor[src].shape and target[dst].dtype.is_floating_point:
+                target[dst].copy_(donor[src].to(target[dst].device, target[dst].dtype))
+                copied.append(dst if dst == src else f"{dst} <- {src}")
+    return copied
+
+
 def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's full config dict, written by an older version, in today's fields and meaning.
 
