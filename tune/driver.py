@@ -478,7 +478,8 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
         if test_ranks is not None:  # per-case test ranks of the selected trial (paired tests, tune/confirm.py)
             test_ranks.save_ranks(Path(tmp) / "best" / "test_ranks.npz")
         client.log_artifacts(run_id, tmp)
-        publish_best_model(settings.tracking_uri, run_id, Path(tmp) / "best" / "checkpoint", dataset, best.get(METRIC))
+        publish_best_model(settings.tracking_uri, run_id, Path(tmp) / "best" / "checkpoint", dataset, best.get(METRIC),
+                           search=settings.name)
     now = int(time.time() * 1000)
     test = best.get("test", {})
     if best.get("run_id") and test:  # the selected trial's run: test metrics at its best epoch, like a trained run
