@@ -199,6 +199,31 @@ def test_search_registers_the_best_model_as_dpgdiff_dataset_at_its_search_alias(
     assert len(items) == 5 and all(150 <= i < 300 for i in items) and 160 not in items  # TINY_DATA: 150 + 150 items
 
 
+@ON_SEARCH_WORKER
+def test_resuming_a_finished_search_changes_nothing(search):
+    """Issue 27 §2: --resume of a FINISHED search is a no-op that says so: no parent metric is logged again,
+    search_wall_s keeps the search's time, no run is reopened or added."""
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(tmp))
+    parent, children = mlflow_runs(tmp, NAME)
+    history = {k: len(client.get_metric_history(parent.info.run_id, k)) for k in parent.data.metrics}
+    resumed = run(search_args(tmp, NAME, "--resume", train_fn="train_nan_when_add"), tmp)
+    assert resumed.returncode == 0, _explain(resumed)
+    assert f"search {NAME!r} finished already" in resumed.stdout and "nothing changed" in resumed.stdout
+    after, children_after = mlflow_runs(tmp, NAME)
+    assert after.info.status == "FINISHED" and after.data.metrics == parent.data.metrics
+    assert {k: len(client.get_metric_history(parent.info.run_id, k)) for k in after.data.metrics} == history
+    assert sorted(c.info.run_id for c in children_after) == sorted(c.info.run_id for c in children)
+    assert [c.info.status for c in children_after] == [c.info.status for c in children]
+    from tune.settings import read_drivers
+
+    drivers = read_drivers(str(tmp / "ray_results" / NAME))
+    assert len(drivers) == 1 and parent.data.metrics["search_wall_s"] == pytest.approx(drivers[0]["wall_s"])
+
+
 def test_every_trial_failing_exits_nonzero_with_first_error(tmp_path):
     """Also: --max-failures retries a trial, and failed trials are FAILED in MLflow with the error text."""
     result = run(search_args(tmp_path, "allfail", "--epochs", "1", "--num-samples", "2", "--max-failures", "1",
