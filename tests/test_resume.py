@@ -6,6 +6,7 @@ left RUNNING. (SIGKILLs of the driver at random times: tests/test_local_ray.py.)
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_search_helpers import (
+    REPORT,
     env,
     kill_session,
     mlflow_runs,
@@ -89,9 +91,23 @@ def test_ctrl_c_then_resume(tmp_path):
     assert proc.returncode == 130, text[-4000:]
     assert "UNFINISHED" in text and f"--name {NAME}" in text and "--resume" in text
     assert "Best trial" not in text
+    assert re.search(r"\b0 stopped early by ASHA, 0 failed, [1-9] interrupted", text), text[-3000:]
     parent, children = mlflow_runs(tmp_path, NAME)
-    assert parent.info.status == "KILLED"
+    assert parent.info.status == "KILLED" and parent.data.tags.get("dpgdiff.unfinished") == "1"
     assert children and not [c for c in children if c.info.status == "RUNNING"]
+    # 2. Each run says what its trial did: finished, or interrupted (KILLED, a description saying so), never
+    #    "stopped early" (FIFO stops none).
+    results = _rows(tmp_path)
+    for c in children:
+        rows = results.get(f"trial_{c.data.tags['dpgdiff.trial_id']}") or []
+        tags = c.data.tags
+        assert "dpgdiff.stopped_early" not in tags and "dpgdiff.stopped_by" not in tags, tags
+        if rows and _is_final(rows[-1]):
+            assert c.info.status == "FINISHED" and "dpgdiff.interrupted" not in tags, (c.info.status, tags)
+        else:
+            assert c.info.status == "KILLED" and tags.get("dpgdiff.interrupted") == "1", (c.info.status, tags)
+            assert tags["mlflow.note.content"].startswith("Interrupted"), tags
+    assert any(c.info.status == "KILLED" for c in children), "no trial was in flight at the Ctrl-C"
     finished_before = {t for t, r in before.items() if r and _is_final(r[-1])}
 
     # 3. Resume to the end.
@@ -108,7 +124,12 @@ def test_ctrl_c_then_resume(tmp_path):
         assert len(after[t]) == len(before[t]), f"finished trial {t} was rerun"
     parent, children = mlflow_runs(tmp_path, NAME)
     assert parent.info.status == "FINISHED"
+    assert "dpgdiff.unfinished" not in parent.data.tags and "error" not in parent.data.tags, parent.data.tags
+    assert parent.data.metrics["search_n_finished"] == N_TRIALS and parent.data.metrics["search_n_stopped_early"] == 0
     assert len(children) == N_TRIALS, "exactly one MLflow run per trial after the interruption"
+    for c in children:  # every trial trained every epoch: nothing left of the interrupted session's labels
+        assert not {"dpgdiff.stopped_early", "dpgdiff.stopped_by", "dpgdiff.interrupted", "mlflow.note.content",
+                    "error"} & set(c.data.tags), (c.info.run_id, c.data.tags)
     assert {c.data.tags["dpgdiff.trial_id"] for c in children} == {t.trial_id for t in trials}
     # the Optuna trial numbers survive both restores (saved in each trial's config): 0..N-1, none repeated
     assert sorted(int(c.data.tags["dpgdiff.optuna_trial"]) for c in children) == list(range(N_TRIALS))
@@ -119,6 +140,18 @@ def test_ctrl_c_then_resume(tmp_path):
     for c in children:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_mrr_sum")]
         assert steps == list(range(1, EPOCHS + 1)), f"run {c.info.run_id}: epochs logged {steps}"
+    # report.py and the parent's trials.csv agree; the report goes beside the store it read, not into the cwd
+    import csv
+
+    with open(client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp_path))) as f:
+        csv_status = {r["trial_id"]: (r["status"], r["stopped_early"]) for r in csv.DictReader(f)}
+    assert csv_status == {t.trial_id: ("FINISHED", "0") for t in trials}, csv_status
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    report = run([*REPORT, "--name", NAME, "--tracking-uri", tracking_uri(tmp_path)], elsewhere, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"trials: {N_TRIALS} FINISHED\n" in report.stdout, report.stdout[:3000]
+    assert (tmp_path / "mlruns" / "reports" / f"{NAME}-table1.md").is_file() and not list(elsewhere.iterdir())
     # issue 27 §2: search_wall_s is the sum over both drivers, not the last one's time
     from tune.settings import read_drivers
 

@@ -4,6 +4,7 @@ metrics are filtered and logged once per epoch, and statuses follow how trials e
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -107,11 +108,75 @@ def test_reconcile_closes_runs_of_interrupted_trials(store):
     tracker = tracking.MLflowTrialTracker(uri, exp, parent, "s1", SPACE)
     t = _trial("x")
     tracker.on_trial_start(0, [], t)
-    tracker.on_experiment_end([t])  # e.g. Ctrl-C: the trial is still RUNNING in Tune
+    tracker.on_experiment_end([t])  # e.g. a driver stopping with the trial still RUNNING in Tune
     (run,) = tracking.child_runs(client, exp, parent)
     assert run.info.status == "KILLED" and run.data.tags["dpgdiff.interrupted"] == "1"
+    assert "before its first epoch ended" in run.data.tags["mlflow.note.content"]
+
+
+def test_ctrl_c_then_resume_labels_each_run_by_what_its_trial_did(store):
+    """Ctrl-C: Tune marks its in-flight trials TERMINATED in memory without calling on_trial_complete, then calls
+    on_experiment_end. Those runs are interrupted (KILLED), not stopped early; the trial ASHA did stop is. A resume
+    reopens the interrupted runs and drops their labels; trained to the last epoch, a run is FINISHED, unlabelled."""
+    uri, client, exp, parent = store
+    tracker = tracking.MLflowTrialTracker(uri, exp, parent, "s1", SPACE)
+    a, b, c = _trial("a", number=0), _trial("b", 32, number=1), _trial("c", number=2)
+    for t in (a, b, c):
+        tracker.on_trial_start(0, [], t)
+        tracker.on_trial_result(0, [], t, {"epoch": 1, "val_mrr_sum": 0.1})
+        t.last_result = {"epoch": 1, "val_mrr_sum": 0.1}
+    c.status = "TERMINATED"
+    tracker.on_trial_complete(0, [], c)  # ASHA stopped c at its first rung
+    a.status = b.status = "TERMINATED"  # Ctrl-C: Tune's cleanup, no complete hook
+    tracker.on_experiment_end([a, b, c])
+
+    def runs():
+        return {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(client, exp, parent)}
+
+    first = runs()
+    for tid in "ab":
+        run = first[tid]
+        assert run.info.status == "KILLED" and run.data.tags["dpgdiff.interrupted"] == "1", run.data.tags
+        assert "dpgdiff.stopped_early" not in run.data.tags and "dpgdiff.stopped_by" not in run.data.tags
+        assert run.data.tags["mlflow.note.content"].startswith("Interrupted after epoch 1")
+    assert first["c"].info.status == "FINISHED" and first["c"].data.tags["dpgdiff.stopped_early"] == "1"
+    assert "dpgdiff.interrupted" not in first["c"].data.tags
+
+    # resume: Tune unpickles the tracker and restarts a and b from their checkpoints; a runs to its last epoch,
+    # ASHA stops b at its next rung
+    resumed = pickle.loads(pickle.dumps(tracker))
+    for t in (a, b):
+        t.status = "RUNNING"
+        resumed.on_trial_start(0, [], t)
+    reopened = runs()
+    for tid in "ab":
+        assert reopened[tid].info.status == "RUNNING"
+        assert not set(tracking.STALE_TAGS) & set(reopened[tid].data.tags), reopened[tid].data.tags
+    resumed.on_trial_result(0, [], a, {"epoch": 2, "val_mrr_sum": 0.2})
+    final = {"epoch": 2, "best_epoch": 2, "final": 1, "val_mrr_sum": 0.2}
+    resumed.on_trial_result(0, [], a, final)
+    a.last_result, a.status = final, "TERMINATED"
+    resumed.on_trial_complete(0, [], a)
+    b.last_result, b.status = {"epoch": 2, "val_mrr_sum": 0.05}, "TERMINATED"
+    resumed.on_trial_complete(0, [], b)
+    resumed.on_experiment_end([a, b, c])
+
+    end = runs()
+    assert end["a"].info.status == "FINISHED"
+    assert not set(tracking.STALE_TAGS) & set(end["a"].data.tags), end["a"].data.tags
+    assert end["b"].info.status == "FINISHED" and end["b"].data.tags["dpgdiff.stopped_early"] == "1"
+    assert "after epoch 2" in end["b"].data.tags["mlflow.note.content"] and "dpgdiff.interrupted" not in end["b"].data.tags
+    assert end["c"].info.status == "FINISHED" and end["c"].data.tags["dpgdiff.stopped_early"] == "1"
 
 
 def test_first_error_line():
     text = "Traceback (most recent call last):\n  File x\nray.exceptions.RayTaskError: ...\n  File y\nValueError: boom\n"
     assert tracking.first_error_line(text) == "ValueError: boom"
+
+
+def test_reports_go_beside_the_store_they_read(tmp_path):
+    from tune.report import reports_dir
+
+    assert reports_dir(f"sqlite:///{tmp_path}/other/mlflow.db") == tmp_path / "other" / "reports"
+    assert reports_dir((tmp_path / "files").as_uri()) == tmp_path / "files" / "reports"
+    assert reports_dir("http://127.0.0.1:5000") == Path("reports")

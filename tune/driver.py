@@ -54,6 +54,7 @@ EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
 UI_PORT = 5000  # `mlflow ui`'s default port: the printed links assume it
 INPUTS_LOGGED_TAG = "dpgdiff.inputs_logged"  # parent: its params and input artifacts are all logged
+UNFINISHED_TAG = "dpgdiff.unfinished"  # parent: "1" while trials are left to run (cleared when the search completes)
 
 
 class NumberedOptunaSearch(OptunaSearch):
@@ -102,9 +103,9 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
     if settings.fingerprint and settings.fingerprint != dataset.fingerprint:
         raise SearchError(f"the dataset changed since search {settings.name!r} started (fingerprint "
                           f"{settings.fingerprint[:12]} -> {dataset.fingerprint[:12]}); start a new search")
-    settings = settings.with_dataset(dataset)
+    settings = settings.with_dataset(dataset).sized_from_card(card)
+    space = settings.space
     check_negatives(space, dataset)  # every trial would fail at its first validation pass
-
 
     # A new local MLflow store takes seconds to build (its schema migrations): build it while Ray starts.
     store_built = in_background(tracking.create_sqlite_store, settings.tracking_uri)
@@ -126,6 +127,11 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
             wall = search_wall_s(settings.path)
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            if ray_internals.experiment_state_saved(settings.path):
+                try:  # a second Ctrl-C skips Tune's own ending: close the trials' runs by Tune's saved state
+                    parent.tracker.reconcile(tune_trials(settings.path))
+                except Exception:  # noqa: BLE001  the parent's status below still says what happened
+                    pass
             parent.client.set_tag(parent.run_id, tracking.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
             parent.client.set_terminated(parent.run_id, status=status)
             raise
@@ -404,13 +410,17 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     client, run_id = parent.client, parent.run_id
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
     if unfinished or len(trials) < settings.num_samples:
-        client.set_tag(run_id, "dpgdiff.unfinished", "1")
+        client.set_tag(run_id, UNFINISHED_TAG, "1")
         client.set_terminated(run_id, status="KILLED")
         print(f"\nSearch {settings.name!r} is UNFINISHED ({sum(counts[k] for k in DONE_OUTCOMES)} of "
               f"{settings.num_samples} trials done). Resume it with:\n"
               f"    python tune/search.py --name {settings.name} --storage-path {settings.run.storage} --resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    # Every trial ended: what an interrupted session said of the parent no longer holds.
+    stale = [k for k in (UNFINISHED_TAG, tracking.ERROR_TAG) if k in client.get_run(run_id).data.tags]
+    for key in stale:
+        client.delete_tag(run_id, key)
 
     if not done and not any(r["status"] == "STOPPED" for r in rows):
         first = failed[0] if failed else None

@@ -54,7 +54,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite ./mlruns/mlflow.db")
     p.add_argument("--experiment", default="dpgdiff")
     p.add_argument("--top", type=int, default=5, help="best trials to list per search (default 5)")
-    p.add_argument("--out", default=None, help="Markdown file for the comparison (default: mlruns/reports/<name>-table1.md)")
+    p.add_argument("--out", default=None, help="Markdown file for the comparison (default: reports/<name>-table1.md beside the "
+                        "tracking store's mlflow.db, or in the current folder for a tracking server)")
     return p.parse_args(argv)
 
 
@@ -91,9 +92,25 @@ def build_report(uri: str, experiment: str, names: list[str], top: int, out: Opt
         table += "\n\n" + confirmed
     text = "\n\n".join(sections + [table])
     label = "+".join(p.data.tags.get(tracking.SEARCH_TAG, p.info.run_id) for p in parents)
-    path = Path(out) if out else Path("mlruns") / "reports" / f"{label}-table1.md"
+    path = Path(out) if out else reports_dir(uri) / f"{label}-table1.md"
     atomic_write_text(path, table + "\n")
     return text, path
+
+
+def reports_dir(tracking_uri: str) -> Path:
+    """Where reports go by default: beside the store they were read from (a local SQLite store's folder, or a
+    file store), so that pointing --tracking-uri at another store does not write into the current folder;
+    ./reports for a tracking server."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).parent / "reports"
+    if tracking_uri.startswith("file:"):
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        return Path(url2pathname(urlparse(tracking_uri).path)) / "reports"
+    if "://" not in tracking_uri:  # a plain folder: MLflow's file store
+        return Path(tracking_uri) / "reports"
+    return Path("reports")
 
 
 def _parents(client: Any, experiment_id: str, names: list[str]) -> list[Any]:
@@ -139,9 +156,13 @@ def _best_trials_section(parent: Any, children: list[Any], top: int) -> str:
 
 
 def _status(run: Any) -> str:
-    """The run's MLflow status, as the UI shows it, with "(stopped early)" for a trial ASHA stopped."""
-    early = run.data.tags.get(tracking.STOPPED_EARLY_TAG) == "1"
-    return f"{run.info.status} (stopped early)" if early else run.info.status
+    """The run's MLflow status, as the UI shows it, with "(stopped early)" for a trial ASHA stopped and
+    "(interrupted)" for one the search left unfinished (a resume continues it)."""
+    if run.data.tags.get(tracking.STOPPED_EARLY_TAG) == "1":
+        return f"{run.info.status} (stopped early)"
+    if run.data.tags.get(tracking.INTERRUPTED_TAG) == "1":
+        return f"{run.info.status} (interrupted)"
+    return run.info.status
 
 
 def _trial_label(run: Any) -> str:

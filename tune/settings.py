@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 from dpgdiff.config import parse_assignment
 from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
 from dpgdiff.files import atomic_write_text
-from tune.space import SearchSpace, default_space_path, load_space, space_from_text
+from tune.space import SearchSpace, card_sizing, default_space, load_space, space_from_text
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: git commit and display paths
 STATE_FILE = "dpgdiff_search.json"  # beside Tune's experiment state: what a resume needs
@@ -89,6 +89,8 @@ class SearchSettings:
     fingerprint: Optional[str] = None  # the dataset's, once the driver has loaded it
     # What Optuna optimises (tune.results.OBJECTIVES): val_mrr_sum alone, or val_mrr_sum,infer_ms (FIFO then)
     objectives: tuple[str, ...] = ("val_mrr_sum",)
+    # The space is a dataset-agnostic default: the driver fixes what the dataset card decides (tune.space.card_sizing)
+    size_from_card: bool = False
     run: RunOptions = field(default_factory=lambda: RunOptions(storage="ray_results"), compare=False)
 
     @property
@@ -127,6 +129,17 @@ class SearchSettings:
         if "space" in self.__dict__ and not {"space_text", "space_source", "fixed"} & changes.keys():
             new.__dict__["space"] = self.__dict__["space"]
         return new
+
+    def sized_from_card(self, card: Any) -> "SearchSettings":
+        """A new search on a dataset-agnostic space: the card's sizes (tune.space.card_sizing) added to `fixed`,
+        except where the space or the command line sets the field already; prints what and why."""
+        if not self.size_from_card or self.run.resuming:  # a resume has them in its saved `fixed`
+            return self
+        sized = {k: v for k, v in card_sizing(card, gpu=self.gpus_per_trial > 0).items()
+                 if k not in self.space.fixed and k not in self.space.params}
+        for key, (value, why) in sized.items():
+            print(f"sized from the dataset card: {key}={value} ({why})", flush=True)
+        return self.replace(fixed={**self.fixed, **{k: v for k, (v, _) in sized.items()}}) if sized else self
 
     def with_dataset(self, dataset: Any) -> "SearchSettings":
         """The settings with the loaded dataset's split and fingerprint filled in."""
@@ -363,10 +376,10 @@ def _objectives(args: argparse.Namespace) -> tuple[str, ...]:
 def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions) -> SearchSettings:
     _check_numbers(args)
     objectives = _objectives(args)
-    space_path = Path(args.space) if args.space else default_space_path(args.dataset, gpu=args.gpus_per_trial > 0)
-    if not args.space and space_path.name.endswith("-cpu.yaml"):
-        print(f"no --gpus-per-trial: using the CPU-sized space {_display_path(space_path)}; pass --space "
-              f"{_display_path(default_space_path(args.dataset))} for the GPU-sized one", flush=True)
+    choice = None if args.space else default_space(args.dataset, gpu=args.gpus_per_trial > 0)
+    space_path = Path(args.space) if args.space else choice.path
+    if choice is not None:
+        print(f"search space {_display_path(space_path)}: {choice.reason}", flush=True)
     file_space = load_space(space_path)  # validates: errors name the file and key
     fixed = _fixed_values(args, file_space)
     space = file_space.with_fixed(fixed, source=FIXED_SOURCE)
@@ -391,7 +404,7 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
         reuse_actors=args.reuse_actors,
         tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri(),
         experiment=args.experiment, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        git_commit=_git_commit(), argv=tuple(args.argv), run=run)
+        git_commit=_git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card), run=run)
     settings.__dict__["space"] = space  # already built and checked: seed the cached property, do not parse twice
     return settings
 

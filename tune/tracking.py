@@ -7,7 +7,9 @@ parent's `mlflow.parentRunId`), so the mapping survives driver restarts; the cal
 closes runs when trials end: FINISHED when the trainable completed; FINISHED with the tags
 `dpgdiff.stopped_early=1`, `dpgdiff.stopped_by=scheduler` and a run description when ASHA stopped it
 (an early stop is a result, not a failure); FAILED with the error text when it raised; KILLED only
-for a trial a stopped driver left unfinished (`dpgdiff.interrupted=1`; reopened on resume). Only
+for a trial a stopped driver left unfinished (`dpgdiff.interrupted=1` and a description saying so). A
+resume reopens such a run (RUNNING) and drops the labels of how it ended before (`STALE_TAGS`), so a
+trial that then trains to its last epoch ends FINISHED with no stopped-early or interrupted label. Only
 meaningful metrics are logged (train_*, val_*, test_*, epoch_seconds, best_epoch, infer_ms), each
 with step = epoch.
 
@@ -39,11 +41,14 @@ ERROR_TAG = "error"
 OPTUNA_TAG = "dpgdiff.optuna_trial"  # child: the trial's Optuna trial number (Optuna's plots number trials so)
 STOPPED_EARLY_TAG = "dpgdiff.stopped_early"  # child: "1" when ASHA stopped it (the run is FINISHED)
 STOPPED_BY_TAG = "dpgdiff.stopped_by"
+INTERRUPTED_TAG = "dpgdiff.interrupted"  # child: "1" when the search stopped (Ctrl-C) before the trial ended (KILLED)
 PARETO_TAG = "dpgdiff.pareto"  # child: "1" on the Pareto front of a multi-objective search
 NOTE_TAG = "mlflow.note.content"  # the run description shown in the MLflow UI
 LOST_ROLE = "lost"  # ROLE_TAG of a run whose trial Tune lost on resume (`MLflowTrialTracker.close_lost_runs`)
 REPLACED_BY_TAG = "dpgdiff.replaced_by"  # on a lost trial's run: the run of the trial that ran its configuration
 RETRIES_TAG = "dpgdiff.retries"  # child: how often Tune restarted the trial from its checkpoint (--max-failures)
+# How a run ended last time: removed when a resume reopens it (its trial goes on; how it ends now decides them).
+STALE_TAGS = (STOPPED_EARLY_TAG, STOPPED_BY_TAG, INTERRUPTED_TAG, NOTE_TAG, ERROR_TAG)
 _METRIC_PREFIXES = ("train_", "val_", "test_")
 _METRIC_KEYS = {"epoch_seconds", "best_epoch", "infer_ms"}
 _MAX_TAG = 5000  # MLflow tag values are limited (8000 chars in SQL stores); keep headroom
@@ -192,6 +197,7 @@ class MLflowTrialTracker(tune.Callback):
         self._final_logged: set[str] = set()  # run_ids whose final (test_*) metrics are logged (resume: once)
         self.seconds = 0.0  # driver time spent in these hooks (bench/bench_search.py reports it)
         self._known: Optional[dict[str, Any]] = None  # trial id -> run, read from MLflow once per session
+        self._ended: set[str] = set()  # trial ids whose end Tune reported this session (complete or error hook)
 
     # Tune pickles callbacks into tuner.pkl, and a resumed search unpickles this tracker from there, written by
     # the interrupted driver, perhaps by an older version of this class. So only the constructor's arguments
@@ -224,9 +230,10 @@ class MLflowTrialTracker(tune.Callback):
         if runs:
             run_id = runs[0].info.run_id
             if runs[0].info.status != "RUNNING" and create:
-                self.client.update_run(run_id, status="RUNNING")  # resumed trial
-                if ERROR_TAG in runs[0].data.tags:  # a failed trial run again (--retry-errored)
-                    self.client.delete_tag(run_id, ERROR_TAG)
+                self.client.update_run(run_id, status="RUNNING")  # resumed trial (or, --retry-errored, failed)
+                for key in STALE_TAGS:
+                    if key in runs[0].data.tags:
+                        self.client.delete_tag(run_id, key)
             history = self.client.get_metric_history(run_id, "val_mrr_sum")
             self._logged_steps[run_id] = {int(m.step) for m in history}
             values = [m.value for m in history if math.isfinite(m.value)]
@@ -316,6 +323,9 @@ class MLflowTrialTracker(tune.Callback):
 
     @_timed
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """The trainable returned (final result), or the scheduler stopped the trial. Tune does not call this
+        for trials it stops because the search itself stops (Ctrl-C): `on_experiment_end` closes those."""
+        self._ended.add(trial.trial_id)
         run_id = self.run_id(trial)
         if not (trial.last_result or {}).get("final"):
             self._mark_stopped_early(run_id, trial)
@@ -332,6 +342,7 @@ class MLflowTrialTracker(tune.Callback):
 
     @_timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
         run_id = self.run_id(trial)
         text = _error_text(trial)
         self.client.set_tag(run_id, ERROR_TAG, _short(text, _MAX_TAG))
@@ -342,12 +353,17 @@ class MLflowTrialTracker(tune.Callback):
         self.client.set_terminated(run_id, status="FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.reconcile(trials)
+        """Close the runs of trials that did not end. On Ctrl-C Tune marks its in-flight trials TERMINATED in
+        memory without calling `on_trial_complete` (their saved state stays RUNNING: a resume continues them),
+        so here a trial's end is what the hooks reported this session, not its in-memory status."""
+        self.reconcile(trials, ended_by_hooks=True)
         print(f"MLflow tracking: {self.seconds:.1f} s on the driver during the search", flush=True)
 
-    def reconcile(self, trials: Iterable[Any]) -> None:
+    def reconcile(self, trials: Iterable[Any], ended_by_hooks: bool = False) -> None:
         """Make every child run's status match its trial's; runs of unfinished trials become KILLED, runs of
-        trials Tune lost are closed (`close_lost_runs`)."""
+        trials Tune lost are closed (`close_lost_runs`). trials: Tune's saved state (tune/driver.py), or, with
+        `ended_by_hooks`, Tune's in-memory trials at the end of the experiment: then a trial whose end no hook
+        reported this session was stopped by the search stopping, whatever its in-memory status says."""
         trials = list(trials)
         self.close_lost_runs(trials)
         for trial in trials:
@@ -356,15 +372,26 @@ class MLflowTrialTracker(tune.Callback):
                 continue
             status = self.client.get_run(run_id).info.status
             want = mlflow_status(trial)
+            if ended_by_hooks and want != "FAILED" and trial.trial_id not in self._ended:
+                want = "KILLED"
             if status == "RUNNING" or (want == "FAILED" and status != "FAILED"):
                 if want == "KILLED":
-                    self.client.set_tag(run_id, "dpgdiff.interrupted", "1")
+                    self._mark_interrupted(run_id, trial)
                 if want == "FINISHED" and not (trial.last_result or {}).get("final"):
                     self._mark_stopped_early(run_id, trial)
                 if want == "FAILED":
                     self.client.set_tag(run_id, ERROR_TAG, _short(_error_text(trial), _MAX_TAG))
                 self.client.set_terminated(run_id, status=want)
 
+
+    def _mark_interrupted(self, run_id: str, trial: Any) -> None:
+        """Tag and description of a trial the search left unfinished (KILLED; a resume reopens the run)."""
+        epoch = (trial.last_result or {}).get("epoch")
+        done = f"after epoch {epoch}" if epoch else "before its first epoch ended"
+        self.client.set_tag(run_id, INTERRUPTED_TAG, "1")
+        self.client.set_tag(run_id, NOTE_TAG, f"Interrupted {done}: the search stopped (Ctrl-C, or its driver "
+                            "ended) before this trial finished. `python tune/search.py --name NAME --resume` "
+                            "continues it from its last checkpoint and reopens this run.")
 
     def close_lost_runs(self, trials: Iterable[Any]) -> list[str]:
         """Close the runs of trials that Tune's restored state does not hold -> their run ids.
