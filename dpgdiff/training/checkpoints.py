@@ -179,15 +179,16 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
 
 def load_model_and_data(
     path: str | Path, data_dir: Optional[str] = None, split: Optional[str] = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", data: Optional[str] = None,
 ) -> tuple[torch.nn.Module, Config, dict[str, Any], Any]:
     """(model, config, info, dataset): reload the dataset recorded in the checkpoint, then the model on it.
 
-    data_dir says where the files are (default: DPGDIFF_DATA_DIR / the cache); split may override the saved one."""
+    data_dir says where the files are (default: DPGDIFF_DATA_DIR / the cache); split may override the saved one;
+    data is an interaction log's path when it moved (the fingerprint must still match)."""
     from dpgdiff.data.ref import DatasetRef
 
     _, _, info = load_model(path)  # metadata only: which dataset to load
-    dataset = DatasetRef.from_identity(info["dataset"], data_dir=data_dir, split=split).load()
+    dataset = DatasetRef.from_identity(info["dataset"], data_dir=data_dir, split=split, data=data).load()
     model, config, info = load_model(path, dataset, device=device)
     return model, config, info, dataset
 
