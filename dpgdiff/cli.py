@@ -129,7 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     steps_list = _number_list(args.infer_steps, int, "--infer-steps")
     noise_list = _number_list(args.noise_rate, float, "--noise-rate")
     model, config, info, dataset = load_model_and_data(args.checkpoint, args.data_dir, args.split,
-                                                       resolve_device(args.device), overrides=args.set)
+                                                       resolve_device(args.device), data=args.data,
+                                                       overrides=args.set)
     meta = info["dataset"]
     d = config.diffusion
     sampler = args.sampler or d.sampler
@@ -212,7 +213,11 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                         help="share of test-history positions perturbed (default: config, 0)")
     parser.add_argument("--which", choices=("test", "valid"), default="test", help="cases to rank (default test)")
     parser.add_argument("--split", choices=SPLITS, default=None, help="default: the split the model was trained on")
-    parser.add_argument("--data-dir", default=None, help="folder holding the dataset (default: env DPGDIFF_DATA_DIR)")
+    parser.add_argument("--data-dir", default=None, help="folder holding the dataset (default: env DPGDIFF_DATA_DIR; "
+                                                          "an interaction log: the folder it is in now)")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="an interaction log the model was trained on, where it is now (default: the path the "
+                             "checkpoint recorded); its fingerprint must still match")
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write every result as JSON")
     _add_inference_set(parser)

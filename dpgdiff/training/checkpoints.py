@@ -81,9 +81,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """Accept a checkpoint folder or its model.pt; an interrupted swap leaves `.name.old` behind."""
+    """Accept a checkpoint folder or its model.pt, or train's output folder (its best.pt); an interrupted swap
+    leaves `.name.old` behind."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "model.pt").exists() and (path / "best.pt").is_file():
+            return path / "best.pt"
         return path / "model.pt"
     if not path.exists() and path.name == CHECKPOINT_DIRNAME:
         old = path.with_name(f".{path.name}.old")
@@ -226,16 +229,18 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
 
 def load_model_and_data(
     path: str | Path, data_dir: Optional[str] = None, split: Optional[str] = None,
-    device: str | torch.device = "cpu", overrides: Optional[list[str] | dict[str, Any]] = None,
+    device: str | torch.device = "cpu", data: Optional[str] = None,
+    overrides: Optional[list[str] | dict[str, Any]] = None,
 ) -> tuple[torch.nn.Module, Config, dict[str, Any], Any]:
     """(model, config, info, dataset): reload the dataset recorded in the checkpoint, then the model on it.
 
     data_dir says where the files are (default: DPGDIFF_DATA_DIR / the cache); split may override the saved one;
-    overrides: inference-only fields (see `load_model`)."""
+    data is an interaction log's path when it moved (the fingerprint must still match); overrides: inference-only
+    fields (see `load_model`)."""
     from dpgdiff.data.ref import DatasetRef
 
     _, _, info = load_model(path, overrides=overrides)  # metadata only (and the overrides checked before the data loads)
-    dataset = DatasetRef.from_identity(info["dataset"], data_dir=data_dir, split=split).load()
+    dataset = DatasetRef.from_identity(info["dataset"], data_dir=data_dir, split=split, data=data).load()
     model, config, info = load_model(path, dataset, device=device, overrides=overrides)
     return model, config, info, dataset
 
