@@ -36,8 +36,6 @@ def matmul_rate(n: int, repeats: int = 5) -> float:
 
 
 def one_size(args: argparse.Namespace) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
     from dpgdiff.config import Config
     from dpgdiff.models import build_model
     from dpgdiff.training import make_optimizer, seed_everything, train_step
@@ -57,9 +55,7 @@ def one_size(args: argparse.Namespace) -> dict:
     for _ in range(args.warmup):
         train_step(model, optimizer, *batch(), config, generator=generator)
     h, t, d = batch()
-    with FlopCounterMode(display=False) as counter:
-        train_step(model, optimizer, h, t, d, config, generator=generator)
-    flops = counter.get_total_flops()
+    flops = 1e9 * _common.step_gflop(lambda: train_step(model, optimizer, h, t, d, config, generator=generator))
     times = []
     for _ in range(args.steps):
         b = batch()

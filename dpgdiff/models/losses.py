@@ -18,11 +18,22 @@ import torch
 import torch.nn.functional as F
 
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y
+from dpgdiff.models.negatives import NegativeSampler
 
 
-def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """L_diff = mean_batch mean_dims ||x̂_0 - x_0||² (Eq. 6, x_0-prediction; spec §3.4)."""
-    return F.mse_loss(x0_hat, x0)
+def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor, reduction: str = "mean",
+                   weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """L_diff = mean_batch [w ·] ||x̂_0 - x_0||² over the dims (Eq. 6, x_0-prediction; spec §3.4); x0_hat, x0 (B, d).
+
+    reduction (loss.diff_reduction): "mean" over the d dims (F.mse_loss), or "sum" = Eq. 6 as printed (d × mean).
+    weight (B,): per-example weights (diffusion.precond=edm's 1/c_out²), None = 1."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"unknown reduction {reduction!r}; expected 'mean' or 'sum'")
+    if weight is None and reduction == "mean":
+        return F.mse_loss(x0_hat, x0)
+    per_row = (x0_hat - x0).pow(2)
+    per_row = per_row.sum(-1) if reduction == "sum" else per_row.mean(-1)
+    return (per_row if weight is None else weight * per_row).mean()
 
 
 def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
@@ -176,6 +187,7 @@ def domain_cross_entropy(
     generator: Optional[torch.Generator] = None,
     chunk_rows: int = 256,
     biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    sampler: Optional[NegativeSampler] = None,
 ) -> list[torch.Tensor]:
     """CE of each head's logits s·h·E_{d*}^T (+ b_{d*}) against the target, summed over domains (Eq. 10-12).
 
@@ -186,8 +198,9 @@ def domain_cross_entropy(
           global_mean -> sum over all rows / B (C2DSR's weighting by domain frequency).
     impl: full softmax over the domain; `chunked`: the same loss and gradients, holding at most
           `chunk_rows` rows of logits at a time (SoftmaxCrossEntropy); or `sampled`: the positive +
-          `n_negatives` shared uniform negatives of that domain (uniform proposal: the logQ correction
-          is a constant, so skipped; negatives that hit a row's positive are masked).
+          the negatives `sampler` draws for that domain (shared by its rows and heads; None: `n_negatives`
+          uniform ones), each logit minus its log inclusion probability (logQ correction,
+          dpgdiff/models/negatives.py); a negative equal to a row's positive is masked out of that row.
     Returns one scalar loss per head. The heads share one matmul per domain (stacked rows)."""
     n_heads = len(heads)
     batch = target_local.shape[0]
@@ -208,15 +221,18 @@ def domain_cross_entropy(
                 table = torch.cat([table, bias[:, None].to(table.dtype)], 1)
             per_row = softmax_cross_entropy(hs, table, tgt.repeat(n_heads), None if impl == "full" else chunk_rows)
         elif impl == "sampled":
-            gen_device = generator.device if generator is not None else table.device
-            neg = torch.randint(0, table.shape[0], (n_negatives,), generator=generator, device=gen_device).to(table.device)
+            if sampler is None:
+                sampler = NegativeSampler("uniform", n_negatives)
+            neg, log_pi = sampler.draw(domain, table.shape[0], tgt, generator)  # (M,), (M,)
             pos_logit = (h * table.index_select(0, tgt).repeat(n_heads, 1)).sum(-1, keepdim=True)
-            neg_logit = h @ table.index_select(0, neg).t()
+            neg_logit = h @ table.index_select(0, neg).t()  # (H·n, M)
             hit = (neg[None, :] == tgt[:, None]).repeat(n_heads, 1)
-            logits = torch.cat([pos_logit, neg_logit.masked_fill(hit, float("-inf"))], 1) * scale
+            logits = torch.cat([pos_logit, neg_logit], 1) * scale
             if bias is not None:
                 logits = logits + torch.cat([bias.index_select(0, tgt).repeat(n_heads)[:, None],
                                              bias.index_select(0, neg)[None, :].expand(len(h), -1)], 1)
+            logits[:, 1:] -= log_pi.to(logits.dtype)
+            logits[:, 1:].masked_fill_(hit, float("-inf"))
             per_row = F.cross_entropy(logits, torch.zeros_like(tgt).repeat(n_heads), reduction="none")
         else:
             raise ValueError(f"unknown ce_impl {impl!r}; expected 'full', 'chunked' or 'sampled'")
