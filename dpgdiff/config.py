@@ -6,6 +6,12 @@ a comment says why not (mainly `model.dim`, kept CPU-sized; `configs/paper.yaml`
 
     cfg = Config.from_yaml("cfg.yaml").with_overrides(["model.dim=64", "train.epochs=2"])
     cfg.to_yaml("resolved.yaml")
+
+Every config file lists every field (to_yaml writes them all), so a model's file also holds fields it never
+reads: SASRec and SASRec-single read model.{dim, max_len, n_heads, n_c_layers, dropout, emb_dropout, position,
+logit_scale, item_init_std, item_bias}, loss.{domain_loss_norm, ce_*}, train.* and eval.*; the diffusion and
+augment sections, model.diffurec_variant and the DPG-Diff switches are inert there (README, "Fields a model
+does not read").
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ class ModelConfig:
     name: Literal["dpgdiff", "sasrec", "sasrec_single", "diffurec"] = "dpgdiff"
     # Embedding = hidden size. Paper: 512; 128 keeps CPU runs practical (spec §8).
     dim: int = 128
-    max_len: int = 15  # C2DSR's maxlen for both Amazon pairs
+    # Sizes the positional table only: build_model uses max(max_len, dataset.max_len) positions. The history
+    # window itself is the dataset's (C2DSR's maxlen 15 for both Amazon pairs), not this field.
+    max_len: int = 15
     n_heads: int = 2
     n_enc_layers: int = 1  # Encoder_x / Encoder_y blocks (paper: "a self-attention layer")
     n_c_layers: int = 2  # Encoder_c blocks (shared, domain-invariant)
@@ -55,10 +63,10 @@ class ModelConfig:
     fusion: Literal["concat", "gate", "sum"] = "concat"  # spec §2.3
     guidance_memory: Literal["tokens3", "seq", "single"] = "tokens3"  # spec §3.5
     xt_injection: Literal["concat_token", "add"] = "concat_token"  # spec §3.5
-    lambda_u: float = 0.001  # xt_injection=add and DiffuRec only (DiffuRec's lambda_uncertainty)
+    lambda_u: float = 0.001  # xt_injection=add and DiffuRec only (DiffuRec's lambda_uncertainty); inert with concat_token
     # λ ~ N(λ_u, λ_u) of the additive x_t injection (xt_injection=add and DiffuRec) at inference:
     # sample = drawn at every reverse step as in training (DiffuRec `Diffu_xstart.forward` draws it
-    # on every call); mean = fixed λ_u at inference (the harness's former behaviour).
+    # on every call); mean = fixed λ_u at inference (the harness's former behaviour). Inert with concat_token.
     lambda_infer: Literal["sample", "mean"] = "sample"
     logit_scale: Literal["one", "inv_sqrt_d"] = "one"  # spec §2.1
     x0_norm: Literal["none", "l2_sqrt_d"] = "none"  # spec §2.1
@@ -82,7 +90,9 @@ class ModelConfig:
     score_softmax: Literal["items", "literal"] = "items"
     # Ablation switches reproducing Table 3 (spec §7.3). A disabled component is not built.
     disentangled_encoder: bool = True  # DE: Encoder_x / Encoder_y and the fused guidance g_d
-    guidance: bool = True  # G: full guidance memory [g_d, g_x, g_y] instead of [g_d]
+    # G: full guidance memory [g_d, g_x, g_y] instead of [g_d]. false is the same model as guidance_memory=single
+    # (Table 3's switch, kept under the paper's name); guidance_memory is then not read.
+    guidance: bool = True
     tri_cl: bool = True  # Tri-CL: the tri-view contrastive loss
     # The `−Diffusion` control (issue 23): the same network without the diffusion. false: the denoiser's query
     # token is e_dom[d*] alone (x_t ≡ 0 and no timestep embedding: the TimestepEmbedding is not built), one
@@ -103,7 +113,9 @@ class ModelConfig:
     #   harness: Table 3's "Diff" inside the DPG-Diff harness (DPG-Diff with DE, G and Tri-CL off and
     #     xt_injection=add): causal mask + positions, target-domain embedding, decoder block + LN, zero
     #     PAD, CE over d*'s items only, plus λ_diff·L_diff.
-    diffurec_variant: Literal["faithful", "harness"] = "faithful"
+    diffurec_variant: Literal["faithful", "harness"] = "faithful"  # read with model.name=diffurec only
+    # Two target-domain embeddings, on purpose: DisentangledEncoder.dom_emb conditions the fused guidance g_d
+    # (spec §2.3); DPGDenoiser.dom_emb conditions the x_t token (spec §3.5; with diffusion=false it is the query).
 
 
 @dataclass
@@ -115,7 +127,9 @@ class DiffusionConfig:
     # in training as it is at test time (x_T ~ N(0, I)). "as_is" keeps the named schedule, which must then end at
     # ᾱ_T <= 0.05 (checked below): trunc_lin with T <= 20, or beta_scale < 1, would not (issue 8 §2).
     terminal_snr: Literal["zero", "as_is"] = "zero"
-    sampler: Literal["ddpm", "ddim"] = "ddpm"  # for the final test evaluation
+    # For the final test evaluation. With K = 1 reverse step (infer_steps=1) the chain is one denoiser call whose
+    # x̂_0 is returned as is: sampler and ddpm_variance are then inert.
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
     infer_steps: Optional[int] = None  # K reverse steps at test; None = T
     # DDPM reverse variance: the posterior variance of the (respaced) chain, which keeps every marginal equal to
     # q(x_t | x_0) for an exact x̂_0; "fixed_large" is DiffuRec's β'_t, too wide when K < T (issue 8 §5).
@@ -165,6 +179,8 @@ class LossConfig:
     # sum = d × mean, so λ_diff under sum means d times the weight it has under mean (λ_diff = 1 with mean is
     # the paper's λ_diff = 1/d). Both are averaged over the batch.
     diff_reduction: Literal["mean", "sum"] = "mean"
+    # Weight of the CE terms (Eq. 14). The reference scale: every search keeps it at 1 (the other λ are relative
+    # to it); 0 drops every CE term (L_diff and L_cl alone), an ablation, not a tuning knob.
     lambda_rec: float = 1.0
     lambda_s: float = 1.0  # single-domain term L^s relative to L^c (Eq. 10)
     lambda_mix: float = 0.0  # optional L^mix on (x0_hat + g_d*), spec §4.1
