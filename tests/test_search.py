@@ -182,7 +182,8 @@ def test_search_registers_the_best_model_as_dpgdiff_dataset_at_best(search):
     version = client.get_model_version_by_alias("dpgdiff-synthetic", "best")
     assert version.tags["source_run_id"] == parent.info.run_id
     assert float(version.tags["dpgdiff.metric_value"]) == pytest.approx(parent.data.metrics["search_best_val_mrr_sum"])
-    assert "Registered models:/dpgdiff-synthetic/1 (now @best" in result.stdout
+    assert ("Registered the best model as version 1 of 'dpgdiff-synthetic' (models:/dpgdiff-synthetic/1); the alias "
+            "@best now points to it (no version held @best before)." in result.stdout), result.stdout[-3000:]
     mlflow.set_tracking_uri(tracking_uri(tmp))
     model = mlflow.pyfunc.load_model("models:/dpgdiff-synthetic@best")
     out = model.predict(pd.DataFrame({"history": [[1, 2, 160]], "domain": ["y"], "k": [5]}))
@@ -318,7 +319,13 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
                          if {"key": "dpgdiff.role", "value": "confirmation"} in r["data"].get("tags", [])}
         assert set(runs) - confirmations == {parent.info.run_id} | {c.info.run_id for c in children}
         link = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{parent.info.run_id}"
-        assert link in result.stdout and "workflowType=machine_learning" in result.stdout
+        assert link in result.stdout, result.stdout[-3000:]
+        # the list link: MLflow 3's runs route (the only one whose query the UI honours), this search's filter
+        from tune.driver import runs_list_query
+
+        assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?{runs_list_query(NAME)}" in result.stdout
+        experiment = call("experiments/get", experiment_id=exp_id)["experiment"]
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
 
         def tags(run: dict) -> dict:
             return {t["key"]: t["value"] for t in run["data"].get("tags", [])}

@@ -88,6 +88,12 @@ def test_alias_moves_only_when_the_search_improves(registry):
     better = log_best_model(*args, metric_value=0.3)
     assert better.alias_moved and str(client.get_model_version_by_alias(NAME, BEST_ALIAS).version) == better.version
     assert float(client.get_model_version(NAME, better.version).tags[VALUE_TAG]) == 0.3
+    from tune.serving import describe_registration
+
+    assert describe_registration(worse) == (
+        f"Registered the best model as version {worse.version} of {NAME!r} (models:/{NAME}/{worse.version}); the "
+        f"alias @best stays where it was ({worse.reason}).")
+    assert describe_registration(better).endswith(f"the alias @best now points to it ({better.reason}).")
 
 
 def _post(url: str, payload: dict) -> tuple[int, str]:

@@ -198,12 +198,20 @@ def publish_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Pat
     except Exception as exc:  # noqa: BLE001  reported, see the docstring
         print(f"warning: the best model was not registered ({type(exc).__name__}: {exc})", file=sys.stderr)
         return None
-    print(f"\nRegistered {logged.model_uri} ({'now' if logged.alias_moved else 'not'} @{BEST_ALIAS}: {logged.reason}).\n"
+    print(f"\n{describe_registration(logged)}\n"
           f"  python -c \"import mlflow; mlflow.set_tracking_uri('{tracking_uri}'); "
           f"print(mlflow.pyfunc.load_model('models:/{logged.name}@{BEST_ALIAS}').metadata)\"\n"
           f"  MLFLOW_TRACKING_URI={tracking_uri} mlflow models serve -m models:/{logged.name}@{BEST_ALIAS} "
           f"--env-manager local --host 127.0.0.1 --port 5001", flush=True)
     return logged
+
+
+def describe_registration(logged: LoggedModel) -> str:
+    """One plain sentence: which version was registered, and whether the alias moved to it, and why."""
+    head = f"Registered the best model as version {logged.version} of {logged.name!r} ({logged.model_uri})"
+    if logged.alias_moved:
+        return f"{head}; the alias @{BEST_ALIAS} now points to it ({logged.reason})."
+    return f"{head}; the alias @{BEST_ALIAS} stays where it was ({logged.reason})."
 
 
 def _should_move_alias(client: Any, name: str, metric: str, value: float, fingerprint: str) -> tuple[bool, str]:
@@ -213,7 +221,7 @@ def _should_move_alias(client: Any, name: str, metric: str, value: float, finger
     try:
         holder = client.get_model_version_by_alias(name, BEST_ALIAS)
     except MlflowException:
-        return True, f"no version held @{BEST_ALIAS}"
+        return True, f"no version held @{BEST_ALIAS} before"
     tags = holder.tags or {}
     if tags.get(FINGERPRINT_TAG) != fingerprint:
         return True, (f"version {holder.version} (@{BEST_ALIAS}) was trained on other data (fingerprint "
