@@ -137,9 +137,15 @@ class LossConfig:
     single_loss_repr: Literal["domain", "fused"] = "domain"
     domain_loss_norm: Literal["per_domain_mean", "global_mean"] = "per_domain_mean"
     # full: full softmax; chunked: the same loss and gradients holding at most ce_chunk_rows rows of
-    # logits at a time (recomputed in the backward pass: less memory, one more matmul); sampled.
+    # logits at a time (recomputed in the backward pass: less memory, one more matmul); sampled: the
+    # positive + ce_negatives negatives per domain and step, shared by all rows, each logit corrected by
+    # the log of its inclusion probability (logQ; dpgdiff/models/negatives.py). Faithful DiffuRec: full only.
     ce_impl: Literal["full", "chunked", "sampled"] = "full"
-    ce_negatives: int = 1024  # shared uniform negatives for ce_impl=sampled
+    ce_negatives: int = 1024  # ce_impl=sampled: negatives per domain and step (< the smaller domain's items)
+    # ce_impl=sampled: uniform (without replacement); popularity: ∝ (training count + 1)^ce_popularity_alpha;
+    # mixed: the domain's in-batch targets + ce_negatives uniform others (mixed negative sampling).
+    ce_negative_source: Literal["uniform", "popularity", "mixed"] = "uniform"
+    ce_popularity_alpha: float = 0.75  # unigram^α of the popularity source; 0 = uniform, 1 = unigram (word2vec: 0.75)
     ce_chunk_rows: int = 256  # rows of logits per chunk for ce_impl=chunked
 
 
@@ -311,7 +317,9 @@ class Config:
         for name in ("lambda_diff", "lambda_rec", "lambda_s", "lambda_mix", "lambda_cl"):
             need(getattr(lo, name) >= 0.0 and math.isfinite(getattr(lo, name)), f"loss.{name}", "a finite number >= 0")
         need(lo.cl_tau > 0, "loss.cl_tau", "> 0")
-        need(lo.ce_negatives >= 1, "loss.ce_negatives", ">= 1")
+        need(lo.ce_negatives >= 1, "loss.ce_negatives", ">= 1 (and below the smaller domain's item count, "
+             "checked when the model is built)")
+        need(0.0 <= lo.ce_popularity_alpha <= 1.0, "loss.ce_popularity_alpha", "0 <= alpha <= 1")
         need(not (m.name == "diffurec" and m.diffurec_variant == "faithful" and lo.ce_impl != "full"),
              "loss.ce_impl", "full with model.name=diffurec, diffurec_variant=faithful (DiffuRec's full softmax)")
         need(lo.ce_chunk_rows >= 1, "loss.ce_chunk_rows", ">= 1")

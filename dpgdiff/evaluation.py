@@ -176,13 +176,9 @@ def _case_arrays(cases: EvalCases, items: ItemSpace) -> tuple[np.ndarray, ...]:
 DENSE_DRAW_FACTOR = 8
 
 
-def draw_candidates(cases: EvalCases, items: ItemSpace, n_negatives: int, rng: np.random.Generator) -> np.ndarray:
-    """Positive plus `n_negatives` distinct negatives per case, as local ids of the target's domain.
-
-    returns int32 (N, 1 + n_negatives); column 0 is the positive. Negatives are uniform without
-    replacement over the target's domain minus the positive and the case's history items.
-    Cases are drawn domain by domain (X, then Y), so the result depends only on the cases and the rng.
-    """
+def _candidate_room(cases: EvalCases, items: ItemSpace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per case: its domain's size (N,), the excluded local ids (N, 1 + L; positive first, < 0 = unused) and the
+    number of allowed negatives (N,): the domain minus the positive and the history items in it."""
     n_dom, positive, hist_local = _case_arrays(cases, items)
     n, width = hist_local.shape
     # Empty history slots get distinct negative sentinels that can never match an item.
@@ -190,7 +186,40 @@ def draw_candidates(cases: EvalCases, items: ItemSpace, n_negatives: int, rng: n
     excluded = np.concatenate([positive[:, None], np.where(hist_local >= 0, hist_local, sentinels)], axis=1)
     srt = np.sort(excluded, axis=1)
     n_distinct = ((srt >= 0) & np.concatenate([np.ones((n, 1), bool), srt[:, 1:] != srt[:, :-1]], axis=1)).sum(1)
-    room = n_dom - n_distinct
+    return n_dom, excluded, n_dom - n_distinct
+
+
+def check_candidate_room(dataset: "CrossDomainDataset", n_negatives: int, source: str = "eval.n_negatives") -> None:
+    """Raise DataError when a validation or test case of `dataset` has fewer allowed negatives than `n_negatives`
+    (what `draw_candidates` would find only when evaluating, after training): found when the data is loaded.
+    `source` names where the value came from."""
+    from dpgdiff.data.dataset import DataError
+
+    for which in ("valid", "test"):
+        cases = _split_cases(dataset, which)
+        n_dom, _, room = _candidate_room(cases, dataset.items)
+        if len(room) and (room < n_negatives).any():
+            i = int(np.argmin(room))
+            domain = DOMAIN_NAMES[int(cases.target_domain[i])]
+            names = getattr(dataset, "domain_names", None)
+            own = names[int(cases.target_domain[i])] if names and tuple(names) != DOMAIN_NAMES else None
+            label = f"{domain!r}" + (f" ({own!r})" if own is not None else "")
+            raise DataError(
+                f"dataset {dataset.name!r}: {source}={n_negatives} sampled negatives per case, but {which} case {i} "
+                f"has only {int(room[i])} allowed (domain {label} has {int(n_dom[i])} items, minus the positive and "
+                f"the history); every case needs n_negatives + 1 items outside its history. Set eval.n_negatives to "
+                f"at most {int(room.min())} (--set eval.n_negatives=N), or use more data")
+
+
+def draw_candidates(cases: EvalCases, items: ItemSpace, n_negatives: int, rng: np.random.Generator) -> np.ndarray:
+    """Positive plus `n_negatives` distinct negatives per case, as local ids of the target's domain.
+
+    returns int32 (N, 1 + n_negatives); column 0 is the positive. Negatives are uniform without
+    replacement over the target's domain minus the positive and the case's history items.
+    Cases are drawn domain by domain (X, then Y), so the result depends only on the cases and the rng.
+    """
+    n_dom, excluded, room = _candidate_room(cases, items)
+    n = len(room)
     if n and (room < n_negatives).any():
         i = int(np.argmin(room))
         raise ValueError(
@@ -207,7 +236,7 @@ def draw_candidates(cases: EvalCases, items: ItemSpace, n_negatives: int, rng: n
         size = items.n_items(d)
         draw = _draw_dense if size <= DENSE_DRAW_FACTOR * n_negatives else _draw_rejection
         cand[rows] = draw(excluded[rows], size, n_negatives, rng)
-    return np.concatenate([positive[:, None], cand], axis=1).astype(np.int32)
+    return np.concatenate([excluded[:, :1], cand], axis=1).astype(np.int32)
 
 
 def _draw_rejection(excluded: np.ndarray, size: int, n_negatives: int, rng: np.random.Generator) -> np.ndarray:

@@ -211,11 +211,13 @@ def read_requests(path: str | Path) -> list[Request]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _read_csv(path)
-    if suffix in JSONL_SUFFIXES:
-        return _read_jsonl(path)
-    raise DataError(f"{path}: expected a .csv or JSON-lines ({', '.join(JSONL_SUFFIXES)}) file")
+    if suffix not in (".csv", *JSONL_SUFFIXES):
+        raise DataError(f"{path}: expected a .csv or JSON-lines ({', '.join(JSONL_SUFFIXES)}) file")
+    try:
+        return _read_csv(path) if suffix == ".csv" else _read_jsonl(path)
+    except UnicodeDecodeError as exc:  # a Latin-1 export or a binary file: name the file and what is expected
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "requests must be UTF-8: save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
 def _request(path: Path, line: int, record: dict[str, Any], history: Any) -> Request:
@@ -240,10 +242,14 @@ def _read_csv(path: Path) -> list[Request]:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "history" not in reader.fieldnames:
             raise DataError(f"{path}:1: expected a header with a 'history' column, got {reader.fieldnames}")
-        for record in reader:
-            line = reader.line_num
-            history = [t for t in _ID_SEPARATORS.split(record.pop("history") or "") if t]
-            out.append(_request(path, line, dict(record), history))
+        try:
+            for record in reader:
+                line = reader.line_num
+                history = [t for t in _ID_SEPARATORS.split(record.pop("history") or "") if t]
+                out.append(_request(path, line, dict(record), history))
+        except csv.Error as exc:  # e.g. a NUL byte: not a text CSV
+            raise DataError(f"{path}:{reader.line_num + 1}: not a readable CSV line ({exc}); expected UTF-8 text "
+                            "with a 'history' column") from None
     return out
 
 

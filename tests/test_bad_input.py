@@ -7,7 +7,9 @@ as `ray.init`, and every one but the data rows stops before the dataset is loade
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from tests.conftest import tok, write_c2dsr_dir
 from tests.test_search_helpers import REPO, TINY_DATA
 
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
+SYNTHETIC_SPACE = REPO / "search_spaces" / "synthetic.yaml"  # the default space: eval.n_negatives 999
 
 
 def _space_with_utf8_error(tmp: Path) -> str:
@@ -38,14 +41,40 @@ def _empty_validdata(tmp: Path) -> str:
     return str(folder)
 
 
+def _small_log(tmp: Path) -> str:
+    """A valid interaction log with 20 items per domain: far fewer than the default space's 999 negatives."""
+    rows = ["user_id,item_id,domain,timestamp"]
+    rows += [f"u{u},{'ab'[t % 2]}{(u + t) % 20},{'xy'[t % 2]},{t}" for u in range(12) for t in range(6)]
+    path = tmp / "small.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
 def _a_file(tmp: Path) -> str:
     path = tmp / "not_a_folder"
     path.write_text("x")
     return str(path)
 
 
+def _foreign_search(tmp: Path) -> Path:
+    """A search folder outside --storage-path (tmp/ray_results) whose settings must never be read."""
+    folder = tmp / "x" / "kt1"
+    folder.mkdir(parents=True)
+    (folder / "dpgdiff_search.json").write_text('{"tracking_uri": "sqlite:////elsewhere/mlflow.db"}')
+    return folder
+
+
+NAME_RULE = "a search name is 1 to 100 characters"
 # (id, extra arguments (a function of the tmp folder for files), fragments the message must hold)
 SEARCH_CASES = [
+    # issue 27 §2: one name check, for new and resumed searches, before anything is read
+    ("name-outside-storage-resume", lambda t: [_foreign_search(t) and "--name", "../x/kt1", "--resume"],
+     ["--name", "'../x/kt1'", NAME_RULE]),
+    ("name-outside-storage", lambda t: ["--name", "../x/kt2"], ["--name", "'../x/kt2'", NAME_RULE]),
+    ("name-quote", lambda t: ["--name", "my search 'x'"], ["--name", "my search", NAME_RULE]),
+    ("name-300-characters", lambda t: ["--name", "a" * 300], ["--name", "(got 300)", NAME_RULE]),
+    ("name-300-characters-resume", lambda t: ["--name", "b" * 300, "--resume"], ["--name", "(got 300)"]),
+    ("name-hidden", lambda t: ["--name", ".hidden"], ["--name", "not starting with '.'"]),
     ("reduction-factor", lambda t: ["--reduction-factor", "0.5"], ["--reduction-factor", "0.5", "> 1"]),
     ("grace-period", lambda t: ["--grace-period", "-1"], ["--grace-period", "-1", ">= 1"]),
     ("grace-period-zero", lambda t: ["--grace-period", "0"], ["--grace-period", ">= 1"]),
@@ -66,6 +95,18 @@ SEARCH_CASES = [
     ("set-unknown-field", lambda t: ["--set", "model.dimm=32"], ["--set", "model.dimm", "did you mean model.dim"]),
     ("set-wrong-type", lambda t: ["--set", "model.dim=abc"], ["--set", "model.dim", "'abc'", "integer"]),
     ("set-no-equals", lambda t: ["--set", "model.dim"], ["--set", "model.dim", "section.key=value"]),
+    # issue 27 §5: what used to pass the checks and fail (or hang) after Ray started
+    ("experiment-empty", lambda t: ["--experiment", ""], ["--experiment ''", "cannot be empty"]),
+    ("tracking-uri-unreachable", lambda t: ["--tracking-uri", "http://127.0.0.1:1"],
+     ["--tracking-uri http://127.0.0.1:1", "no MLflow server answers", "within 3 s"]),
+    ("tracking-uri-no-folder", lambda t: ["--tracking-uri", f"sqlite:///{t}/no/such/dir/x.db"],
+     ["--tracking-uri", "no/such/dir does not exist"]),
+    ("address-unreachable", lambda t: ["--address", "127.0.0.1:1"],
+     ["--address 127.0.0.1:1", "no Ray cluster answers", "within 3 s"]),
+    ("cpus-per-trial-above-local", lambda t: ["--cpus-per-trial", str((os.cpu_count() or 1) + 1)],
+     ["--cpus-per-trial", "the local Ray has"]),
+    ("log-with-fewer-items-than-negatives", lambda t: ["--dataset", _small_log(t), "--space", str(SYNTHETIC_SPACE)],
+     ["dataset 'small'", "eval.n_negatives=999", "allowed", "--set eval.n_negatives=N"]),
     ("empty-validdata", lambda t: ["--dataset", _empty_validdata(t), "--split", "c2dsr-histories"],
      ["validdata_new.txt", "no sequences"]),
     ("data-option-not-int", lambda t: ["--data-option", "max_len=abc"], ["max_len", "'abc'", "integer"]),
@@ -86,14 +127,18 @@ def test_search_refuses_bad_input_before_anything_starts(make_args, fragments, t
     args = ["--space", str(SMOKE), *data, "--epochs", "2", "--num-samples", "2",
             "--storage-path", str(tmp_path / "ray_results"), "--tracking-uri", f"sqlite:///{store}", "--quiet", *extra]
     ray_imported_before = "ray" in sys.modules
+    monkeypatch.setenv("RAY_AUTH_MODE", "-")  # --address sets it (tune.search): undone after the test
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    t0 = time.time()
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2, err
+    assert time.time() - t0 < 60, "refused, but not quickly"
     assert "Traceback" not in err
     message = err.strip().splitlines()[-1]
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
-    if "--dataset" not in extra and "--data-option" not in extra:  # refused before the driver (and Ray) is imported
+    if not {"--dataset", "--data-option"} & set(extra):  # refused before the driver (and Ray) is imported
         assert ray_imported_before or "ray" not in sys.modules
     if "ray" in sys.modules:
         import ray
@@ -112,6 +157,24 @@ def test_a_misspelled_dataset_prints_only_the_error_with_the_closest_name(tmp_pa
     assert out == "", out  # not the synthetic space first (the space's default follows the dataset name)
     assert err.strip().splitlines() == [err.strip()] and "unknown dataset 'food_kitchn'; did you mean food_kitchen?" in err
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_grace_period_of_all_epochs_says_asha_will_not_prune(tmp_path, capsys):
+    """Issue 27 §5: --grace-period 5 --epochs 1 is accepted, with a note that ASHA will stop no trial."""
+    from tune.search import build_parser
+    from tune.settings import settings_from_args
+
+    def settings(epochs: str, grace: str) -> None:
+        argv = ["--space", str(SMOKE), *TINY_DATA, "--epochs", epochs, "--grace-period", grace, "--storage-path",
+                str(tmp_path / "ray_results"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        settings_from_args(args)
+
+    settings("1", "5")
+    assert "--grace-period 5 >= 1 epoch(s): ASHA's first rung is the last epoch" in capsys.readouterr().out
+    settings("3", "1")
+    assert "ASHA" not in capsys.readouterr().out
 
 
 def test_data_command_names_an_empty_evaluation_file(tmp_path, capsys):
@@ -168,3 +231,19 @@ def test_yaml_merge_keys_may_still_be_overridden():
     from dpgdiff.config import ConfigError, parse_yaml
 
     assert parse_yaml("base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  y: 3\n", "inline", ConfigError)["d"] == {"x": 1, "y": 3}
+
+
+def test_train_on_a_one_user_log_is_refused_at_load_with_nothing_written(tmp_path, capsys):
+    """Issue 27 §5: a one-user log has one validation case in a domain of a dozen items: the default 999 negatives
+    cannot be drawn. `train` says so at load (exit 2, naming the dataset and the setting); --out is not created."""
+    from dpgdiff.cli import main
+
+    rows = ["user_id,item_id,domain,timestamp"] + [f"u1,i{t % 13},{'xy'[t % 2]},{t}" for t in range(30)]
+    (tmp_path / "one.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    code = main(["train", "--dataset", str(tmp_path / "one.csv"), "--out", str(out), "--no-progress",
+                 "--set", "model.dim=16", "--set", "train.epochs=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "dataset 'one': eval.n_negatives=999" in err and "--set eval.n_negatives=N" in err, err
+    assert not out.exists(), "nothing may be written for refused input"

@@ -1,5 +1,7 @@
 """The fused full-softmax CE (`loss.ce_impl=full`) and its chunked form (`chunked`) against F.cross_entropy."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,7 +125,8 @@ def test_softmax_ce_on_cuda_matches_cross_entropy():
 @pytest.mark.parametrize("impl", ["full", "chunked", "sampled"])
 def test_domain_cross_entropy_adds_the_item_bias_to_every_logit(impl):
     """model.item_bias: CE of s·h·E^T + b, checked against F.cross_entropy on logits built by hand, with the
-    bias's gradient (full and chunked ride the bias in the matmul; sampled adds it to the sampled logits)."""
+    bias's gradient (full and chunked ride the bias in the matmul; sampled adds it to the sampled logits,
+    before their logQ correction)."""
     g = torch.Generator().manual_seed(5)
     tables = [torch.randn(30, 6, generator=g, dtype=torch.float64) for _ in range(2)]
     biases = [torch.randn(30, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
@@ -143,8 +146,9 @@ def test_domain_cross_entropy_adds_the_item_bias_to_every_logit(impl):
         logits = 0.5 * h[rows] @ tables[d].t() + biases[d]
         tgt = local[rows]
         if impl == "sampled":
-            neg = torch.randint(0, 30, (negatives,), generator=draw)
-            neg_logits = logits[:, neg].masked_fill(neg[None, :] == tgt[:, None], float("-inf"))
+            neg = torch.randperm(30, generator=draw)[:negatives]  # uniform without replacement, π = 12/30
+            neg_logits = (logits[:, neg] - math.log(negatives / 30)).masked_fill(neg[None, :] == tgt[:, None],
+                                                                                 float("-inf"))
             logits, tgt = torch.cat([logits.gather(1, tgt[:, None]), neg_logits], 1), torch.zeros_like(tgt)
         expected = expected + F.cross_entropy(logits, tgt)
     for b in biases:

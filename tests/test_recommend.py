@@ -161,8 +161,15 @@ def test_cli_bad_input_exits_2_without_traceback(synthetic_run, tmp_path, capsys
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert proc.returncode == 2 and "--history: empty history" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+    (tmp_path / "latin1.csv").write_bytes("history,domain\n12 55,y\n13,caf\xe9\n".encode("latin-1"))
+    (tmp_path / "binary.csv").write_bytes(b"history\n\x89PNG\x00\x00\xff\n")
+    (tmp_path / "latin1.jsonl").write_bytes('{"history": [12], "note": "d\xe9j\xe0"}\n'.encode("latin-1"))
     for args, message in [(["--input", str(tmp_path / "bad.jsonl")], "bad.jsonl:2: empty history"),
-                          (["--history", "12", "--domain", "q"], "unknown domain 'q'")]:
+                          (["--history", "12", "--domain", "q"], "unknown domain 'q'"),
+                          # issue 27 §5: not UTF-8 -> exit 2 naming the file and the encoding expected
+                          (["--input", str(tmp_path / "latin1.csv")], "latin1.csv: not UTF-8 text (byte 0xe9"),
+                          (["--input", str(tmp_path / "binary.csv")], "binary.csv: not UTF-8 text (byte 0x89"),
+                          (["--input", str(tmp_path / "latin1.jsonl")], "latin1.jsonl: not UTF-8 text")]:
         assert main(base + args) == 2, args
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err

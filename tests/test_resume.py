@@ -44,11 +44,12 @@ def _is_final(row: dict) -> bool:
     return bool(row.get("final"))
 
 
-def _start(tmp: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+def _start(tmp: Path, *extra: str, quiet: bool = True) -> tuple[subprocess.Popen, Path]:
     log = tmp / f"driver-{time.time():.0f}.log"
     args = search_args(tmp, NAME, "--epochs", str(EPOCHS), "--num-samples", str(N_TRIALS), "--max-concurrent", "2",
                        "--scheduler", "fifo", "--set", "model.xt_injection=concat_token",
                        *extra, train_fn="train_slow")
+    args = args if quiet else [a for a in args if a != "--quiet"]
     e = env()
     e["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # snapshot the experiment often, so what finished is known to the restore
     with log.open("w") as handle:
@@ -72,7 +73,7 @@ def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float, what
 def test_ctrl_c_then_resume(tmp_path):
     # 1. Ctrl-C once a trial has finished and another is in flight: the search says it is unfinished and exits 130.
     #    (SIGKILLs of the driver at random times, and the leftovers they leave, are tests/test_local_ray.py's.)
-    proc, log = _start(tmp_path)
+    proc, log = _start(tmp_path, quiet=False)  # the trial table; the resume below is --quiet
     try:
         def finished_and_in_flight() -> bool:
             rows = _rows(tmp_path)
@@ -113,6 +114,7 @@ def test_ctrl_c_then_resume(tmp_path):
     result = run(search_args(tmp_path, NAME, "--resume", train_fn="train_slow"), tmp_path, timeout=300)
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     assert "resuming search" in result.stdout and "Best trial" in result.stdout
+    assert "elapsed " in text and "elapsed " not in result.stdout, "--quiet on resume: no trial table (issue 27 §5)"
 
     trials = tune_trials(tmp_path, NAME)
     assert len(trials) == N_TRIALS, "the searcher state must continue, not propose new trials"
@@ -150,6 +152,36 @@ def test_ctrl_c_then_resume(tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     assert f"trials: {N_TRIALS} FINISHED\n" in report.stdout, report.stdout[:3000]
     assert (tmp_path / "mlruns" / "reports" / f"{NAME}-table1.md").is_file() and not list(elsewhere.iterdir())
+    # issue 27 §2: search_wall_s is the sum over both drivers, not the last one's time
+    from tune.settings import read_drivers
+
+    drivers = read_drivers(str(tmp_path / "ray_results" / NAME))
+    assert len(drivers) == 2 and all(d["wall_s"] > 0 for d in drivers), drivers
+    assert parent.data.metrics["search_wall_s"] == pytest.approx(sum(d["wall_s"] for d in drivers))
+    assert parent.data.metrics["search_wall_s"] > max(d["wall_s"] for d in drivers)
+
+
+def test_a_search_whose_driver_died_before_tunes_first_state_resumes_from_its_settings(tmp_path, capsys):
+    """Issue 27 §6: a driver killed in its first seconds leaves dpgdiff_search.json but no Tune state (not even
+    tuner.pkl). --resume takes the saved settings (the search starts anew under the same name, build_tuner says
+    so) instead of "nothing to resume"."""
+    import json
+
+    from tune.search import build_parser
+    from tune.settings import STATE_FILE, settings_from_args
+
+    def settings(*argv: str):
+        args = build_parser().parse_args(argv)
+        args.argv = list(argv)
+        return settings_from_args(args)
+
+    first = settings(*search_args(tmp_path, "early", "--epochs", "1")[2:])
+    folder = tmp_path / "ray_results" / "early"
+    folder.mkdir(parents=True)
+    (folder / STATE_FILE).write_text(json.dumps(first.to_saved()))  # what the driver writes before Tune starts
+    resumed = settings(*search_args(tmp_path, "early", "--resume")[2:])
+    assert resumed.run.resuming and resumed == first
+    assert "resuming search 'early'" in capsys.readouterr().out
 
 
 def test_resume_retry_errored_reruns_failed_trials_from_their_checkpoint(tmp_path):

@@ -170,25 +170,60 @@ def test_report_prints_best_trials_and_table1(search, capsys):
 
 
 @ON_SEARCH_WORKER
-def test_search_registers_the_best_model_as_dpgdiff_dataset_at_best(search):
-    """Issue 13 §1: after a search, models:/dpgdiff-synthetic@best predicts top-k in the dataset's own ids."""
+def test_search_registers_the_best_model_as_dpgdiff_dataset_at_its_search_alias(search):
+    """Issue 13 §1: after a search, its registered model predicts top-k in the dataset's own ids. Issue 27 §1: the
+    smoke space measures with 99 negatives, so the model is tagged with that protocol, served as
+    @search-<name>, and never takes @best (tests/test_serving.py: which version holds @best)."""
     tmp, result = search
     assert result.returncode == 0, _explain(result)
     import mlflow
     import pandas as pd
 
+    from tune.serving import PROTOCOL_TAG, STANDARD_TAG
+
     parent, _ = mlflow_runs(tmp, NAME)
     client = mlflow.MlflowClient(tracking_uri(tmp))
-    version = client.get_model_version_by_alias("dpgdiff-synthetic", "best")
+    version = client.get_model_version_by_alias("dpgdiff-synthetic", f"search-{NAME}")
     assert version.tags["source_run_id"] == parent.info.run_id
     assert float(version.tags["dpgdiff.metric_value"]) == pytest.approx(parent.data.metrics["search_best_val_mrr_sum"])
-    assert ("Registered the best model as version 1 of 'dpgdiff-synthetic' (models:/dpgdiff-synthetic/1); the alias "
-            "@best now points to it (no version held @best before)." in result.stdout), result.stdout[-3000:]
+    assert version.tags[PROTOCOL_TAG].startswith("n_negatives=99,") and version.tags[STANDARD_TAG] == "0"
+    assert version.tags["dataset.fingerprint"] == parent.data.tags["dataset.fingerprint"]
+    assert "best" not in client.get_registered_model("dpgdiff-synthetic").aliases
+    assert (f"Registered the best model as version 1 of 'dpgdiff-synthetic' (models:/dpgdiff-synthetic/1), alias "
+            f"@search-{NAME} (this search's model); the alias @best stays where it was (measured with n_negatives=99"
+            in result.stdout), result.stdout[-3000:]
+    assert f"The commands below serve @search-{NAME} " in result.stdout
+    assert f"models serve -m models:/dpgdiff-synthetic@search-{NAME} " in result.stdout
     mlflow.set_tracking_uri(tracking_uri(tmp))
-    model = mlflow.pyfunc.load_model("models:/dpgdiff-synthetic@best")
+    model = mlflow.pyfunc.load_model(f"models:/dpgdiff-synthetic@search-{NAME}")
     out = model.predict(pd.DataFrame({"history": [[1, 2, 160]], "domain": ["y"], "k": [5]}))
     items = list(out["items"][0])
     assert len(items) == 5 and all(150 <= i < 300 for i in items) and 160 not in items  # TINY_DATA: 150 + 150 items
+
+
+@ON_SEARCH_WORKER
+def test_resuming_a_finished_search_changes_nothing(search):
+    """Issue 27 §2: --resume of a FINISHED search is a no-op that says so: no parent metric is logged again,
+    search_wall_s keeps the search's time, no run is reopened or added."""
+    tmp, result = search
+    assert result.returncode == 0, _explain(result)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(tmp))
+    parent, children = mlflow_runs(tmp, NAME)
+    history = {k: len(client.get_metric_history(parent.info.run_id, k)) for k in parent.data.metrics}
+    resumed = run(search_args(tmp, NAME, "--resume", train_fn="train_nan_when_add"), tmp)
+    assert resumed.returncode == 0, _explain(resumed)
+    assert f"search {NAME!r} finished already" in resumed.stdout and "nothing changed" in resumed.stdout
+    after, children_after = mlflow_runs(tmp, NAME)
+    assert after.info.status == "FINISHED" and after.data.metrics == parent.data.metrics
+    assert {k: len(client.get_metric_history(parent.info.run_id, k)) for k in after.data.metrics} == history
+    assert sorted(c.info.run_id for c in children_after) == sorted(c.info.run_id for c in children)
+    assert [c.info.status for c in children_after] == [c.info.status for c in children]
+    from tune.settings import read_drivers
+
+    drivers = read_drivers(str(tmp / "ray_results" / NAME))
+    assert len(drivers) == 1 and parent.data.metrics["search_wall_s"] == pytest.approx(drivers[0]["wall_s"])
 
 
 def test_every_trial_failing_exits_nonzero_with_first_error(tmp_path):
@@ -344,9 +379,9 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
             if t.get("dpgdiff.stopped_early") == "1":
                 assert r["info"]["status"] == "FINISHED" and t["dpgdiff.stopped_by"] == "scheduler"
                 assert "ASHA" in t["mlflow.note.content"]
-        # the registered model, its @best version made from this search's parent run
+        # the registered model, the version of this search's alias made from its parent run
         model = call("registered-models/get", name="dpgdiff-synthetic")["registered_model"]
-        best_alias = [a for a in model.get("aliases", []) if a["alias"] == "best"]
+        best_alias = [a for a in model.get("aliases", []) if a["alias"] == f"search-{NAME}"]
         assert best_alias, model
         version = call("model-versions/get", name="dpgdiff-synthetic", version=best_alias[0]["version"])
         assert version["model_version"]["run_id"] == parent.info.run_id

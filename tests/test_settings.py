@@ -165,3 +165,23 @@ def test_saving_a_failed_trials_state_fails_loudly_when_ray_changes():
     assert marked == ["trial"] and manager._should_force_sync_up is True
     with pytest.raises(ray_internals.RayInternalsChanged, match="_mark_trial_to_checkpoint"):
         ray_internals.save_trial_this_step(SimpleNamespace(_checkpoint_manager=manager), "trial")
+
+
+def test_a_csv_dataset_gets_the_dataset_agnostic_space_sized_from_its_card(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    settings = settings_from_args(_search_args(tmp_path, "--dataset", str(tmp_path / "my_log.csv"), "--name", "csv",
+                                               "--set", "eval.n_negatives=50"))
+    assert settings.space_source == "search_spaces/default-cpu.yaml" and settings.size_from_card
+    assert "search space search_spaces/default-cpu.yaml: " in capsys.readouterr().out
+    card = SimpleNamespace(train_examples_prefix=400_000, train_examples_last=30_000, items_x=300, items_y=300,
+                           max_len=15)
+    sized = settings.sized_from_card(card)
+    assert sized.fixed["train.mode"] == "last" and sized.space.resolve({}).train.mode == "last"
+    assert sized.fixed["eval.n_negatives"] == 50, "a --set value wins over the card"
+    assert "sized from the dataset card: train.mode=last" in capsys.readouterr().out
+    restored = SearchSettings.from_saved(json.loads(json.dumps(sized.to_saved())), sized.run, "saved")
+    assert restored.fixed == sized.fixed and restored.size_from_card
+    named = settings_from_args(_search_args(tmp_path, "--dataset", "food_kitchen", "--name", "fk"))
+    assert named.space_source == "search_spaces/food_kitchen-cpu.yaml" and not named.size_from_card
+    assert named.sized_from_card(card) is named

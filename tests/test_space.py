@@ -125,19 +125,68 @@ def test_define_by_run_conditionals_fixed_and_resolve():
 
 
 def test_cpu_space_searches_the_diffusion_knobs_and_is_the_no_gpu_default():
-    from tune.space import default_space_path
+    from tune.space import default_space
 
     space = load_space(SPACES / "food_kitchen-cpu.yaml")
     for key in ("diffusion.steps", "diffusion.schedule", "diffusion.infer_steps", "model.x0_norm",
                 "loss.lambda_diff", "loss.lambda_cl", "loss.lambda_s", "train.lr", "model.dropout"):
         assert key in space.params, f"food_kitchen-cpu.yaml does not search {key}"
     assert space.fixed["model.dim"] == 64 and space.fixed["train.epochs"] == 3
-    assert default_space_path("food_kitchen", gpu=False).name == "food_kitchen-cpu.yaml"
-    assert default_space_path("food_kitchen", gpu=True).name == "food_kitchen.yaml"
-    assert default_space_path("movie_book", gpu=False).name == "movie_book.yaml"  # no CPU space shipped for it
-    assert default_space_path("synthetic", gpu=False).name == "synthetic.yaml"
+    assert default_space("food_kitchen", gpu=False).path.name == "food_kitchen-cpu.yaml"
+    assert default_space("food_kitchen", gpu=True).path.name == "food_kitchen.yaml"
+    assert default_space("movie_book", gpu=False).path.name == "movie_book-cpu.yaml"
+    assert default_space("movie_book", gpu=True).path.name == "movie_book.yaml"
+    assert default_space("synthetic", gpu=False).path.name == "synthetic.yaml"
+    assert default_space("synthetic", gpu=True).path.name == "synthetic.yaml"  # CPU-sized is fine on a GPU
     for model in ("sasrec", "diffurec"):  # the baselines' spaces: the same budget
         baseline = load_space(SPACES / f"food_kitchen-cpu-{model}.yaml")
         assert baseline.fixed["model.name"] == model
         assert all(baseline.fixed[k] == space.fixed[k] for k in ("model.dim", "train.epochs", "train.mode",
                                                                  "train.batch_size"))
+
+
+def test_a_log_or_unknown_dataset_gets_the_dataset_agnostic_space_and_no_gpu_never_a_gpu_space(tmp_path):
+    """A CSV log (whatever its name), a C2DSR folder or an unknown name: default-cpu.yaml / default-gpu.yaml, sized
+    from the card; without a GPU, no dataset name whatever gets a space whose `hardware:` is gpu."""
+    from tune.space import default_space, space_hardware
+
+    for dataset in ("my_log.csv", "logs/food_kitchen.csv", "x.parquet", str(tmp_path), "no_such_pair"):
+        for gpu in (False, True):
+            choice = default_space(dataset, gpu=gpu)
+            assert choice.path.name == ("default-gpu.yaml" if gpu else "default-cpu.yaml"), (dataset, gpu)
+            assert choice.from_card and choice.reason
+    assert load_space(SPACES / "default-cpu.yaml").hardware == "cpu"
+    assert load_space(SPACES / "default-gpu.yaml").hardware == "gpu"
+    names = {p.stem.removesuffix("-cpu") for p in SPACES.glob("*.yaml")} | {"food_kitchen", "movie_book", "my_log.csv"}
+    for name in sorted(names):
+        assert space_hardware(default_space(name, gpu=False).path) == "cpu", name
+    # a dataset whose only space is GPU-sized falls back to the CPU default, and says why
+    (tmp_path / "big.yaml").write_text((SPACES / "movie_book.yaml").read_text())
+    (tmp_path / "default-cpu.yaml").write_text((SPACES / "default-cpu.yaml").read_text())
+    choice = default_space("big", gpu=False, root=tmp_path)
+    assert choice.path == tmp_path / "default-cpu.yaml" and "big.yaml is GPU-sized" in choice.reason
+    assert default_space("big", gpu=True, root=tmp_path).path == tmp_path / "big.yaml"
+    for spec in ("item_bias", ):  # the sparse-data lever is searched in the default and CPU spaces
+        for f in ("default-cpu.yaml", "default-gpu.yaml", "food_kitchen-cpu.yaml", "movie_book-cpu.yaml"):
+            assert set(load_space(SPACES / f).params[f"model.{spec}"].values) == {"none", "popularity"}, f
+
+
+def test_hardware_must_be_cpu_or_gpu():
+    with pytest.raises(SpaceError, match="hardware: 'tpu' is not one of"):
+        parse_space({"hardware": "tpu", "params": {"train.lr": {"type": "float", "low": 0.001, "high": 0.01}}},
+                    source="s.yaml")
+
+
+def test_card_sizing_follows_examples_per_epoch_and_items():
+    from types import SimpleNamespace
+
+    from tune.space import card_sizing
+
+    small = SimpleNamespace(train_examples_prefix=90_000, train_examples_last=16_000, items_x=600, items_y=5000,
+                            max_len=15)
+    big = SimpleNamespace(train_examples_prefix=600_000, train_examples_last=60_000, items_x=36_845, items_y=63_937,
+                          max_len=15)
+    assert card_sizing(small, gpu=False) == {"train.mode": ("prefix", card_sizing(small, False)["train.mode"][1]),
+                                             "eval.n_negatives": (584, card_sizing(small, False)["eval.n_negatives"][1])}
+    assert card_sizing(big, gpu=False)["train.mode"][0] == "last" and "eval.n_negatives" not in card_sizing(big, False)
+    assert card_sizing(big, gpu=True)["train.mode"][0] == "prefix"

@@ -141,6 +141,8 @@ def test_nan_loss_raises_and_keeps_the_last_checkpoint(synthetic_dataset, tmp_pa
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     model, config, info = load_model(tmp_path / "best.pt", synthetic_dataset)
     assert info["epoch"] == 1 and config.model.dim == 16
+    # train's output folder stands for its best.pt (what a user passes to evaluate/diagnose --checkpoint).
+    assert load_model(tmp_path, synthetic_dataset)[2]["epoch"] == 1
     # The run can go on from the intact checkpoint.
     resumed = train(tiny(**{"train.epochs": 2}), synthetic_dataset, resume_from=tmp_path / "checkpoint")
     assert [h["epoch"] for h in resumed.history] == [1, 2]

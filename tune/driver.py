@@ -46,7 +46,7 @@ from tune.results import (
     write_parent_artifacts,
 )
 from tune.serving import publish_best_model
-from tune.settings import STATE_FILE, SearchError, SearchSettings, write_text
+from tune.settings import STATE_FILE, SearchError, SearchSettings, record_driver, search_wall_s, write_text
 from tune.space import SearchSpace
 from tune.trainable import OPTUNA_TRIAL_KEY, TrialSpec, run_trial
 
@@ -89,6 +89,11 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
     train_fn: what each trial calls, with `dpgdiff.train`'s signature and Reporter contract
     (default `dpgdiff.train`); tests pass stand-ins here. It is not saved: pass it again to resume.
     """
+    if settings.run.resuming:
+        finished = finished_already(settings)
+        if finished:  # resuming a FINISHED search rewrites nothing (issue 27 §2)
+            print(finished, flush=True)
+            return EXIT_OK
     space = settings.space  # 1. everything that can be wrong with the input is found before Ray starts
     print(space.summary(), flush=True)
     t0 = time.time()  # 2. the dataset, once on the driver: its card goes to MLflow, its fingerprint to every trial
@@ -98,7 +103,9 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
     if settings.fingerprint and settings.fingerprint != dataset.fingerprint:
         raise SearchError(f"the dataset changed since search {settings.name!r} started (fingerprint "
                           f"{settings.fingerprint[:12]} -> {dataset.fingerprint[:12]}); start a new search")
-    settings = settings.with_dataset(dataset)
+    settings = settings.with_dataset(dataset).sized_from_card(card)
+    space = settings.space
+    check_negatives(space, dataset)  # every trial would fail at its first validation pass
 
     # A new local MLflow store takes seconds to build (its schema migrations): build it while Ray starts.
     store_built = in_background(tracking.create_sqlite_store, settings.tracking_uri)
@@ -114,8 +121,10 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
             print(f"\nsearch {settings.name!r}: {settings.num_samples} trials, results in {settings.path}"
                   + (" (resumed)" if settings.run.resuming else ""), flush=True)
             t_fit = time.time()
+            record_driver(settings.path, t_fit)  # search_wall_s sums the drivers' times (a resume's included)
             results = tuner.fit()
-            wall = time.time() - t_fit
+            record_driver(settings.path, t_fit, time.time() - t_fit)
+            wall = search_wall_s(settings.path)
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             if ray_internals.experiment_state_saved(settings.path):
@@ -131,6 +140,44 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
         ray.shutdown()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def check_negatives(space: SearchSpace, dataset: Any) -> None:
+    """The largest eval.n_negatives the space can give a trial must leave room in every validation and test case
+    (dpgdiff.evaluation.check_candidate_room raises DataError, exit 2, before Ray starts)."""
+    from dpgdiff.evaluation import check_candidate_room
+
+    param = space.params.get("eval.n_negatives")
+    if param is None:
+        wanted, source = int(space.base_values()["eval.n_negatives"]), f"{space.source}: eval.n_negatives"
+    else:
+        wanted = int(max(param.values) if param.type == "categorical" else param.high)
+        source = f"{space.source}: eval.n_negatives (sampled, up to)"
+    check_candidate_room(dataset, wanted, source)
+
+
+def finished_already(settings: SearchSettings) -> Optional[str]:
+    """What to say when a resume has nothing to do: the search's MLflow parent run is FINISHED, and --retry-errored
+    is not given or finds no errored trial in Tune's saved state. None otherwise (also when the store cannot be
+    read: the resume then proceeds and reports what it finds)."""
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None
+    try:
+        client = tracking.client_for(uri)
+        experiment = client.get_experiment_by_name(settings.experiment)
+        runs = experiment and tracking.find_runs(client, experiment.experiment_id,
+                                                 {tracking.SEARCH_TAG: settings.name, tracking.ROLE_TAG: "search"})
+    except Exception:  # noqa: BLE001  see the docstring
+        return None
+    if not runs or runs[0].info.status != "FINISHED":
+        return None
+    errored = [t.trial_id for t in tune_trials(settings.path) if t.status == "ERROR"] if settings.run.retry_errored else []
+    if errored:
+        return None
+    return (f"search {settings.name!r} finished already (MLflow parent run {runs[0].info.run_id} is FINISHED"
+            + ("; --retry-errored: no trial ended in ERROR" if settings.run.retry_errored else "")
+            + "): nothing to resume, nothing changed. Start a new search with another --name.")
 
 
 def restore_saved_state(settings: SearchSettings) -> bool:
@@ -275,9 +322,13 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_parameters(tune.with_resources(run_trial, resources), spec=spec)
     if restore_saved_state(settings):
-        # Searcher (Optuna study), scheduler, callbacks and run config come back from the saved state.
-        return tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
-                                  resume_errored=settings.run.retry_errored, restart_errored=False)
+        # Searcher (Optuna study), scheduler, callbacks and run config come back from the saved state; how
+        # this invocation prints (--quiet) is its own.
+        tuner = tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
+                                   resume_errored=settings.run.retry_errored, restart_errored=False)
+        ray_internals.set_progress_output(tuner, verbose=0 if settings.run.quiet else 1,
+                                          progress_reporter=_progress(settings, space, slots))
+        return tuner
     if settings.run.resuming:  # killed before Tune saved anything (no trial can have started): begin anew
         print(f"no Tune state was saved in {settings.path} before the search stopped: its trials start anew",
               flush=True)
@@ -497,7 +548,8 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
         if test_ranks is not None:  # per-case test ranks of the selected trial (paired tests, tune/confirm.py)
             test_ranks.save_ranks(Path(tmp) / "best" / "test_ranks.npz")
         client.log_artifacts(run_id, tmp)
-        publish_best_model(settings.tracking_uri, run_id, Path(tmp) / "best" / "checkpoint", dataset, best.get(METRIC))
+        publish_best_model(settings.tracking_uri, run_id, Path(tmp) / "best" / "checkpoint", dataset, best.get(METRIC),
+                           search=settings.name)
     now = int(time.time() * 1000)
     test = best.get("test", {})
     if best.get("run_id") and test:  # the selected trial's run: test metrics at its best epoch, like a trained run

@@ -55,6 +55,21 @@ class RayInternalsChanged(RuntimeError):
     """The installed Ray no longer honours an internal name this project relies on."""
 
 
+def set_progress_output(tuner: Any, verbose: int, progress_reporter: Any) -> None:
+    """Give a restored Tuner this invocation's output settings. `Tuner.restore` brings back the run config saved
+    by the first driver, --quiet or not, and takes no run config; its TunerInternal's RunConfig is the one fit()
+    uses (Tuner._local_tuner.get_run_config())."""
+    local = getattr(tuner, "_local_tuner", None)
+    run_config = local.get_run_config() if local is not None and hasattr(local, "get_run_config") else None
+    if run_config is None or not hasattr(run_config, "verbose") or not hasattr(run_config, "progress_reporter"):
+        import ray
+
+        raise RayInternalsChanged(f"ray {ray.__version__}: a restored Tuner has no _local_tuner.get_run_config() "
+                                  "with verbose and progress_reporter; update tune/ray_internals.py")
+    run_config.verbose = verbose
+    run_config.progress_reporter = progress_reporter
+
+
 def session_dir(temp_dir: str) -> Path:
     """The local Ray session folder under `temp_dir` (resolved; it is a symlink to session_<date>_<pid>)."""
     return Path(temp_dir, "session_latest").resolve()

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataset_args(p).description = f"synthetic without options: {SYNTHETIC_DEFAULT_OPTIONS}"
     g = p.add_argument_group("what to search")
-    g.add_argument("--space", default=None, help="search space YAML (default: search_spaces/<dataset>.yaml)")
+    g.add_argument("--space", default=None, help="search space YAML (default: the dataset's own space, <dataset>-cpu.yaml without a GPU, else search_spaces/default-cpu.yaml or default-gpu.yaml, sized from the dataset card)")
     g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="fix a config field for every trial (repeatable); a fixed parameter leaves the search")
     g.add_argument("--epochs", type=int, default=None, help="epochs per trial (ASHA's max_t); default: the space's train.epochs")

@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,14 @@ from urllib.parse import urlparse
 from dpgdiff.config import parse_assignment
 from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
 from dpgdiff.files import atomic_write_text
-from tune.space import SearchSpace, default_space_path, load_space, space_from_text
+from tune.space import SearchSpace, card_sizing, default_space, load_space, space_from_text
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: git commit and display paths
 STATE_FILE = "dpgdiff_search.json"  # beside Tune's experiment state: what a resume needs
+DRIVERS_FILE = "dpgdiff_drivers.json"  # beside it: when each driver of the search ran Tune, and for how long
+# A search name is a folder under --storage-path, an MLflow run name and tag value, and part of a model alias.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 100
 # The no-argument search: a smaller synthetic set so it finishes in minutes on 2 CPU cores.
 SYNTHETIC_DEFAULT_OPTIONS = {"n_users": 400}
 FIXED_SOURCE = "--set/--epochs"  # how errors name the command line's fixed values
@@ -84,6 +89,8 @@ class SearchSettings:
     fingerprint: Optional[str] = None  # the dataset's, once the driver has loaded it
     # What Optuna optimises (tune.results.OBJECTIVES): val_mrr_sum alone, or val_mrr_sum,infer_ms (FIFO then)
     objectives: tuple[str, ...] = ("val_mrr_sum",)
+    # The space is a dataset-agnostic default: the driver fixes what the dataset card decides (tune.space.card_sizing)
+    size_from_card: bool = False
     run: RunOptions = field(default_factory=lambda: RunOptions(storage="ray_results"), compare=False)
 
     @property
@@ -123,6 +130,17 @@ class SearchSettings:
             new.__dict__["space"] = self.__dict__["space"]
         return new
 
+    def sized_from_card(self, card: Any) -> "SearchSettings":
+        """A new search on a dataset-agnostic space: the card's sizes (tune.space.card_sizing) added to `fixed`,
+        except where the space or the command line sets the field already; prints what and why."""
+        if not self.size_from_card or self.run.resuming:  # a resume has them in its saved `fixed`
+            return self
+        sized = {k: v for k, v in card_sizing(card, gpu=self.gpus_per_trial > 0).items()
+                 if k not in self.space.fixed and k not in self.space.params}
+        for key, (value, why) in sized.items():
+            print(f"sized from the dataset card: {key}={value} ({why})", flush=True)
+        return self.replace(fixed={**self.fixed, **{k: v for k, (v, _) in sized.items()}}) if sized else self
+
     def with_dataset(self, dataset: Any) -> "SearchSettings":
         """The settings with the loaded dataset's split and fingerprint filled in."""
         return self.replace(dataset=dataclasses.replace(self.dataset, split=dataset.split),
@@ -153,15 +171,18 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         if name is None:
             raise SearchError(f"--resume: no search to resume in {run.storage}; pass --name")
     if name is not None:
+        check_search_name(name, "--name" if args.name is not None else f"the latest search in {run.storage}")
         saved = _saved_settings(name, run, args)
         if saved is not None:
             check_tracking_uri(saved.tracking_uri, "--tracking-uri" if args.tracking_uri else f"{STATE_FILE}: tracking_uri")
+            check_local_cpus(saved)
             return saved
         if args.resume:
             raise SearchError(f"--resume: nothing to resume at {run.storage}/{name} (no Tune experiment state there)")
     settings = _new_settings(args, name, run)
     check_tracking_uri(settings.tracking_uri, "--tracking-uri" if args.tracking_uri else
                        "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking URI")
+    check_local_cpus(settings)
     return settings
 
 
@@ -172,17 +193,29 @@ def _saved_settings(name: str, run: RunOptions, args: argparse.Namespace) -> Opt
         return None
     from ray import tune
 
-    if not tune.Tuner.can_restore(path):
-        return None
     text = read_text(f"{path}/{STATE_FILE}")
     if text is None:
-        raise SearchError(f"{path} holds a Tune experiment but no {STATE_FILE}: not a tune/search.py search")
+        if tune.Tuner.can_restore(path):
+            raise SearchError(f"{path} holds a Tune experiment but no {STATE_FILE}: not a tune/search.py search")
+        return None
+    # With the settings saved but no Tune state (a driver killed in its first seconds), the search is resumed
+    # all the same: tune.driver.build_tuner then starts its trials anew under the same name, and says so.
     settings = SearchSettings.from_saved(json.loads(text), dataclasses.replace(run, resuming=True),
                                          f"{path}/{STATE_FILE}")
     if args.tracking_uri:
         settings = settings.replace(tracking_uri=args.tracking_uri)
     print(f"resuming search {name!r} from {path} (settings as saved; CLI search options ignored)", flush=True)
     return settings
+
+
+def check_search_name(name: str, source: str = "--name") -> None:
+    """One check for new and resumed searches, before anything is read: the name is a plain folder name inside
+    --storage-path (no separator, no '..', not hidden), in characters every use of it takes as they are (the
+    MLflow search filter, the UI link, report.py --name, the model alias), and short enough for any filesystem."""
+    if not NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise SearchError(f"{source} {name[:MAX_NAME_LENGTH + 20]!r}{'...' if len(name) > MAX_NAME_LENGTH + 20 else ''}: "
+                          f"a search name is 1 to {MAX_NAME_LENGTH} characters (got {len(name)}) of letters, digits, "
+                          "'.', '_' and '-', not starting with '.' (it is a folder under --storage-path)")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -212,6 +245,7 @@ def _check_run_options(args: argparse.Namespace, run: RunOptions) -> None:
         raise SearchError("--retry-errored: only with --resume (it reruns the failed trials of an existing search)")
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SearchError(f"--num-cpus {args.num_cpus}: must be >= 1")
+    _check_address(args.address)
     if "://" not in run.storage:
         folder = Path(run.storage)
         existing = next(p for p in (folder, *folder.parents) if p.exists())
@@ -229,16 +263,76 @@ def check_tracking_uri(uri: str, source: str) -> None:
     except ImportError:
         registry = None
     scheme = urlparse(uri).scheme
+    known = scheme in _TRACKING_SCHEMES
     if registry is not None and hasattr(registry, "get_store_builder"):
         try:
             registry.get_store_builder(uri)
-            return
+            known = True
         except (MlflowException, KeyError):
-            pass
-    elif scheme in _TRACKING_SCHEMES:
+            known = False
+    if known:
+        _check_tracking_target(uri, source)
         return
     raise SearchError(f"{source} {uri}: unknown tracking URI scheme {scheme!r}; use one of "
                       f"{', '.join(s + ':' for s in _TRACKING_SCHEMES[1:])} or a local folder")
+
+
+CONNECT_TIMEOUT_S = 3.0  # how long a server (MLflow, a Ray cluster's GCS) may take to accept a connection
+
+
+def _check_tracking_target(uri: str, source: str) -> None:
+    """An MLflow server must answer, and a SQLite store's folder must exist, before Ray starts: MLflow itself
+    retries an unreachable server for minutes, and creates a missing folder (a typo then makes a new store)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        reason = _unreachable(parsed.hostname or "", port)
+        if reason:
+            raise SearchError(f"{source} {uri}: no MLflow server answers at {parsed.hostname}:{port} ({reason}); "
+                              "start it (mlflow server --host 127.0.0.1 ...) or fix the URI")
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise SearchError(f"{source} {uri}: the folder {folder} does not exist; create it first (the store "
+                              "file itself is created)")
+
+
+def _unreachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> Optional[str]:
+    """Why a TCP connection to host:port fails within `timeout` seconds, or None when it opens."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.timeout:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return f"{exc.strerror or exc} within {timeout:g} s"
+
+
+def _check_address(address: Optional[str]) -> None:
+    """--address HOST:PORT must accept a connection (Ray's own client waits for minutes, and may rewrite the
+    address); 'auto', 'local' and ray:// client addresses are left to Ray."""
+    if address in (None, "auto", "local") or "://" in str(address):
+        return
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise SearchError(f"--address {address}: expected 'auto' or HOST:PORT (a Ray cluster's GCS address)")
+    reason = _unreachable(host.strip("[]"), int(port))
+    if reason:
+        raise SearchError(f"--address {address}: no Ray cluster answers there ({reason}); start it (ray start "
+                          "--head) or fix the address")
+
+
+def check_local_cpus(settings: "SearchSettings") -> None:
+    """A local Ray has this machine's CPUs (or --num-cpus): a trial asking for more could never run. Refused
+    before the MLflow store is created or Ray starts (a cluster's nodes are checked once joined)."""
+    if settings.run.address not in (None, "local"):
+        return
+    have = settings.run.num_cpus or os.cpu_count() or 1
+    if settings.cpus_per_trial > have:
+        raise SearchError(f"--cpus-per-trial {settings.cpus_per_trial:g}: the local Ray has {have} CPU(s)"
+                          f"{' (--num-cpus)' if settings.run.num_cpus else ''}; lower it to at most {have}")
 
 
 def _fixed_values(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
@@ -285,30 +379,35 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
     check_dataset_name(args.dataset)  # before the space (its default follows the name) or anything is printed
     _check_numbers(args)
     objectives = _objectives(args)
-    space_path = Path(args.space) if args.space else default_space_path(args.dataset, gpu=args.gpus_per_trial > 0)
-    if not args.space and space_path.name.endswith("-cpu.yaml"):
-        print(f"no --gpus-per-trial: using the CPU-sized space {_display_path(space_path)}; pass --space "
-              f"{_display_path(default_space_path(args.dataset))} for the GPU-sized one", flush=True)
+    choice = None if args.space else default_space(args.dataset, gpu=args.gpus_per_trial > 0)
+    space_path = Path(args.space) if args.space else choice.path
+    if choice is not None:
+        print(f"search space {_display_path(space_path)}: {choice.reason}", flush=True)
     file_space = load_space(space_path)  # validates: errors name the file and key
     fixed = _fixed_values(args, file_space)
     space = file_space.with_fixed(fixed, source=FIXED_SOURCE)
     epochs = space.base_values()["train.epochs"]
-    name = name or f"{Path(args.dataset).stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if "/" in name or name.startswith("."):
-        raise SearchError(f"--name {name!r}: use a plain folder name")
+    if not args.experiment.strip():
+        raise SearchError(f"--experiment {args.experiment!r}: an MLflow experiment name cannot be empty")
+    grace = args.grace_period or min(10, max(1, epochs // 4))
+    if args.grace_period is not None and args.scheduler == "asha" and len(objectives) == 1 and grace >= epochs:
+        print(f"note: --grace-period {grace} >= {epochs} epoch(s): ASHA's first rung is the last epoch, so it will "
+              "not stop any trial early (every trial trains all epochs, as with --scheduler fifo)", flush=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(args.dataset).stem).lstrip(".")[:60] or "search"
+    name = name or f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     settings = SearchSettings(
         name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,
         fixed=fixed, epochs=epochs, num_samples=args.num_samples, seed=args.seed,
         startup_trials=(args.startup_trials if args.startup_trials is not None
                         else min(10, max(2, args.num_samples // 2))),
         scheduler="fifo" if len(objectives) > 1 else args.scheduler, objectives=objectives,
-        grace_period=args.grace_period or min(10, max(1, epochs // 4)),
+        grace_period=grace,
         reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
         reuse_actors=args.reuse_actors,
         tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri(),
         experiment=args.experiment, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        git_commit=_git_commit(), argv=tuple(args.argv), run=run)
+        git_commit=_git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card), run=run)
     settings.__dict__["space"] = space  # already built and checked: seed the cached property, do not parse twice
     return settings
 
@@ -377,3 +476,47 @@ def read_text(uri: str) -> Optional[str]:
         return None
     with fs.open_input_stream(path) as f:
         return f.readall().decode()
+
+
+# ------------------------------------------------------------------------------------- drivers
+
+
+def record_driver(path: str, started: float, wall_s: Optional[float] = None) -> None:
+    """Record in DRIVERS_FILE that the driver which started Tune at `started` (epoch seconds) is running
+    (wall_s None) or ran it for `wall_s` seconds. A driver killed before recording its time is given one when the
+    next driver starts: the time from its start to the last file it wrote in the experiment folder (local
+    storage; 0 elsewhere), marked estimated."""
+    drivers = read_drivers(path)
+    if wall_s is None:
+        for d in drivers:
+            if d.get("wall_s") is None:
+                last = _last_write(path)
+                d.update(wall_s=max(0.0, last - float(d["started"])) if last else 0.0, estimated=True)
+        drivers.append({"started": started, "wall_s": None})
+    else:
+        for d in drivers:
+            if d.get("started") == started:
+                d["wall_s"] = float(wall_s)
+    write_text(f"{path}/{DRIVERS_FILE}", json.dumps(drivers, indent=1))
+
+
+def read_drivers(path: str) -> list[dict[str, Any]]:
+    """DRIVERS_FILE's entries ([] when there is none or it cannot be read)."""
+    try:
+        drivers = json.loads(read_text(f"{path}/{DRIVERS_FILE}") or "[]")
+    except ValueError:
+        return []
+    return [d for d in drivers if isinstance(d, dict) and "started" in d] if isinstance(drivers, list) else []
+
+
+def search_wall_s(path: str) -> float:
+    """The search's wall time: the sum of every driver's time in Tune (issue 27 §2), this one's included once
+    it is recorded."""
+    return sum(float(d.get("wall_s") or 0.0) for d in read_drivers(path))
+
+
+def _last_write(path: str) -> Optional[float]:
+    if "://" in path or not Path(path).is_dir():
+        return None
+    times = [f.stat().st_mtime for f in Path(path).rglob("*") if f.is_file() and f.name != DRIVERS_FILE]
+    return max(times, default=None)

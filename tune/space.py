@@ -3,6 +3,7 @@
 A space file (search_spaces/*.yaml) looks like
 
     description: what this space is for
+    hardware: cpu               # what it is sized for: cpu | gpu (a search without a GPU never picks a gpu space)
     fixed:                      # config overrides applied to every trial (dotted Config names)
       train.batch_size: 256
     params:                     # sampled per trial, in this order (define-by-run, spec §6)
@@ -42,7 +43,8 @@ _SPEC_KEYS = {
     "int": {"type", "low", "high", "log", "step", "when", "help"},
     "float": {"type", "low", "high", "log", "step", "when", "help"},
 }
-_TOP_KEYS = {"description", "fixed", "params"}
+_TOP_KEYS = {"description", "hardware", "fixed", "params"}
+HARDWARE = ("cpu", "gpu")  # a space's `hardware:`; a space without it counts as CPU-sized
 _CANNOT_OCCUR = "(combination cannot occur)"  # a check whose varied parameter is inactive
 _OPS = ("eq", "ne", "in", "not_in", "gt", "ge", "lt", "le")
 # Fields the search CLI owns: ASHA needs train.epochs to be the same for every trial.
@@ -141,6 +143,7 @@ class SearchSpace:
     fixed: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     text: str = ""  # the YAML as written (logged to MLflow)
+    hardware: str = "cpu"  # what its sizes are for (HARDWARE)
     _base: Optional[dict[str, Any]] = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ sampling
@@ -193,7 +196,7 @@ class SearchSpace:
                 raise SpaceError(f"{exc} (field type {_type_name(fields[key])})") from None
         fixed = {**self.fixed, **overrides}
         params = {k: p for k, p in self.params.items() if k not in overrides}
-        space = SearchSpace(self.source, params, fixed, self.description, self.text)
+        space = SearchSpace(self.source, params, fixed, self.description, self.text, self.hardware)
         base = space.base_values()
         # A parameter whose condition the new fixed values rule out is simply not sampled.
         space.params = {k: p for k, p in params.items()
@@ -258,7 +261,10 @@ def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace
             raise SpaceError(f"{where}: is also under 'fixed'; keep it in one place")
         params[name] = _parse_param(name, spec, fields[name], where)
 
-    space = SearchSpace(source, params, dict(fixed), str(data.get("description") or ""), text)
+    hardware = data.get("hardware", "cpu")
+    if hardware not in HARDWARE:
+        raise SpaceError(f"{source}: hardware: {hardware!r} is not one of {list(HARDWARE)}")
+    space = SearchSpace(source, params, dict(fixed), str(data.get("description") or ""), text, hardware)
     _check_when_refs(space, source)
     _check_combinations(space)
     return space
@@ -483,12 +489,78 @@ def _type_name(hint: Any) -> str:
     return f"optional {name}" if base is not hint else name
 
 
-def default_space_path(dataset: str, root: Optional[Path] = None, gpu: bool = True) -> Path:
-    """search_spaces/<dataset>.yaml beside the repository's tune/ folder (synthetic for unknown names);
-    without a GPU, search_spaces/<dataset>-cpu.yaml where one exists (the GPU-sized space would run for days)."""
-    root = root or Path(__file__).resolve().parent.parent / "search_spaces"
-    stem = Path(dataset).stem
-    if not gpu and (root / f"{stem}-cpu.yaml").exists():
-        return root / f"{stem}-cpu.yaml"
-    candidate = root / f"{stem}.yaml"
-    return candidate if candidate.exists() else root / "synthetic.yaml"
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DEFAULT_SPACES = {"cpu": "default-cpu.yaml", "gpu": "default-gpu.yaml"}  # dataset-agnostic, sized from the card
+# Examples per epoch above which a dataset-agnostic space trains on `last` examples (one per training sequence)
+# instead of `prefix` (one per position): on CPU, Food-Kitchen's 93,091 prefix examples take 1.5-2 minutes per
+# epoch at d=64 on 2 cores (search_spaces/food_kitchen-cpu.yaml), so 150,000 keeps a CPU epoch to a few minutes.
+PREFIX_EXAMPLES_BUDGET = {"cpu": 150_000, "gpu": 5_000_000}
+MAX_NEGATIVES = 999  # eval.n_negatives' default (the paper's protocol): lowered only for small item sets
+
+
+@dataclass(frozen=True)
+class SpaceChoice:
+    """The space a search uses when no --space is given, and why (the search prints `reason`)."""
+
+    path: Path
+    reason: str
+    from_card: bool  # a dataset-agnostic default: the search sizes it from the dataset card (`card_sizing`)
+
+
+def space_hardware(path: Path) -> str:
+    """The `hardware:` of a space file ("cpu" when it has none)."""
+    data, _ = read_yaml(path, "search space", SpaceError)
+    return str(data.get("hardware", "cpu")) if isinstance(data, dict) else "cpu"
+
+
+def default_space(dataset: str, gpu: bool, root: Optional[Path] = None) -> SpaceChoice:
+    """The space for `dataset` without --space: its own (search_spaces/<name>-cpu.yaml without a GPU, else
+    <name>.yaml) when it is a named dataset with one, else the dataset-agnostic default-cpu.yaml /
+    default-gpu.yaml. Without a GPU, never a space whose `hardware:` is gpu. Interaction logs and C2DSR folders
+    (any path) always get the dataset-agnostic space: their file names say nothing about their size."""
+    root = root or SPACES_DIR
+    kind = "gpu" if gpu else "cpu"
+    fallback = root / DEFAULT_SPACES[kind]
+    if str(dataset).lower().endswith((".csv", ".parquet")) or Path(dataset).is_dir() or "/" in str(dataset):
+        return SpaceChoice(fallback, f"{dataset} is a file or folder, not a named dataset: the dataset-agnostic "
+                                     f"{kind.upper()} space, sized from its dataset card", True)
+    stem = str(dataset).lower().replace("-", "_")
+    own = [root / f"{stem}.yaml"] if gpu else [root / f"{stem}-cpu.yaml", root / f"{stem}.yaml"]
+    for path in own:
+        if not path.exists():
+            continue
+        if not gpu and space_hardware(path) == "gpu":
+            return SpaceChoice(fallback, f"no GPU (--gpus-per-trial 0) and {path.name} is GPU-sized: the "
+                                         "dataset-agnostic CPU space, sized from the dataset card", True)
+        why = "no GPU (--gpus-per-trial 0): the dataset's CPU-sized space" if path.name.endswith("-cpu.yaml") \
+            else "the dataset's own space"
+        if not gpu and (root / f"{stem}.yaml").exists() and path.name.endswith("-cpu.yaml"):
+            why += f" (--space search_spaces/{stem}.yaml for the GPU-sized one)"
+        return SpaceChoice(path, why, False)
+    return SpaceChoice(fallback, f"no space file for dataset {dataset!r}: the dataset-agnostic {kind.upper()} "
+                                 "space, sized from the dataset card", True)
+
+
+def card_sizing(card: Any, gpu: bool) -> dict[str, tuple[Any, str]]:
+    """Fixed values that fit a dataset-agnostic space to a dataset -> {dotted field: (value, why)}.
+
+    card: dpgdiff.data.DatasetCard (items per domain, training examples per epoch, max_len).
+    - train.mode: `prefix` (one example per position, spec §1.4) while its examples per epoch fit
+      PREFIX_EXAMPLES_BUDGET, else `last` (one per training sequence);
+    - eval.n_negatives: 999 (the paper's protocol) unless a domain has too few items for that many distinct
+      negatives next to the positive and a full history (then items - 1 - max_len)."""
+    kind = "gpu" if gpu else "cpu"
+    out: dict[str, tuple[Any, str]] = {}
+    budget = PREFIX_EXAMPLES_BUDGET[kind]
+    if card.train_examples_prefix <= budget:
+        out["train.mode"] = ("prefix", f"{card.train_examples_prefix:,} prefix examples per epoch <= {budget:,} "
+                                       f"on {kind.upper()}")
+    else:
+        out["train.mode"] = ("last", f"{card.train_examples_prefix:,} prefix examples per epoch > {budget:,} on "
+                                     f"{kind.upper()}; last: {card.train_examples_last:,}")
+    room = min(card.items_x, card.items_y) - 1 - card.max_len
+    if room < MAX_NEGATIVES:
+        out["eval.n_negatives"] = (max(1, room), f"the smaller domain has {min(card.items_x, card.items_y):,} "
+                                                 f"items: fewer than {MAX_NEGATIVES} + positive + a history of "
+                                                 f"{card.max_len}")
+    return out

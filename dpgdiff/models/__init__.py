@@ -7,6 +7,7 @@ from dpgdiff.models.augmentations import item_similarity
 from dpgdiff.models.base import Recommender
 from dpgdiff.models.diffurec import DiffuRec, DiffuRecHarness, build_diffurec
 from dpgdiff.models.dpgdiff import DPGDiff
+from dpgdiff.models.negatives import NegativeSampler
 from dpgdiff.models.sasrec import SASRec, SASRecSingle
 
 __all__ = [
@@ -19,7 +20,8 @@ def build_model(config: Config, dataset) -> Recommender:
 
     The positional table covers max(config.model.max_len, dataset.max_len) positions. The ItemCF map
     for the augmentations is computed here (once) only when Tri-CL is on with augment.sim_model=itemcf, and
-    model.item_bias=popularity sets the bias from dataset.item_counts() here."""
+    model.item_bias=popularity sets the bias from dataset.item_counts() here, as loss.ce_impl=sampled its
+    NegativeSampler (the popularity source draws by those counts)."""
     m = config.model
     max_len = max(int(m.max_len), int(dataset.max_len))
     if m.name == "sasrec":
@@ -39,4 +41,6 @@ def build_model(config: Config, dataset) -> Recommender:
         )
     if m.item_bias == "popularity":
         model.init_item_bias(dataset.item_counts())
+    if config.loss.ce_impl == "sampled":  # the popularity source draws by the training counts
+        model.negatives = NegativeSampler.from_config(config.loss, dataset.items, dataset.item_counts())
     return model

@@ -165,7 +165,7 @@ class DPGDiff(Recommender):
             ces = domain_cross_entropy(
                 heads, target_local, target_domain, self.tables(), self.scale,
                 lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows,
-                self.biases(),
+                self.biases(), self.negative_sampler(),
             )
             weights = {"rec_c": 1.0, "rec_s": lc.lambda_s, "rec_mix": lc.lambda_mix}
             rec = sum(weights[n] * ce for n, ce in zip(names, ces))

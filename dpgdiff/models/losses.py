@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y
+from dpgdiff.models.negatives import NegativeSampler
 
 
 def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -176,6 +177,7 @@ def domain_cross_entropy(
     generator: Optional[torch.Generator] = None,
     chunk_rows: int = 256,
     biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    sampler: Optional[NegativeSampler] = None,
 ) -> list[torch.Tensor]:
     """CE of each head's logits s·h·E_{d*}^T (+ b_{d*}) against the target, summed over domains (Eq. 10-12).
 
@@ -186,8 +188,9 @@ def domain_cross_entropy(
           global_mean -> sum over all rows / B (C2DSR's weighting by domain frequency).
     impl: full softmax over the domain; `chunked`: the same loss and gradients, holding at most
           `chunk_rows` rows of logits at a time (SoftmaxCrossEntropy); or `sampled`: the positive +
-          `n_negatives` shared uniform negatives of that domain (uniform proposal: the logQ correction
-          is a constant, so skipped; negatives that hit a row's positive are masked).
+          the negatives `sampler` draws for that domain (shared by its rows and heads; None: `n_negatives`
+          uniform ones), each logit minus its log inclusion probability (logQ correction,
+          dpgdiff/models/negatives.py); a negative equal to a row's positive is masked out of that row.
     Returns one scalar loss per head. The heads share one matmul per domain (stacked rows)."""
     n_heads = len(heads)
     batch = target_local.shape[0]
@@ -208,15 +211,18 @@ def domain_cross_entropy(
                 table = torch.cat([table, bias[:, None].to(table.dtype)], 1)
             per_row = softmax_cross_entropy(hs, table, tgt.repeat(n_heads), None if impl == "full" else chunk_rows)
         elif impl == "sampled":
-            gen_device = generator.device if generator is not None else table.device
-            neg = torch.randint(0, table.shape[0], (n_negatives,), generator=generator, device=gen_device).to(table.device)
+            if sampler is None:
+                sampler = NegativeSampler("uniform", n_negatives)
+            neg, log_pi = sampler.draw(domain, table.shape[0], tgt, generator)  # (M,), (M,)
             pos_logit = (h * table.index_select(0, tgt).repeat(n_heads, 1)).sum(-1, keepdim=True)
-            neg_logit = h @ table.index_select(0, neg).t()
+            neg_logit = h @ table.index_select(0, neg).t()  # (H·n, M)
             hit = (neg[None, :] == tgt[:, None]).repeat(n_heads, 1)
-            logits = torch.cat([pos_logit, neg_logit.masked_fill(hit, float("-inf"))], 1) * scale
+            logits = torch.cat([pos_logit, neg_logit], 1) * scale
             if bias is not None:
                 logits = logits + torch.cat([bias.index_select(0, tgt).repeat(n_heads)[:, None],
                                              bias.index_select(0, neg)[None, :].expand(len(h), -1)], 1)
+            logits[:, 1:] -= log_pi.to(logits.dtype)
+            logits[:, 1:].masked_fill_(hit, float("-inf"))
             per_row = F.cross_entropy(logits, torch.zeros_like(tgt).repeat(n_heads), reduction="none")
         else:
             raise ValueError(f"unknown ce_impl {impl!r}; expected 'full', 'chunked' or 'sampled'")

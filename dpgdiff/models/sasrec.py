@@ -47,6 +47,7 @@ class SASRec(Recommender):
         (ce,) = domain_cross_entropy(
             [self.represent(history)], local, target_domain, tables, self.scale,
             lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows, self.biases(),
+            self.negative_sampler(),
         )
         return {"total": ce, "rec": ce.detach()}
 
@@ -103,6 +104,7 @@ class SASRecSingle(Recommender):
         (ce,) = domain_cross_entropy(
             [rep], local, target_domain, (self.table(DOMAIN_X), self.table(DOMAIN_Y)), self.scale,
             lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows, self.biases(),
+            self.negative_sampler(),
         )
         return {"total": ce, "rec": ce.detach()}
 

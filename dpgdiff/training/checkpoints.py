@@ -81,9 +81,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """Accept a checkpoint folder or its model.pt; an interrupted swap leaves `.name.old` behind."""
+    """Accept a checkpoint folder or its model.pt, or train's output folder (its best.pt); an interrupted swap
+    leaves `.name.old` behind."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "model.pt").exists() and (path / "best.pt").is_file():
+            return path / "best.pt"
         return path / "model.pt"
     if not path.exists() and path.name == CHECKPOINT_DIRNAME:
         old = path.with_name(f".{path.name}.old")

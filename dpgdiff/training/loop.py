@@ -190,6 +190,9 @@ def train(
     Raises TrainingDivergedError on a NaN/inf loss (the last checkpoint stays intact).
     """
     config.validate()
+    from dpgdiff.evaluation import check_candidate_room
+
+    check_candidate_room(dataset, config.eval.n_negatives)  # before anything is written (issue 27 §5)
     device = resolve_device(config.train.device)
     out = Path(out_dir) if out_dir is not None else None
     with contextlib.ExitStack() as stack:
