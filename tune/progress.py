@@ -92,7 +92,7 @@ class ProgressReporter(tune.CLIReporter):
         # the first table: on resume they are all PENDING then, and the estimate came out doubled.
         self._concurrency = max(1, concurrency)
         self._start = time.time()
-        self._seen: dict[str, tuple[Any, float]] = {}  # trial id -> (its last result's iteration, when first seen)
+        self._seen: dict[str, tuple[Any, float]] = {}  # trial id -> ((last result's iteration, running?), since when)
 
     # A resumed search unpickles this reporter from tuner.pkl, written by the driver that was interrupted,
     # perhaps by an older version of this class. So only the constructor's arguments are pickled, and a
@@ -171,7 +171,8 @@ class ProgressReporter(tune.CLIReporter):
 
     def _note_results(self, trials: list[Any], now: float) -> None:
         for t in trials:
-            key = (t.last_result or {}).get("training_iteration")
+            # a new result, or the trial started running (a resumed trial waits PENDING first): the clock restarts
+            key = ((t.last_result or {}).get("training_iteration"), t.status == "RUNNING")
             if t.trial_id not in self._seen or self._seen[t.trial_id][0] != key:
                 self._seen[t.trial_id] = (key, now)
 
