@@ -38,8 +38,34 @@ def median_seconds(fn, repeats: int, warmup: int = 0) -> float:
     return median(times)
 
 
+def cpu_model() -> str:
+    """The CPU's model name as lscpu prints it (speed figures only carry with it); /proc/cpuinfo without lscpu."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    if not out and os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            out = f.read().replace("model name", "Model name")
+    for line in out.splitlines():
+        if line.strip().startswith("Model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def step_gflop(step) -> float:
+    """GFLOP of one call of step() (forward + backward + optimizer), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs visible, "
+    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs visible, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {mkl_amd()}; {load()}")
 
 

@@ -135,3 +135,45 @@ def test_options_reload_the_same_dataset(tmp_path):
     assert ds.options == {"max_len": 4, "domains": ["movie", "book"]}
     again = load_dataset(path, ds.split, **ds.options)
     assert again.fingerprint == ds.fingerprint and again.valid.history.shape[1] == 4
+
+
+def test_evaluate_a_model_trained_on_a_log_that_moved(tmp_path, capsys):
+    """Issue 27 §4: the checkpoint of a model trained on a user's log records the log's resolved path (and its
+    fingerprint): `python -m dpgdiff evaluate` finds it there, and after the file moved, through --data PATH or
+    --data-dir FOLDER; without either it names both flags; a changed file is refused by the fingerprint check."""
+    import shutil
+
+    from dpgdiff import train
+    from dpgdiff.cli import main
+    from dpgdiff.config import Config
+    from dpgdiff.training import load_model
+
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"{'bm'[t % 2]}{int(rng.integers(25))}", ["book", "movie"][t % 2], t)
+            for u in range(30) for t in range(6)]
+    first = tmp_path / "first"
+    first.mkdir()
+    log = write_log(first, rows, name="valid_copy.csv")
+    out = tmp_path / "run"
+    train(Config().with_overrides(["model.dim=16", "model.n_c_layers=1", "train.epochs=1", "train.batch_size=256",
+                                   "train.device=cpu", "diffusion.sampler=ddim", "diffusion.infer_steps=2",
+                                   "diffusion.val_infer_steps=2", "eval.n_negatives=5"]),
+          load_dataset(log), out_dir=out)
+    _, _, info = load_model(out / "best.pt")
+    assert info["dataset"]["path"] == str(log.resolve()) and info["dataset"]["fingerprint"]
+    checkpoint = ["evaluate", "--checkpoint", str(out / "best.pt"), "--device", "cpu"]
+    assert main(checkpoint) == 0, capsys.readouterr().err  # where it was trained
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(str(log), moved / log.name)
+    assert main(checkpoint) == 2
+    err = capsys.readouterr().err
+    assert "valid_copy.csv" in err and "--data PATH" in err and "--data-dir" in err and "Traceback" not in err, err
+    assert main([*checkpoint, "--data", str(moved / log.name)]) == 0, capsys.readouterr().err
+    assert "MRR" in capsys.readouterr().out
+    assert main([*checkpoint, "--data-dir", str(moved)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    (moved / log.name).write_text((moved / log.name).read_text().replace("u0,", "u99,", 1))  # other data
+    assert main([*checkpoint, "--data", str(moved / log.name)]) == 2
+    assert "fingerprint" in capsys.readouterr().err

@@ -28,23 +28,32 @@ def _zipf_counts(v: int, seed: int) -> np.ndarray:
     return rng.permutation((200.0 / np.arange(1, v + 1)).astype(np.int64))  # some zero counts too
 
 
-def _case(seed: int = 3, rows: int = 40, dim: int = 8):
+def _case(seed: int = 3, rows: int = 40, dim: int = 8, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
-    tables = [torch.randn(v, dim, generator=g, requires_grad=True) for v in SIZES]
-    biases = [torch.randn(v, generator=g, requires_grad=True) for v in SIZES]
-    heads = [torch.randn(rows, dim, generator=g, requires_grad=True) for _ in range(2)]
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g).to(device).requires_grad_()
+
+    tables = [leaf(v, dim) for v in SIZES]
+    biases = [leaf(v) for v in SIZES]
+    heads = [leaf(rows, dim) for _ in range(2)]
     dom = torch.randint(0, 2, (rows,), generator=g)
     local = torch.where(dom == 0, torch.randint(0, SIZES[0], (rows,), generator=g),
                         torch.randint(0, SIZES[1], (rows,), generator=g))
-    return tables, biases, heads, dom, local
+    return tables, biases, heads, dom.to(device), local.to(device)
+
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
 
 
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("norm", ["per_domain_mean", "global_mean"])
-def test_all_items_as_negatives_equal_the_full_softmax(source, norm):
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_all_items_as_negatives_equal_the_full_softmax(source, norm, device):
     """With N = V, every item is drawn once (π = 1, so each logQ correction is 0) and the masked positive
-    leaves exactly the full softmax: loss and gradients (tables, biases, heads) equal `full` to 1e-5."""
-    tables, biases, heads, dom, local = _case()
+    leaves exactly the full softmax: loss and gradients (tables, biases, heads) equal `full` to 1e-5.
+    (On CUDA the draws come from a CPU generator and are moved, as in training with a CPU generator.)"""
+    tables, biases, heads, dom, local = _case(device=device)
     counts = [_zipf_counts(v, i) for i, v in enumerate(SIZES)]
     results = []
     for impl in ("full", "sampled"):

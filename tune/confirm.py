@@ -1,7 +1,7 @@
 """Confirmation runs: the best configuration of finished searches, rerun with N seeds (and Table 3 ablations).
 
     python tune/confirm.py --name fk-cpu-dpgdiff --name fk-cpu-sasrec --seeds 3
-    python tune/confirm.py --name fk-cpu-dpgdiff --seeds 3 --ablations     # + -Tri-CL, -G, -DE, Diff at the best config
+    python tune/confirm.py --name fk-cpu-dpgdiff --seeds 3 --ablations     # + -Tri-CL, -G, -DE, Diff, -Diffusion at the best config
     python tune/confirm.py --name ... --variant "lr-half:train.lr=0.0005"   # any other variant of the best config
     python tune/confirm.py --confirm-name NAME --resume                    # continue an interrupted confirmation
     python tune/report.py --name fk-cpu-dpgdiff --name fk-cpu-sasrec       # mean ± std over seeds, paired tests
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
     p.add_argument("--seed", type=int, default=1, help="first seed (default 1): seeds are SEED, SEED+1, ...")
     p.add_argument("--ablations", action="store_true",
-                   help="also run Table 3's ablations (-Tri-CL, -G, -DE, Diff) at each DPG-Diff search's best config")
+                   help="also run Table 3's ablations (-Tri-CL, -G, -DE, Diff) and the -Diffusion control (model.diffusion=false) at each DPG-Diff search's best config")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:section.key=value[,...]",
                    help="another variant of every best configuration (repeatable)")
     p.add_argument("--confirm-name", default=None, help="Tune experiment name (default: confirm-<names>)")

@@ -234,6 +234,7 @@ class CrossDomainDataset:
     # C2DSR format, whose raw id is the global file id = internal id - 1. See dpgdiff/data/ids.py.
     raw_item_ids: Optional[tuple[list[str], list[str]]] = field(default=None, repr=False)
     domain_names: tuple[str, str] = DOMAIN_NAMES  # logs: the domain column's X and Y values
+    log_path: str = ""  # logs: the file's resolved path (checkpoints record it: `python -m dpgdiff evaluate`)
     _examples: dict[str, TrainExamples] = field(default_factory=dict, repr=False, compare=False)
 
     def training_examples(self, mode: str) -> TrainExamples:

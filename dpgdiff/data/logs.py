@@ -162,4 +162,5 @@ def load_log(path: Path, domains: Sequence[str] | None = None, max_len: int = DE
         options={"max_len": max_len, "domains": [x_val, y_val]},
         raw_item_ids=(raw_ids[0], raw_ids[1]),
         domain_names=(x_val, y_val),
+        log_path=str(path.resolve()),
     )

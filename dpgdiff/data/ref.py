@@ -56,18 +56,51 @@ class DatasetRef:
         """name, split, loader options and fingerprint of a loaded dataset: enough to reload it
         (recorded in checkpoints; the data folder is left out, it may differ between machines)."""
         options = getattr(dataset, "options", None) or {}
+        log_path = getattr(dataset, "log_path", "")
         return {
             "name": str(dataset.name),
             "split": str(dataset.split),
             "options": {str(k): v for k, v in dict(options).items()},
             "fingerprint": str(dataset.fingerprint),
+            **({"path": str(log_path)} if log_path else {}),  # an interaction log: where it was
         }
 
     @classmethod
     def from_identity(cls, identity: Mapping[str, Any], data_dir: Optional[str] = None,
-                      split: Optional[str] = None) -> "DatasetRef":
-        """The ref that reloads a checkpoint's dataset (optionally from another folder or split)."""
-        return cls.from_dict({**identity, "data_dir": data_dir, "split": split or identity.get("split")})
+                      split: Optional[str] = None, data: Optional[str] = None) -> "DatasetRef":
+        """The ref that reloads a checkpoint's dataset (optionally from another folder or split). An interaction
+        log is found at `data` (its new path), else as its file name in `data_dir`, else at the path the
+        checkpoint recorded; the loaded data must still have the checkpoint's fingerprint (the caller checks)."""
+        ref = cls.from_dict({**identity, "data_dir": data_dir, "split": split or identity.get("split")})
+        if data is None and not _is_log_identity(identity):
+            return ref
+        return cls(_log_file(identity, data_dir, data), ref.split, None, ref.options)
+
+
+def _is_log_identity(identity: Mapping[str, Any]) -> bool:
+    return bool(identity.get("path")) or identity.get("split") == "loo"
+
+
+def _log_file(identity: Mapping[str, Any], data_dir: Optional[str], data: Optional[str]) -> str:
+    """The path of a checkpoint's interaction log (see `DatasetRef.from_identity`); DataError when it is not there."""
+    from pathlib import Path
+
+    from dpgdiff.data import LOG_SUFFIXES
+
+    recorded = identity.get("path")
+    if data is not None:
+        candidates = [Path(data)]
+    elif data_dir is not None:  # the recorded file name, or (checkpoints before paths were recorded) the stem
+        names = [Path(recorded).name] if recorded else [f"{identity['name']}{s}" for s in LOG_SUFFIXES]
+        candidates = [Path(data_dir) / n for n in names]
+    else:
+        candidates = [Path(recorded)] if recorded else []
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate.resolve())
+    where = ", ".join(map(str, candidates)) or "no path recorded in the checkpoint"
+    raise DataError(f"the model was trained on the interaction log {recorded or identity['name']!r}, not found "
+                    f"({where}); pass --data PATH (where the file is now) or --data-dir FOLDER (holding it)")
 
 
 # ------------------------------------------------------------------------------------- command line

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from dpgdiff.training.checkpoints import (
     CHECKPOINT_DIRNAME,
     LoopState,
     cpu_state,
+    init_from_checkpoint,
     restore_training_checkpoint,
     save_best,
     save_checkpoint,
@@ -258,6 +260,11 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
     shuffle_gen = torch.Generator().manual_seed(t.seed)  # CPU: the permutation is made on CPU
     noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)  # model.loss noise / augmentation
     run = LoopState()
+    if t.init_from is not None and resume_from is None:  # a resumed run has its weights already
+        copied = init_from_checkpoint(model, t.init_from, dataset)
+        log.info("train.init_from=%s: copied %d tensors: %s", t.init_from, len(copied), ", ".join(copied))
+        print(f"train.init_from: copied {len(copied)} tensors from {t.init_from}: {', '.join(copied)}",
+              file=sys.stderr, flush=True)
     if resume_from is not None:
         run = restore_training_checkpoint(resume_from, config, dataset, model, optimizer, lr_schedule, shuffle_gen,
                                           noise_gen)
