@@ -139,13 +139,13 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
     store_built = in_background(tracking.create_sqlite_store, settings.tracking_uri)
     temp_dir = start_ray(settings)  # 3. Ray: local (no dashboard) or an existing cluster
     try:
-        check_resources(ray, settings)  # a trial that cannot fit is an error now
+        slots = check_resources(ray, settings)  # a trial that cannot fit is an error now
         if not settings.run.resuming:
             write_text(f"{settings.path}/{STATE_FILE}", json.dumps(settings.to_saved(), indent=1))
         store_built.result()  # its error, if any, is raised here
         parent = open_parent_run(settings, space, card)  # 4. MLflow parent run (reopened on resume)
         try:  # 5. Tune
-            tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train)
+            tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train, slots=slots)
             print(f"\nsearch {settings.name!r}: {settings.num_samples} trials, results in {settings.path}"
                   + (" (resumed)" if settings.run.resuming else ""), flush=True)
             t_fit = time.time()
@@ -270,8 +270,9 @@ def _descendant_pids(root: int) -> list[int]:
     return sorted(found)
 
 
-def check_resources(ray_api: Any, settings: SearchSettings) -> None:
-    """A trial must fit on one node, or it would stay PENDING forever (search-notes)."""
+def check_resources(ray_api: Any, settings: SearchSettings) -> int:
+    """A trial must fit on one node, or it would stay PENDING forever (search-notes) -> how many trials fit at
+    once."""
     cpu, gpu = settings.cpus_per_trial, settings.gpus_per_trial
     nodes = [n.get("Resources", {}) for n in ray_api.nodes() if n.get("Alive")]
     total = ray_api.cluster_resources()
@@ -284,6 +285,7 @@ def check_resources(ray_api: Any, settings: SearchSettings) -> None:
     slots = sum(int(min(n.get("CPU", 0) // cpu, n.get("GPU", 0) // gpu if gpu else 1e9)) for n in fits)
     print(f"Ray: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU; "
           f"room for {slots} trial(s) at once", flush=True)
+    return slots
 
 
 # ------------------------------------------------------------------------------------- MLflow
@@ -345,7 +347,8 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun, train_fn: Callable[..., Any]) -> Any:
+def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun, train_fn: Callable[..., Any],
+                slots: int = 1) -> Any:
     """A new Tuner (Optuna TPE + ASHA or FIFO, MLflow callback) or, resuming, the restored one."""
     spec = TrialSpec(dataset=settings.dataset, fingerprint=settings.fingerprint, space=space, train_fn=train_fn)
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
@@ -356,7 +359,7 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
         tuner = tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
                                    resume_errored=settings.run.retry_errored, restart_errored=False)
         ray_internals.set_progress_output(tuner, verbose=0 if settings.run.quiet else 1,
-                                          progress_reporter=_progress(settings, space))
+                                          progress_reporter=_progress(settings, space, slots))
         return tuner
     if settings.run.resuming:  # killed before Tune saved anything (no trial can have started): begin anew
         print(f"no Tune state was saved in {settings.path} before the search stopped: its trials start anew",
@@ -370,7 +373,7 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
             max_concurrent_trials=settings.max_concurrent, reuse_actors=settings.reuse_actors,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space),
+            name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space, slots),
             # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): CSV and JSON are what
             # ResultGrid reads.
             callbacks=[parent.tracker, CSVLoggerCallback(), JsonLoggerCallback()],
@@ -411,14 +414,15 @@ def _scheduler(settings: SearchSettings) -> Any:
         stop_last_trials=False)
 
 
-def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
-    """The trial table printed while the search runs (None with --quiet)."""
+def _progress(settings: SearchSettings, space: SearchSpace, slots: int = 1) -> Optional[Any]:
+    """The trial table printed while the search runs (None with --quiet); slots: trials the cluster fits at once."""
     if settings.run.quiet:
         return None
     preferred = ("model.dim", "diffusion.steps", "train.lr", "loss.lambda_cl", "loss.lambda_diff")
     params = ([p for p in preferred if p in space.params] + [p for p in space.params if p not in preferred])[:4]
     return ProgressReporter(
         max_epochs=settings.epochs, num_samples=settings.num_samples, early_stopping=settings.scheduler == "asha",
+        concurrency=min(slots, settings.max_concurrent or slots, settings.num_samples),
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
                         "val_y_mrr": "val MRR Y", METRIC: "val MRR sum",
                         **({"infer_ms": "ms/1k val"} if len(settings.objectives) > 1 else {})},
@@ -501,18 +505,23 @@ def report_study(settings: SearchSettings, trials: list[Any]) -> None:
 
 def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = UI_PORT) -> str:
     """The `mlflow ui` pages of a search: its parent run, and the runs list of this search with every trial
-    on its own row. The runs list opens on the classic (machine learning) view, not the GenAI overview
-    (`workflowType`); with a search filter the UI lists the trials flat instead of collapsed under the
-    parent (it only nests children when no filter or sort other than date is set), sorted here by
-    best_val_mrr_sum (the parent, which has no such metric, comes last). The UI keeps which parents
-    are expanded in the browser, not in the URL, so no link can open a parent expanded."""
+    on its own row. The list uses MLflow 3's runs route, `#/experiments/<id>/runs?...`, which honours the
+    query (the experiment's own route, `#/experiments/<id>?...`, ignores it: no filter, sorted by date);
+    `workflowType=machine_learning` and the experiment's kind tag (`tracking.ensure_experiment`) make it the
+    classic runs view, not the GenAI overview. With a search filter the UI lists the trials flat (it nests
+    children only without a filter), here sorted by best_val_mrr_sum (the parent, which has no such metric,
+    comes last)."""
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+    return (f"    parent run:           {base}/runs/{parent_run_id}\n"
+            f"    its trials (a list):  {base}/runs?{runs_list_query(search)}")
+
+
+def runs_list_query(search: str) -> str:
+    """The query of the runs-list link: this search's runs, best validation first, classic runs view."""
     from urllib.parse import urlencode
 
-    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
-    query = urlencode({"workflowType": "machine_learning", "searchFilter": search_filter(search),
-                       "orderByKey": f"metrics.`best_{METRIC}`", "orderByAsc": "false"})
-    return (f"    parent run:           {base}/runs/{parent_run_id}\n"
-            f"    its trials (a list):  {base}?{query}")
+    return urlencode({"workflowType": "machine_learning", "searchFilter": search_filter(search),
+                      "orderByKey": f"metrics.`best_{METRIC}`", "orderByAsc": "false"})
 
 
 def search_filter(search: str) -> str:

@@ -382,6 +382,9 @@ def _objectives(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions) -> SearchSettings:
+    from dpgdiff.data import check_dataset_name
+
+    check_dataset_name(args.dataset)  # before the space (its default follows the name) or anything is printed
     _check_numbers(args)
     objectives = _objectives(args)
     choice = None if args.space else default_space(args.dataset, gpu=args.gpus_per_trial > 0)

@@ -107,20 +107,30 @@ def create_sqlite_store(tracking_uri: str) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+# The experiment's kind, as MLflow 3's UI reads it (its own "Experiment type" setting writes this tag): model
+# training opens on the classic runs list; without it the UI may open on its GenAI overview (traces, empty here).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
-    """The experiment's id, creating it (with our artifact location) when missing."""
+    """The experiment's id, creating it (with our artifact location) when missing; marked as model training
+    (EXPERIMENT_KIND_TAG) unless it already has a kind (one a user chose in the UI stays)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # created concurrently by another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+        else:
+            return exp_id
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def find_runs(client: Any, experiment_id: str, tags: dict[str, str], max_results: int = 1000) -> list[Any]:
