@@ -1,6 +1,6 @@
 """Training throughput (examples/s), achieved FLOP/s against the machine's fp32 matmul rate, peak RSS.
 
-    python bench/bench_train.py --dims 64,128,256 --batch-size 512 --threads 2 [--data-dir DIR]
+    python bench/bench_train.py --dims 64,128,256 --batch-size 512 --threads 2 [--data-dir DIR] [--set KEY=VALUE ...]
 
 Food-Kitchen (split c2dsr-histories), or synthetic data of the same size when its files are missing.
 Each model size runs in its own process (so its peak RSS is its own): the default config at that d,
@@ -43,7 +43,7 @@ def one_size(args: argparse.Namespace) -> dict:
     dataset, data_name = _common.load_food_kitchen(args.data_dir)
     overrides = {"model.dim": args.one, "train.batch_size": args.batch_size, "loss.ce_impl": args.ce_impl,
                  "train.device": "cpu", "model.name": args.model}
-    config = Config().with_overrides(overrides)
+    config = Config().with_overrides(overrides).with_overrides(args.set)  # --set: e.g. a lever of issue 23
     seed_everything(0)
     model = build_model(config, dataset)
     model.train()
@@ -65,7 +65,7 @@ def one_size(args: argparse.Namespace) -> dict:
     sec = _common.median(times)
     return {
         "data": data_name, "model": args.model, "dim": args.one, "batch_size": args.batch_size,
-        "ce_impl": args.ce_impl, "mode": config.train.mode, "examples_per_epoch": len(ex),
+        "ce_impl": args.ce_impl, "set": list(args.set), "mode": config.train.mode, "examples_per_epoch": len(ex),
         "params": sum(p.numel() for p in model.parameters()),
         "sec_per_step_median": sec, "sec_per_step_min": min(times), "sec_per_step_all": times,
         "examples_per_s": args.batch_size / sec, "gflop_per_step": flops / 1e9,
@@ -86,6 +86,8 @@ def main() -> int:
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override on top of the default config at each d (repeatable)")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # worker mode: one size
     args = p.parse_args()
     _common.set_threads(args.threads)
@@ -103,6 +105,8 @@ def main() -> int:
                "--model", args.model, "--ce-impl", args.ce_impl, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--threads", str(args.threads)]
         cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+        for kv in args.set:
+            cmd += ["--set", kv]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)

@@ -12,6 +12,12 @@ rounds. Timed steps see the same batch sequence in every worker (numpy seed 0). 
 prints the process CPU time per step (all threads): with other jobs on the machine it moves less than
 wall time at --threads 1, but with 2+ threads it also counts OpenMP threads spinning at barriers.
 
+--variant LABEL:section.key=value[,...] (repeatable) adds a working-tree DPG-Diff worker with those overrides
+on top of --set, in the same interleaved rounds: the cost of a lever against the working tree without it
+(issue 23's rule: a kept lever may not make the d=64 step more than 15% slower), e.g.
+    python bench/speed_compare.py --old HEAD --dims 64 --no-sasrec --variant edm:diffusion.precond=edm \
+        --variant selfcond:diffusion.self_cond=true --variant mix:loss.lambda_mix=0.5
+
 Printed per d: median s/step for old and new and their ratio (examples/s new / old), the DPG-Diff /
 SASRec step ratio (both working tree) beside the ratio of their FLOPs, GFLOP per step of both trees (they must agree: no work dropped)
 and the fraction of the machine's fp32 matmul rate. That fraction depends on the machine (its matmul
@@ -100,6 +106,15 @@ def worker(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- driver
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """"LABEL:section.key=value,section.key=value" -> (LABEL, ["section.key=value", ...])."""
+    label, sep, rest = text.partition(":")
+    sets = [kv.strip() for kv in rest.split(",") if kv.strip()]
+    if not sep or not label or not sets or not all("=" in kv for kv in sets):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL:section.key=value[,section.key=value...]")
+    return label, sets
+
+
 def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
     """fp32 FLOP/s of torch.mm on (n, n) @ (n, n), median of `repeats` (same as bench_train.py)."""
     import torch
@@ -115,13 +130,14 @@ def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
 
 
 class Worker:
-    def __init__(self, tree: Path, model: str, dim: int, args: argparse.Namespace) -> None:
-        self.name = f"{model}@{'old' if tree != REPO else 'new'}"
+    def __init__(self, tree: Path, model: str, dim: int, args: argparse.Namespace,
+                 variant: tuple[str, list[str]] | None = None) -> None:
+        self.name = f"{model}@{'old' if tree != REPO else 'new'}" + (f"+{variant[0]}" if variant else "")
         env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(args.threads))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--dim", str(dim), "--model", model,
                "--batch-size", str(args.batch_size), "--warmup", str(args.warmup), "--threads", str(args.threads)]
         cmd += ["--data-dir", args.data_dir] if args.data_dir else []
-        for kv in args.set if tree == REPO else []:
+        for kv in [*args.set, *(variant[1] if variant else [])] if tree == REPO else []:
             cmd += ["--set", kv]
         self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.hello = self._read()
@@ -172,6 +188,8 @@ def compare_one_dim(dim: int, old_tree: Path, args: argparse.Namespace, rate: fl
         workers = [Worker(old_tree, "dpgdiff", dim, args), Worker(REPO, "dpgdiff", dim, args)]
         if not args.no_sasrec:
             workers.append(Worker(REPO, "sasrec", dim, args))
+        variants = [Worker(REPO, "dpgdiff", dim, args, v) for v in args.variant]
+        workers += variants
         for w in workers:
             print(f"  {w.name}: {w.hello.get('mkl_amd', '?')}", flush=True)
         for r in range(args.rounds):
@@ -192,6 +210,8 @@ def compare_one_dim(dim: int, old_tree: Path, args: argparse.Namespace, rate: fl
                         "sasrec_gflop": sas.hello["gflop_per_step"],
                         "flop_ratio": new.hello["gflop_per_step"] / sas.hello["gflop_per_step"],
                         "sasrec_times": sas.times})
+        row["variants"] = {w.name: {"s": w.median, "over_new": w.median / new.median, "times": w.times,
+                                    "gflop": w.hello["gflop_per_step"]} for w in variants}
         return row
     finally:
         for w in workers:
@@ -210,6 +230,8 @@ def main() -> int:
     p.add_argument("--data-dir", default=os.environ.get("DPGDIFF_DATA_DIR"))
     p.add_argument("--no-sasrec", action="store_true", help="skip the SASRec step")
     p.add_argument("--set", action="append", default=[], help="config override for the working tree only")
+    p.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="LABEL:KEY=VALUE[,...]",
+                   help="one more working-tree DPG-Diff worker with these overrides (repeatable)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dim", type=int, default=128, help=argparse.SUPPRESS)
@@ -246,6 +268,9 @@ def main() -> int:
                 line += (f"  SASRec {row['sasrec_s']:.3f} s/step, DPG-Diff/SASRec {row['dpgdiff_over_sasrec']:.2f} "
                          f"(in FLOPs: {row['new_gflop']:.1f} / {row['sasrec_gflop']:.1f} GFLOP = {row['flop_ratio']:.2f})")
             print(line + f"  [load avg {os.getloadavg()[0]:.1f}]", flush=True)
+            for name, v in row["variants"].items():
+                print(f"    {name}: {v['s']:.3f} s/step = {v['over_new']:.3f} x new ({v['gflop']:.1f} GFLOP/step)",
+                      flush=True)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], capture_output=True)
         subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True)

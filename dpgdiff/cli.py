@@ -129,33 +129,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     steps_list = _number_list(args.infer_steps, int, "--infer-steps")
     noise_list = _number_list(args.noise_rate, float, "--noise-rate")
     model, config, info, dataset = load_model_and_data(args.checkpoint, args.data_dir, args.split,
-                                                       resolve_device(args.device), data=args.data)
+                                                       resolve_device(args.device), data=args.data,
+                                                       overrides=args.set)
     meta = info["dataset"]
     d = config.diffusion
     sampler = args.sampler or d.sampler
-    for k in steps_list:
-        if k is not None and not 1 <= k <= d.steps:
-            raise ConfigError(f"--infer-steps {k}: must be in 1..{d.steps} (the model's diffusion.steps)")
+    _check_infer_steps(steps_list, config)
     for rate in noise_list:
         if rate is not None and not 0.0 <= rate <= 1.0:
             raise ConfigError(f"--noise-rate {rate:g}: must be in [0, 1]")
 
     print(f"{args.checkpoint}: {config.model.name} d={config.model.dim}, epoch {info['epoch']}; "
-          f"{meta['name']} / {meta['split']} {args.which}", file=sys.stderr)
+          f"{meta['name']} / {meta['split']} {args.which}" + (f"; --set {' '.join(args.set)}" if args.set else ""),
+          file=sys.stderr)
     rows, records = [], []
     for rate in noise_list:
         eval_config = dataclasses.replace(config.eval, noise_rate=config.eval.noise_rate if rate is None else rate)
         run_config = dataclasses.replace(config, eval=eval_config)
         evaluator = Evaluator(dataset, args.which, eval_config)
         for k in steps_list:
-            steps = k or d.infer_steps or d.steps
+            steps = k or d.infer_steps or (d.start_step + 1 if d.start == "guidance" else d.steps)
             start = time.perf_counter()
             result = evaluate_model(model, dataset, args.which, run_config, sampler=sampler, infer_steps=steps,
                                     evaluator=evaluator)
             seconds = time.perf_counter() - start
             rows.append((eval_config.noise_rate, steps, seconds, result))
             records.append({"noise_rate": eval_config.noise_rate, "sampler": sampler, "infer_steps": steps,
-                            "seconds": seconds, "metrics": result.flat(args.which)})
+                            "set": list(args.set), "seconds": seconds, "metrics": result.flat(args.which)})
             if len(noise_list) * len(steps_list) == 1:
                 print(f"{sampler}, {steps} steps, noise rate {eval_config.noise_rate:g}: {seconds:.1f} s per pass")
                 print(result.table())
@@ -164,6 +164,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(records, indent=2) + "\n")
     return 0
+
+
+def _check_infer_steps(steps: Sequence[Any], config: Any) -> None:
+    """--infer-steps values against the model's T (and t0 + 1 under diffusion.start=guidance)."""
+    d = config.diffusion
+    most = d.start_step + 1 if d.start == "guidance" else d.steps
+    for k in steps:
+        if k is not None and not 1 <= k <= most:
+            what = ("diffusion.start_step + 1 under diffusion.start=guidance" if d.start == "guidance"
+                    else "the model's diffusion.steps")
+            raise ConfigError(f"--infer-steps {k}: must be in 1..{most} ({what})")
+
+
+def _add_inference_set(parser: argparse.ArgumentParser) -> None:
+    from dpgdiff.config import INFERENCE_KEYS
+
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override an inference-only field of the checkpoint's config (repeatable), e.g. "
+                             "--set diffusion.n_samples=16 --set diffusion.start=zero; allowed: "
+                             + ", ".join(INFERENCE_KEYS))
 
 
 def _sweep_table(rows: list[tuple[float, int, float, Any]], sampler: str) -> str:
@@ -200,6 +220,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                              "checkpoint recorded); its fingerprint must still match")
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write every result as JSON")
+    _add_inference_set(parser)
     parser.set_defaults(func=cmd_evaluate)
 
 
@@ -212,15 +233,21 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from dpgdiff.files import atomic_write_text
     from dpgdiff.training import load_model_and_data, resolve_device
 
-    model, config, info, dataset = load_model_and_data(args.checkpoint, args.data_dir, device=resolve_device(args.device))
+    model, config, info, dataset = load_model_and_data(args.checkpoint, args.data_dir, device=resolve_device(args.device),
+                                                       overrides=args.set)
     meta = info["dataset"]
-    if not hasattr(model, "predict_x0"):
-        raise ConfigError(f"{args.checkpoint}: model.name={config.model.name!r} is not a diffusion model")
-    steps = _number_list(args.infer_steps, int, "--infer-steps") if args.infer_steps else [1, 2, 4, 8, 16, None]
-    for k in steps:
-        if k is not None and not 1 <= k <= config.diffusion.steps:
-            raise ConfigError(f"--infer-steps {k}: must be in 1..{config.diffusion.steps} (the model's diffusion.steps)")
-    steps = sorted({config.diffusion.steps if k is None else k for k in steps})
+    if not hasattr(model, "predict_x0") or not getattr(model, "use_diffusion", True):
+        raise ConfigError(f"{args.checkpoint}: model.name={config.model.name!r}"
+                          f"{' with model.diffusion=false' if config.model.name == 'dpgdiff' else ''} "
+                          "is not a diffusion model")
+    d = config.diffusion
+    most = d.start_step + 1 if d.start == "guidance" else d.steps
+    if args.infer_steps:
+        steps = _number_list(args.infer_steps, int, "--infer-steps")
+        _check_infer_steps(steps, config)
+    else:
+        steps = [k for k in (1, 2, 4, 8, 16) if k <= most] + [None]
+    steps = sorted({most if k is None else k for k in steps})
     if args.cases < 1:
         raise ConfigError(f"--cases {args.cases}: must be >= 1")
     report = diagnose(model, dataset, config, which=args.which, n_cases=args.cases, infer_steps=steps,
@@ -247,6 +274,7 @@ def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding the dataset (default: env DPGDIFF_DATA_DIR)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    _add_inference_set(parser)
     parser.set_defaults(func=cmd_diagnose)
 
 

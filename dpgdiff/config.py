@@ -6,6 +6,12 @@ a comment says why not (mainly `model.dim`, kept CPU-sized; `configs/paper.yaml`
 
     cfg = Config.from_yaml("cfg.yaml").with_overrides(["model.dim=64", "train.epochs=2"])
     cfg.to_yaml("resolved.yaml")
+
+Every config file lists every field (to_yaml writes them all), so a model's file also holds fields it never
+reads: SASRec and SASRec-single read model.{dim, max_len, n_heads, n_c_layers, dropout, emb_dropout, position,
+logit_scale, item_init_std, item_bias}, loss.{domain_loss_norm, ce_*}, train.* and eval.*; the diffusion and
+augment sections, model.diffurec_variant and the DPG-Diff switches are inert there (README, "Fields a model
+does not read").
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ class ModelConfig:
     name: Literal["dpgdiff", "sasrec", "sasrec_single", "diffurec"] = "dpgdiff"
     # Embedding = hidden size. Paper: 512; 128 keeps CPU runs practical (spec §8).
     dim: int = 128
-    max_len: int = 15  # C2DSR's maxlen for both Amazon pairs
+    # Sizes the positional table only: build_model uses max(max_len, dataset.max_len) positions. The history
+    # window itself is the dataset's (C2DSR's maxlen 15 for both Amazon pairs), not this field.
+    max_len: int = 15
     n_heads: int = 2
     n_enc_layers: int = 1  # Encoder_x / Encoder_y blocks (paper: "a self-attention layer")
     n_c_layers: int = 2  # Encoder_c blocks (shared, domain-invariant)
@@ -55,10 +63,10 @@ class ModelConfig:
     fusion: Literal["concat", "gate", "sum"] = "concat"  # spec §2.3
     guidance_memory: Literal["tokens3", "seq", "single"] = "tokens3"  # spec §3.5
     xt_injection: Literal["concat_token", "add"] = "concat_token"  # spec §3.5
-    lambda_u: float = 0.001  # xt_injection=add and DiffuRec only (DiffuRec's lambda_uncertainty)
+    lambda_u: float = 0.001  # xt_injection=add and DiffuRec only (DiffuRec's lambda_uncertainty); inert with concat_token
     # λ ~ N(λ_u, λ_u) of the additive x_t injection (xt_injection=add and DiffuRec) at inference:
     # sample = drawn at every reverse step as in training (DiffuRec `Diffu_xstart.forward` draws it
-    # on every call); mean = fixed λ_u at inference (the harness's former behaviour).
+    # on every call); mean = fixed λ_u at inference (the harness's former behaviour). Inert with concat_token.
     lambda_infer: Literal["sample", "mean"] = "sample"
     logit_scale: Literal["one", "inv_sqrt_d"] = "one"  # spec §2.1
     x0_norm: Literal["none", "l2_sqrt_d"] = "none"  # spec §2.1
@@ -82,8 +90,20 @@ class ModelConfig:
     score_softmax: Literal["items", "literal"] = "items"
     # Ablation switches reproducing Table 3 (spec §7.3). A disabled component is not built.
     disentangled_encoder: bool = True  # DE: Encoder_x / Encoder_y and the fused guidance g_d
-    guidance: bool = True  # G: full guidance memory [g_d, g_x, g_y] instead of [g_d]
+    # G: full guidance memory [g_d, g_x, g_y] instead of [g_d]. false is the same model as guidance_memory=single
+    # (Table 3's switch, kept under the paper's name); guidance_memory is then not read.
+    guidance: bool = True
     tri_cl: bool = True  # Tri-CL: the tri-view contrastive loss
+    # The `−Diffusion` control (issue 23): the same network without the diffusion. false: the denoiser's query
+    # token is e_dom[d*] alone (x_t ≡ 0 and no timestep embedding: the TimestepEmbedding is not built), one
+    # forward pass scores (diffusion.sampler, infer_steps, n_samples, start are unused), and L_diff is not
+    # computed whatever loss.lambda_diff says. DPG-Diff only.
+    diffusion: bool = True
+    # What the denoiser's query token starts from (the x_t token of Encoder_c, spec §3.5): noise = x_t + temb(t)
+    # + e_dom (the paper); xt_plus_last = the same plus the Encoder_c state of the most recent history item
+    # (HistoryCache.last), so the reverse chain refines the user's state instead of starting from noise alone.
+    # xt_injection=concat_token only.
+    query_init: Literal["noise", "xt_plus_last"] = "noise"
     # model.name=diffurec (spec §7.2; dpgdiff/models/diffurec.py):
     #   faithful: WHUIR/DiffuRec's model: one joint table with a learned PAD row (N(0, item_init_std²);
     #     DiffuRec's nn.Embedding is N(0, 1), see configs/diffurec.yaml), emb dropout + LN, no positions,
@@ -93,7 +113,9 @@ class ModelConfig:
     #   harness: Table 3's "Diff" inside the DPG-Diff harness (DPG-Diff with DE, G and Tri-CL off and
     #     xt_injection=add): causal mask + positions, target-domain embedding, decoder block + LN, zero
     #     PAD, CE over d*'s items only, plus λ_diff·L_diff.
-    diffurec_variant: Literal["faithful", "harness"] = "faithful"
+    diffurec_variant: Literal["faithful", "harness"] = "faithful"  # read with model.name=diffurec only
+    # Two target-domain embeddings, on purpose: DisentangledEncoder.dom_emb conditions the fused guidance g_d
+    # (spec §2.3); DPGDenoiser.dom_emb conditions the x_t token (spec §3.5; with diffusion=false it is the query).
 
 
 @dataclass
@@ -105,7 +127,9 @@ class DiffusionConfig:
     # in training as it is at test time (x_T ~ N(0, I)). "as_is" keeps the named schedule, which must then end at
     # ᾱ_T <= 0.05 (checked below): trunc_lin with T <= 20, or beta_scale < 1, would not (issue 8 §2).
     terminal_snr: Literal["zero", "as_is"] = "zero"
-    sampler: Literal["ddpm", "ddim"] = "ddpm"  # for the final test evaluation
+    # For the final test evaluation. With K = 1 reverse step (infer_steps=1) the chain is one denoiser call whose
+    # x̂_0 is returned as is: sampler and ddpm_variance are then inert.
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
     infer_steps: Optional[int] = None  # K reverse steps at test; None = T
     # DDPM reverse variance: the posterior variance of the (respaced) chain, which keeps every marginal equal to
     # q(x_t | x_0) for an exact x̂_0; "fixed_large" is DiffuRec's β'_t, too wide when K < T (issue 8 §5).
@@ -114,7 +138,31 @@ class DiffusionConfig:
     # selected by the procedure the test reports; a cheaper one (e.g. ddim, 4) can be set explicitly.
     val_sampler: Optional[Literal["ddpm", "ddim"]] = None
     val_infer_steps: Optional[int] = None
-    n_samples: int = 1  # average scores over this many noise draws
+    # Posterior-mean inference: x̂_0 is averaged over n_samples reverse chains (independent x_T draws) before
+    # Eq. 15 scores it once: a Monte-Carlo estimate of E[x_0 | history], what a dot-product ranker wants
+    # (one draw moves x̂_0 by the noise it started from). 1 = one sample.
+    n_samples: int = 1
+    # x_T of the reverse chain: noise = x_T ~ N(0, I) (the paper); zero = x_T = 0 (the mode of N(0, I): one
+    # deterministic chain under ddim); guidance = start at t0 = start_step < T from the noised guidance,
+    # x_t0 = sqrt(ᾱ_t0)·ĝ_{d*} + sqrt(1 - ᾱ_t0)·ε (SDEdit-style), then K steps from t0 down to 0 (K <= t0 + 1;
+    # infer_steps null = every step from t0). Inference only: usable on a trained checkpoint (evaluate --set).
+    start: Literal["noise", "zero", "guidance"] = "noise"
+    start_step: Optional[int] = None  # t0 for start=guidance (0-based, 0..steps-1); required there, unused otherwise
+    # Self-conditioning (Chen et al. 2022, "Analog Bits", §3): the previous step's x̂_0 is fed back into the x_t
+    # token (concatenated with x_t in the paper; here the equivalent learned d x d projection added to it,
+    # zero-initialised). Training: with p = 0.5 per batch, a first x̂_0 is computed without gradient and fed
+    # back. Inference: each reverse step gets the previous step's x̂_0 (zero at the first step, so K = 1 is
+    # unaffected).
+    self_cond: bool = False
+    # Preconditioning of the denoiser (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
+    # Generative Models", Table 1), written for this VP process: x̂_0 = c_skip·x_t + c_out·F(c_in·x_t, t) with
+    # v_t = ᾱ_t·σ_d² + 1 - ᾱ_t, c_in = 1/sqrt(v_t), c_skip = sqrt(ᾱ_t)·σ_d²/v_t, c_out = σ_d·sqrt(1 - ᾱ_t)/sqrt(v_t),
+    # and L_diff weighted by 1/c_out² (so the network's target has unit variance at every t). none = the paper:
+    # x̂_0 = F(x_t, t), a LayerNorm output of norm ≈ sqrt(d) whatever the scale of x_0 (issue 23 §1).
+    precond: Literal["none", "edm"] = "none"
+    # σ_d of precond=edm: null = the RMS of the target domain's item table as diffused (1 with
+    # model.x0_norm=l2_sqrt_d), recomputed at every step without gradient; a number fixes it.
+    sigma_data: Optional[float] = None
     cfg_p: float = 0.0  # classifier-free guidance: p(drop memory) in training
     cfg_w: float = 0.0  # classifier-free guidance weight at inference
     target_detach: bool = False  # stop-gradient through x_0 in L_diff (spec §3.1)
@@ -127,6 +175,12 @@ class DiffusionConfig:
 @dataclass
 class LossConfig:
     lambda_diff: float = 1.0  # Eq. 14
+    # L_diff over the d dimensions: mean (default; F.mse_loss) or sum (Eq. 6 as printed, ||f_θ(x_t, t) - x_0||²).
+    # sum = d × mean, so λ_diff under sum means d times the weight it has under mean (λ_diff = 1 with mean is
+    # the paper's λ_diff = 1/d). Both are averaged over the batch.
+    diff_reduction: Literal["mean", "sum"] = "mean"
+    # Weight of the CE terms (Eq. 14). The reference scale: every search keeps it at 1 (the other λ are relative
+    # to it); 0 drops every CE term (L_diff and L_cl alone), an ablation, not a tuning knob.
     lambda_rec: float = 1.0
     lambda_s: float = 1.0  # single-domain term L^s relative to L^c (Eq. 10)
     lambda_mix: float = 0.0  # optional L^mix on (x0_hat + g_d*), spec §4.1
@@ -184,6 +238,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16"] = "fp32"
     num_threads: Optional[int] = None  # torch intra-op threads; None = torch default
+    # Embedding pretraining (issue 23 §5; ADRec, KDD 2025): before the first step, copy the item tables (and the
+    # item bias and positional table where present) and the transformer blocks whose shapes match from a trained
+    # checkpoint (best.pt, e.g. SASRec's on the same data) into the new model; the copied tensors are logged.
+    # null = none. Ignored when a run resumes (the checkpoint has the weights).
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -264,6 +323,20 @@ class Config:
             data[section][key] = value
         return Config.from_dict(data, source=source)
 
+    def with_inference_overrides(self, assignments: list[str] | dict[str, Any], source: str = "--set") -> "Config":
+        """`with_overrides` restricted to INFERENCE_KEYS: what may change on a trained checkpoint."""
+        items = assignments.items() if isinstance(assignments, dict) else [
+            parse_assignment(a, source) for a in assignments
+        ]
+        items = list(items)
+        for dotted, _ in items:
+            if dotted not in INFERENCE_KEYS:
+                raise ConfigError(
+                    f"{source}: {dotted!r} cannot change on a trained model (it changes its weights or training); "
+                    f"inference-only fields: {', '.join(INFERENCE_KEYS)}"
+                )
+        return self.with_overrides(dict(items), source)
+
     @staticmethod
     def field_names() -> dict[str, type]:
         """All dotted field names with their annotated types (for search-space validation)."""
@@ -312,6 +385,20 @@ class Config:
                     f"starts from. Use diffusion.terminal_snr=zero, more steps, or a larger beta_scale"
                 )
         need(d.n_samples >= 1, "diffusion.n_samples", ">= 1")
+        if d.start == "guidance":
+            need(d.start_step is not None and 0 <= d.start_step < d.steps, "diffusion.start_step",
+                 f"0..diffusion.steps-1={d.steps - 1} with diffusion.start=guidance (the t0 the chain starts at)")
+            for name in ("infer_steps", "val_infer_steps"):
+                need(getattr(d, name) is None or getattr(d, name) <= d.start_step + 1, f"diffusion.{name}",
+                     f"null or <= diffusion.start_step + 1 = {d.start_step + 1} with diffusion.start=guidance")
+            need(m.disentangled_encoder, "diffusion.start",
+                 "noise or zero without model.disentangled_encoder (start=guidance needs the guidance ĝ_{d*})")
+        else:
+            need(d.start_step is None, "diffusion.start_step", "null unless diffusion.start=guidance")
+        need(d.sigma_data is None or (d.sigma_data > 0 and math.isfinite(d.sigma_data)), "diffusion.sigma_data",
+             "null or a finite number > 0")
+        need(not (m.query_init == "xt_plus_last" and m.xt_injection != "concat_token"), "model.query_init",
+             "noise with model.xt_injection=add (xt_plus_last needs the Encoder_c state of the last item)")
         need(0.0 <= d.cfg_p < 1.0, "diffusion.cfg_p", "0 <= p < 1")
         need(d.cfg_w >= 0.0, "diffusion.cfg_w", ">= 0")
         for name in ("lambda_diff", "lambda_rec", "lambda_s", "lambda_mix", "lambda_cl"):
@@ -344,6 +431,17 @@ class Config:
         need(e.n_negatives >= 1, "eval.n_negatives", ">= 1")
         need(e.batch_size >= 1, "eval.batch_size", ">= 1")
         need(0.0 <= e.noise_rate <= 1.0, "eval.noise_rate", "0 <= rate <= 1")
+
+
+# Fields that only change how a trained model scores (no parameter depends on them): `evaluate`, `diagnose`
+# and `load_model(..., overrides=...)` accept them on an existing checkpoint. train.seed seeds the reverse
+# process's noise at evaluation (the scorer's generator).
+INFERENCE_KEYS = (
+    "diffusion.sampler", "diffusion.infer_steps", "diffusion.ddpm_variance", "diffusion.val_sampler",
+    "diffusion.val_infer_steps", "diffusion.n_samples", "diffusion.start", "diffusion.start_step",
+    "diffusion.cfg_w", "model.score_alpha", "model.score_softmax", "model.lambda_infer", "train.seed",
+    *(f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)),
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -148,6 +148,17 @@ def test_search_refuses_bad_input_before_anything_starts(make_args, fragments, t
     assert not (tmp_path / "ray_results").exists() or not any((tmp_path / "ray_results").iterdir())
 
 
+def test_a_misspelled_dataset_prints_only_the_error_with_the_closest_name(tmp_path, monkeypatch, capsys):
+    from tune.search import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dataset", "food_kitchn", "--storage-path", str(tmp_path / "ray_results"), "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "", out  # not the synthetic space first (the space's default follows the dataset name)
+    assert err.strip().splitlines() == [err.strip()] and "unknown dataset 'food_kitchn'; did you mean food_kitchen?" in err
+    assert not (tmp_path / "mlruns").exists()
+
+
 def test_a_grace_period_of_all_epochs_says_asha_will_not_prune(tmp_path, capsys):
     """Issue 27 §5: --grace-period 5 --epochs 1 is accepted, with a note that ASHA will stop no trial."""
     from tune.search import build_parser

@@ -1,7 +1,7 @@
 """Confirmation runs: the best configuration of finished searches, rerun with N seeds (and Table 3 ablations).
 
     python tune/confirm.py --name fk-cpu-dpgdiff --name fk-cpu-sasrec --seeds 3
-    python tune/confirm.py --name fk-cpu-dpgdiff --seeds 3 --ablations     # + -Tri-CL, -G, -DE, Diff at the best config
+    python tune/confirm.py --name fk-cpu-dpgdiff --seeds 3 --ablations     # + -Tri-CL, -G, -DE, Diff, -Diffusion at the best config
     python tune/confirm.py --name ... --variant "lr-half:train.lr=0.0005"   # any other variant of the best config
     python tune/confirm.py --confirm-name NAME --resume                    # continue an interrupted confirmation
     python tune/report.py --name fk-cpu-dpgdiff --name fk-cpu-sasrec       # mean ± std over seeds, paired tests
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
     p.add_argument("--seed", type=int, default=1, help="first seed (default 1): seeds are SEED, SEED+1, ...")
     p.add_argument("--ablations", action="store_true",
-                   help="also run Table 3's ablations (-Tri-CL, -G, -DE, Diff) at each DPG-Diff search's best config")
+                   help="also run Table 3's ablations (-Tri-CL, -G, -DE, Diff) and the -Diffusion control (model.diffusion=false) at each DPG-Diff search's best config")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:section.key=value[,...]",
                    help="another variant of every best configuration (repeatable)")
     p.add_argument("--confirm-name", default=None, help="Tune experiment name (default: confirm-<names>)")
@@ -67,9 +67,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from tune.search import _auth_for_existing_cluster
+    from tune.console import quiet_known_noise
+    from tune.search import _auth_for_existing_cluster, _local_ray
 
     _auth_for_existing_cluster(args.address)  # before anything imports Ray
+    quiet_known_noise(local_ray=_local_ray(args.address))
     try:
         return _main(args, argv)
     except (SearchError, ConfigError, DataError) as exc:

@@ -44,6 +44,9 @@ ABLATIONS = {
     "-G": {"model.guidance": False},
     "-DE": {"model.disentangled_encoder": False},
     "Diff": {"model.tri_cl": False, "model.guidance": False, "model.disentangled_encoder": False},
+    # Issue 23's control (not in the paper's Table 3): the same network without the diffusion (x_t ≡ 0, no
+    # timestep embedding, no L_diff). The full model must beat it for the diffusion to pay.
+    "-Diffusion": {"model.diffusion": False, "loss.lambda_diff": 0.0},
 }
 # Copied from a trial's final checkpoint to its run (MLflowTrialTracker already logs the run's config.yaml).
 ARTIFACTS = (RANKS_FILE, FINAL_MARKER)

@@ -33,6 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 import dpgdiff
 from tune import leftovers, ray_internals, tracking
+from tune import study as optuna_study
 from tune.progress import ProgressReporter
 from tune.results import (
     METRIC,
@@ -48,7 +49,8 @@ from tune.results import (
 from tune.serving import publish_best_model
 from tune.settings import STATE_FILE, SearchError, SearchSettings, record_driver, search_wall_s, write_text
 from tune.space import SearchSpace
-from tune.trainable import OPTUNA_TRIAL_KEY, TrialSpec, run_trial
+from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY, TrialSpec, run_trial
+from tune.warmstart import WARM_START_ATTR, enqueue
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
@@ -63,15 +65,36 @@ class NumberedOptunaSearch(OptunaSearch):
 
     OptunaSearch keeps Tune trial id -> Optuna trial in `_ot_trials` (saved with the searcher's state);
     the number in the config is saved with the trial itself, so the MLflow tracker (driver side, which
-    cannot see the searcher) names runs by it, and a resumed search keeps it. The trainable drops
-    the key (`tune.trainable.sampled_params`)."""
+    cannot see the searcher) names runs by it, and a resumed search keeps it. A warm-start trial (an
+    enqueued configuration, tune/warmstart.py) also gets the search it comes from (`WARM_START_KEY`). The
+    trainable drops both keys (`tune.trainable.sampled_params`)."""
 
     def suggest(self, trial_id: str) -> Optional[dict[str, Any]]:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if not isinstance(config, dict) or ot_trial is None:
             return config
-        return {**config, OPTUNA_TRIAL_KEY: int(ot_trial.number)}
+        origin = ot_trial.user_attrs.get(WARM_START_ATTR)
+        return {**config, OPTUNA_TRIAL_KEY: int(ot_trial.number), **({WARM_START_KEY: origin} if origin else {})}
+
+    # With the study in its RDB (tune/study.py), a driver killed after a trial's outcome reached the study but
+    # before Tune's next snapshot comes back with Tune holding the trial unfinished: its repeated reports must
+    # not crash the search on a study trial that is already finished (the study keeps the outcome it has).
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if not self._finished_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict[str, Any]] = None, error: bool = False) -> None:
+        if self._finished_in_study(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return False
+        return ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
 
 
 @dataclass(frozen=True)
@@ -97,6 +120,11 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
             return EXIT_OK
     space = settings.space  # 1. everything that can be wrong with the input is found before Ray starts
     print(space.summary(), flush=True)
+    if settings.optuna_storage and not restore_saved_state(settings):  # a new searcher: a new study
+        try:
+            optuna_study.prepare_new_study(settings.optuna_storage, settings.name, starting_anew=settings.run.resuming)
+        except optuna_study.StudyError as exc:
+            raise SearchError(str(exc)) from None
     t0 = time.time()  # 2. the dataset, once on the driver: its card goes to MLflow, its fingerprint to every trial
     dataset = settings.dataset.load()
     card = dataset.card()
@@ -112,13 +140,13 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
     store_built = in_background(tracking.create_sqlite_store, settings.tracking_uri)
     temp_dir = start_ray(settings)  # 3. Ray: local (no dashboard) or an existing cluster
     try:
-        check_resources(ray, settings)  # a trial that cannot fit is an error now
+        slots = check_resources(ray, settings)  # a trial that cannot fit is an error now
         if not settings.run.resuming:
             write_text(f"{settings.path}/{STATE_FILE}", json.dumps(settings.to_saved(), indent=1))
         store_built.result()  # its error, if any, is raised here
         parent = open_parent_run(settings, space, card)  # 4. MLflow parent run (reopened on resume)
         try:  # 5. Tune
-            tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train)
+            tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train, slots=slots)
             print(f"\nsearch {settings.name!r}: {settings.num_samples} trials, results in {settings.path}"
                   + (" (resumed)" if settings.run.resuming else ""), flush=True)
             t_fit = time.time()
@@ -252,8 +280,9 @@ def _descendant_pids(root: int) -> list[int]:
     return sorted(found)
 
 
-def check_resources(ray_api: Any, settings: SearchSettings) -> None:
-    """A trial must fit on one node, or it would stay PENDING forever (search-notes)."""
+def check_resources(ray_api: Any, settings: SearchSettings) -> int:
+    """A trial must fit on one node, or it would stay PENDING forever (search-notes) -> how many trials fit at
+    once."""
     cpu, gpu = settings.cpus_per_trial, settings.gpus_per_trial
     nodes = [n.get("Resources", {}) for n in ray_api.nodes() if n.get("Alive")]
     total = ray_api.cluster_resources()
@@ -266,6 +295,7 @@ def check_resources(ray_api: Any, settings: SearchSettings) -> None:
     slots = sum(int(min(n.get("CPU", 0) // cpu, n.get("GPU", 0) // gpu if gpu else 1e9)) for n in fits)
     print(f"Ray: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU; "
           f"room for {slots} trial(s) at once", flush=True)
+    return slots
 
 
 # ------------------------------------------------------------------------------------- MLflow
@@ -292,10 +322,14 @@ def open_parent_run(settings: SearchSettings, space: SearchSpace, card: Any) -> 
 
 def _log_parent_inputs(client: Any, run_id: str, settings: SearchSettings, card: Any, space: SearchSpace) -> None:
     saved = settings.to_saved()
+    if settings.optuna_storage:  # MLflow gets the URL without a password
+        saved["optuna_storage"] = optuna_study.shown(settings.optuna_storage)
     params = {k: saved[k] for k in ("num_samples", "epochs", "seed", "scheduler", "grace_period", "reduction_factor",
                                     "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures",
                                     "space_source", "startup_trials")}
     params["objectives"] = ",".join(settings.objectives)
+    if settings.optuna_storage:
+        params.update(optuna_storage=optuna_study.shown(settings.optuna_storage), optuna_study=settings.name)
     # The full base config (defaults < fixed) once, here; trials log only what they sample. The searched
     # fields are left out of the params (their values differ per trial; search_space.yaml has the ranges).
     base = space.base_values()
@@ -323,7 +357,8 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun, train_fn: Callable[..., Any]) -> Any:
+def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun, train_fn: Callable[..., Any],
+                slots: int = 1) -> Any:
     """A new Tuner (Optuna TPE + ASHA or FIFO, MLflow callback) or, resuming, the restored one."""
     spec = TrialSpec(dataset=settings.dataset, fingerprint=settings.fingerprint, space=space, train_fn=train_fn)
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
@@ -334,7 +369,7 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
         tuner = tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
                                    resume_errored=settings.run.retry_errored, restart_errored=False)
         ray_internals.set_progress_output(tuner, verbose=0 if settings.run.quiet else 1,
-                                          progress_reporter=_progress(settings, space))
+                                          progress_reporter=_progress(settings, space, slots))
         return tuner
     if settings.run.resuming:  # killed before Tune saved anything (no trial can have started): begin anew
         print(f"no Tune state was saved in {settings.path} before the search stopped: its trials start anew",
@@ -348,7 +383,7 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
             max_concurrent_trials=settings.max_concurrent, reuse_actors=settings.reuse_actors,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space),
+            name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space, slots),
             # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): CSV and JSON are what
             # ResultGrid reads.
             callbacks=[parent.tracker, CSVLoggerCallback(), JsonLoggerCallback()],
@@ -365,10 +400,17 @@ def _searcher(settings: SearchSettings, space: SearchSpace) -> Any:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials,
                                          multivariate=True, group=True)
+    # The study lives in its RDB (tune/study.py), named as the search; Ray's searcher pickle then holds its URL.
+    storage = optuna_study.open_storage(settings.optuna_storage) if settings.optuna_storage else None
+    study = dict(sampler=sampler, study_name=settings.name, storage=storage)
     if len(settings.objectives) > 1:  # Optuna sees every objective (TPE is multi-objective: MOTPE)
-        return NumberedOptunaSearch(space=space, metric=list(settings.objectives),
-                                    mode=[OBJECTIVES[o] for o in settings.objectives], sampler=sampler)
-    return NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=sampler)
+        searcher = NumberedOptunaSearch(space=space, metric=list(settings.objectives),
+                                        mode=[OBJECTIVES[o] for o in settings.objectives], **study)
+    else:
+        searcher = NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE, **study)
+    # A new searcher only (a resume restores it with its queue): the warm-start configurations come first
+    enqueue(searcher, settings.warm_start)
+    return searcher
 
 
 def _scheduler(settings: SearchSettings) -> Any:
@@ -382,18 +424,20 @@ def _scheduler(settings: SearchSettings) -> Any:
         stop_last_trials=False)
 
 
-def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
-    """The trial table printed while the search runs (None with --quiet)."""
+def _progress(settings: SearchSettings, space: SearchSpace, slots: int = 1) -> Optional[Any]:
+    """The trial table printed while the search runs (None with --quiet); slots: trials the cluster fits at once."""
     if settings.run.quiet:
         return None
     preferred = ("model.dim", "diffusion.steps", "train.lr", "loss.lambda_cl", "loss.lambda_diff")
     params = ([p for p in preferred if p in space.params] + [p for p in space.params if p not in preferred])[:4]
     return ProgressReporter(
         max_epochs=settings.epochs, num_samples=settings.num_samples, early_stopping=settings.scheduler == "asha",
+        concurrency=min(slots, settings.max_concurrent or slots, settings.num_samples),
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
                         "val_y_mrr": "val MRR Y", METRIC: "val MRR sum",
                         **({"infer_ms": "ms/1k val"} if len(settings.objectives) > 1 else {})},
-        parameter_columns={p: p.split(".", 1)[1] for p in params},
+        parameter_columns={p: p.split(".", 1)[1] for p in params} | ({WARM_START_KEY: "warm start"}
+                                                                      if settings.warm_start else {}),
         max_report_frequency=15, metric=METRIC, mode=MODE, sort_by_metric=True, max_progress_rows=12)
 
 
@@ -406,6 +450,8 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     rows = trial_rows(results)
     trials = tune_trials(settings.path)
     parent.tracker.reconcile(trials)  # nothing stays RUNNING, whatever happened to the callbacks
+    if settings.optuna_storage:  # the study agrees with Tune: a trial asked before a kill and lost is FAIL there
+        report_study(settings, trials)
     run_ids = {t.trial_id: parent.tracker.run_id(t, create=False) for t in trials}
     for row in rows:
         row["run_id"] = run_ids.get(row["trial_id"])
@@ -454,20 +500,38 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     return EXIT_OK
 
 
+def report_study(settings: SearchSettings, trials: list[Any]) -> None:
+    """Close the study's trials that Tune lost (tune/study.py) and say where the study is."""
+    from tune.trainable import OPTUNA_TRIAL_KEY
+
+    numbers = [int(t.config[OPTUNA_TRIAL_KEY]) for t in trials if (t.config or {}).get(OPTUNA_TRIAL_KEY) is not None]
+    lost = optuna_study.close_lost_trials(settings.optuna_storage, settings.name, numbers)
+    if lost:
+        print(f"Optuna study: trial(s) {', '.join(map(str, lost))} were asked before the driver was killed and "
+              f"Tune lost them: FAIL, with user attribute {optuna_study.LOST_ATTR}", flush=True)
+    url = optuna_study.shown(settings.optuna_storage)
+    print(f"Optuna study {settings.name!r} in {url}; browse with:\n    optuna-dashboard {url}", flush=True)
+
+
 def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = UI_PORT) -> str:
     """The `mlflow ui` pages of a search: its parent run, and the runs list of this search with every trial
-    on its own row. The runs list opens on the classic (machine learning) view, not the GenAI overview
-    (`workflowType`); with a search filter the UI lists the trials flat instead of collapsed under the
-    parent (it only nests children when no filter or sort other than date is set), sorted here by
-    best_val_mrr_sum (the parent, which has no such metric, comes last). The UI keeps which parents
-    are expanded in the browser, not in the URL, so no link can open a parent expanded."""
+    on its own row. The list uses MLflow 3's runs route, `#/experiments/<id>/runs?...`, which honours the
+    query (the experiment's own route, `#/experiments/<id>?...`, ignores it: no filter, sorted by date);
+    `workflowType=machine_learning` and the experiment's kind tag (`tracking.ensure_experiment`) make it the
+    classic runs view, not the GenAI overview. With a search filter the UI lists the trials flat (it nests
+    children only without a filter), here sorted by best_val_mrr_sum (the parent, which has no such metric,
+    comes last)."""
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+    return (f"    parent run:           {base}/runs/{parent_run_id}\n"
+            f"    its trials (a list):  {base}/runs?{runs_list_query(search)}")
+
+
+def runs_list_query(search: str) -> str:
+    """The query of the runs-list link: this search's runs, best validation first, classic runs view."""
     from urllib.parse import urlencode
 
-    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
-    query = urlencode({"workflowType": "machine_learning", "searchFilter": search_filter(search),
-                       "orderByKey": f"metrics.`best_{METRIC}`", "orderByAsc": "false"})
-    return (f"    parent run:           {base}/runs/{parent_run_id}\n"
-            f"    its trials (a list):  {base}?{query}")
+    return urlencode({"workflowType": "machine_learning", "searchFilter": search_filter(search),
+                      "orderByKey": f"metrics.`best_{METRIC}`", "orderByAsc": "false"})
 
 
 def search_filter(search: str) -> str:

@@ -209,3 +209,44 @@ class SnapshotFIFOScheduler(FIFOScheduler):
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_error(tune_controller, trial)
         save_trial_this_step(tune_controller, trial)
+
+
+# ------------------------------------------------------------------------------------- in-epoch progress
+# A trial's progress inside an epoch (examples done, seconds: dpgdiff/training/loop.py's `progress` hook) reaches
+# the driver's status line (tune/progress.py) through Ray's internal key-value store (in the GCS, which every
+# node reaches): one small JSON value per trial, overwritten every few seconds. Tune has no public channel for
+# it: `tune.report` would add a training iteration (a result, an MLflow step, an ASHA decision). A failure here
+# costs only the progress line, never the trial.
+
+PROGRESS_NAMESPACE = "dpgdiff_progress"
+
+
+def put_progress(trial_id: str, progress: dict[str, Any]) -> None:
+    """Publish one trial's in-epoch progress (trial side); errors are swallowed."""
+    import json
+
+    try:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(trial_id, json.dumps(progress), True, namespace=PROGRESS_NAMESPACE)
+    except Exception:  # noqa: BLE001  see above: the progress line is optional
+        pass
+
+
+def read_progress(trial_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """trial id -> its latest published progress (driver side); {} when Ray is not connected or on any error."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        from ray.experimental import internal_kv
+
+        if not internal_kv._internal_kv_initialized():
+            return out
+        for trial_id in trial_ids:
+            value = internal_kv._internal_kv_get(trial_id, namespace=PROGRESS_NAMESPACE)
+            if value:
+                out[trial_id] = json.loads(value)
+    except Exception:  # noqa: BLE001  see above
+        pass
+    return out

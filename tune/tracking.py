@@ -39,6 +39,7 @@ PARENT_TAG = "mlflow.parentRunId"
 MODEL_TAG = "model.name"
 ERROR_TAG = "error"
 OPTUNA_TAG = "dpgdiff.optuna_trial"  # child: the trial's Optuna trial number (Optuna's plots number trials so)
+WARM_START_TAG = "dpgdiff.warm_start"  # child: the earlier search whose configuration the trial runs (--warm-start)
 STOPPED_EARLY_TAG = "dpgdiff.stopped_early"  # child: "1" when ASHA stopped it (the run is FINISHED)
 STOPPED_BY_TAG = "dpgdiff.stopped_by"
 INTERRUPTED_TAG = "dpgdiff.interrupted"  # child: "1" when the search stopped (Ctrl-C) before the trial ended (KILLED)
@@ -106,20 +107,30 @@ def create_sqlite_store(tracking_uri: str) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+# The experiment's kind, as MLflow 3's UI reads it (its own "Experiment type" setting writes this tag): model
+# training opens on the classic runs list; without it the UI may open on its GenAI overview (traces, empty here).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
-    """The experiment's id, creating it (with our artifact location) when missing."""
+    """The experiment's id, creating it (with our artifact location) when missing; marked as model training
+    (EXPERIMENT_KIND_TAG) unless it already has a kind (one a user chose in the UI stays)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # created concurrently by another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+        else:
+            return exp_id
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def find_runs(client: Any, experiment_id: str, tags: dict[str, str], max_results: int = 1000) -> list[Any]:
@@ -244,7 +255,7 @@ class MLflowTrialTracker(tune.Callback):
         elif not create:
             return None
         else:
-            from tune.trainable import OPTUNA_TRIAL_KEY, sampled_params
+            from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY, sampled_params
 
             sampled = sampled_params(dict(trial.config))
             number = trial.config.get(OPTUNA_TRIAL_KEY)
@@ -262,6 +273,7 @@ class MLflowTrialTracker(tune.Callback):
                 MODEL_TAG: model_name,
                 "dpgdiff.sampled": json.dumps(sampled, sort_keys=True, default=str)[:_MAX_TAG],
                 **({OPTUNA_TAG: str(number)} if number is not None else {}),
+                **({WARM_START_TAG: str(trial.config[WARM_START_KEY])} if trial.config.get(WARM_START_KEY) else {}),
             }
             name = _trial_name(trial)
             if number is not None:  # trial_003_<tune id>: sorts like Optuna's numbering

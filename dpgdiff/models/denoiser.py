@@ -46,7 +46,9 @@ class HistoryCache:
 
     kv: list[KV]
     valid: torch.Tensor  # (B, L) bool
-    last: torch.Tensor  # (B, d) Encoder_c state of the most recent history item (the Tri-CL view h_aug)
+    # (B, d) Encoder_c state of the most recent history item: the query's start under model.query_init=xt_plus_last
+    # (zeros with xt_injection=add, which has no history pass of its own)
+    last: torch.Tensor
     h: torch.Tensor  # (B, L, d) embedded history (needed by xt_injection = add only)
 
 
@@ -67,8 +69,16 @@ class DPGDenoiser(nn.Module):
         lambda_infer: str = "sample",
         attn_mode: AttnMode = "causal",
         cfg: bool = False,
+        timestep: bool = True,
+        query_init: str = "noise",
+        self_cond: bool = False,
     ) -> None:
         super().__init__()
+        if query_init not in ("noise", "xt_plus_last"):
+            raise ValueError(f"unknown query_init {query_init!r}; expected noise or xt_plus_last")
+        if query_init == "xt_plus_last" and xt_injection != "concat_token":
+            raise ValueError("query_init='xt_plus_last' needs xt_injection='concat_token'")
+        self.query_init = query_init
         if xt_injection not in ("concat_token", "add"):
             raise ValueError(f"unknown xt_injection {xt_injection!r}; expected concat_token or add")
         if attn_mode != "causal" and xt_injection == "concat_token":
@@ -80,7 +90,8 @@ class DPGDenoiser(nn.Module):
         self.lambda_infer = lambda_infer
         self.attn_mode = attn_mode
         self.use_memory = use_memory
-        self.time_emb = TimestepEmbedding(dim, steps)
+        # timestep=False (model.diffusion=false, the −Diffusion control): no timestep embedding at all.
+        self.time_emb = TimestepEmbedding(dim, steps) if timestep else None
         self.dom_emb = nn.Embedding(2, dim)  # tells x̂_0 which table it must land in (spec §3.5)
         nn.init.normal_(self.dom_emb.weight, std=0.02)
         self.encoder_c = CausalTransformer(dim, n_c_layers, n_heads, dropout)
@@ -90,6 +101,11 @@ class DPGDenoiser(nn.Module):
         self.dec_norm = nn.LayerNorm(dim)
         # Classifier-free guidance: a learned null memory token (DreamRec `none_embedding`; spec §3.5).
         self.null_memory = nn.Parameter(torch.randn(dim) * 0.02) if (cfg and use_memory) else None
+        # Self-conditioning (Analog Bits): W·x̃_0 added to the x_t token, i.e. [x_t; x̃_0] through one linear map.
+        # Zero init: the model starts as the one without self-conditioning.
+        self.self_cond_proj = nn.Linear(dim, dim, bias=False) if self_cond else None
+        if self.self_cond_proj is not None:
+            nn.init.zeros_(self.self_cond_proj.weight)
 
     # ---------------------------------------------------------------- pieces
 
@@ -101,18 +117,31 @@ class DPGDenoiser(nn.Module):
         return HistoryCache(kv, valid, states[:, -1], h)
 
     def condition(self, t: torch.Tensor, target_domain: torch.Tensor) -> torch.Tensor:
-        """temb(t) + e_dom[d*], (B, d)."""
-        return self.time_emb(t) + self.dom_emb(target_domain)
+        """temb(t) + e_dom[d*], (B, d); e_dom[d*] alone without a timestep embedding."""
+        dom = self.dom_emb(target_domain)
+        return dom if self.time_emb is None else self.time_emb(t) + dom
+
+    def query(self, cache: HistoryCache, x_t: torch.Tensor, cond: torch.Tensor,
+              self_cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The x_t token's input (B, d): x_t + cond [+ last history state, model.query_init] [+ W·x̃_0, self_cond]."""
+        tok = x_t + cond
+        if self.query_init == "xt_plus_last":
+            tok = tok + cache.last
+        if self_cond is not None and self.self_cond_proj is not None:
+            tok = tok + self.self_cond_proj(self_cond)
+        return tok
 
     def token_state(
-        self, cache: HistoryCache, x_t: torch.Tensor, cond: torch.Tensor, generator: Optional[torch.Generator] = None
+        self, cache: HistoryCache, x_t: torch.Tensor, cond: torch.Tensor, generator: Optional[torch.Generator] = None,
+        self_cond: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Encoder_c output for the x_t token (B, d)."""
+        """Encoder_c output for the x_t token (B, d); self_cond (B, d): the previous x̂_0, or None."""
+        tok = self.query(cache, x_t, cond, self_cond)
         if self.xt_injection == "concat_token":
-            return self.encoder_c.extend(x_t + cond, cache.kv, cache.valid)
+            return self.encoder_c.extend(tok, cache.kv, cache.valid)
         # DiffuRec: h + λ·(x_t + temb) at every position; e_dom (in `cond`) rides with temb.
         sample = self.training or self.lambda_infer == "sample"
-        z = inject_additive(cache.h, x_t + cond, self.lambda_u, sample, generator)
+        z = inject_additive(cache.h, tok, self.lambda_u, sample, generator)
         states, _ = self.encoder_c(z, cache.valid, self.attn_mode)
         return states[:, -1]
 
@@ -144,11 +173,13 @@ class DPGDenoiser(nn.Module):
         memory: Optional[Memory],
         drop_memory: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        self_cond: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x̂_0 = Decoder(Encoder_c([s_c; x_t]), memory) (Eq. 9), (B, d).
 
-        drop_memory (B,) bool: rows whose memory is replaced by the CFG null token (training, cfg_p)."""
-        q = self.token_state(cache, x_t, self.condition(t, target_domain), generator)
+        drop_memory (B,) bool: rows whose memory is replaced by the CFG null token (training, cfg_p).
+        self_cond (B, d): the x̃_0 fed back (diffusion.self_cond), or None."""
+        q = self.token_state(cache, x_t, self.condition(t, target_domain), generator, self_cond)
         valid = None
         if self.use_memory:
             tokens, valid = memory.tokens, memory.valid
@@ -167,8 +198,10 @@ class DPGDenoiser(nn.Module):
         target_domain: torch.Tensor, memory: Optional[Memory],
     ) -> torch.Tensor:
         """Uncached x̂_0: one causal pass over the concatenated [history; x_t] tokens (for tests)."""
-        tok = (x_t + self.condition(t, target_domain))[:, None, :]
-        seq = torch.cat([h, tok], 1)
+        tok = x_t + self.condition(t, target_domain)
+        if self.query_init == "xt_plus_last":
+            tok = tok + self.encoder_c(h, valid, self.attn_mode)[0][:, -1]
+        seq = torch.cat([h, tok[:, None, :]], 1)
         seq_valid = torch.cat([valid, torch.ones_like(valid[:, :1])], 1)
         states, _ = self.encoder_c(seq, seq_valid, self.attn_mode)
         kv = self.memory_kv(memory)

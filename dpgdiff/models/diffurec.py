@@ -148,16 +148,16 @@ class DiffuRec(Recommender):
         h, valid = self.embed(history)
         b, device = h.shape[0], h.device
         table, bias = self.table(int(target_domain)), self.bias(int(target_domain))
-        scores = None
+        x0_sum = None  # diffusion.n_samples: score the mean x̂_0 of the chains (posterior-mean estimate)
         for _ in range(dc.n_samples):
             x = randn_like(h.new_empty(b, h.shape[2]), generator)
             for i, t in enumerate(steps):
                 x0_hat = self.denoiser(h, valid, x, torch.full((b,), t, device=device), generator)
                 t_prev = steps[i + 1] if i + 1 < len(steps) else -1
                 x = self.schedule.step(x0_hat, t, t_prev, x, sampler, generator) if t_prev >= 0 else x0_hat
-            s = self.item_scores(x, table, self.scale, bias)
-            scores = s if scores is None else scores + s
-        return scores / dc.n_samples
+            x0_sum = x if x0_sum is None else x0_sum + x
+        x0_mean = x0_sum if dc.n_samples == 1 else x0_sum / dc.n_samples
+        return self.item_scores(x0_mean, table, self.scale, bias)
 
 
 def harness_config(config: Config) -> Config:

@@ -135,12 +135,19 @@ class NoiseSchedule(nn.Module):
 
     # ---------------------------------------------------------------- inference
 
-    def timesteps(self, infer_steps: Optional[int] = None) -> list[int]:
-        """K evenly spaced timesteps from T-1 down to 0 (K = T: every step, as DiffuRec)."""
-        k = self.steps if infer_steps is None else int(infer_steps)
-        if not 1 <= k <= self.steps:
-            raise ValueError(f"infer_steps={k} must be in 1..T={self.steps}")
-        ts = np.unique(np.round(np.linspace(self.steps - 1, 0, k)).astype(np.int64))  # K = 1 -> [T-1]
+    def timesteps(self, infer_steps: Optional[int] = None, start: Optional[int] = None) -> list[int]:
+        """K evenly spaced timesteps from `start` (default T-1) down to 0 (K = T: every step, as DiffuRec).
+
+        With a `start` t0 < T-1 (diffusion.start=guidance) K is at most t0 + 1, and infer_steps None = t0 + 1."""
+        first = self.steps - 1 if start is None else int(start)
+        if not 0 <= first < self.steps:
+            raise ValueError(f"start step {first} must be in 0..T-1={self.steps - 1}")
+        k = first + 1 if infer_steps is None else int(infer_steps)
+        if start is not None and infer_steps is not None and k > first + 1:
+            k = first + 1  # "every step" requests (evaluate's default K = T) run every step from t0
+        if not 1 <= k <= first + 1:
+            raise ValueError(f"infer_steps={k} must be in 1..{first + 1} (reverse steps from t={first})")
+        ts = np.unique(np.round(np.linspace(first, 0, k)).astype(np.int64))  # K = 1 -> [first]
         return [int(t) for t in ts[::-1]]
 
     def step(
@@ -174,6 +181,50 @@ class NoiseSchedule(nn.Module):
         variance = beta if self.ddpm_variance == "fixed_large" else (1.0 - ab_prev) / (1.0 - ab_t) * beta
         noise = randn_like(x_t, generator)
         return mean + math.sqrt(variance) * noise
+
+
+class EDMPreconditioning:
+    """EDM preconditioning (Karras et al. 2022, Table 1) for the VP process x_t = sqrt(ᾱ_t)·x_0 + sqrt(1-ᾱ_t)·ε.
+
+    Named as diffusers' EDM schedulers name them. EDM's variance-exploding form x_0 + σ·n with σ² = (1-ᾱ)/ᾱ is
+    x_t / sqrt(ᾱ); substituting it into EDM's c_in, c_skip, c_out and λ(σ) gives, with v_t = ᾱ_t·σ_d² + 1 - ᾱ_t
+    (the per-element variance of x_t when x_0 has std σ_d), finite coefficients for every t, ᾱ_t = 0 included:
+
+        c_in   = 1 / sqrt(v_t)                    network input c_in·x_t has unit variance
+        c_skip = sqrt(ᾱ_t)·σ_d² / v_t              x̂_0 = c_skip·x_t + c_out·F
+        c_out  = σ_d·sqrt(1 - ᾱ_t) / sqrt(v_t)
+        weight = 1 / c_out²                       weight·||x̂_0 - x_0||² = ||F - F*||², F* of unit variance
+
+    EDM's c_noise (ln σ / 4) is left to the model's timestep embedding of the discrete t. `sigma_data` is per row
+    (B,) or a float; every coefficient comes back as (B, 1) in x's dtype."""
+
+    def __init__(self, schedule: "NoiseSchedule") -> None:
+        self.schedule = schedule  # read at every call: its buffers follow the model across devices
+
+    def _terms(self, t: torch.Tensor, sigma_data: torch.Tensor | float, like: torch.Tensor):
+        ab = self.schedule.alphas_cumprod[t].to(like.dtype)[:, None]
+        sd = torch.as_tensor(sigma_data, dtype=like.dtype, device=like.device)
+        sd = sd[:, None] if sd.dim() == 1 else sd
+        var = ab * sd**2 + (1.0 - ab)
+        return ab, sd, var
+
+    def precondition_inputs(self, x_t: torch.Tensor, t: torch.Tensor, sigma_data) -> torch.Tensor:
+        """c_in·x_t (B, d)."""
+        _, _, var = self._terms(t, sigma_data, x_t)
+        return x_t * var.rsqrt()
+
+    def precondition_outputs(self, x_t: torch.Tensor, model_output: torch.Tensor, t: torch.Tensor,
+                             sigma_data) -> torch.Tensor:
+        """x̂_0 = c_skip·x_t + c_out·F (B, d)."""
+        ab, sd, var = self._terms(t, sigma_data, x_t)
+        c_skip = ab.sqrt() * sd**2 / var
+        c_out = sd * (1.0 - ab).sqrt() * var.rsqrt()
+        return c_skip * x_t + c_out * model_output
+
+    def loss_weight(self, t: torch.Tensor, sigma_data, like: torch.Tensor) -> torch.Tensor:
+        """1 / c_out² (B,): the per-example weight of ||x̂_0 - x_0||² in L_diff."""
+        ab, sd, var = self._terms(t, sigma_data, like)
+        return (var / (sd**2 * (1.0 - ab).clamp_min(1e-12)))[:, 0]
 
 
 def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

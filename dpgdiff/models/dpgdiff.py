@@ -3,6 +3,9 @@
 `loss` is Algorithm 1 (Eq. 14: λ_diff·L_diff + λ_rec·L_rec + λ_cl·L_tri-cl); `score` is Eq. 15 with the
 softmax over items (monotone, so raw scores rank). Table 3's ablations are config switches
 (model.disentangled_encoder, model.guidance, model.tri_cl); a disabled component is not built.
+model.diffusion=false is the `−Diffusion` control: the same network, x_t ≡ 0, no timestep embedding, no L_diff.
+The levers of issue 23 (config.py documents each): diffusion.precond (EDM), diffusion.self_cond,
+diffusion.start / start_step / n_samples (inference), model.query_init, loss.diff_reduction.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from dpgdiff.config import Config, ConfigError
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y, ItemSpace
 from dpgdiff.models.augmentations import Augmenter
 from dpgdiff.models.base import Recommender
-from dpgdiff.models.denoiser import DPGDenoiser, Memory
-from dpgdiff.models.diffusion import NoiseSchedule, randn_like
+from dpgdiff.models.denoiser import DPGDenoiser, HistoryCache, Memory
+from dpgdiff.models.diffusion import EDMPreconditioning, NoiseSchedule, randn_like
 from dpgdiff.models.encoder import DisentangledEncoder, Guidance, ItemEmbedding, trim_padding
 from dpgdiff.models.layers import AttnMode
 from dpgdiff.models.losses import diffusion_loss, domain_cross_entropy, tri_view_cl
@@ -58,11 +61,13 @@ class DPGDiff(Recommender):
             self.memory_mode = None
         else:
             self.memory_mode = m.guidance_memory if m.guidance else "single"
+        self.use_diffusion = m.diffusion
         self.denoiser = DPGDenoiser(
             m.dim, dc.steps, m.n_c_layers, m.n_dec_layers, m.n_heads, m.dropout,
             use_memory=self.memory_mode is not None, xt_injection=m.xt_injection, lambda_u=m.lambda_u,
             lambda_infer=m.lambda_infer,
             attn_mode=attn_mode, cfg=dc.cfg_p > 0,
+            timestep=m.diffusion, query_init=m.query_init, self_cond=dc.self_cond and m.diffusion,
         )
         if dc.cfg_w > 0 and not (dc.cfg_p > 0 and self.memory_mode is not None):
             raise ConfigError(
@@ -70,6 +75,7 @@ class DPGDiff(Recommender):
                 f"(model.disentangled_encoder=true): classifier-free guidance has no null branch otherwise"
             )
         self.schedule = NoiseSchedule(dc.steps, dc.schedule, dc.beta_scale, dc.terminal_snr, dc.ddpm_variance)
+        self.precond = EDMPreconditioning(self.schedule) if (dc.precond == "edm" and m.diffusion) else None
         # Tri-CL: the augmentations exist only when the contrastive loss does.
         self.augmenter = Augmenter(items, config.augment, similar) if m.tri_cl else None
 
@@ -107,6 +113,34 @@ class DPGDiff(Recommender):
             x0 = F.normalize(x0, dim=-1) * math.sqrt(self.dim)
         return x0.detach() if self.config.diffusion.target_detach else x0
 
+    def sigma_data(self, target_domain: torch.Tensor) -> Optional[torch.Tensor]:
+        """σ_d (B,) of diffusion.precond=edm for each row's target domain; None without preconditioning.
+
+        diffusion.sigma_data, else 1 under model.x0_norm=l2_sqrt_d (rows of norm sqrt(d)), else the RMS of E_{d*}
+        now (no gradient): the same value in training and at inference."""
+        if self.precond is None:
+            return None
+        dc = self.config.diffusion
+        if dc.sigma_data is not None or self.config.model.x0_norm == "l2_sqrt_d":
+            value = dc.sigma_data if dc.sigma_data is not None else 1.0
+            return torch.full(target_domain.shape, float(value), device=target_domain.device)
+        with torch.no_grad():
+            rms = torch.stack([self.table(d).detach().float().pow(2).mean() for d in (DOMAIN_X, DOMAIN_Y)]).sqrt()
+        return rms[target_domain.long()]
+
+    def denoise(
+        self, cache: HistoryCache, x_t: torch.Tensor, t: torch.Tensor, target_domain: torch.Tensor,
+        memory: Optional[Memory], drop: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+        self_cond: Optional[torch.Tensor] = None, sigma: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """x̂_0 (B, d) = f_θ(x_t, t, s_c, memory) (Eq. 9), through EDM's c_in / c_skip / c_out under
+        diffusion.precond=edm (sigma = `sigma_data(target_domain)`)."""
+        if self.precond is None:
+            return self.denoiser(cache, x_t, t, target_domain, memory, drop, generator, self_cond)
+        x_in = self.precond.precondition_inputs(x_t, t, sigma)
+        out = self.denoiser(cache, x_in, t, target_domain, memory, drop, generator, self_cond)
+        return self.precond.precondition_outputs(x_t, out, t, sigma)
+
     # ---------------------------------------------------------------- training (Algorithm 1)
 
     def loss(
@@ -136,20 +170,32 @@ class DPGDiff(Recommender):
         guidance = self.encoder(self.embedding, history, raw_hist, target_domain) if self.encoder is not None else None
         memory = self.memory(guidance)
 
-        x0 = self.x0(raw[n_hist + aug.numel():])
-        t = self.schedule.sample_timesteps(b, device, generator)
-        x_t = self.schedule.add_noise(x0, randn_like(x0, generator), t)  # Eq. 3-4
+        if self.use_diffusion:
+            x0 = self.x0(raw[n_hist + aug.numel():])
+            t = self.schedule.sample_timesteps(b, device, generator)
+            x_t = self.schedule.add_noise(x0, randn_like(x0, generator), t)  # Eq. 3-4
+        else:  # the −Diffusion control: x_t ≡ 0 and one fixed t (no timestep embedding reads it)
+            x0, t = None, torch.zeros(b, dtype=torch.long, device=device)
+            x_t = h.new_zeros(b, self.dim)
         cache = self.denoiser.encode_history(h, valid)
+        gen_device = generator.device if generator is not None else device
         drop = None
         if dc.cfg_p > 0 and self.training and memory is not None:
-            gen_device = generator.device if generator is not None else device
             drop = (torch.rand(b, generator=generator, device=gen_device) < dc.cfg_p).to(device)
-        x0_hat = self.denoiser(cache, x_t, t, target_domain, memory, drop, generator)  # Eq. 9
+        sigma = self.sigma_data(target_domain)
+        self_cond = None
+        if self.denoiser.self_cond_proj is not None and self.training:
+            # Analog Bits §3: with p = 0.5 the batch first predicts x̃_0 without gradient and feeds it back.
+            if bool(torch.rand((), generator=generator, device=gen_device) < 0.5):
+                with torch.no_grad():
+                    self_cond = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, None, sigma)
+        x0_hat = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, self_cond, sigma)  # Eq. 9
 
         out: dict[str, torch.Tensor] = {}
         total = x0_hat.new_zeros(())
-        if lc.lambda_diff > 0:
-            out["diff"] = diffusion_loss(x0_hat, x0)  # Eq. 6
+        if lc.lambda_diff > 0 and self.use_diffusion:
+            weight = self.precond.loss_weight(t, sigma, x0) if self.precond is not None else None
+            out["diff"] = diffusion_loss(x0_hat, x0, lc.diff_reduction, weight)  # Eq. 6
             total = total + lc.lambda_diff * out["diff"]
 
         if lc.lambda_rec > 0:  # Eq. 10-12 (+ optional L^mix, spec §4.1)
@@ -175,7 +221,7 @@ class DPGDiff(Recommender):
 
         if cl:  # Eq. 13
             views = [x0_hat] + ([guidance.g_d] if guidance is not None else [])
-            views.append(self.augmented_view(aug, raw_aug, x_t, t, target_domain, memory, generator))
+            views.append(self.augmented_view(aug, raw_aug, x_t, t, target_domain, memory, generator, sigma))
             out["cl"] = tri_view_cl(views, lc.cl_sim, lc.cl_tau)
             total = total + lc.lambda_cl * out["cl"]
 
@@ -183,7 +229,7 @@ class DPGDiff(Recommender):
         result["total"] = total
         return result
 
-    def augmented_view(self, aug, raw_aug, x_t, t, target_domain, memory, generator) -> torch.Tensor:
+    def augmented_view(self, aug, raw_aug, x_t, t, target_domain, memory, generator, sigma=None) -> torch.Tensor:
         """h_aug = Encoder_c(s_aug) (loss.cl_aug_view: history_only | with_xt | denoiser; spec §4.2).
 
         aug (B, L') augmented ids, raw_aug (B, L', d) their item vectors."""
@@ -196,8 +242,9 @@ class DPGDiff(Recommender):
             return states[:, -1]
         cache = den.encode_history(h, valid)
         if mode == "with_xt":
-            return den.token_state(cache, x_t, den.condition(t, target_domain), generator)
-        return den(cache, x_t, t, target_domain, memory, None, generator)
+            x_in = x_t if self.precond is None else self.precond.precondition_inputs(x_t, t, sigma)
+            return den.token_state(cache, x_in, den.condition(t, target_domain), generator)
+        return self.denoise(cache, x_t, t, target_domain, memory, None, generator, None, sigma)
 
     @torch.no_grad()
     def predict_x0(
@@ -206,13 +253,15 @@ class DPGDiff(Recommender):
         """One denoiser call f_θ(x_t, t, s_c, memory) (Eq. 9) -> (x̂_0 (B, d), ĝ_{d*} (B, d) or None).
 
         For diagnostics (`python -m dpgdiff diagnose`): how x̂_0 depends on x_t at each t, on given x_t."""
+        if not self.use_diffusion:
+            raise ValueError("model.diffusion=false (the −Diffusion control): there is no x_t to diagnose")
         history = trim_padding(history)
         target_domain = target_domain.long()
         raw = self.embedding.lookup(history)
         valid = history != 0
         guidance = self.encoder(self.embedding, history, raw, target_domain) if self.encoder is not None else None
         cache = self.denoiser.encode_history(self.embedding.with_positions(raw, valid), valid)
-        x0_hat = self.denoiser(cache, x_t, t, target_domain, self.memory(guidance))
+        x0_hat = self.denoise(cache, x_t, t, target_domain, self.memory(guidance), sigma=self.sigma_data(target_domain))
         return x0_hat, None if guidance is None else guidance.domain(target_domain)
 
     # ---------------------------------------------------------------- inference (Eq. 15)
@@ -229,12 +278,13 @@ class DPGDiff(Recommender):
     ) -> torch.Tensor:
         """Scores (B, n_items(d*)) = s·(x̂_0 + α·ĝ_{d*})·E_{d*}^T (Eq. 15), x̂_0 from K reverse steps.
 
-        The history encodings (Encoder_x/y, guidance memory K/V, Encoder_c K/V) are computed once;
-        each reverse step is one token through Encoder_c plus the decoder. sampler / infer_steps
-        default to diffusion.sampler / diffusion.infer_steps."""
+        x̂_0 is the mean over diffusion.n_samples chains (the posterior-mean estimate of E[x_0 | history]), each
+        started as diffusion.start says (noise, zero, or the noised guidance at start_step). The history
+        encodings (Encoder_x/y, guidance memory K/V, Encoder_c K/V) are computed once; each reverse step is one
+        token through Encoder_c plus the decoder. sampler / infer_steps default to diffusion.sampler /
+        diffusion.infer_steps. model.diffusion=false: one pass with x_t = 0, nothing sampled."""
         dc = self.config.diffusion
         sampler = sampler or dc.sampler
-        steps = self.schedule.timesteps(infer_steps if infer_steps is not None else dc.infer_steps)
         history = trim_padding(history)
         b, device = history.shape[0], history.device
         td = torch.full((b,), int(target_domain), dtype=torch.long, device=device)
@@ -243,28 +293,51 @@ class DPGDiff(Recommender):
         valid = history != 0
         h = self.embedding.with_positions(raw, valid)
         guidance = self.encoder(self.embedding, history, raw, td) if self.encoder is not None else None
+        g_dom = None if guidance is None else guidance.domain(td)
         memory = self.memory(guidance)
         den = self.denoiser
         cache = den.encode_history(h, valid)
         mem_kv = den.memory_kv(memory)
         mem_valid = memory.valid if memory is not None else None
         null_kv = den.null_kv(b) if (dc.cfg_w > 0 and den.null_memory is not None) else None
-        conds = {t: den.condition(torch.full((b,), t, device=device), td) for t in steps}
+        sigma = self.sigma_data(td)
+
+        def x0_hat_at(x: torch.Tensor, t: int, self_cond: Optional[torch.Tensor]) -> torch.Tensor:
+            tt = torch.full((b,), t, dtype=torch.long, device=device)
+            x_in = x if self.precond is None else self.precond.precondition_inputs(x, tt, sigma)
+            q = den.token_state(cache, x_in, conds[t], generator, self_cond)
+            out = den.decode(q, mem_kv, mem_valid)
+            if null_kv is not None:  # classifier-free guidance: (1 + w)·f(cond) - w·f(null)
+                out = (1 + dc.cfg_w) * out - dc.cfg_w * den.decode(q, null_kv, None)
+            return out if self.precond is None else self.precond.precondition_outputs(x, out, tt, sigma)
+
+        if not self.use_diffusion:  # the −Diffusion control: one pass, x_t = 0
+            conds = {0: den.condition(torch.zeros(b, dtype=torch.long, device=device), td)}
+            x0_mean = x0_hat_at(h.new_zeros(b, self.dim), 0, None)
+        else:
+            start_step = dc.start_step if dc.start == "guidance" else None
+            steps = self.schedule.timesteps(infer_steps if infer_steps is not None else dc.infer_steps, start_step)
+            conds = {t: den.condition(torch.full((b,), t, device=device), td) for t in steps}
+            x0_sum = None
+            for _ in range(dc.n_samples):
+                if dc.start == "noise":
+                    x = randn_like(h.new_empty(b, self.dim), generator)  # x_T ~ N(0, I)
+                elif dc.start == "zero":
+                    x = h.new_zeros(b, self.dim)
+                else:  # SDEdit-style: the guidance, noised to t0 by q(x_t0 | x_0 = ĝ_{d*})
+                    t0 = torch.full((b,), steps[0], dtype=torch.long, device=device)
+                    x = self.schedule.add_noise(self.x0(g_dom), randn_like(g_dom, generator), t0)
+                self_cond = None
+                for i, t in enumerate(steps):
+                    x0_hat = x0_hat_at(x, t, self_cond)
+                    self_cond = x0_hat if den.self_cond_proj is not None else None
+                    t_prev = steps[i + 1] if i + 1 < len(steps) else -1
+                    x = self.schedule.step(x0_hat, t, t_prev, x, sampler, generator) if t_prev >= 0 else x0_hat
+                x0_sum = x if x0_sum is None else x0_sum + x
+            x0_mean = x0_sum if dc.n_samples == 1 else x0_sum / dc.n_samples
 
         table, bias = self.embedding.table(int(target_domain)), self.bias(int(target_domain))
-        scores = None
-        for _ in range(dc.n_samples):
-            x = randn_like(h.new_empty(b, self.dim), generator)  # x_T ~ N(0, I)
-            for i, t in enumerate(steps):
-                q = den.token_state(cache, x, conds[t], generator)
-                x0_hat = den.decode(q, mem_kv, mem_valid)
-                if null_kv is not None:  # classifier-free guidance: (1 + w)·f(cond) - w·f(null)
-                    x0_hat = (1 + dc.cfg_w) * x0_hat - dc.cfg_w * den.decode(q, null_kv, None)
-                t_prev = steps[i + 1] if i + 1 < len(steps) else -1
-                x = self.schedule.step(x0_hat, t, t_prev, x, sampler, generator) if t_prev >= 0 else x0_hat
-            rep = x if guidance is None else x + self.config.model.score_alpha * guidance.domain(td)
-            if self.config.model.score_softmax == "literal":  # Eq. 15 as printed: softmax over the d dims
-                rep = torch.softmax(rep.float(), dim=-1)
-            s = self.item_scores(rep, table, self.scale, bias)
-            scores = s if scores is None else scores + s
-        return scores / dc.n_samples
+        rep = x0_mean if g_dom is None else x0_mean + self.config.model.score_alpha * g_dom
+        if self.config.model.score_softmax == "literal":  # Eq. 15 as printed: softmax over the d dims
+            rep = torch.softmax(rep.float(), dim=-1)
+        return self.item_scores(rep, table, self.scale, bias)

@@ -21,9 +21,19 @@ from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y
 from dpgdiff.models.negatives import NegativeSampler
 
 
-def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """L_diff = mean_batch mean_dims ||x̂_0 - x_0||² (Eq. 6, x_0-prediction; spec §3.4)."""
-    return F.mse_loss(x0_hat, x0)
+def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor, reduction: str = "mean",
+                   weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """L_diff = mean_batch [w ·] ||x̂_0 - x_0||² over the dims (Eq. 6, x_0-prediction; spec §3.4); x0_hat, x0 (B, d).
+
+    reduction (loss.diff_reduction): "mean" over the d dims (F.mse_loss), or "sum" = Eq. 6 as printed (d × mean).
+    weight (B,): per-example weights (diffusion.precond=edm's 1/c_out²), None = 1."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"unknown reduction {reduction!r}; expected 'mean' or 'sum'")
+    if weight is None and reduction == "mean":
+        return F.mse_loss(x0_hat, x0)
+    per_row = (x0_hat - x0).pow(2)
+    per_row = per_row.sum(-1) if reduction == "sum" else per_row.mean(-1)
+    return (per_row if weight is None else weight * per_row).mean()
 
 
 def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:

@@ -137,17 +137,22 @@ def check_dataset(meta: dict[str, Any], dataset: Any, source: str) -> None:
 
 
 def load_model(
-    path: str | Path, dataset: Any = None, device: str | torch.device = "cpu"
+    path: str | Path, dataset: Any = None, device: str | torch.device = "cpu",
+    overrides: Optional[list[str] | dict[str, Any]] = None,
 ) -> tuple[torch.nn.Module, Config, dict[str, Any]]:
     """Load best.pt (or a checkpoint folder / model.pt) -> (model in eval mode, config, info).
 
     info has "dataset" (identity dict) and "epoch". With `dataset`, its fingerprint must match.
+    overrides: `section.key=value` assignments of inference-only fields (config.INFERENCE_KEYS, e.g.
+    diffusion.n_samples=16, diffusion.start=zero) applied to the saved config before the model is built.
     """
     file = checkpoint_file(path)
     obj = torch_load(file, "model checkpoint")
     if obj["format"] not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
         raise CheckpointError(f"{file}: unknown checkpoint format {obj['format']!r}")
     config = Config.from_dict(upgrade_saved_config(obj["config"]), source=f"{file} (config)")
+    if overrides:
+        config = config.with_inference_overrides(overrides)
     info = {"dataset": obj["dataset"], "epoch": obj.get("epoch"), "val": obj.get("val", {})}
     if dataset is None:
         return None, config, info  # type: ignore[return-value]  # caller only wanted the metadata
@@ -157,6 +162,48 @@ def load_model(
     model.to(torch.device(device) if isinstance(device, str) else device)
     model.eval()
     return model, config, info
+
+
+# train.init_from: where a donor's tensors go when the names differ (SASRec's one transformer reads the mixed
+# sequence, as DPG-Diff's Encoder_c does; Encoder_x / Encoder_y get it too where the shapes match).
+_INIT_FROM_RENAMES = (
+    ("transformer.", ("denoiser.encoder_c.", "encoder.enc_x.transformer.", "encoder.enc_y.transformer.")),
+)
+_INIT_FROM_REQUIRED = ("embedding.item_x", "embedding.item_y")
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str | Path, dataset: Any) -> list[str]:
+    """train.init_from: copy a trained checkpoint's item tables (required) and every other tensor whose name
+    (after _INIT_FROM_RENAMES) and shape match into `model`, in place -> the names copied into `model`.
+
+    The donor (best.pt or a checkpoint folder, loaded with weights_only=True) must come from the same dataset
+    (fingerprint) and have the same item tables' shapes (n_items × model.dim); otherwise CheckpointError."""
+    file = checkpoint_file(path)
+    obj = torch_load(file, "model checkpoint (train.init_from)")
+    if obj["format"] not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{file}: unknown checkpoint format {obj['format']!r} (train.init_from)")
+    check_dataset(obj["dataset"], dataset, f"{file} (train.init_from)")
+    donor, target = obj["model"], model.state_dict()
+    for name in _INIT_FROM_REQUIRED:
+        if name not in donor or name not in target or donor[name].shape != target[name].shape:
+            have = tuple(donor[name].shape) if name in donor else "missing"
+            want = tuple(target[name].shape) if name in target else "missing"
+            raise CheckpointError(f"{file} (train.init_from): {name} is {have} there but {want} in this model; "
+                                  "the item tables must match (same data and model.dim)")
+    pairs: dict[str, str] = {}
+    for name in donor:
+        pairs.setdefault(name, name)  # same name in both (item tables, positions, bias, or a same-model donor)
+        for prefix, targets in _INIT_FROM_RENAMES:
+            if name.startswith(prefix):
+                for new in targets:
+                    pairs.setdefault(new + name[len(prefix):], name)
+    copied = []
+    with torch.no_grad():
+        for dst, src in sorted(pairs.items()):
+            if dst in target and target[dst].shape == donor[src].shape and target[dst].dtype.is_floating_point:
+                target[dst].copy_(donor[src].to(target[dst].device, target[dst].dtype))
+                copied.append(dst if dst == src else f"{dst} <- {src}")
+    return copied
 
 
 def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -183,16 +230,18 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
 def load_model_and_data(
     path: str | Path, data_dir: Optional[str] = None, split: Optional[str] = None,
     device: str | torch.device = "cpu", data: Optional[str] = None,
+    overrides: Optional[list[str] | dict[str, Any]] = None,
 ) -> tuple[torch.nn.Module, Config, dict[str, Any], Any]:
     """(model, config, info, dataset): reload the dataset recorded in the checkpoint, then the model on it.
 
     data_dir says where the files are (default: DPGDIFF_DATA_DIR / the cache); split may override the saved one;
-    data is an interaction log's path when it moved (the fingerprint must still match)."""
+    data is an interaction log's path when it moved (the fingerprint must still match); overrides: inference-only
+    fields (see `load_model`)."""
     from dpgdiff.data.ref import DatasetRef
 
-    _, _, info = load_model(path)  # metadata only: which dataset to load
+    _, _, info = load_model(path, overrides=overrides)  # metadata only (and the overrides checked before the data loads)
     dataset = DatasetRef.from_identity(info["dataset"], data_dir=data_dir, split=split, data=data).load()
-    model, config, info = load_model(path, dataset, device=device)
+    model, config, info = load_model(path, dataset, device=device, overrides=overrides)
     return model, config, info, dataset
 
 
