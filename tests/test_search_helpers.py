@@ -54,6 +54,7 @@ def generate_ray_token(home: Path) -> Path:
                           timeout=600)  # seconds when quiet; importing Ray on a loaded 2-core machine can take minutes
     token = home / ".ray" / "auth_token"
     assert proc.returncode == 0 and token.is_file(), f"ray get-auth-token --generate failed:\n{proc.stderr[-2000:]}"
+    token.chmod(0o600)  # Ray writes it 0644 (README: the cluster recipe); a token the tests write is 0600
     return token
 
 

@@ -56,6 +56,7 @@ EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
 UI_PORT = 5000  # `mlflow ui`'s default port: the printed links assume it
 INPUTS_LOGGED_TAG = "dpgdiff.inputs_logged"  # parent: its params and input artifacts are all logged
+SEARCH_DONE_TAG = "dpgdiff.search_done"  # parent: every step of the search's end is done (resume: nothing to do)
 UNFINISHED_TAG = "dpgdiff.unfinished"  # parent: "1" while trials are left to run (cleared when the search completes)
 
 
@@ -186,9 +187,10 @@ def check_negatives(space: SearchSpace, dataset: Any) -> None:
 
 
 def finished_already(settings: SearchSettings) -> Optional[str]:
-    """What to say when a resume has nothing to do: the search's MLflow parent run is FINISHED, and --retry-errored
-    is not given or finds no errored trial in Tune's saved state. None otherwise (also when the store cannot be
-    read: the resume then proceeds and reports what it finds)."""
+    """What to say when a resume has nothing to do: the search's MLflow parent run is FINISHED with every step of
+    its end done (SEARCH_DONE_TAG), and --retry-errored is not given or finds no errored trial in Tune's saved
+    state. None otherwise (also when the store cannot be read: the resume then proceeds and reports what it
+    finds)."""
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         return None
@@ -199,8 +201,8 @@ def finished_already(settings: SearchSettings) -> Optional[str]:
                                                  {tracking.SEARCH_TAG: settings.name, tracking.ROLE_TAG: "search"})
     except Exception:  # noqa: BLE001  see the docstring
         return None
-    if not runs or runs[0].info.status != "FINISHED":
-        return None
+    if not runs or runs[0].info.status != "FINISHED" or runs[0].data.tags.get(SEARCH_DONE_TAG) != "1":
+        return None  # (FINISHED alone is not enough: a killed driver's end may have closed it half-way)
     errored = [t.trial_id for t in tune_trials(settings.path) if t.status == "ERROR"] if settings.run.retry_errored else []
     if errored:
         return None
@@ -248,6 +250,7 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
         runtime_env["py_modules"] = [str(Path(dpgdiff.__file__).parent), str(TUNE_PACKAGE_DIR)]
     if run.address is not None and run.address != "local":
         ray.init(address=run.address, logging_level="WARNING", runtime_env=runtime_env or None)
+        _tighten_auth_token()
         return None
     # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
     # A temp folder of our own is marked with this driver's PID: if it is killed, the next search cleans up.
@@ -257,7 +260,14 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
                                            include_dashboard=False, dashboard_host="127.0.0.1",
                                            logging_level="WARNING", runtime_env=runtime_env or None)
     print_ray_processes(session)
+    _tighten_auth_token()  # a local Ray with token auth writes one when there is none
     return None if run.ray_temp_dir else temp_dir
+
+
+def _tighten_auth_token() -> None:
+    note = ray_internals.tighten_auth_token()
+    if note:
+        print(f"note: {note}", flush=True)
 
 
 def print_ray_processes(session: Path) -> None:
@@ -665,4 +675,5 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
     if best.get("run_id"):
         client.set_tag(run_id, "best_run_id", best["run_id"])
         client.set_tag(best["run_id"], "dpgdiff.selected", "1")  # the search's pick: the one tested run
+    client.set_tag(run_id, SEARCH_DONE_TAG, "1")  # the last step: a resume has nothing left to do
     client.set_terminated(run_id, status="FINISHED")
