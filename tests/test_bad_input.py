@@ -18,7 +18,8 @@ from tests.conftest import tok, write_c2dsr_dir
 from tests.test_search_helpers import REPO, TINY_DATA
 
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
-SYNTHETIC_SPACE = REPO / "search_spaces" / "synthetic.yaml"  # the default space: eval.n_negatives 999
+SYNTHETIC_SPACE = REPO / "search_spaces" / "synthetic.yaml"
+SMOKE_PARAMS_LINE = SMOKE.read_text().splitlines().index("params:") + 1  # 1-based; the file's comments may change  # the default space: eval.n_negatives 999
 
 
 def _space_with_utf8_error(tmp: Path) -> str:
@@ -91,7 +92,7 @@ SEARCH_CASES = [
     ("tracking-uri-scheme", lambda t: ["--tracking-uri", "foo://bar"], ["--tracking-uri", "foo://bar", "scheme"]),
     ("space-not-utf8", lambda t: ["--space", _space_with_utf8_error(t)], ["latin1.yaml", "UTF-8"]),
     ("space-duplicate-key", lambda t: ["--space", _space_with_duplicate_key(t)],
-     ["twice.yaml", "line 24", "model.dim", "duplicate"]),
+     ["twice.yaml", f"line {SMOKE_PARAMS_LINE + 2}", "model.dim", "duplicate"]),
     ("set-unknown-field", lambda t: ["--set", "model.dimm=32"], ["--set", "model.dimm", "did you mean model.dim"]),
     ("set-wrong-type", lambda t: ["--set", "model.dim=abc"], ["--set", "model.dim", "'abc'", "integer"]),
     ("set-no-equals", lambda t: ["--set", "model.dim"], ["--set", "model.dim", "section.key=value"]),
@@ -146,6 +147,17 @@ def test_search_refuses_bad_input_before_anything_starts(make_args, fragments, t
         assert not ray.is_initialized(), "Ray was started before the input was checked"
     assert not store.exists(), "the MLflow store was opened before the input was checked"
     assert not (tmp_path / "ray_results").exists() or not any((tmp_path / "ray_results").iterdir())
+
+
+def test_a_misspelled_dataset_prints_only_the_error_with_the_closest_name(tmp_path, monkeypatch, capsys):
+    from tune.search import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dataset", "food_kitchn", "--storage-path", str(tmp_path / "ray_results"), "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "", out  # not the synthetic space first (the space's default follows the dataset name)
+    assert err.strip().splitlines() == [err.strip()] and "unknown dataset 'food_kitchn'; did you mean food_kitchen?" in err
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_a_grace_period_of_all_epochs_says_asha_will_not_prune(tmp_path, capsys):

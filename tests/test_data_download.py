@@ -165,6 +165,33 @@ def test_named_dataset_missing_training_file_message(server, tmp_path):
     assert leftovers(tmp_path / "Food-Kitchen") == []
 
 
+def test_missing_named_data_says_where_it_looked_and_leaves_no_empty_folder(server, tmp_path, monkeypatch):
+    """No files and no network (here: a mirror without them): the error names the folder it looked in and why,
+    and every way to point it elsewhere; the cache folder it made for the download is gone again."""
+    from dpgdiff.files import user_cache_root
+
+    monkeypatch.delenv("DPGDIFF_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # an empty home: nothing cached yet
+    monkeypatch.setenv("DPGDIFF_DATA_URL", server.url)
+    folder = user_cache_root() / "data" / "Food-Kitchen"
+    with pytest.raises(DataError) as info:
+        load_dataset("food_kitchen", split="c2dsr-histories")
+    message = str(info.value)
+    for fragment in (f"Looked in {folder.parent} (the per-user cache", "--data-dir", "DPGDIFF_DATA_DIR",
+                     "DPGDIFF_DATA_URL", "Food-Kitchen/Alist.txt: download"):
+        assert fragment in message, (fragment, message)
+    assert not (tmp_path / "cache").exists(), list((tmp_path / "cache").rglob("*"))
+    # the files there but not traindata_new.txt, split c2dsr: the flag to use, literally
+    given = tmp_path / "given"
+    src, _ = _tiny_pair(tmp_path)
+    shutil.copytree(src, given / "Food-Kitchen")
+    (given / "Food-Kitchen" / "traindata_new.txt").unlink()
+    with pytest.raises(DataError) as info:
+        load_dataset("food_kitchen", split="c2dsr", data_dir=given)
+    assert "--split c2dsr-histories" in str(info.value) and f"Looked in {given} (given by --data-dir)" in str(info.value)
+    assert (given / "Food-Kitchen").is_dir(), "a folder that existed before stays"
+
+
 @pytest.mark.data
 def test_food_kitchen_download_from_local_mirror(server, food_kitchen_dir, tmp_path, monkeypatch):
     # Serve copies of the shipped files at the real layout; the pinned blob ids must accept them.

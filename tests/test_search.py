@@ -189,7 +189,9 @@ def test_search_registers_the_best_model_as_dpgdiff_dataset_at_its_search_alias(
     assert version.tags[PROTOCOL_TAG].startswith("n_negatives=99,") and version.tags[STANDARD_TAG] == "0"
     assert version.tags["dataset.fingerprint"] == parent.data.tags["dataset.fingerprint"]
     assert "best" not in client.get_registered_model("dpgdiff-synthetic").aliases
-    assert "Registered models:/dpgdiff-synthetic/1 (not @best: measured with n_negatives=99" in result.stdout
+    assert (f"Registered the best model as version 1 of 'dpgdiff-synthetic' (models:/dpgdiff-synthetic/1), alias "
+            f"@search-{NAME} (this search's model); the alias @best stays where it was (measured with n_negatives=99"
+            in result.stdout), result.stdout[-3000:]
     assert f"The commands below serve @search-{NAME} " in result.stdout
     assert f"models serve -m models:/dpgdiff-synthetic@search-{NAME} " in result.stdout
     mlflow.set_tracking_uri(tracking_uri(tmp))
@@ -352,7 +354,13 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
                          if {"key": "dpgdiff.role", "value": "confirmation"} in r["data"].get("tags", [])}
         assert set(runs) - confirmations == {parent.info.run_id} | {c.info.run_id for c in children}
         link = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{parent.info.run_id}"
-        assert link in result.stdout and "workflowType=machine_learning" in result.stdout
+        assert link in result.stdout, result.stdout[-3000:]
+        # the list link: MLflow 3's runs route (the only one whose query the UI honours), this search's filter
+        from tune.driver import runs_list_query
+
+        assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?{runs_list_query(NAME)}" in result.stdout
+        experiment = call("experiments/get", experiment_id=exp_id)["experiment"]
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
 
         def tags(run: dict) -> dict:
             return {t["key"]: t["value"] for t in run["data"].get("tags", [])}

@@ -94,6 +94,12 @@ def test_alias_moves_only_when_the_search_improves(registry):
     better = log_best_model(registry["uri"], _new_parent(registry), *args, metric_value=0.3)
     assert better.alias_moved and str(client.get_model_version_by_alias(NAME, BEST_ALIAS).version) == better.version
     assert float(client.get_model_version(NAME, better.version).tags[VALUE_TAG]) == 0.3
+    from tune.serving import describe_registration
+
+    assert describe_registration(worse) == (
+        f"Registered the best model as version {worse.version} of {NAME!r} (models:/{NAME}/{worse.version}); the "
+        f"alias @best stays where it was ({worse.reason}).")
+    assert describe_registration(better).endswith(f"the alias @best now points to it ({better.reason}).")
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +195,7 @@ def test_a_resumed_search_does_not_register_its_best_model_again(registry, capsy
     assert before, "the fixture registered a version from this run"
     again = publish_best_model(registry["uri"], registry["parent"], registry["checkpoint"], registry["dataset"], 0.2)
     assert again.model_uri == before[0] and registered_from(registry["uri"], registry["parent"]) == before
-    assert f"Registered {before[0]}" in capsys.readouterr().out
+    assert f"version 1 of 'dpgdiff-synthetic' ({before[0]})" in capsys.readouterr().out
     assert len(_logged_models(registry, registry["parent"])) == 1
 
 
@@ -237,6 +243,8 @@ def test_a_driver_killed_during_registration_leaves_one_model_and_version_once_r
     assert proc.returncode == -9, f"the driver was not killed at {point}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
     assert len(_logged_models(registry, parent)) == 1
     assert len(registered_from(registry["uri"], parent)) == (0 if point == "after logging" else 1)
+    # logging the model through mlflow.start_run's context must not leave the unfinished parent FINISHED
+    assert registry["client"].get_run(parent).info.status == "RUNNING"
     logged = publish_best_model(registry["uri"], parent, registry["checkpoint"], registry["dataset"], 0.25,
                                 search="killed")
     assert registered_from(registry["uri"], parent) == [logged.model_uri]

@@ -180,3 +180,25 @@ def test_reports_go_beside_the_store_they_read(tmp_path):
     assert reports_dir(f"sqlite:///{tmp_path}/other/mlflow.db") == tmp_path / "other" / "reports"
     assert reports_dir((tmp_path / "files").as_uri()) == tmp_path / "files" / "reports"
     assert reports_dir("http://127.0.0.1:5000") == Path("reports")
+
+
+def test_printed_links_use_mlflow_3s_runs_route_and_the_experiment_is_model_training(store):
+    """MLflow 3.17 ignores the query of `#/experiments/<id>?...` (no filter, sorted by date); under
+    `#/experiments/<id>/runs?...` it lists the search's runs flat, sorted as asked."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from tune.driver import search_filter, ui_links
+
+    uri, client, exp, parent = store
+    assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(exp, "mlflow.experimentKind", "genai_development")  # a user's choice stays
+    assert tracking.ensure_experiment(client, "dpgdiff", None) == exp
+    assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "genai_development"
+
+    parent_line, list_line = ui_links("7", "abc123", "fk-1").splitlines()
+    assert parent_line.split()[-1] == "http://127.0.0.1:5000/#/experiments/7/runs/abc123"
+    fragment = urlsplit(list_line.split()[-1]).fragment
+    route, query = fragment.split("?", 1)
+    assert route == "/experiments/7/runs"
+    assert parse_qs(query) == {"workflowType": ["machine_learning"], "searchFilter": [search_filter("fk-1")],
+                               "orderByKey": ["metrics.`best_val_mrr_sum`"], "orderByAsc": ["false"]}

@@ -67,9 +67,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from tune.search import _auth_for_existing_cluster
+    from tune.console import quiet_known_noise
+    from tune.search import _auth_for_existing_cluster, _local_ray
 
     _auth_for_existing_cluster(args.address)  # before anything imports Ray
+    quiet_known_noise(local_ray=_local_ray(args.address))
     try:
         return _main(args, argv)
     except (SearchError, ConfigError, DataError) as exc:

@@ -32,7 +32,8 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 import dpgdiff
-from tune import leftovers, ray_internals, tracking
+from tune import budget, leftovers, ray_internals, tracking
+from tune import study as optuna_study
 from tune.progress import ProgressReporter
 from tune.results import (
     METRIC,
@@ -48,12 +49,14 @@ from tune.results import (
 from tune.serving import publish_best_model
 from tune.settings import STATE_FILE, SearchError, SearchSettings, record_driver, search_wall_s, write_text
 from tune.space import SearchSpace
-from tune.trainable import OPTUNA_TRIAL_KEY, TrialSpec, run_trial
+from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY, TrialSpec, run_trial
+from tune.warmstart import WARM_START_ATTR, enqueue
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
 UI_PORT = 5000  # `mlflow ui`'s default port: the printed links assume it
 INPUTS_LOGGED_TAG = "dpgdiff.inputs_logged"  # parent: its params and input artifacts are all logged
+SEARCH_DONE_TAG = "dpgdiff.search_done"  # parent: every step of the search's end is done (resume: nothing to do)
 UNFINISHED_TAG = "dpgdiff.unfinished"  # parent: "1" while trials are left to run (cleared when the search completes)
 
 
@@ -62,15 +65,36 @@ class NumberedOptunaSearch(OptunaSearch):
 
     OptunaSearch keeps Tune trial id -> Optuna trial in `_ot_trials` (saved with the searcher's state);
     the number in the config is saved with the trial itself, so the MLflow tracker (driver side, which
-    cannot see the searcher) names runs by it, and a resumed search keeps it. The trainable drops
-    the key (`tune.trainable.sampled_params`)."""
+    cannot see the searcher) names runs by it, and a resumed search keeps it. A warm-start trial (an
+    enqueued configuration, tune/warmstart.py) also gets the search it comes from (`WARM_START_KEY`). The
+    trainable drops both keys (`tune.trainable.sampled_params`)."""
 
     def suggest(self, trial_id: str) -> Optional[dict[str, Any]]:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if not isinstance(config, dict) or ot_trial is None:
             return config
-        return {**config, OPTUNA_TRIAL_KEY: int(ot_trial.number)}
+        origin = ot_trial.user_attrs.get(WARM_START_ATTR)
+        return {**config, OPTUNA_TRIAL_KEY: int(ot_trial.number), **({WARM_START_KEY: origin} if origin else {})}
+
+    # With the study in its RDB (tune/study.py), a driver killed after a trial's outcome reached the study but
+    # before Tune's next snapshot comes back with Tune holding the trial unfinished: its repeated reports must
+    # not crash the search on a study trial that is already finished (the study keeps the outcome it has).
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if not self._finished_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict[str, Any]] = None, error: bool = False) -> None:
+        if self._finished_in_study(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return False
+        return ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,11 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
             return EXIT_OK
     space = settings.space  # 1. everything that can be wrong with the input is found before Ray starts
     print(space.summary(), flush=True)
+    if settings.optuna_storage and not restore_saved_state(settings):  # a new searcher: a new study
+        try:
+            optuna_study.prepare_new_study(settings.optuna_storage, settings.name, starting_anew=settings.run.resuming)
+        except optuna_study.StudyError as exc:
+            raise SearchError(str(exc)) from None
     t0 = time.time()  # 2. the dataset, once on the driver: its card goes to MLflow, its fingerprint to every trial
     dataset = settings.dataset.load()
     card = dataset.card()
@@ -111,17 +140,18 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
     store_built = in_background(tracking.create_sqlite_store, settings.tracking_uri)
     temp_dir = start_ray(settings)  # 3. Ray: local (no dashboard) or an existing cluster
     try:
-        check_resources(ray, settings)  # a trial that cannot fit is an error now
+        slots = check_resources(ray, settings)  # a trial that cannot fit is an error now
         if not settings.run.resuming:
             write_text(f"{settings.path}/{STATE_FILE}", json.dumps(settings.to_saved(), indent=1))
         store_built.result()  # its error, if any, is raised here
         parent = open_parent_run(settings, space, card)  # 4. MLflow parent run (reopened on resume)
         try:  # 5. Tune
-            tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train)
+            tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train, slots=slots)
             print(f"\nsearch {settings.name!r}: {settings.num_samples} trials, results in {settings.path}"
                   + (" (resumed)" if settings.run.resuming else ""), flush=True)
             t_fit = time.time()
             record_driver(settings.path, t_fit)  # search_wall_s sums the drivers' times (a resume's included)
+            start_budget(settings, spent_before=search_wall_s(settings.path))
             results = tuner.fit()
             record_driver(settings.path, t_fit, time.time() - t_fit)
             wall = search_wall_s(settings.path)
@@ -157,9 +187,10 @@ def check_negatives(space: SearchSpace, dataset: Any) -> None:
 
 
 def finished_already(settings: SearchSettings) -> Optional[str]:
-    """What to say when a resume has nothing to do: the search's MLflow parent run is FINISHED, and --retry-errored
-    is not given or finds no errored trial in Tune's saved state. None otherwise (also when the store cannot be
-    read: the resume then proceeds and reports what it finds)."""
+    """What to say when a resume has nothing to do: the search's MLflow parent run is FINISHED with every step of
+    its end done (SEARCH_DONE_TAG), and --retry-errored is not given or finds no errored trial in Tune's saved
+    state. None otherwise (also when the store cannot be read: the resume then proceeds and reports what it
+    finds)."""
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         return None
@@ -170,14 +201,27 @@ def finished_already(settings: SearchSettings) -> Optional[str]:
                                                  {tracking.SEARCH_TAG: settings.name, tracking.ROLE_TAG: "search"})
     except Exception:  # noqa: BLE001  see the docstring
         return None
-    if not runs or runs[0].info.status != "FINISHED":
-        return None
+    if not runs or runs[0].info.status != "FINISHED" or runs[0].data.tags.get(SEARCH_DONE_TAG) != "1":
+        return None  # (FINISHED alone is not enough: a killed driver's end may have closed it half-way)
     errored = [t.trial_id for t in tune_trials(settings.path) if t.status == "ERROR"] if settings.run.retry_errored else []
     if errored:
         return None
     return (f"search {settings.name!r} finished already (MLflow parent run {runs[0].info.run_id} is FINISHED"
             + ("; --retry-errored: no trial ended in ERROR" if settings.run.retry_errored else "")
             + "): nothing to resume, nothing changed. Start a new search with another --name.")
+
+
+def start_budget(settings: SearchSettings, spent_before: float) -> None:
+    """Start this driver's --time-budget clock (tune/budget.py) and say when the search stops and ends."""
+    clock = budget.start_clock(settings.time_budget_s, spent_before, settings.run.started)
+    if clock is None:
+        return
+    margin = budget.margin_s(clock.budget_s)
+    earlier = f"; {budget.clock_text(spent_before)} spent by earlier drivers" if spent_before else ""
+    print(f"time budget {budget.clock_text(clock.budget_s)}{earlier}: trials stop in "
+          f"{budget.clock_text(clock.left())}; selecting, testing and registering the best trial may take a margin of "
+          f"{budget.clock_text(margin)}, so the search ends within {budget.clock_text(clock.budget_s + margin)} "
+          "of its start", flush=True)
 
 
 def restore_saved_state(settings: SearchSettings) -> bool:
@@ -206,6 +250,7 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
         runtime_env["py_modules"] = [str(Path(dpgdiff.__file__).parent), str(TUNE_PACKAGE_DIR)]
     if run.address is not None and run.address != "local":
         ray.init(address=run.address, logging_level="WARNING", runtime_env=runtime_env or None)
+        _tighten_auth_token()
         return None
     # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
     # A temp folder of our own is marked with this driver's PID: if it is killed, the next search cleans up.
@@ -215,7 +260,14 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
                                            include_dashboard=False, dashboard_host="127.0.0.1",
                                            logging_level="WARNING", runtime_env=runtime_env or None)
     print_ray_processes(session)
+    _tighten_auth_token()  # a local Ray with token auth writes one when there is none
     return None if run.ray_temp_dir else temp_dir
+
+
+def _tighten_auth_token() -> None:
+    note = ray_internals.tighten_auth_token()
+    if note:
+        print(f"note: {note}", flush=True)
 
 
 def print_ray_processes(session: Path) -> None:
@@ -242,8 +294,9 @@ def _descendant_pids(root: int) -> list[int]:
     return sorted(found)
 
 
-def check_resources(ray_api: Any, settings: SearchSettings) -> None:
-    """A trial must fit on one node, or it would stay PENDING forever (search-notes)."""
+def check_resources(ray_api: Any, settings: SearchSettings) -> int:
+    """A trial must fit on one node, or it would stay PENDING forever (search-notes) -> how many trials fit at
+    once."""
     cpu, gpu = settings.cpus_per_trial, settings.gpus_per_trial
     nodes = [n.get("Resources", {}) for n in ray_api.nodes() if n.get("Alive")]
     total = ray_api.cluster_resources()
@@ -256,6 +309,7 @@ def check_resources(ray_api: Any, settings: SearchSettings) -> None:
     slots = sum(int(min(n.get("CPU", 0) // cpu, n.get("GPU", 0) // gpu if gpu else 1e9)) for n in fits)
     print(f"Ray: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU; "
           f"room for {slots} trial(s) at once", flush=True)
+    return slots
 
 
 # ------------------------------------------------------------------------------------- MLflow
@@ -282,10 +336,14 @@ def open_parent_run(settings: SearchSettings, space: SearchSpace, card: Any) -> 
 
 def _log_parent_inputs(client: Any, run_id: str, settings: SearchSettings, card: Any, space: SearchSpace) -> None:
     saved = settings.to_saved()
+    if settings.optuna_storage:  # MLflow gets the URL without a password
+        saved["optuna_storage"] = optuna_study.shown(settings.optuna_storage)
     params = {k: saved[k] for k in ("num_samples", "epochs", "seed", "scheduler", "grace_period", "reduction_factor",
                                     "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures",
                                     "space_source", "startup_trials")}
     params["objectives"] = ",".join(settings.objectives)
+    if settings.optuna_storage:
+        params.update(optuna_storage=optuna_study.shown(settings.optuna_storage), optuna_study=settings.name)
     # The full base config (defaults < fixed) once, here; trials log only what they sample. The searched
     # fields are left out of the params (their values differ per trial; search_space.yaml has the ranges).
     base = space.base_values()
@@ -313,7 +371,8 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun, train_fn: Callable[..., Any]) -> Any:
+def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun, train_fn: Callable[..., Any],
+                slots: int = 1) -> Any:
     """A new Tuner (Optuna TPE + ASHA or FIFO, MLflow callback) or, resuming, the restored one."""
     spec = TrialSpec(dataset=settings.dataset, fingerprint=settings.fingerprint, space=space, train_fn=train_fn)
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
@@ -324,13 +383,16 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
         tuner = tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
                                    resume_errored=settings.run.retry_errored, restart_errored=False)
         ray_internals.set_progress_output(tuner, verbose=0 if settings.run.quiet else 1,
-                                          progress_reporter=_progress(settings, space))
+                                          progress_reporter=_progress(settings, space, slots))
         return tuner
     if settings.run.resuming:  # killed before Tune saved anything (no trial can have started): begin anew
         print(f"no Tune state was saved in {settings.path} before the search stopped: its trials start anew",
               flush=True)
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    # --time-budget: saved with the run config, so a resume keeps it (the clock itself is this driver's)
+    budgeted = settings.time_budget_s is not None
+    hooks = [budget.BudgetCallback(settings.epochs, settings.num_samples, min(slots, settings.max_concurrent or slots))]
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -338,10 +400,11 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
             max_concurrent_trials=settings.max_concurrent, reuse_actors=settings.reuse_actors,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space),
+            name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space, slots),
             # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): CSV and JSON are what
             # ResultGrid reads.
-            callbacks=[parent.tracker, CSVLoggerCallback(), JsonLoggerCallback()],
+            callbacks=[parent.tracker, CSVLoggerCallback(), JsonLoggerCallback(), *(hooks if budgeted else [])],
+            stop=budget.BudgetStopper() if budgeted else None,
             verbose=0 if settings.run.quiet else 1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
@@ -355,10 +418,17 @@ def _searcher(settings: SearchSettings, space: SearchSpace) -> Any:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials,
                                          multivariate=True, group=True)
+    # The study lives in its RDB (tune/study.py), named as the search; Ray's searcher pickle then holds its URL.
+    storage = optuna_study.open_storage(settings.optuna_storage) if settings.optuna_storage else None
+    study = dict(sampler=sampler, study_name=settings.name, storage=storage)
     if len(settings.objectives) > 1:  # Optuna sees every objective (TPE is multi-objective: MOTPE)
-        return NumberedOptunaSearch(space=space, metric=list(settings.objectives),
-                                    mode=[OBJECTIVES[o] for o in settings.objectives], sampler=sampler)
-    return NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=sampler)
+        searcher = NumberedOptunaSearch(space=space, metric=list(settings.objectives),
+                                        mode=[OBJECTIVES[o] for o in settings.objectives], **study)
+    else:
+        searcher = NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE, **study)
+    # A new searcher only (a resume restores it with its queue): the warm-start configurations come first
+    enqueue(searcher, settings.warm_start)
+    return searcher
 
 
 def _scheduler(settings: SearchSettings) -> Any:
@@ -372,18 +442,20 @@ def _scheduler(settings: SearchSettings) -> Any:
         stop_last_trials=False)
 
 
-def _progress(settings: SearchSettings, space: SearchSpace) -> Optional[Any]:
-    """The trial table printed while the search runs (None with --quiet)."""
+def _progress(settings: SearchSettings, space: SearchSpace, slots: int = 1) -> Optional[Any]:
+    """The trial table printed while the search runs (None with --quiet); slots: trials the cluster fits at once."""
     if settings.run.quiet:
         return None
     preferred = ("model.dim", "diffusion.steps", "train.lr", "loss.lambda_cl", "loss.lambda_diff")
     params = ([p for p in preferred if p in space.params] + [p for p in space.params if p not in preferred])[:4]
     return ProgressReporter(
         max_epochs=settings.epochs, num_samples=settings.num_samples, early_stopping=settings.scheduler == "asha",
+        concurrency=min(slots, settings.max_concurrent or slots, settings.num_samples),
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
                         "val_y_mrr": "val MRR Y", METRIC: "val MRR sum",
                         **({"infer_ms": "ms/1k val"} if len(settings.objectives) > 1 else {})},
-        parameter_columns={p: p.split(".", 1)[1] for p in params},
+        parameter_columns={p: p.split(".", 1)[1] for p in params} | ({WARM_START_KEY: "warm start"}
+                                                                      if settings.warm_start else {}),
         max_report_frequency=15, metric=METRIC, mode=MODE, sort_by_metric=True, max_progress_rows=12)
 
 
@@ -396,20 +468,27 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     rows = trial_rows(results)
     trials = tune_trials(settings.path)
     parent.tracker.reconcile(trials)  # nothing stays RUNNING, whatever happened to the callbacks
+    for row in rows:  # --time-budget: trials it stopped are a result, like finished ones (tune/budget.py)
+        if row["status"] == "STOPPED" and budget.stopped_by_budget(row["trial_id"]):
+            row["status"] = BUDGET_STOPPED
+    if settings.optuna_storage:  # the study agrees with Tune: a trial asked before a kill and lost is FAIL there
+        report_study(settings, trials, rows)
     run_ids = {t.trial_id: parent.tracker.run_id(t, create=False) for t in trials}
     for row in rows:
         row["run_id"] = run_ids.get(row["trial_id"])
     done = [r for r in rows if r["status"] == "FINISHED"]
     failed = [r for r in rows if r["status"] == "ERROR"]
-    counts = outcome_counts(rows, trials, settings.num_samples)
+    ended_by_budget = budget.budget_ended()
+    counts = outcome_counts(rows, trials, settings.num_samples, ended_by_budget)
     print(f"\n{settings.num_samples} trial(s): " + ", ".join(f"{n} {what}" for what, n in counts.items()
-                                                        if n or what in DONE_OUTCOMES)
+                                                        if n or what in DONE_OUTCOMES[:3])
           + (f" (FINISHED in MLflow, tagged {tracking.STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
+          + (f" ({tracking.STOPPED_BY_TAG}={budget.STOPPED_BY})" if counts["stopped by the time budget"] else "")
           + f"; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished or len(trials) < settings.num_samples:
+    if unfinished or (len(trials) < settings.num_samples and not ended_by_budget):
         client.set_tag(run_id, UNFINISHED_TAG, "1")
         client.set_terminated(run_id, status="KILLED")
         print(f"\nSearch {settings.name!r} is UNFINISHED ({sum(counts[k] for k in DONE_OUTCOMES)} of "
@@ -422,7 +501,7 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     for key in stale:
         client.delete_tag(run_id, key)
 
-    if not done and not any(r["status"] == "STOPPED" for r in rows):
+    if not done and not any(r["status"] in ("STOPPED", BUDGET_STOPPED) for r in rows):
         first = failed[0] if failed else None
         text = first.get("error", "") if first else "no trial reported a result"
         client.set_tag(run_id, tracking.ERROR_TAG, text[:5000])
@@ -431,7 +510,9 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
               f"{tracking.first_error_line(text)}\n\n{text[-3000:]}", file=sys.stderr)
         return EXIT_ALL_FAILED
 
-    best = max(done or rows, key=lambda r: r.get(METRIC, float("-inf")))
+    # a trial the budget stopped competes with the finished ones, at its best epoch so far
+    candidates = done + [r for r in rows if r["status"] == BUDGET_STOPPED and r.get(METRIC) is not None]
+    best = max(candidates or rows, key=lambda r: r.get(METRIC, float("-inf")))
     test_ranks = None
     if not best.get("test"):  # selection was on validation; now, and only for this trial, the test set
         best["test"], test_ranks = evaluate_selected_trial(best, dataset)
@@ -444,20 +525,42 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     return EXIT_OK
 
 
+def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[str, Any]]) -> None:
+    """Close the study's trials that Tune lost or the time budget stopped (tune/study.py); say where it is."""
+    from tune.trainable import OPTUNA_TRIAL_KEY
+
+    numbers = [int(t.config[OPTUNA_TRIAL_KEY]) for t in trials if (t.config or {}).get(OPTUNA_TRIAL_KEY) is not None]
+    if budget.budget_ended():  # Tune stops these without telling the searcher: the study gets their last values
+        last = {r["optuna_trial"]: [r.get(o, (r["result"].metrics or {}).get(o)) for o in settings.objectives]
+                for r in rows if r.get("optuna_trial") is not None}  # val_mrr_sum: its best epoch's, as selected
+        optuna_study.close_budget_stopped(settings.optuna_storage, settings.name, last)
+    lost = optuna_study.close_lost_trials(settings.optuna_storage, settings.name, numbers)
+    if lost:
+        print(f"Optuna study: trial(s) {', '.join(map(str, lost))} were asked before the driver was killed and "
+              f"Tune lost them: FAIL, with user attribute {optuna_study.LOST_ATTR}", flush=True)
+    url = optuna_study.shown(settings.optuna_storage)
+    print(f"Optuna study {settings.name!r} in {url}; browse with:\n    optuna-dashboard {url}", flush=True)
+
+
 def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = UI_PORT) -> str:
     """The `mlflow ui` pages of a search: its parent run, and the runs list of this search with every trial
-    on its own row. The runs list opens on the classic (machine learning) view, not the GenAI overview
-    (`workflowType`); with a search filter the UI lists the trials flat instead of collapsed under the
-    parent (it only nests children when no filter or sort other than date is set), sorted here by
-    best_val_mrr_sum (the parent, which has no such metric, comes last). The UI keeps which parents
-    are expanded in the browser, not in the URL, so no link can open a parent expanded."""
+    on its own row. The list uses MLflow 3's runs route, `#/experiments/<id>/runs?...`, which honours the
+    query (the experiment's own route, `#/experiments/<id>?...`, ignores it: no filter, sorted by date);
+    `workflowType=machine_learning` and the experiment's kind tag (`tracking.ensure_experiment`) make it the
+    classic runs view, not the GenAI overview. With a search filter the UI lists the trials flat (it nests
+    children only without a filter), here sorted by best_val_mrr_sum (the parent, which has no such metric,
+    comes last)."""
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+    return (f"    parent run:           {base}/runs/{parent_run_id}\n"
+            f"    its trials (a list):  {base}/runs?{runs_list_query(search)}")
+
+
+def runs_list_query(search: str) -> str:
+    """The query of the runs-list link: this search's runs, best validation first, classic runs view."""
     from urllib.parse import urlencode
 
-    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
-    query = urlencode({"workflowType": "machine_learning", "searchFilter": search_filter(search),
-                       "orderByKey": f"metrics.`best_{METRIC}`", "orderByAsc": "false"})
-    return (f"    parent run:           {base}/runs/{parent_run_id}\n"
-            f"    its trials (a list):  {base}?{query}")
+    return urlencode({"workflowType": "machine_learning", "searchFilter": search_filter(search),
+                      "orderByKey": f"metrics.`best_{METRIC}`", "orderByAsc": "false"})
 
 
 def search_filter(search: str) -> str:
@@ -506,13 +609,18 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
     return front
 
 
-DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed")  # what a resume does not run again
+# what a resume does not run again (the first three are always shown)
+DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed", "stopped by the time budget",
+                 "not started (time budget)")
+BUDGET_STOPPED = "STOPPED_BY_BUDGET"  # a trial row's status when --time-budget stopped it (tune/budget.py)
 
 
-def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int) -> dict[str, int]:
+def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
+                   ended_by_budget: bool = False) -> dict[str, int]:
     """Trials by outcome: DONE_OUTCOMES, then interrupted (Tune's saved state has it unfinished, or does not know
     it: a resume runs it) and not started. Tune's saved state decides what is done, so the summary line and the
-    UNFINISHED line count alike."""
+    UNFINISHED line count alike. ended_by_budget: the --time-budget ended the search, so the trials it left
+    unstarted (and those it stopped before their first result) are done too."""
     saved = {t.trial_id: t.status for t in trials}
     counts = dict.fromkeys((*DONE_OUTCOMES, "interrupted", "not started"), 0)
     for row in rows:
@@ -521,9 +629,13 @@ def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int) 
             counts["interrupted"] += 1
         elif status == "ERROR" or row["status"] == "ERROR":
             counts["failed"] += 1
+        elif row["status"] == BUDGET_STOPPED:
+            counts["stopped by the time budget"] += 1
+        elif row["status"] == "NOT RUN" and ended_by_budget:
+            counts["not started (time budget)"] += 1
         else:
             counts["finished" if row["status"] == "FINISHED" else "stopped early by ASHA"] += 1
-    counts["not started"] = max(0, planned - len(rows))
+    counts["not started (time budget)" if ended_by_budget else "not started"] += max(0, planned - len(rows))
     return counts
 
 
@@ -554,6 +666,7 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
         summary["search_best_infer_ms"] = best["infer_ms"]
     summary.update(search_n_trials=len(rows), search_n_finished=sum(r["status"] == "FINISHED" for r in rows),
                    search_n_stopped_early=sum(r["status"] == "STOPPED" for r in rows),
+                   search_n_stopped_by_budget=sum(r["status"] == BUDGET_STOPPED for r in rows),
                    search_n_failed=sum(r["status"] == "ERROR" for r in rows), search_wall_s=wall)
     if len(settings.objectives) > 1:
         summary["search_n_pareto"] = n_pareto
@@ -562,4 +675,5 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
     if best.get("run_id"):
         client.set_tag(run_id, "best_run_id", best["run_id"])
         client.set_tag(best["run_id"], "dpgdiff.selected", "1")  # the search's pick: the one tested run
+    client.set_tag(run_id, SEARCH_DONE_TAG, "1")  # the last step: a resume has nothing left to do
     client.set_terminated(run_id, status="FINISHED")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -49,6 +49,31 @@ def experiment_state_saved(path: str) -> bool:
         fs, root = pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     return any(fnmatch.fnmatch(Path(info.path).name, EXPERIMENT_STATE_GLOB) for info in infos)
+
+
+AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"  # Ray's own variable: where its auth token file is
+
+
+def auth_token_path() -> Path:
+    """Ray's auth token file: $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (where Ray writes one)."""
+    return Path(os.environ.get(AUTH_TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
+
+
+def tighten_auth_token() -> Optional[str]:
+    """Make this user's Ray auth token file readable by its owner only (0600) -> a note when it was not.
+
+    Ray 2.60 writes the token (`ray get-auth-token --generate`, or a local Ray with token auth and no token yet)
+    with the umask's mode, usually 0644: every user of the machine could read it and join the cluster (issue 27
+    §6). A file of another user is left alone."""
+    path = auth_token_path()
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    if info.st_uid != os.getuid() or not info.st_mode & 0o077:
+        return None
+    path.chmod(0o600)
+    return f"made Ray's auth token {path} readable by its owner only (mode 0600; it was {oct(info.st_mode & 0o777)})"
 
 
 class RayInternalsChanged(RuntimeError):
@@ -184,3 +209,44 @@ class SnapshotFIFOScheduler(FIFOScheduler):
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_error(tune_controller, trial)
         save_trial_this_step(tune_controller, trial)
+
+
+# ------------------------------------------------------------------------------------- in-epoch progress
+# A trial's progress inside an epoch (examples done, seconds: dpgdiff/training/loop.py's `progress` hook) reaches
+# the driver's status line (tune/progress.py) through Ray's internal key-value store (in the GCS, which every
+# node reaches): one small JSON value per trial, overwritten every few seconds. Tune has no public channel for
+# it: `tune.report` would add a training iteration (a result, an MLflow step, an ASHA decision). A failure here
+# costs only the progress line, never the trial.
+
+PROGRESS_NAMESPACE = "dpgdiff_progress"
+
+
+def put_progress(trial_id: str, progress: dict[str, Any]) -> None:
+    """Publish one trial's in-epoch progress (trial side); errors are swallowed."""
+    import json
+
+    try:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(trial_id, json.dumps(progress), True, namespace=PROGRESS_NAMESPACE)
+    except Exception:  # noqa: BLE001  see above: the progress line is optional
+        pass
+
+
+def read_progress(trial_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """trial id -> its latest published progress (driver side); {} when Ray is not connected or on any error."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        from ray.experimental import internal_kv
+
+        if not internal_kv._internal_kv_initialized():
+            return out
+        for trial_id in trial_ids:
+            value = internal_kv._internal_kv_get(trial_id, namespace=PROGRESS_NAMESPACE)
+            if value:
+                out[trial_id] = json.loads(value)
+    except Exception:  # noqa: BLE001  see above
+        pass
+    return out

@@ -29,6 +29,7 @@ try:  # `python tune/search.py` imports the installed packages: say so when they
     from dpgdiff.config import ConfigError
     from dpgdiff.data import DataError
     from dpgdiff.data.ref import add_dataset_args
+    from tune.console import quiet_known_noise
     from tune.leftovers import clean_leftovers
     from tune.settings import SYNTHETIC_DEFAULT_OPTIONS, SearchError, settings_from_args
     from tune.space import SpaceError
@@ -63,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "minimise the measured inference cost (ms per 1,000 validation cases at the trial's "
                         "validation sampler and K). Two objectives run FIFO (ASHA cannot rank on two); the "
                         "search prints the Pareto front and tags its runs dpgdiff.pareto=1")
+    g.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="e.g. 45m, 2h, 90s: when it is spent (counted from the start, a resume's earlier time "
+                        "included) no new trial starts and the running ones stop with their checkpoints; the "
+                        "search then selects, tests and registers its best trial within a margin it prints")
+    g.add_argument("--warm-start", default=None, metavar="NAME[,NAME...]",
+                   help="the first trials run the best configurations of these earlier searches (from the MLflow "
+                        "store; any dataset): keys this space does not sample are skipped, numbers outside its "
+                        "ranges clipped, and the search says so. Tagged dpgdiff.warm_start=<search> in MLflow")
+    g.add_argument("--warm-start-k", type=int, default=3, metavar="K",
+                   help="how many of each --warm-start search's best configurations (default 3)")
     g.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before TPE takes over (default: min(10, max(2, num_samples // 2)))")
     g = p.add_argument_group("scheduling and resources")
@@ -95,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite ./mlruns/mlflow.db)")
     g.add_argument("--experiment", default="dpgdiff", help="MLflow experiment name (default dpgdiff)")
+    g.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="database of the search's Optuna study, named as the search (default: optuna.db beside a "
+                        "local SQLite MLflow store, e.g. sqlite:///mlruns/optuna.db); browse with optuna-dashboard URL")
     g.add_argument("--quiet", action="store_true", help="no trial table while running")
     return p
 
@@ -117,6 +131,7 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: Optional[Callable[..., 
     for line in clean_leftovers():  # the local Ray of an earlier search whose driver was killed
         print(f"cleaned up {line}", flush=True)
     _auth_for_existing_cluster(args.address)
+    quiet_known_noise(local_ray=_local_ray(args.address))
     try:
         settings = settings_from_args(args)  # bad flags, space or settings: refused before Ray is imported
         from tune.driver import run_search  # imports Ray: only after its auth mode is set
@@ -131,11 +146,16 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: Optional[Callable[..., 
         return EXIT_INTERRUPTED
 
 
+def _local_ray(address: Optional[str]) -> bool:
+    """Whether the command starts a local Ray of its own (no --address, no RAY_ADDRESS)."""
+    return address == "local" or (address is None and not os.environ.get("RAY_ADDRESS"))
+
+
 def _auth_for_existing_cluster(address: Optional[str]) -> None:
     """Token auth for an explicit cluster address (search-notes: Ray 2.60 enables token auth by default,
     but an explicit address or RAY_ADDRESS does not pick the token up). Ray reads RAY_AUTH_MODE once,
     when it is first imported, so this runs before anything imports ray."""
-    if address == "local" or (address is None and not os.environ.get("RAY_ADDRESS")):
+    if _local_ray(address):
         return
     token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if "RAY_AUTH_MODE" not in os.environ and (token.exists() or os.environ.get("RAY_AUTH_TOKEN")):

@@ -209,6 +209,8 @@ def _log_model(run_id: str, rec: Any, checkpoint: Path, config: Path, dataset_ca
                         ColSpec(Array("string"), "unknown")]))
     ids, nx = rec.ids, rec.ids.n_items_x
     example = pd.DataFrame({"history": [ids.to_raw([1, nx + 1, 2])], "domain": [ids.domain_names[1]], "k": [5]})
+    client = mlflow.MlflowClient()
+    status = client.get_run(run_id).info.status  # mlflow.start_run's context ends the run FINISHED: put it back
     with tempfile.TemporaryDirectory() as tmp:
         card_path = Path(tmp) / "dataset_card.json"
         card_path.write_text(json.dumps(dataset_card, indent=1, default=str))
@@ -224,6 +226,8 @@ def _log_model(run_id: str, rec: Any, checkpoint: Path, config: Path, dataset_ca
                 metadata={"dataset": str(meta["name"]), "dataset_fingerprint": str(meta["fingerprint"]),
                           "metric": metric, "metric_value": metric_value, "sampler": rec.sampler,
                           "infer_steps": rec.infer_steps, "eval_protocol": eval_protocol(rec.config, metric)})
+    if status != "FINISHED":
+        client.update_run(run_id, status=status)
     return info.model_uri
 
 
@@ -287,8 +291,7 @@ def publish_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Pat
         print(f"warning: the best model was not registered ({type(exc).__name__}: {exc})", file=sys.stderr)
         return None
     alias = BEST_ALIAS if logged.alias_moved or not search else search_alias(search)
-    print(f"\nRegistered {logged.model_uri} ({'now' if logged.alias_moved else 'not'} @{BEST_ALIAS}: {logged.reason}"
-          + (f"; @{search_alias(search)} is this search's model" if search else "") + ").\n"
+    print(f"\n{describe_registration(logged, search)}\n"
           f"The commands below serve @{alias}"
           + (" (the best model under the standard protocol)." if alias == BEST_ALIAS else
              f" (this search's model; @{BEST_ALIAS} is another version or none).") + "\n"
@@ -297,6 +300,16 @@ def publish_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Pat
           f"  MLFLOW_TRACKING_URI={tracking_uri} mlflow models serve -m models:/{logged.name}@{alias} "
           f"--env-manager local --host 127.0.0.1 --port 5001", flush=True)
     return logged
+
+
+def describe_registration(logged: LoggedModel, search: Optional[str] = None) -> str:
+    """One plain sentence: which version was registered, under which aliases, and whether @best moved, and why."""
+    head = f"Registered the best model as version {logged.version} of {logged.name!r} ({logged.model_uri})"
+    if search:
+        head += f", alias @{search_alias(search)} (this search's model)"
+    if logged.alias_moved:
+        return f"{head}; the alias @{BEST_ALIAS} now points to it ({logged.reason})."
+    return f"{head}; the alias @{BEST_ALIAS} stays where it was ({logged.reason})."
 
 
 def _should_move_alias(client: Any, name: str, version: str, tags: dict[str, str]) -> tuple[bool, str]:
@@ -309,7 +322,7 @@ def _should_move_alias(client: Any, name: str, version: str, tags: dict[str, str
     try:
         holder = client.get_model_version_by_alias(name, BEST_ALIAS)
     except MlflowException:
-        return True, f"no version held @{BEST_ALIAS}"
+        return True, f"no version held @{BEST_ALIAS} before"
     if str(holder.version) == version:
         return True, f"version {version} holds @{BEST_ALIAS} already"
     held = holder.tags or {}

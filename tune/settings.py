@@ -19,6 +19,7 @@ import math
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
@@ -27,6 +28,7 @@ from urllib.parse import urlparse
 from dpgdiff.config import parse_assignment
 from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
 from dpgdiff.files import atomic_write_text
+from tune import study as optuna_study
 from tune.space import SearchSpace, card_sizing, default_space, load_space, space_from_text
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: git commit and display paths
@@ -58,6 +60,7 @@ class RunOptions:
     ship_code: bool = False  # upload dpgdiff/ and tune/ to the workers (runtime_env py_modules)
     quiet: bool = False  # no trial table while running
     retry_errored: bool = False  # resuming: run ERROR trials again, from their last checkpoint
+    started: float = field(default_factory=time.time)  # when this invocation started (a --time-budget counts from it)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,15 @@ class SearchSettings:
     objectives: tuple[str, ...] = ("val_mrr_sum",)
     # The space is a dataset-agnostic default: the driver fixes what the dataset card decides (tune.space.card_sizing)
     size_from_card: bool = False
+    # The Optuna study's RDB (tune/study.py; the study is named as the search); None = in Ray's searcher pickle only
+    # (searches saved before it existed)
+    optuna_storage: Optional[str] = None
+    # --warm-start: the earlier searches' best configurations, mapped onto this space, that the first trials run
+    # (tune/warmstart.py: [{"search", "run_id", "value", "params"}]); enqueued once, when the searcher is built
+    warm_start: tuple[Mapping[str, Any], ...] = ()
+    # --time-budget in seconds (tune/budget.py): the search stops its trials when it is spent, earlier drivers'
+    # time included; None = no budget
+    time_budget_s: Optional[float] = None
     run: RunOptions = field(default_factory=lambda: RunOptions(storage="ray_results"), compare=False)
 
     @property
@@ -107,7 +119,7 @@ class SearchSettings:
         """Plain JSON-able dict of everything but `run` (the resume file, MLflow's search_settings.json)."""
         saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
         return {**saved, "dataset": self.dataset.to_dict(), "fixed": dict(self.fixed), "argv": list(self.argv),
-                "objectives": list(self.objectives)}
+                "objectives": list(self.objectives), "warm_start": [dict(p) for p in self.warm_start]}
 
     @classmethod
     def from_saved(cls, data: Mapping[str, Any], run: RunOptions, source: str) -> "SearchSettings":
@@ -121,7 +133,8 @@ class SearchSettings:
             raise SearchError(f"{source}: not a search settings file this version can read "
                               f"(unknown keys {sorted(unknown)}, missing keys {sorted(missing)})")
         return cls(**{**data, "dataset": DatasetRef.from_dict(data["dataset"]), "argv": tuple(data["argv"]),
-                      "objectives": tuple(data.get("objectives", ("val_mrr_sum",))), "run": run})
+                      "objectives": tuple(data.get("objectives", ("val_mrr_sum",))),
+                      "warm_start": tuple(data.get("warm_start", ())), "run": run})
 
     def replace(self, **changes: Any) -> "SearchSettings":
         """`dataclasses.replace` that keeps the built space when the space's inputs do not change."""
@@ -374,6 +387,9 @@ def _objectives(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions) -> SearchSettings:
+    from dpgdiff.data import check_dataset_name
+
+    check_dataset_name(args.dataset)  # before the space (its default follows the name) or anything is printed
     _check_numbers(args)
     objectives = _objectives(args)
     choice = None if args.space else default_space(args.dataset, gpu=args.gpus_per_trial > 0)
@@ -392,6 +408,7 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
               "not stop any trial early (every trial trains all epochs, as with --scheduler fifo)", flush=True)
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(args.dataset).stem).lstrip(".")[:60] or "search"
     name = name or f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri()
     settings = SearchSettings(
         name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,
         fixed=fixed, epochs=epochs, num_samples=args.num_samples, seed=args.seed,
@@ -402,11 +419,59 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
         reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
         reuse_actors=args.reuse_actors,
-        tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri(),
+        tracking_uri=tracking_uri,
         experiment=args.experiment, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        git_commit=_git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card), run=run)
+        git_commit=_git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card),
+        optuna_storage=_optuna_storage(args, tracking_uri), warm_start=_warm_start(args, space, tracking_uri),
+        time_budget_s=parse_duration(args.time_budget) if getattr(args, "time_budget", None) else None, run=run)
     settings.__dict__["space"] = space  # already built and checked: seed the cached property, do not parse twice
     return settings
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(text: str, flag: str = "--time-budget") -> float:
+    """"45m", "2h", "90s", "1h30m", "1.5h" -> seconds (> 0); SearchError naming the flag otherwise."""
+    compact = str(text).strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise SearchError(f"{flag} {text!r}: expected a duration such as 45m, 2h, 90s or 1h30m")
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise SearchError(f"{flag} {text!r}: must be more than 0 seconds")
+    return seconds
+
+
+def _warm_start(args: argparse.Namespace, space: SearchSpace, tracking_uri: str) -> tuple[dict[str, Any], ...]:
+    """--warm-start NAME[,NAME...] / --warm-start-k: the earlier searches' best configurations (tune/warmstart.py)."""
+    from tune.warmstart import WarmStartError, warm_start_points
+
+    names = [n.strip() for n in (getattr(args, "warm_start", None) or "").split(",") if n.strip()]
+    if not names:
+        return ()
+    k = getattr(args, "warm_start_k", 3)
+    if k < 1:
+        raise SearchError(f"--warm-start-k {k}: must be >= 1")
+    try:
+        points = warm_start_points(names, k, space, tracking_uri, args.experiment)
+    except WarmStartError as exc:
+        raise SearchError(str(exc)) from None
+    if len(points) > args.num_samples:
+        print(f"warm start: {len(points)} configurations but --num-samples {args.num_samples}: only the first "
+              f"{args.num_samples} run", flush=True)
+    return tuple(points)
+
+
+def _optuna_storage(args: argparse.Namespace, tracking_uri: str) -> str:
+    """--optuna-storage (checked), else optuna.db beside the MLflow store (tune/study.py)."""
+    if getattr(args, "optuna_storage", None):
+        try:
+            return optuna_study.check_storage_url(args.optuna_storage)
+        except optuna_study.StudyError as exc:
+            raise SearchError(str(exc)) from None
+    return optuna_study.default_storage(tracking_uri)
 
 
 def _default_tracking_uri() -> str:

@@ -6,6 +6,7 @@ restore (search-notes). Here a trial's run is found by its tags (`dpgdiff.trial_
 parent's `mlflow.parentRunId`), so the mapping survives driver restarts; the callback also
 closes runs when trials end: FINISHED when the trainable completed; FINISHED with the tags
 `dpgdiff.stopped_early=1`, `dpgdiff.stopped_by=scheduler` and a run description when ASHA stopped it
+(`dpgdiff.stopped_by=time_budget`, without stopped_early, when the search's --time-budget stopped it)
 (an early stop is a result, not a failure); FAILED with the error text when it raised; KILLED only
 for a trial a stopped driver left unfinished (`dpgdiff.interrupted=1` and a description saying so). A
 resume reopens such a run (RUNNING) and drops the labels of how it ended before (`STALE_TAGS`), so a
@@ -32,6 +33,9 @@ from typing import Any, Iterable, Optional
 
 from ray import tune
 
+from tune.budget import STOPPED_BY as BUDGET_STOPPED_BY
+from tune.budget import stopped_by_budget
+
 SEARCH_TAG = "dpgdiff.search"  # parent: the search name
 ROLE_TAG = "dpgdiff.role"  # "search" (parent) | "trial" (child) | "confirmation" (child: tune/confirm.py)
 TRIAL_TAG = "dpgdiff.trial_id"
@@ -39,6 +43,7 @@ PARENT_TAG = "mlflow.parentRunId"
 MODEL_TAG = "model.name"
 ERROR_TAG = "error"
 OPTUNA_TAG = "dpgdiff.optuna_trial"  # child: the trial's Optuna trial number (Optuna's plots number trials so)
+WARM_START_TAG = "dpgdiff.warm_start"  # child: the earlier search whose configuration the trial runs (--warm-start)
 STOPPED_EARLY_TAG = "dpgdiff.stopped_early"  # child: "1" when ASHA stopped it (the run is FINISHED)
 STOPPED_BY_TAG = "dpgdiff.stopped_by"
 INTERRUPTED_TAG = "dpgdiff.interrupted"  # child: "1" when the search stopped (Ctrl-C) before the trial ended (KILLED)
@@ -106,20 +111,30 @@ def create_sqlite_store(tracking_uri: str) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+# The experiment's kind, as MLflow 3's UI reads it (its own "Experiment type" setting writes this tag): model
+# training opens on the classic runs list; without it the UI may open on its GenAI overview (traces, empty here).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
-    """The experiment's id, creating it (with our artifact location) when missing."""
+    """The experiment's id, creating it (with our artifact location) when missing; marked as model training
+    (EXPERIMENT_KIND_TAG) unless it already has a kind (one a user chose in the UI stays)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # created concurrently by another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+        else:
+            return exp_id
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def find_runs(client: Any, experiment_id: str, tags: dict[str, str], max_results: int = 1000) -> list[Any]:
@@ -244,7 +259,7 @@ class MLflowTrialTracker(tune.Callback):
         elif not create:
             return None
         else:
-            from tune.trainable import OPTUNA_TRIAL_KEY, sampled_params
+            from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY, sampled_params
 
             sampled = sampled_params(dict(trial.config))
             number = trial.config.get(OPTUNA_TRIAL_KEY)
@@ -262,6 +277,7 @@ class MLflowTrialTracker(tune.Callback):
                 MODEL_TAG: model_name,
                 "dpgdiff.sampled": json.dumps(sampled, sort_keys=True, default=str)[:_MAX_TAG],
                 **({OPTUNA_TAG: str(number)} if number is not None else {}),
+                **({WARM_START_TAG: str(trial.config[WARM_START_KEY])} if trial.config.get(WARM_START_KEY) else {}),
             }
             name = _trial_name(trial)
             if number is not None:  # trial_003_<tune id>: sorts like Optuna's numbering
@@ -332,8 +348,15 @@ class MLflowTrialTracker(tune.Callback):
         self.client.set_terminated(run_id, status="FINISHED")
 
     def _mark_stopped_early(self, run_id: str, trial: Any) -> None:
-        """Tags and description of a trial the scheduler (ASHA) stopped: FINISHED, but not trained to the end."""
+        """Tags and description of a trial the scheduler (ASHA), or the search's --time-budget, stopped: FINISHED,
+        but not trained to the end."""
         epoch = (trial.last_result or {}).get("epoch", "?")
+        if stopped_by_budget(trial.trial_id):  # not an early stop: the search's time was up (tune/budget.py)
+            self.client.set_tag(run_id, STOPPED_BY_TAG, BUDGET_STOPPED_BY)
+            self.client.set_tag(run_id, NOTE_TAG, f"Stopped by the search's --time-budget after epoch {epoch}: "
+                                "the budget was spent while it trained. Not a failure and not an early stop; its "
+                                "checkpoints are kept and it can be selected like a finished trial.")
+            return
         self.client.set_tag(run_id, STOPPED_BY_TAG, "scheduler")
         self.client.set_tag(run_id, STOPPED_EARLY_TAG, "1")
         self.client.set_tag(run_id, NOTE_TAG, f"Stopped early by the ASHA scheduler after epoch {epoch}: its "
@@ -373,7 +396,8 @@ class MLflowTrialTracker(tune.Callback):
             status = self.client.get_run(run_id).info.status
             want = mlflow_status(trial)
             if ended_by_hooks and want != "FAILED" and trial.trial_id not in self._ended:
-                want = "KILLED"
+                # stopped because the search stopped: its --time-budget was spent (a result), or it was interrupted
+                want = "FINISHED" if stopped_by_budget(trial.trial_id) else "KILLED"
             if status == "RUNNING" or (want == "FAILED" and status != "FAILED"):
                 if want == "KILLED":
                     self._mark_interrupted(run_id, trial)

@@ -7,15 +7,17 @@ sampled hyperparameters. Each worker process loads the dataset once (`_DATASETS`
 
 Reports: one per validation pass, `{"epoch", "node_id", "train_loss", ..., "val_*"}` with the training
 checkpoint folder (resume: `tune.get_checkpoint()` -> `train(resume_from=...)`), then one final
-report `{"final": 1, "best_epoch", best "val_*", "infer_ms"}` whose checkpoint holds `best.pt`
+report `{"final": 1, "best_epoch", best "val_*", "infer_ms", last "train_loss"}` whose checkpoint holds `best.pt`
 (the model `python -m dpgdiff evaluate` loads), `config.yaml` and `final.json`. A search's trials are
 not tested (the driver tests only the trial it selects, tune/driver.py); with
 `TrialSpec.evaluate_test` (tune/confirm.py's reruns) the final report also has `test_*` and the
 checkpoint `test_ranks.npz` (per-case test ranks). `infer_ms` is the last validation pass's
-ms per 1,000 cases (dpgdiff/training/loop.py), the second objective of `--objectives`.
+ms per 1,000 cases (dpgdiff/training/loop.py), the second objective of `--objectives`. Inside an epoch
+the trial also publishes how far it is (`TuneReporter.progress`) for the driver's status line.
 
 The trial config may carry `OPTUNA_TRIAL_KEY` (tune/driver.py's searcher adds the Optuna trial
-number, so that it is saved with the trial and survives a resume); `sampled_params` drops it.
+number, so that it is saved with the trial and survives a resume) and `WARM_START_KEY` (the earlier
+search a warm-start trial's configuration comes from, tune/warmstart.py); `sampled_params` drops both.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import math
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -37,6 +40,7 @@ from dpgdiff.training.loop import RANKS_FILE
 
 FINAL_MARKER = "final.json"  # in the final checkpoint: the trial is complete, nothing to resume
 OPTUNA_TRIAL_KEY = "optuna_trial"  # in a trial's config: its Optuna trial number (not a hyperparameter)
+WARM_START_KEY = "warm_start"  # in a warm-start trial's config: the search its configuration comes from
 
 _DATASETS: dict[str, Any] = {}  # per worker process: DatasetRef.key() -> dataset
 
@@ -60,7 +64,7 @@ class TrialSpec:
 
 def sampled_params(config: dict[str, Any]) -> dict[str, Any]:
     """A trial config's hyperparameters (without the Optuna trial number)."""
-    return {k: v for k, v in config.items() if k != OPTUNA_TRIAL_KEY}
+    return {k: v for k, v in config.items() if k not in (OPTUNA_TRIAL_KEY, WARM_START_KEY)}
 
 
 def load_dataset_cached(ref: DatasetRef) -> Any:
@@ -85,6 +89,15 @@ class TuneReporter:
         metrics = {**metrics, "epoch": int(epoch), "node_id": _node_id()}
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)  # copies the folder to storage before returning
+
+    def progress(self, epoch: int, examples_done: int, examples_total: int, seconds: float) -> None:
+        """In-epoch progress (dpgdiff/training/loop.py's hook) -> the driver's status line (tune/progress.py),
+        through tune/ray_internals.py's channel; not a Tune result."""
+        from tune.ray_internals import put_progress
+
+        put_progress(tune.get_context().get_trial_id(), {"epoch": int(epoch), "done": int(examples_done),
+                                                         "total": int(examples_total), "seconds": float(seconds),
+                                                         "time": time.time()})
 
 
 def _node_id() -> str:
@@ -143,6 +156,9 @@ def _train_and_report(train: Callable[..., Any], cfg: Any, dataset: Any, resume_
             **(result.test if test else {}),
             **({"infer_ms": float(timed[-1])} if timed else {}),  # the final validation pass
             "epoch": last_epoch,  # ASHA's time_attr must not go backwards
+            # the last epoch's loss: the status table's loss column (the val_* above are the best epoch's)
+            **({"train_loss": float(result.history[-1]["train_loss"])}
+               if result.history and "train_loss" in result.history[-1] else {}),
             "best_epoch": int(result.best_epoch),
             "final": 1,
         }

@@ -31,6 +31,7 @@ from dpgdiff.data.sources import (
     NAMED_DATASETS,
     TRAIN,
     C2DSR_FILES,
+    describe_data_dir,
     ensure_files,
     resolve_data_dir,
     user_cache_root,
@@ -109,9 +110,10 @@ def load_dataset(
         _no_more(options, key)
         folder = resolve_data_dir(data_dir) / named.folder
         needed = C2DSR_FILES if split == "c2dsr" else tuple(f for f in C2DSR_FILES if f != TRAIN)
-        hint = {TRAIN: "Split 'c2dsr' needs it; split 'c2dsr-histories' works without it "
-                       "(it trains on the evaluation histories)."}
-        ensure_files(named, folder, needed, download=download, url=url, hint=hint)
+        hint = {TRAIN: "Split 'c2dsr' needs it; split 'c2dsr-histories' works without it (it trains on the "
+                       "evaluation histories): pass --split c2dsr-histories."}
+        ensure_files(named, folder, needed, download=download, url=url, hint=hint,
+                     where=describe_data_dir(data_dir))
         dataset = load_c2dsr_folder(folder, key, split, max_len, expected_blobs=named.blob_ids)
         dataset.options = {"max_len": max_len}
         return dataset
@@ -122,10 +124,26 @@ def load_dataset(
         dataset.options = {"max_len": max_len}
         return dataset
 
-    raise DataError(
-        f"unknown dataset {str(name)!r}: expected one of {', '.join(DATASET_NAMES)} "
-        f", a folder in C2DSR format, or an interaction log path ending in {', '.join(LOG_SUFFIXES)}"
-    )
+    raise unknown_dataset_error(name)
+
+
+def unknown_dataset_error(name: str | os.PathLike) -> DataError:
+    """The error for a dataset name that is none of DATASET_NAMES, no folder and no log path, with the closest
+    known name when there is one ("did you mean food_kitchen?")."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).lower().replace("-", "_"), DATASET_NAMES, n=1, cutoff=0.6)
+    guess = f"; did you mean {close[0]}?" if close else ""
+    return DataError(f"unknown dataset {str(name)!r}{guess} (expected one of {', '.join(DATASET_NAMES)}, a folder "
+                     f"in C2DSR format, or an interaction log path ending in {', '.join(LOG_SUFFIXES)})")
+
+
+def check_dataset_name(name: str | os.PathLike) -> None:
+    """Raise `unknown_dataset_error` unless `name` is something `load_dataset` can load (without loading it):
+    command lines check it before printing anything else."""
+    key = str(name).lower().replace("-", "_")
+    if not (_is_log(name) or key in DATASET_NAMES or Path(name).is_dir()):
+        raise unknown_dataset_error(name)
 
 
 def _no_more(options: dict[str, Any], name: object) -> None:

@@ -160,7 +160,8 @@ def load_c2dsr_folder(
     needed = C2DSR_FILES if split == "c2dsr" else tuple(f for f in C2DSR_FILES if f != TRAIN)
     for fname in needed:
         if not (folder / fname).is_file():
-            advice = " (use split 'c2dsr-histories', which trains on the evaluation histories)" if fname == TRAIN else ""
+            advice = (" (use split 'c2dsr-histories', which trains on the evaluation histories: --split "
+                      "c2dsr-histories)" if fname == TRAIN else "")
             raise DataError(f"{folder / fname}: file missing from the dataset folder{advice}")
     blobs = {fname: git_blob_id(folder / fname) for fname in needed}
     for fname, blob in blobs.items():

@@ -158,6 +158,9 @@ def add_dataset_args(parser: argparse.ArgumentParser, default: str = "synthetic"
 
 def dataset_ref_from_args(args: argparse.Namespace) -> DatasetRef:
     """The DatasetRef the shared flags describe (bad flags raise DataError naming the flag)."""
+    from dpgdiff.data import check_dataset_name
+
+    check_dataset_name(args.dataset)  # a misspelled name: the error, before anything else is printed
     options: dict[str, Any] = {}
     if args.synthetic:
         if str(args.dataset).lower() != "synthetic":

@@ -82,6 +82,19 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return user_cache_root() / "data"
 
 
+def describe_data_dir(data_dir: str | os.PathLike | None = None) -> str:
+    """Which data folder `resolve_data_dir` picks and why, with the ways to choose another (for errors)."""
+    folder = resolve_data_dir(data_dir)
+    if data_dir is not None and str(data_dir) != "":
+        why = "given by --data-dir"
+    elif os.environ.get(ENV_DATA_DIR):
+        why = f"from {ENV_DATA_DIR}"
+    else:
+        why = f"the per-user cache: no --data-dir and no {ENV_DATA_DIR}"
+    return (f"Looked in {folder} ({why}). Put the dataset's folder there, point --data-dir or {ENV_DATA_DIR} at "
+            f"a folder that holds it, or set {ENV_DATA_URL} to a reachable copy of the files.")
+
+
 def is_writable_dir(path: Path) -> bool:
     """True if `path` (or, when missing, its nearest existing parent) accepts new files."""
     probe = Path(path)
@@ -170,21 +183,33 @@ def ensure_files(
     download: bool = True,
     url: str | None = None,
     hint: dict[str, str] | None = None,
+    where: str = "",
 ) -> None:
     """Make sure every file of `files` exists in `folder`, downloading (and verifying) missing ones.
 
-    `hint` maps a file to extra advice appended when it cannot be had (e.g. use another split).
+    `hint` maps a file to extra advice appended when it cannot be had (e.g. use another split); `where` (e.g.
+    `describe_data_dir`) follows it. Folders made here for a download that failed are removed again when empty.
     """
     hint = hint or {}
     missing = [name for name in files if not (folder / name).is_file()]
-    for name in missing:
-        label = f"{spec.folder}/{name}"
-        advice = f" {hint[name]}" if name in hint else ""
-        if not download:
-            raise DataError(f"{label}: file missing in {folder} and download is disabled.{advice}")
-        if not is_writable_dir(folder):
-            raise DataError(f"{label}: file missing in {folder}, which is not writable, so it cannot be downloaded.{advice}")
-        try:
-            download_verified(f"{base_url(url)}/{spec.folder}/{name}", folder / name, spec.blob_ids[name], label)
-        except DataError as exc:
-            raise DataError(f"{exc}{advice}") from exc
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        for name in missing:
+            label = f"{spec.folder}/{name}"
+            advice = "".join(f" {a}" for a in (hint.get(name), where) if a)
+            if not download:
+                raise DataError(f"{label}: file missing in {folder} and download is disabled.{advice}")
+            if not is_writable_dir(folder):
+                raise DataError(f"{label}: file missing in {folder}, which is not writable, so it cannot be "
+                                f"downloaded.{advice}")
+            try:
+                download_verified(f"{base_url(url)}/{spec.folder}/{name}", folder / name, spec.blob_ids[name], label)
+            except DataError as exc:
+                raise DataError(f"{exc}{advice}") from exc
+    except DataError:
+        for path in made:  # nothing half-made left behind: only the empty folders this call created
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise

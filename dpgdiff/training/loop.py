@@ -60,6 +60,7 @@ from dpgdiff.training.reproducibility import autocast, resolve_device, runtime_s
 log = logging.getLogger(__name__)
 
 RANKS_FILE = "test_ranks.npz"  # in out_dir: the best state's per-case test ranks (EvalResult.save_ranks)
+PROGRESS_EVERY_S = 5.0  # how often, at most, a reporter's optional `progress` hook hears from inside an epoch
 
 
 class TrainingDivergedError(RuntimeError):
@@ -81,6 +82,10 @@ class Reporter(Protocol):
         `checkpoint_dir` (only when `wants_checkpoint`) is a folder holding model.pt + config.yaml
         that the callee may copy during the call; passing such a folder as
         `train(..., resume_from=)` continues the run exactly.
+
+        A reporter may also have a method `progress(epoch, examples_done, examples_total, seconds)`:
+        the loop calls it from inside an epoch, at most every PROGRESS_EVERY_S seconds of training
+        (seconds: since the epoch began), so that a long epoch shows how far it is (tune/progress.py).
         """
 
 
@@ -275,10 +280,11 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
     n = len(examples)
     val_evaluator = Evaluator(dataset, "valid", config.eval)
 
+    progress_hook = getattr(reporter, "progress", None) if reporter is not None else None
     model.train()
     while run.epoch < t.epochs and not run.stopped_early:
         epoch = run.epoch + 1
-        start = time.perf_counter()
+        start = last_progress = time.perf_counter()
         sums: dict[str, float] = {}
         order = torch.randperm(n, generator=shuffle_gen).to(hist_all.device)
         steps = range(0, n, t.batch_size)
@@ -304,6 +310,9 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
             value = values["total"]
             if progress:
                 steps.set_postfix(loss=f"{value:.4f}", refresh=False)
+            if progress_hook is not None and time.perf_counter() - last_progress >= PROGRESS_EVERY_S:
+                last_progress = time.perf_counter()
+                progress_hook(epoch, min(lo + t.batch_size, n), n, last_progress - start)
         if progress:
             steps.close()
         LOGITS.clear()  # the CE's reused logits buffers are not held through validation

@@ -1,0 +1,71 @@
+"""Keep a search's console for what the user needs: drop known log lines that say nothing actionable.
+
+`quiet_known_noise()` (tune/search.py, tune/confirm.py, before Ray, MLflow or Optuna log anything) adds
+one logging filter per logger that emits such a line, matched on the line's start, so that every other
+record of those loggers still shows:
+
+- Ray's "Token authentication is enabled for this Ray cluster" (local Ray only: tune/ray_internals.py
+  binds it to 127.0.0.1; joining a cluster keeps it);
+- MLflow's "Creating initial MLflow database tables..." and "Updating database tables" (a new local store);
+- Optuna's "A new study created in memory with name: ..." (Tune's Optuna searcher makes one per search);
+- on Ctrl-C, Ray Tune's own resume hint ("Resume experiment with: Tuner.restore(path=..., trainable=...)";
+  the project prints its `--resume` command instead), its "Trials did not complete" list (the search's
+  summary counts the interrupted trials), and "Failed to fetch metrics ... FileNotFoundError" for trials
+  that never wrote a result.
+
+MLflow's "Downloading artifacts" progress bars are turned off by its own switch
+(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false), set by the commands unless the user set it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+# logger name -> the starts of the messages dropped from it
+NOISE: dict[str, tuple[str, ...]] = {
+    "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database tables"),
+    "optuna.storages._in_memory": ("A new study created in memory",),
+    "ray.tune.tune": ("Experiment has been interrupted, but the most recent state was saved",
+                      "Trials did not complete"),
+}
+FETCH_LOGGER = "ray.tune.analysis.experiment_analysis"
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records whose message starts with one of `starts` (or for which `also(message)` is true)."""
+
+    def __init__(self, starts: tuple[str, ...], also=None) -> None:
+        super().__init__()
+        self.starts, self.also = starts, also
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001  a malformed record is not ours to judge
+            return True
+        return not (message.startswith(self.starts) or (self.also is not None and self.also(message)))
+
+
+def _missing_result_file(message: str) -> bool:
+    """Tune's warning for trials whose result file does not exist (they never reported): nothing to fetch."""
+    return message.startswith("Failed to fetch metrics") and all(
+        "FileNotFoundError" in line for line in message.splitlines()[1:] if line.strip())
+
+
+def quiet_known_noise(local_ray: bool = True) -> None:
+    """Install the filters (idempotent); `local_ray`: also drop Ray's token-auth notice."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    noise = dict(NOISE)
+    if local_ray:
+        noise[RAY_AUTH_LOGGER] = ("Token authentication is enabled for this Ray cluster",)
+    for name, starts in noise.items():
+        _install(logging.getLogger(name), _DropMessages(starts))
+    _install(logging.getLogger(FETCH_LOGGER), _DropMessages((), also=_missing_result_file))
+
+
+def _install(logger: logging.Logger, flt: _DropMessages) -> None:
+    if not any(isinstance(f, _DropMessages) and f.starts == flt.starts and f.also is flt.also
+               for f in logger.filters):
+        logger.addFilter(flt)
