@@ -9,11 +9,29 @@ resume names the stub again.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from dpgdiff.cli import exit_process
 from tests import test_search_stubs
 from tune.search import main
 
+# "registration": the driver SIGKILLs itself after logging the best model into the parent run, before registering
+# it (tests/test_local_ray.py's kill point "between model logging and registration").
+KILL_AT_ENV = "DPGDIFF_STUB_KILL_AT"
+
+
+def _kill_before_registration() -> None:
+    import tune.serving
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    tune.serving.mlflow.register_model = killed
+
+
 if __name__ == "__main__":
+    if os.environ.get(KILL_AT_ENV) == "registration":
+        _kill_before_registration()
     exit_process(main(sys.argv[2:], train_fn=getattr(test_search_stubs, sys.argv[1])))  # as tune/search.py exits

@@ -16,6 +16,7 @@ import pytest
 
 from tests.test_search_helpers import (
     REPORT,
+    assert_study_agrees_with_mlflow,
     env,
     kill_session,
     mlflow_runs,
@@ -140,6 +141,9 @@ def test_ctrl_c_then_resume(tmp_path):
     for c in children:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_mrr_sum")]
         assert steps == list(range(1, EPOCHS + 1)), f"run {c.info.run_id}: epochs logged {steps}"
+    # one source of truth for what was sampled: the persistent Optuna study, continued by the resume, agrees with
+    # MLflow (and so with Tune) on every trial's number, parameters and value
+    assert_study_agrees_with_mlflow(tmp_path, NAME)
     # report.py and the parent's trials.csv agree; the report goes beside the store it read, not into the cwd
     import csv
 

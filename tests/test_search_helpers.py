@@ -54,6 +54,7 @@ def generate_ray_token(home: Path) -> Path:
                           timeout=600)  # seconds when quiet; importing Ray on a loaded 2-core machine can take minutes
     token = home / ".ray" / "auth_token"
     assert proc.returncode == 0 and token.is_file(), f"ray get-auth-token --generate failed:\n{proc.stderr[-2000:]}"
+    token.chmod(0o600)  # Ray writes it 0644 (README: the cluster recipe); a token the tests write is 0600
     return token
 
 
@@ -130,6 +131,37 @@ def mlflow_runs(tmp: Path, search: str) -> tuple[object, list]:
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' "
                                                        "and tags.`dpgdiff.role` = 'trial'")
     return parents[0], list(children)
+
+
+def assert_study_agrees_with_mlflow(tmp: Path, search: str) -> set[int]:
+    """The search's Optuna study (`optuna.load_study` on its default storage, mlruns/optuna.db) holds the same
+    trials as MLflow: one per trial run, matched by Optuna trial number (tag dpgdiff.optuna_trial), with the
+    same sampled parameters (tag dpgdiff.sampled) and, for a trial that trained to its last epoch, the value
+    MLflow holds (best_val_mrr_sum: the final report's val_mrr_sum). The only other study trials are those a
+    driver kill lost (asked after Tune's last snapshot: FAIL, user attribute dpgdiff.lost) -> their numbers."""
+    import json
+    import math
+
+    import optuna
+
+    from tune.study import LOST_ATTR
+
+    study = optuna.load_study(study_name=search, storage=f"sqlite:///{tmp / 'mlruns' / 'optuna.db'}")
+    _, children = mlflow_runs(tmp, search)
+    runs = {int(c.data.tags["dpgdiff.optuna_trial"]): c for c in children}
+    trials = {t.number: t for t in study.get_trials()}
+    lost = {n for n, t in trials.items() if LOST_ATTR in t.user_attrs}
+    assert all(trials[n].state == optuna.trial.TrialState.FAIL for n in lost)
+    assert sorted(set(trials) - lost) == sorted(runs), f"study trials {sorted(trials)} (lost {sorted(lost)}) vs " \
+                                                        f"MLflow runs {sorted(runs)}"
+    for number, run in runs.items():
+        trial = trials[number]
+        assert trial.params == json.loads(run.data.tags["dpgdiff.sampled"]), f"trial {number}: params differ"
+        if run.info.status == "FINISHED" and "dpgdiff.stopped_early" not in run.data.tags:
+            assert trial.state == optuna.trial.TrialState.COMPLETE, f"trial {number}: {trial.state}"
+            assert math.isclose(trial.value, run.data.metrics["best_val_mrr_sum"], rel_tol=1e-9), \
+                f"trial {number}: study value {trial.value} vs MLflow {run.data.metrics['best_val_mrr_sum']}"
+    return lost
 
 
 def trial_results(trial_dir: Path) -> list[dict]:

@@ -243,6 +243,8 @@ def test_a_driver_killed_during_registration_leaves_one_model_and_version_once_r
     assert proc.returncode == -9, f"the driver was not killed at {point}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
     assert len(_logged_models(registry, parent)) == 1
     assert len(registered_from(registry["uri"], parent)) == (0 if point == "after logging" else 1)
+    # logging the model through mlflow.start_run's context must not leave the unfinished parent FINISHED
+    assert registry["client"].get_run(parent).info.status == "RUNNING"
     logged = publish_best_model(registry["uri"], parent, registry["checkpoint"], registry["dataset"], 0.25,
                                 search="killed")
     assert registered_from(registry["uri"], parent) == [logged.model_uri]

@@ -185,3 +185,26 @@ def test_a_csv_dataset_gets_the_dataset_agnostic_space_sized_from_its_card(tmp_p
     named = settings_from_args(_search_args(tmp_path, "--dataset", "food_kitchen", "--name", "fk"))
     assert named.space_source == "search_spaces/food_kitchen-cpu.yaml" and not named.size_from_card
     assert named.sized_from_card(card) is named
+
+
+def test_a_ray_auth_token_readable_by_others_is_made_owner_only(tmp_path, monkeypatch):
+    """Issue 27 §6: Ray writes its auth token 0644; the search makes this user's token 0600 and says so."""
+    import stat
+
+    from tune.ray_internals import tighten_auth_token
+
+    token = tmp_path / "auth_token"
+    token.write_text("0" * 64)
+    token.chmod(0o644)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    note = tighten_auth_token()
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and note and str(token) in note and "0o644" in note
+    assert tighten_auth_token() is None  # already private: nothing to say
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    assert tighten_auth_token() is None
+
+
+def test_the_test_sessions_ray_token_is_owner_only(_isolated_ray_token):
+    import stat
+
+    assert stat.S_IMODE(_isolated_ray_token.stat().st_mode) == 0o600

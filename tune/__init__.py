@@ -22,6 +22,10 @@ define-by-run function.
 `tune/tracking.py` owns MLflow: one parent run per search, one child run per trial found by tag, so
 that a resumed search never duplicates runs.
 
+`tune/study.py` owns the search's Optuna study in its database (`mlruns/optuna.db` by default), which a
+resume continues and `optuna-dashboard` opens; `tune/warmstart.py` owns `--warm-start`: the best
+configurations of earlier searches, mapped onto the new space, enqueued as its first trials.
+
 `tune/serving.py` owns the served model: the best trial as an MLflow pyfunc model, registered as
 `dpgdiff-<dataset>` with the alias `best` moved only when a search improves on it.
 

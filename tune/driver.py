@@ -33,6 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 import dpgdiff
 from tune import leftovers, ray_internals, tracking
+from tune import study as optuna_study
 from tune.progress import ProgressReporter
 from tune.results import (
     METRIC,
@@ -48,12 +49,14 @@ from tune.results import (
 from tune.serving import publish_best_model
 from tune.settings import STATE_FILE, SearchError, SearchSettings, record_driver, search_wall_s, write_text
 from tune.space import SearchSpace
-from tune.trainable import OPTUNA_TRIAL_KEY, TrialSpec, run_trial
+from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY, TrialSpec, run_trial
+from tune.warmstart import WARM_START_ATTR, enqueue
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
 UI_PORT = 5000  # `mlflow ui`'s default port: the printed links assume it
 INPUTS_LOGGED_TAG = "dpgdiff.inputs_logged"  # parent: its params and input artifacts are all logged
+SEARCH_DONE_TAG = "dpgdiff.search_done"  # parent: every step of the search's end is done (resume: nothing to do)
 UNFINISHED_TAG = "dpgdiff.unfinished"  # parent: "1" while trials are left to run (cleared when the search completes)
 
 
@@ -62,15 +65,36 @@ class NumberedOptunaSearch(OptunaSearch):
 
     OptunaSearch keeps Tune trial id -> Optuna trial in `_ot_trials` (saved with the searcher's state);
     the number in the config is saved with the trial itself, so the MLflow tracker (driver side, which
-    cannot see the searcher) names runs by it, and a resumed search keeps it. The trainable drops
-    the key (`tune.trainable.sampled_params`)."""
+    cannot see the searcher) names runs by it, and a resumed search keeps it. A warm-start trial (an
+    enqueued configuration, tune/warmstart.py) also gets the search it comes from (`WARM_START_KEY`). The
+    trainable drops both keys (`tune.trainable.sampled_params`)."""
 
     def suggest(self, trial_id: str) -> Optional[dict[str, Any]]:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if not isinstance(config, dict) or ot_trial is None:
             return config
-        return {**config, OPTUNA_TRIAL_KEY: int(ot_trial.number)}
+        origin = ot_trial.user_attrs.get(WARM_START_ATTR)
+        return {**config, OPTUNA_TRIAL_KEY: int(ot_trial.number), **({WARM_START_KEY: origin} if origin else {})}
+
+    # With the study in its RDB (tune/study.py), a driver killed after a trial's outcome reached the study but
+    # before Tune's next snapshot comes back with Tune holding the trial unfinished: its repeated reports must
+    # not crash the search on a study trial that is already finished (the study keeps the outcome it has).
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if not self._finished_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict[str, Any]] = None, error: bool = False) -> None:
+        if self._finished_in_study(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return False
+        return ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,11 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
             return EXIT_OK
     space = settings.space  # 1. everything that can be wrong with the input is found before Ray starts
     print(space.summary(), flush=True)
+    if settings.optuna_storage and not restore_saved_state(settings):  # a new searcher: a new study
+        try:
+            optuna_study.prepare_new_study(settings.optuna_storage, settings.name, starting_anew=settings.run.resuming)
+        except optuna_study.StudyError as exc:
+            raise SearchError(str(exc)) from None
     t0 = time.time()  # 2. the dataset, once on the driver: its card goes to MLflow, its fingerprint to every trial
     dataset = settings.dataset.load()
     card = dataset.card()
@@ -157,9 +186,10 @@ def check_negatives(space: SearchSpace, dataset: Any) -> None:
 
 
 def finished_already(settings: SearchSettings) -> Optional[str]:
-    """What to say when a resume has nothing to do: the search's MLflow parent run is FINISHED, and --retry-errored
-    is not given or finds no errored trial in Tune's saved state. None otherwise (also when the store cannot be
-    read: the resume then proceeds and reports what it finds)."""
+    """What to say when a resume has nothing to do: the search's MLflow parent run is FINISHED with every step of
+    its end done (SEARCH_DONE_TAG), and --retry-errored is not given or finds no errored trial in Tune's saved
+    state. None otherwise (also when the store cannot be read: the resume then proceeds and reports what it
+    finds)."""
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         return None
@@ -170,8 +200,8 @@ def finished_already(settings: SearchSettings) -> Optional[str]:
                                                  {tracking.SEARCH_TAG: settings.name, tracking.ROLE_TAG: "search"})
     except Exception:  # noqa: BLE001  see the docstring
         return None
-    if not runs or runs[0].info.status != "FINISHED":
-        return None
+    if not runs or runs[0].info.status != "FINISHED" or runs[0].data.tags.get(SEARCH_DONE_TAG) != "1":
+        return None  # (FINISHED alone is not enough: a killed driver's end may have closed it half-way)
     errored = [t.trial_id for t in tune_trials(settings.path) if t.status == "ERROR"] if settings.run.retry_errored else []
     if errored:
         return None
@@ -206,6 +236,7 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
         runtime_env["py_modules"] = [str(Path(dpgdiff.__file__).parent), str(TUNE_PACKAGE_DIR)]
     if run.address is not None and run.address != "local":
         ray.init(address=run.address, logging_level="WARNING", runtime_env=runtime_env or None)
+        _tighten_auth_token()
         return None
     # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
     # A temp folder of our own is marked with this driver's PID: if it is killed, the next search cleans up.
@@ -215,7 +246,14 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
                                            include_dashboard=False, dashboard_host="127.0.0.1",
                                            logging_level="WARNING", runtime_env=runtime_env or None)
     print_ray_processes(session)
+    _tighten_auth_token()  # a local Ray with token auth writes one when there is none
     return None if run.ray_temp_dir else temp_dir
+
+
+def _tighten_auth_token() -> None:
+    note = ray_internals.tighten_auth_token()
+    if note:
+        print(f"note: {note}", flush=True)
 
 
 def print_ray_processes(session: Path) -> None:
@@ -284,10 +322,14 @@ def open_parent_run(settings: SearchSettings, space: SearchSpace, card: Any) -> 
 
 def _log_parent_inputs(client: Any, run_id: str, settings: SearchSettings, card: Any, space: SearchSpace) -> None:
     saved = settings.to_saved()
+    if settings.optuna_storage:  # MLflow gets the URL without a password
+        saved["optuna_storage"] = optuna_study.shown(settings.optuna_storage)
     params = {k: saved[k] for k in ("num_samples", "epochs", "seed", "scheduler", "grace_period", "reduction_factor",
                                     "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures",
                                     "space_source", "startup_trials")}
     params["objectives"] = ",".join(settings.objectives)
+    if settings.optuna_storage:
+        params.update(optuna_storage=optuna_study.shown(settings.optuna_storage), optuna_study=settings.name)
     # The full base config (defaults < fixed) once, here; trials log only what they sample. The searched
     # fields are left out of the params (their values differ per trial; search_space.yaml has the ranges).
     base = space.base_values()
@@ -358,10 +400,17 @@ def _searcher(settings: SearchSettings, space: SearchSpace) -> Any:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials,
                                          multivariate=True, group=True)
+    # The study lives in its RDB (tune/study.py), named as the search; Ray's searcher pickle then holds its URL.
+    storage = optuna_study.open_storage(settings.optuna_storage) if settings.optuna_storage else None
+    study = dict(sampler=sampler, study_name=settings.name, storage=storage)
     if len(settings.objectives) > 1:  # Optuna sees every objective (TPE is multi-objective: MOTPE)
-        return NumberedOptunaSearch(space=space, metric=list(settings.objectives),
-                                    mode=[OBJECTIVES[o] for o in settings.objectives], sampler=sampler)
-    return NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=sampler)
+        searcher = NumberedOptunaSearch(space=space, metric=list(settings.objectives),
+                                        mode=[OBJECTIVES[o] for o in settings.objectives], **study)
+    else:
+        searcher = NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE, **study)
+    # A new searcher only (a resume restores it with its queue): the warm-start configurations come first
+    enqueue(searcher, settings.warm_start)
+    return searcher
 
 
 def _scheduler(settings: SearchSettings) -> Any:
@@ -387,7 +436,8 @@ def _progress(settings: SearchSettings, space: SearchSpace, slots: int = 1) -> O
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
                         "val_y_mrr": "val MRR Y", METRIC: "val MRR sum",
                         **({"infer_ms": "ms/1k val"} if len(settings.objectives) > 1 else {})},
-        parameter_columns={p: p.split(".", 1)[1] for p in params},
+        parameter_columns={p: p.split(".", 1)[1] for p in params} | ({WARM_START_KEY: "warm start"}
+                                                                      if settings.warm_start else {}),
         max_report_frequency=15, metric=METRIC, mode=MODE, sort_by_metric=True, max_progress_rows=12)
 
 
@@ -400,6 +450,8 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     rows = trial_rows(results)
     trials = tune_trials(settings.path)
     parent.tracker.reconcile(trials)  # nothing stays RUNNING, whatever happened to the callbacks
+    if settings.optuna_storage:  # the study agrees with Tune: a trial asked before a kill and lost is FAIL there
+        report_study(settings, trials)
     run_ids = {t.trial_id: parent.tracker.run_id(t, create=False) for t in trials}
     for row in rows:
         row["run_id"] = run_ids.get(row["trial_id"])
@@ -446,6 +498,19 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
           f"Browse with:\n    mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1\n"
           + ui_links(parent.experiment_id, run_id, settings.name), flush=True)
     return EXIT_OK
+
+
+def report_study(settings: SearchSettings, trials: list[Any]) -> None:
+    """Close the study's trials that Tune lost (tune/study.py) and say where the study is."""
+    from tune.trainable import OPTUNA_TRIAL_KEY
+
+    numbers = [int(t.config[OPTUNA_TRIAL_KEY]) for t in trials if (t.config or {}).get(OPTUNA_TRIAL_KEY) is not None]
+    lost = optuna_study.close_lost_trials(settings.optuna_storage, settings.name, numbers)
+    if lost:
+        print(f"Optuna study: trial(s) {', '.join(map(str, lost))} were asked before the driver was killed and "
+              f"Tune lost them: FAIL, with user attribute {optuna_study.LOST_ATTR}", flush=True)
+    url = optuna_study.shown(settings.optuna_storage)
+    print(f"Optuna study {settings.name!r} in {url}; browse with:\n    optuna-dashboard {url}", flush=True)
 
 
 def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = UI_PORT) -> str:
@@ -572,4 +637,5 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
     if best.get("run_id"):
         client.set_tag(run_id, "best_run_id", best["run_id"])
         client.set_tag(best["run_id"], "dpgdiff.selected", "1")  # the search's pick: the one tested run
+    client.set_tag(run_id, SEARCH_DONE_TAG, "1")  # the last step: a resume has nothing left to do
     client.set_terminated(run_id, status="FINISHED")

@@ -7,6 +7,11 @@ it, adopted by PID 1, and the folder stays. `clean_leftovers`, run when the next
 (tune/search.py), finds the folders with MARKER whose driver is gone, stops the processes that still
 hold files open in them (by PID: SIGTERM, then SIGKILL) and removes the folder.
 
+The same cleanup without starting a search (issue 27 §6):
+
+    python -m tune.leftovers             # stop a killed search's Ray processes (by PID), remove its temp folder
+    python -m tune.leftovers --dry-run   # only list them
+
 Never touched: a folder without MARKER (a Ray someone else started, or a --ray-temp-dir, which the
 user owns), a folder of another user, and a folder whose driver still runs (a search in progress).
 Processes are found through /proc (Linux); elsewhere nothing is cleaned.
@@ -14,8 +19,10 @@ Processes are found through /proc (Linux); elsewhere nothing is cleaned.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import shutil
 import signal
 import tempfile
@@ -48,9 +55,9 @@ def new_temp_dir() -> str:
     return str(folder)
 
 
-def clean_leftovers(root: Optional[Path] = None, grace_s: float = 5.0) -> list[str]:
+def clean_leftovers(root: Optional[Path] = None, grace_s: float = 5.0, dry_run: bool = False) -> list[str]:
     """Stop the processes of, and remove, every marked Ray temp folder under `root` whose driver is gone
-    -> one line per folder cleaned (what was stopped and removed)."""
+    -> one line per folder cleaned (what was stopped and removed; with `dry_run`, what would be)."""
     if not Path("/proc/self/stat").exists():
         return []
     done = []
@@ -63,6 +70,10 @@ def clean_leftovers(root: Optional[Path] = None, grace_s: float = 5.0) -> list[s
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             continue  # unreadable or not our format: not ours to judge
         if not mine or process_start_time(pid) == start:  # another user's, or its driver still runs
+            continue
+        if dry_run:
+            done.append(f"a killed search's local Ray (driver pid {pid}): would stop pids "
+                        f"{' '.join(map(str, holders(folder))) or '-'}, remove {folder}")
             continue
         stopped = stop_processes(holders(folder), grace_s)
         shutil.rmtree(folder, ignore_errors=True)
@@ -113,3 +124,26 @@ def stop_processes(pids: list[int], grace_s: float = 5.0) -> list[int]:
         while time.time() < deadline and any(process_start_time(p) == t for p, t in started.items()):
             time.sleep(0.1)
     return sorted(started)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """python -m tune.leftovers [--dry-run] [--root DIR] -> 0 (what it found is printed)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tune.leftovers",
+        description="Stop (by PID) the Ray processes that a killed tune/search.py driver left running, and remove "
+                    "its Ray temp folder, without starting a search. Only folders a search marked as its own, "
+                    "whose driver is gone, are touched.")
+    parser.add_argument("--dry-run", action="store_true", help="only list what would be stopped and removed")
+    parser.add_argument("--root", default=None, help=f"where searches make their Ray temp folders (default: "
+                                                      f"${RAY_TMPDIR}, else /tmp)")
+    args = parser.parse_args(argv)
+    lines = clean_leftovers(Path(args.root) if args.root else None, dry_run=args.dry_run)
+    for line in lines:
+        print(("found " if args.dry_run else "cleaned up ") + line)
+    if not lines:
+        print(f"nothing to clean up under {args.root or temp_root()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -49,6 +49,31 @@ def experiment_state_saved(path: str) -> bool:
         fs, root = pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     return any(fnmatch.fnmatch(Path(info.path).name, EXPERIMENT_STATE_GLOB) for info in infos)
+
+
+AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"  # Ray's own variable: where its auth token file is
+
+
+def auth_token_path() -> Path:
+    """Ray's auth token file: $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (where Ray writes one)."""
+    return Path(os.environ.get(AUTH_TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
+
+
+def tighten_auth_token() -> Optional[str]:
+    """Make this user's Ray auth token file readable by its owner only (0600) -> a note when it was not.
+
+    Ray 2.60 writes the token (`ray get-auth-token --generate`, or a local Ray with token auth and no token yet)
+    with the umask's mode, usually 0644: every user of the machine could read it and join the cluster (issue 27
+    §6). A file of another user is left alone."""
+    path = auth_token_path()
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    if info.st_uid != os.getuid() or not info.st_mode & 0o077:
+        return None
+    path.chmod(0o600)
+    return f"made Ray's auth token {path} readable by its owner only (mode 0600; it was {oct(info.st_mode & 0o777)})"
 
 
 class RayInternalsChanged(RuntimeError):

@@ -36,7 +36,7 @@ DOMAIN_METRICS = ("mrr", "mrr10", "ndcg5", "ndcg10", "hr1", "hr5", "hr10")
 
 def trial_rows(results: Any) -> list[dict[str, Any]]:
     """One summary dict per trial, the best epoch read from its history (not the last result)."""
-    from tune.trainable import OPTUNA_TRIAL_KEY, sampled_params
+    from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY, sampled_params
 
     rows = []
     for r in results:
@@ -45,7 +45,8 @@ def trial_rows(results: Any) -> list[dict[str, Any]]:
         trial_id = metrics.get("trial_id") or Path(r.path).name.replace("trial_", "")
         row: dict[str, Any] = {"trial_id": trial_id, "status": "ERROR" if r.error else "?",
                                "config": sampled_params(dict(r.config or {})),
-                               "optuna_trial": (r.config or {}).get(OPTUNA_TRIAL_KEY), "path": r.path, "result": r}
+                               "optuna_trial": (r.config or {}).get(OPTUNA_TRIAL_KEY), "path": r.path, "result": r,
+                               "warm_start": (r.config or {}).get(WARM_START_KEY)}
         epochs = df[df["final"] != 1] if df is not None and "final" in df.columns else df
         if epochs is not None and len(epochs) and METRIC in epochs.columns:
             best = epochs.loc[epochs[METRIC].idxmax()]
@@ -110,6 +111,8 @@ def write_parent_artifacts(out: Path, rows: list[dict[str, Any]], best: dict[str
         rec = {"optuna_trial": r.get("optuna_trial"), "trial_id": r["trial_id"], "status": shown,
                "stopped_early": stopped, "run_id": r.get("run_id"),
                "epochs_run": r.get("epochs_run"), "best_epoch": r.get("best_epoch"), METRIC: r.get(METRIC)}
+        if any(x.get("warm_start") for x in rows):  # --warm-start: the earlier search a trial's configuration is from
+            rec["warm_start"] = r.get("warm_start") or ""
         if any("infer_ms" in x for x in rows):
             rec.update(infer_ms=r.get("infer_ms"), pareto=int(bool(r.get("pareto"))))
         # test: the selected trial only (and any trial tested by an older version or a confirmation run)

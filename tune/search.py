@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "minimise the measured inference cost (ms per 1,000 validation cases at the trial's "
                         "validation sampler and K). Two objectives run FIFO (ASHA cannot rank on two); the "
                         "search prints the Pareto front and tags its runs dpgdiff.pareto=1")
+    g.add_argument("--warm-start", default=None, metavar="NAME[,NAME...]",
+                   help="the first trials run the best configurations of these earlier searches (from the MLflow "
+                        "store; any dataset): keys this space does not sample are skipped, numbers outside its "
+                        "ranges clipped, and the search says so. Tagged dpgdiff.warm_start=<search> in MLflow")
+    g.add_argument("--warm-start-k", type=int, default=3, metavar="K",
+                   help="how many of each --warm-start search's best configurations (default 3)")
     g.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before TPE takes over (default: min(10, max(2, num_samples // 2)))")
     g = p.add_argument_group("scheduling and resources")
@@ -96,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite ./mlruns/mlflow.db)")
     g.add_argument("--experiment", default="dpgdiff", help="MLflow experiment name (default dpgdiff)")
+    g.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="database of the search's Optuna study, named as the search (default: optuna.db beside a "
+                        "local SQLite MLflow store, e.g. sqlite:///mlruns/optuna.db); browse with optuna-dashboard URL")
     g.add_argument("--quiet", action="store_true", help="no trial table while running")
     return p
 

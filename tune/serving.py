@@ -209,6 +209,8 @@ def _log_model(run_id: str, rec: Any, checkpoint: Path, config: Path, dataset_ca
                         ColSpec(Array("string"), "unknown")]))
     ids, nx = rec.ids, rec.ids.n_items_x
     example = pd.DataFrame({"history": [ids.to_raw([1, nx + 1, 2])], "domain": [ids.domain_names[1]], "k": [5]})
+    client = mlflow.MlflowClient()
+    status = client.get_run(run_id).info.status  # mlflow.start_run's context ends the run FINISHED: put it back
     with tempfile.TemporaryDirectory() as tmp:
         card_path = Path(tmp) / "dataset_card.json"
         card_path.write_text(json.dumps(dataset_card, indent=1, default=str))
@@ -224,6 +226,8 @@ def _log_model(run_id: str, rec: Any, checkpoint: Path, config: Path, dataset_ca
                 metadata={"dataset": str(meta["name"]), "dataset_fingerprint": str(meta["fingerprint"]),
                           "metric": metric, "metric_value": metric_value, "sampler": rec.sampler,
                           "infer_steps": rec.infer_steps, "eval_protocol": eval_protocol(rec.config, metric)})
+    if status != "FINISHED":
+        client.update_run(run_id, status=status)
     return info.model_uri
 
 

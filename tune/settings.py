@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 from dpgdiff.config import parse_assignment
 from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
 from dpgdiff.files import atomic_write_text
+from tune import study as optuna_study
 from tune.space import SearchSpace, card_sizing, default_space, load_space, space_from_text
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: git commit and display paths
@@ -91,6 +92,12 @@ class SearchSettings:
     objectives: tuple[str, ...] = ("val_mrr_sum",)
     # The space is a dataset-agnostic default: the driver fixes what the dataset card decides (tune.space.card_sizing)
     size_from_card: bool = False
+    # The Optuna study's RDB (tune/study.py; the study is named as the search); None = in Ray's searcher pickle only
+    # (searches saved before it existed)
+    optuna_storage: Optional[str] = None
+    # --warm-start: the earlier searches' best configurations, mapped onto this space, that the first trials run
+    # (tune/warmstart.py: [{"search", "run_id", "value", "params"}]); enqueued once, when the searcher is built
+    warm_start: tuple[Mapping[str, Any], ...] = ()
     run: RunOptions = field(default_factory=lambda: RunOptions(storage="ray_results"), compare=False)
 
     @property
@@ -107,7 +114,7 @@ class SearchSettings:
         """Plain JSON-able dict of everything but `run` (the resume file, MLflow's search_settings.json)."""
         saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
         return {**saved, "dataset": self.dataset.to_dict(), "fixed": dict(self.fixed), "argv": list(self.argv),
-                "objectives": list(self.objectives)}
+                "objectives": list(self.objectives), "warm_start": [dict(p) for p in self.warm_start]}
 
     @classmethod
     def from_saved(cls, data: Mapping[str, Any], run: RunOptions, source: str) -> "SearchSettings":
@@ -121,7 +128,8 @@ class SearchSettings:
             raise SearchError(f"{source}: not a search settings file this version can read "
                               f"(unknown keys {sorted(unknown)}, missing keys {sorted(missing)})")
         return cls(**{**data, "dataset": DatasetRef.from_dict(data["dataset"]), "argv": tuple(data["argv"]),
-                      "objectives": tuple(data.get("objectives", ("val_mrr_sum",))), "run": run})
+                      "objectives": tuple(data.get("objectives", ("val_mrr_sum",))),
+                      "warm_start": tuple(data.get("warm_start", ())), "run": run})
 
     def replace(self, **changes: Any) -> "SearchSettings":
         """`dataclasses.replace` that keeps the built space when the space's inputs do not change."""
@@ -395,6 +403,7 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
               "not stop any trial early (every trial trains all epochs, as with --scheduler fifo)", flush=True)
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(args.dataset).stem).lstrip(".")[:60] or "search"
     name = name or f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri()
     settings = SearchSettings(
         name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,
         fixed=fixed, epochs=epochs, num_samples=args.num_samples, seed=args.seed,
@@ -405,11 +414,43 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
         reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
         reuse_actors=args.reuse_actors,
-        tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri(),
+        tracking_uri=tracking_uri,
         experiment=args.experiment, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        git_commit=_git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card), run=run)
+        git_commit=_git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card),
+        optuna_storage=_optuna_storage(args, tracking_uri), warm_start=_warm_start(args, space, tracking_uri),
+        run=run)
     settings.__dict__["space"] = space  # already built and checked: seed the cached property, do not parse twice
     return settings
+
+
+def _warm_start(args: argparse.Namespace, space: SearchSpace, tracking_uri: str) -> tuple[dict[str, Any], ...]:
+    """--warm-start NAME[,NAME...] / --warm-start-k: the earlier searches' best configurations (tune/warmstart.py)."""
+    from tune.warmstart import WarmStartError, warm_start_points
+
+    names = [n.strip() for n in (getattr(args, "warm_start", None) or "").split(",") if n.strip()]
+    if not names:
+        return ()
+    k = getattr(args, "warm_start_k", 3)
+    if k < 1:
+        raise SearchError(f"--warm-start-k {k}: must be >= 1")
+    try:
+        points = warm_start_points(names, k, space, tracking_uri, args.experiment)
+    except WarmStartError as exc:
+        raise SearchError(str(exc)) from None
+    if len(points) > args.num_samples:
+        print(f"warm start: {len(points)} configurations but --num-samples {args.num_samples}: only the first "
+              f"{args.num_samples} run", flush=True)
+    return tuple(points)
+
+
+def _optuna_storage(args: argparse.Namespace, tracking_uri: str) -> str:
+    """--optuna-storage (checked), else optuna.db beside the MLflow store (tune/study.py)."""
+    if getattr(args, "optuna_storage", None):
+        try:
+            return optuna_study.check_storage_url(args.optuna_storage)
+        except optuna_study.StudyError as exc:
+            raise SearchError(str(exc)) from None
+    return optuna_study.default_storage(tracking_uri)
 
 
 def _default_tracking_uri() -> str:

@@ -39,6 +39,7 @@ PARENT_TAG = "mlflow.parentRunId"
 MODEL_TAG = "model.name"
 ERROR_TAG = "error"
 OPTUNA_TAG = "dpgdiff.optuna_trial"  # child: the trial's Optuna trial number (Optuna's plots number trials so)
+WARM_START_TAG = "dpgdiff.warm_start"  # child: the earlier search whose configuration the trial runs (--warm-start)
 STOPPED_EARLY_TAG = "dpgdiff.stopped_early"  # child: "1" when ASHA stopped it (the run is FINISHED)
 STOPPED_BY_TAG = "dpgdiff.stopped_by"
 INTERRUPTED_TAG = "dpgdiff.interrupted"  # child: "1" when the search stopped (Ctrl-C) before the trial ended (KILLED)
@@ -255,7 +256,7 @@ class MLflowTrialTracker(tune.Callback):
         elif not create:
             return None
         else:
-            from tune.trainable import OPTUNA_TRIAL_KEY, sampled_params
+            from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY, sampled_params
 
             sampled = sampled_params(dict(trial.config))
             number = trial.config.get(OPTUNA_TRIAL_KEY)
@@ -273,6 +274,7 @@ class MLflowTrialTracker(tune.Callback):
                 MODEL_TAG: model_name,
                 "dpgdiff.sampled": json.dumps(sampled, sort_keys=True, default=str)[:_MAX_TAG],
                 **({OPTUNA_TAG: str(number)} if number is not None else {}),
+                **({WARM_START_TAG: str(trial.config[WARM_START_KEY])} if trial.config.get(WARM_START_KEY) else {}),
             }
             name = _trial_name(trial)
             if number is not None:  # trial_003_<tune id>: sorts like Optuna's numbering

@@ -16,7 +16,8 @@ ms per 1,000 cases (dpgdiff/training/loop.py), the second objective of `--object
 the trial also publishes how far it is (`TuneReporter.progress`) for the driver's status line.
 
 The trial config may carry `OPTUNA_TRIAL_KEY` (tune/driver.py's searcher adds the Optuna trial
-number, so that it is saved with the trial and survives a resume); `sampled_params` drops it.
+number, so that it is saved with the trial and survives a resume) and `WARM_START_KEY` (the earlier
+search a warm-start trial's configuration comes from, tune/warmstart.py); `sampled_params` drops both.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dpgdiff.training.loop import RANKS_FILE
 
 FINAL_MARKER = "final.json"  # in the final checkpoint: the trial is complete, nothing to resume
 OPTUNA_TRIAL_KEY = "optuna_trial"  # in a trial's config: its Optuna trial number (not a hyperparameter)
+WARM_START_KEY = "warm_start"  # in a warm-start trial's config: the search its configuration comes from
 
 _DATASETS: dict[str, Any] = {}  # per worker process: DatasetRef.key() -> dataset
 
@@ -62,7 +64,7 @@ class TrialSpec:
 
 def sampled_params(config: dict[str, Any]) -> dict[str, Any]:
     """A trial config's hyperparameters (without the Optuna trial number)."""
-    return {k: v for k, v in config.items() if k != OPTUNA_TRIAL_KEY}
+    return {k: v for k, v in config.items() if k not in (OPTUNA_TRIAL_KEY, WARM_START_KEY)}
 
 
 def load_dataset_cached(ref: DatasetRef) -> Any:

@@ -1,0 +1,51 @@
+"""--warm-start: the first trials of a search run the best configurations of an earlier one (tune/warmstart.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_search_helpers import REPO, mlflow_runs, run, search_args
+from tune.space import load_space
+from tune.warmstart import map_onto_space
+
+
+def test_an_earlier_config_is_mapped_onto_the_new_space_clipped_skipped_and_said():
+    space = load_space(REPO / "search_spaces" / "smoke.yaml")  # train.lr in [1e-3, 1e-2] log; dim in {16, 32}
+    config = {"train.lr": 0.05, "model.dim": 64, "model.n_heads": 2, "model.dropout": 0.1, "loss.cl_tau": 0.3,
+              "diffusion.schedule": "cosine", "model.name": "dpgdiff"}
+    skipped: dict[str, None] = {}
+    params, notes = map_onto_space(config, ["train.lr", "model.dim", "loss.cl_tau", "model.dropout"], space, skipped)
+    assert params == {"train.lr": 0.01, "model.n_heads": 2, "model.dropout": 0.1, "diffusion.schedule": "cosine"}
+    assert list(skipped) == ["loss.cl_tau"], "only the keys the earlier search sampled are named"
+    assert any("train.lr=0.05 is outside" in n and "clipped to 0.01" in n for n in notes), notes
+    assert any("model.dim=64 is not one of [16, 32]" in n for n in notes), notes
+
+
+@pytest.mark.slow
+def test_warm_start_trials_carry_exactly_the_earlier_best_configurations(tmp_path):
+    first = run(search_args(tmp_path, "earlier", "--epochs", "1", "--num-samples", "3", "--scheduler", "fifo",
+                            "--seed", "5", "--set", "model.xt_injection=concat_token"), tmp_path, timeout=400)
+    assert first.returncode == 0, first.stderr[-3000:]
+    _, earlier = mlflow_runs(tmp_path, "earlier")
+    best = sorted(earlier, key=lambda r: r.data.metrics["best_val_mrr_sum"], reverse=True)[:2]
+
+    # the new search fixes model.dropout, so that key of the earlier configurations is skipped and named
+    second = run(search_args(tmp_path, "later", "--epochs", "1", "--num-samples", "3", "--scheduler", "fifo",
+                             "--seed", "6", "--set", "model.xt_injection=concat_token", "--set", "model.dropout=0.25",
+                             "--warm-start", "earlier", "--warm-start-k", "2"), tmp_path, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "warm start: the best 2 configuration(s) of search 'earlier'" in second.stdout
+    assert "skipped: model.dropout" in second.stdout
+    _, later = mlflow_runs(tmp_path, "later")
+    warm = sorted((r for r in later if r.data.tags.get("dpgdiff.warm_start") == "earlier"),
+                  key=lambda r: int(r.data.tags["dpgdiff.optuna_trial"]))
+    assert [int(r.data.tags["dpgdiff.optuna_trial"]) for r in warm] == [0, 1], "the first trials, in rank order"
+    for new, old in zip(warm, best):
+        expected = {k: v for k, v in json.loads(old.data.tags["dpgdiff.sampled"]).items() if k != "model.dropout"}
+        assert json.loads(new.data.tags["dpgdiff.sampled"]) == expected
+    cold = [r for r in later if "dpgdiff.warm_start" not in r.data.tags]
+    assert len(cold) == 1, "the other trial is sampled as usual"
+    missing = run(search_args(tmp_path, "x", "--warm-start", "nosuch"), tmp_path, timeout=120)
+    assert missing.returncode == 2 and "--warm-start nosuch: no search 'nosuch'" in missing.stderr, missing.stderr

@@ -1,0 +1,119 @@
+"""The search's Optuna study, kept in an RDB (SQLite by default) rather than only inside Ray's searcher pickle.
+
+    optuna-dashboard sqlite:///mlruns/optuna.db               # browse every search's study
+    optuna.load_study(study_name=SEARCH_NAME, storage=URL)    # the same trials, values and params as MLflow
+
+One study per search, named as the search. The storage defaults to `optuna.db` beside a local SQLite MLflow
+store (`mlruns/optuna.db`), else `./mlruns/optuna.db`; `--optuna-storage URL` (any SQLAlchemy URL Optuna's
+RDBStorage takes) puts it elsewhere. Ray's OptunaSearch pickles its study with the searcher; with an RDB the
+pickle holds only the URL and a cache of trials that Optuna re-reads from the database, so after a restore
+the database is the one source of truth for what was sampled. What a kill can still leave there is a trial
+asked after Tune's last experiment snapshot: the restored search never hears of it (its MLflow run is closed
+as lost, tune/tracking.py), and `close_lost_trials` marks it FAIL with the user attribute LOST_ATTR.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Optional
+from urllib.parse import urlparse
+
+DB_NAME = "optuna.db"
+LOST_ATTR = "dpgdiff.lost"  # user attribute of a study trial that Tune's restored state does not hold
+# SQLAlchemy dialects Optuna's RDBStorage is tested with (a URL may add a driver: postgresql+psycopg2://)
+DIALECTS = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+
+
+class StudyError(ValueError):
+    """A bad --optuna-storage, or a study that belongs to another search."""
+
+
+def default_storage(tracking_uri: str) -> str:
+    """sqlite:////abs/mlruns/optuna.db beside a local SQLite MLflow store, else in ./mlruns (absolute)."""
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///"):]).resolve().parent
+    else:
+        folder = Path("mlruns").resolve()
+    return f"sqlite:///{folder / DB_NAME}"
+
+
+def check_storage_url(url: str, flag: str = "--optuna-storage") -> str:
+    """The URL, if Optuna's RDBStorage can take it (a SQLAlchemy URL of a known dialect); a relative SQLite path
+    is made absolute (trials and tools may run elsewhere). Raises StudyError naming the flag."""
+    scheme = urlparse(url).scheme
+    if scheme.split("+")[0] not in DIALECTS or "://" not in url:
+        raise StudyError(f"{flag} {url!r}: expected a database URL such as sqlite:///mlruns/{DB_NAME} or "
+                         f"postgresql://host/db (dialects: {', '.join(DIALECTS)})")
+    if scheme == "sqlite" and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            url = f"sqlite:///{Path(path).resolve()}"
+    return url
+
+
+def shown(url: str) -> str:
+    """The URL without its password (for logs and MLflow params)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001  not parseable: show the scheme only
+        return f"{urlparse(url).scheme}://..."
+
+
+def open_storage(url: str) -> Any:
+    """optuna.storages.RDBStorage at `url` (created with its tables when new; its folder must exist)."""
+    import optuna
+
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.storages.RDBStorage(url)
+
+
+def study_exists(storage: Any, name: str) -> bool:
+    import optuna
+
+    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
+def prepare_new_study(url: str, name: str, starting_anew: bool) -> Any:
+    """The storage for a search that builds a new searcher. A study `name` already there belongs to another
+    search of that name (StudyError), unless this is a resume of a search killed before Tune saved its first
+    state (`starting_anew`): its trials start anew, and so does its study."""
+    import optuna
+
+    storage = open_storage(url)
+    if study_exists(storage, name):
+        if not starting_anew:
+            raise StudyError(f"--name {name}: the Optuna storage {shown(url)} already holds a study {name!r} "
+                             "(an earlier search of that name); pick another --name, or delete the study: "
+                             f"optuna delete-study --study-name {name} --storage {shown(url)}")
+        optuna.delete_study(study_name=name, storage=storage)
+    return storage
+
+
+def close_lost_trials(url: str, name: str, known_numbers: Iterable[int]) -> list[int]:
+    """Mark FAIL (user attribute LOST_ATTR) the RUNNING study trials that Tune does not hold -> their numbers.
+    known_numbers: the Optuna trial numbers in Tune's trials' configs (tune.trainable.OPTUNA_TRIAL_KEY)."""
+    import optuna
+
+    known = set(known_numbers)
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    lost = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.number in known:
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, "asked before the driver was killed; "
+                                           "Tune's restored state does not hold it")
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        lost.append(trial.number)
+    return lost
+
+
+def load(url: str, name: str) -> Optional[Any]:
+    """The search's study, or None when the storage has none of that name."""
+    import optuna
+
+    storage = open_storage(url)
+    return optuna.load_study(study_name=name, storage=storage) if study_exists(storage, name) else None
