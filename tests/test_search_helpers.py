@@ -152,6 +152,9 @@ def assert_study_agrees_with_mlflow(tmp: Path, search: str) -> set[int]:
     trials = {t.number: t for t in study.get_trials()}
     lost = {n for n, t in trials.items() if LOST_ATTR in t.user_attrs}
     assert all(trials[n].state == optuna.trial.TrialState.FAIL for n in lost)
+    # a trial --time-budget stopped before it reported: PRUNED, and no run if it never started
+    lost |= {n for n, t in trials.items() if n not in runs and t.state == optuna.trial.TrialState.PRUNED
+             and t.user_attrs.get("dpgdiff.stopped_by") == "time_budget"}
     assert sorted(set(trials) - lost) == sorted(runs), f"study trials {sorted(trials)} (lost {sorted(lost)}) vs " \
                                                         f"MLflow runs {sorted(runs)}"
     for number, run in runs.items():

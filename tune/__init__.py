@@ -22,6 +22,9 @@ define-by-run function.
 `tune/tracking.py` owns MLflow: one parent run per search, one child run per trial found by tag, so
 that a resumed search never duplicates runs.
 
+`tune/budget.py` owns `--time-budget`: the clock that counts the search's time across drivers, the stopper
+that ends the trials when it is spent, and what the search prints about it.
+
 `tune/study.py` owns the search's Optuna study in its database (`mlruns/optuna.db` by default), which a
 resume continues and `optuna-dashboard` opens; `tune/warmstart.py` owns `--warm-start`: the best
 configurations of earlier searches, mapped onto the new space, enqueued as its first trials.

@@ -32,7 +32,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 import dpgdiff
-from tune import leftovers, ray_internals, tracking
+from tune import budget, leftovers, ray_internals, tracking
 from tune import study as optuna_study
 from tune.progress import ProgressReporter
 from tune.results import (
@@ -151,6 +151,7 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
                   + (" (resumed)" if settings.run.resuming else ""), flush=True)
             t_fit = time.time()
             record_driver(settings.path, t_fit)  # search_wall_s sums the drivers' times (a resume's included)
+            start_budget(settings, spent_before=search_wall_s(settings.path))
             results = tuner.fit()
             record_driver(settings.path, t_fit, time.time() - t_fit)
             wall = search_wall_s(settings.path)
@@ -208,6 +209,19 @@ def finished_already(settings: SearchSettings) -> Optional[str]:
     return (f"search {settings.name!r} finished already (MLflow parent run {runs[0].info.run_id} is FINISHED"
             + ("; --retry-errored: no trial ended in ERROR" if settings.run.retry_errored else "")
             + "): nothing to resume, nothing changed. Start a new search with another --name.")
+
+
+def start_budget(settings: SearchSettings, spent_before: float) -> None:
+    """Start this driver's --time-budget clock (tune/budget.py) and say when the search stops and ends."""
+    clock = budget.start_clock(settings.time_budget_s, spent_before, settings.run.started)
+    if clock is None:
+        return
+    margin = budget.margin_s(clock.budget_s)
+    earlier = f"; {budget.clock_text(spent_before)} spent by earlier drivers" if spent_before else ""
+    print(f"time budget {budget.clock_text(clock.budget_s)}{earlier}: trials stop in "
+          f"{budget.clock_text(clock.left())}; selecting, testing and registering the best trial may take a margin of "
+          f"{budget.clock_text(margin)}, so the search ends within {budget.clock_text(clock.budget_s + margin)} "
+          "of its start", flush=True)
 
 
 def restore_saved_state(settings: SearchSettings) -> bool:
@@ -376,6 +390,9 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
               flush=True)
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    # --time-budget: saved with the run config, so a resume keeps it (the clock itself is this driver's)
+    budgeted = settings.time_budget_s is not None
+    hooks = [budget.BudgetCallback(settings.epochs, settings.num_samples, min(slots, settings.max_concurrent or slots))]
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -386,7 +403,8 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
             name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space, slots),
             # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): CSV and JSON are what
             # ResultGrid reads.
-            callbacks=[parent.tracker, CSVLoggerCallback(), JsonLoggerCallback()],
+            callbacks=[parent.tracker, CSVLoggerCallback(), JsonLoggerCallback(), *(hooks if budgeted else [])],
+            stop=budget.BudgetStopper() if budgeted else None,
             verbose=0 if settings.run.quiet else 1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
@@ -450,22 +468,27 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     rows = trial_rows(results)
     trials = tune_trials(settings.path)
     parent.tracker.reconcile(trials)  # nothing stays RUNNING, whatever happened to the callbacks
+    for row in rows:  # --time-budget: trials it stopped are a result, like finished ones (tune/budget.py)
+        if row["status"] == "STOPPED" and budget.stopped_by_budget(row["trial_id"]):
+            row["status"] = BUDGET_STOPPED
     if settings.optuna_storage:  # the study agrees with Tune: a trial asked before a kill and lost is FAIL there
-        report_study(settings, trials)
+        report_study(settings, trials, rows)
     run_ids = {t.trial_id: parent.tracker.run_id(t, create=False) for t in trials}
     for row in rows:
         row["run_id"] = run_ids.get(row["trial_id"])
     done = [r for r in rows if r["status"] == "FINISHED"]
     failed = [r for r in rows if r["status"] == "ERROR"]
-    counts = outcome_counts(rows, trials, settings.num_samples)
+    ended_by_budget = budget.budget_ended()
+    counts = outcome_counts(rows, trials, settings.num_samples, ended_by_budget)
     print(f"\n{settings.num_samples} trial(s): " + ", ".join(f"{n} {what}" for what, n in counts.items()
-                                                        if n or what in DONE_OUTCOMES)
+                                                        if n or what in DONE_OUTCOMES[:3])
           + (f" (FINISHED in MLflow, tagged {tracking.STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
+          + (f" ({tracking.STOPPED_BY_TAG}={budget.STOPPED_BY})" if counts["stopped by the time budget"] else "")
           + f"; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished or len(trials) < settings.num_samples:
+    if unfinished or (len(trials) < settings.num_samples and not ended_by_budget):
         client.set_tag(run_id, UNFINISHED_TAG, "1")
         client.set_terminated(run_id, status="KILLED")
         print(f"\nSearch {settings.name!r} is UNFINISHED ({sum(counts[k] for k in DONE_OUTCOMES)} of "
@@ -478,7 +501,7 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     for key in stale:
         client.delete_tag(run_id, key)
 
-    if not done and not any(r["status"] == "STOPPED" for r in rows):
+    if not done and not any(r["status"] in ("STOPPED", BUDGET_STOPPED) for r in rows):
         first = failed[0] if failed else None
         text = first.get("error", "") if first else "no trial reported a result"
         client.set_tag(run_id, tracking.ERROR_TAG, text[:5000])
@@ -487,7 +510,9 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
               f"{tracking.first_error_line(text)}\n\n{text[-3000:]}", file=sys.stderr)
         return EXIT_ALL_FAILED
 
-    best = max(done or rows, key=lambda r: r.get(METRIC, float("-inf")))
+    # a trial the budget stopped competes with the finished ones, at its best epoch so far
+    candidates = done + [r for r in rows if r["status"] == BUDGET_STOPPED and r.get(METRIC) is not None]
+    best = max(candidates or rows, key=lambda r: r.get(METRIC, float("-inf")))
     test_ranks = None
     if not best.get("test"):  # selection was on validation; now, and only for this trial, the test set
         best["test"], test_ranks = evaluate_selected_trial(best, dataset)
@@ -500,11 +525,15 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     return EXIT_OK
 
 
-def report_study(settings: SearchSettings, trials: list[Any]) -> None:
-    """Close the study's trials that Tune lost (tune/study.py) and say where the study is."""
+def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[str, Any]]) -> None:
+    """Close the study's trials that Tune lost or the time budget stopped (tune/study.py); say where it is."""
     from tune.trainable import OPTUNA_TRIAL_KEY
 
     numbers = [int(t.config[OPTUNA_TRIAL_KEY]) for t in trials if (t.config or {}).get(OPTUNA_TRIAL_KEY) is not None]
+    if budget.budget_ended():  # Tune stops these without telling the searcher: the study gets their last values
+        last = {r["optuna_trial"]: [r.get(o, (r["result"].metrics or {}).get(o)) for o in settings.objectives]
+                for r in rows if r.get("optuna_trial") is not None}  # val_mrr_sum: its best epoch's, as selected
+        optuna_study.close_budget_stopped(settings.optuna_storage, settings.name, last)
     lost = optuna_study.close_lost_trials(settings.optuna_storage, settings.name, numbers)
     if lost:
         print(f"Optuna study: trial(s) {', '.join(map(str, lost))} were asked before the driver was killed and "
@@ -581,13 +610,18 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
     return front
 
 
-DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed")  # what a resume does not run again
+# what a resume does not run again (the first three are always shown)
+DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed", "stopped by the time budget",
+                 "not started (time budget)")
+BUDGET_STOPPED = "STOPPED_BY_BUDGET"  # a trial row's status when --time-budget stopped it (tune/budget.py)
 
 
-def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int) -> dict[str, int]:
+def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
+                   ended_by_budget: bool = False) -> dict[str, int]:
     """Trials by outcome: DONE_OUTCOMES, then interrupted (Tune's saved state has it unfinished, or does not know
     it: a resume runs it) and not started. Tune's saved state decides what is done, so the summary line and the
-    UNFINISHED line count alike."""
+    UNFINISHED line count alike. ended_by_budget: the --time-budget ended the search, so the trials it left
+    unstarted (and those it stopped before their first result) are done too."""
     saved = {t.trial_id: t.status for t in trials}
     counts = dict.fromkeys((*DONE_OUTCOMES, "interrupted", "not started"), 0)
     for row in rows:
@@ -596,9 +630,13 @@ def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int) 
             counts["interrupted"] += 1
         elif status == "ERROR" or row["status"] == "ERROR":
             counts["failed"] += 1
+        elif row["status"] == BUDGET_STOPPED:
+            counts["stopped by the time budget"] += 1
+        elif row["status"] == "NOT RUN" and ended_by_budget:
+            counts["not started (time budget)"] += 1
         else:
             counts["finished" if row["status"] == "FINISHED" else "stopped early by ASHA"] += 1
-    counts["not started"] = max(0, planned - len(rows))
+    counts["not started (time budget)" if ended_by_budget else "not started"] += max(0, planned - len(rows))
     return counts
 
 
@@ -629,6 +667,7 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
         summary["search_best_infer_ms"] = best["infer_ms"]
     summary.update(search_n_trials=len(rows), search_n_finished=sum(r["status"] == "FINISHED" for r in rows),
                    search_n_stopped_early=sum(r["status"] == "STOPPED" for r in rows),
+                   search_n_stopped_by_budget=sum(r["status"] == BUDGET_STOPPED for r in rows),
                    search_n_failed=sum(r["status"] == "ERROR" for r in rows), search_wall_s=wall)
     if len(settings.objectives) > 1:
         summary["search_n_pareto"] = n_pareto

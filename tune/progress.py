@@ -2,7 +2,7 @@
 the running trials are inside their epochs.
 
 Status column: Tune's TERMINATED is split into FINISHED (trained to its last epoch: a final result) and
-STOPPED_EARLY (ASHA stopped it). Location column: blank for a trial whose last result came from an earlier
+STOPPED_EARLY (ASHA stopped it) or STOPPED_BY_BUDGET (the search's --time-budget stopped it, tune/budget.py). Location column: blank for a trial whose last result came from an earlier
 driver session (a resumed search), whose worker is gone, until it reports again.
 
 Time left (`estimate_seconds_left`): every unfinished trial runs to the last epoch (ASHA only shortens it), at
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from ray import tune
+
+from tune import budget
 
 FINISHED = ("TERMINATED", "ERROR")
 IN_EPOCH_SHOWN = 4  # running trials named on the in-epoch progress line; the rest are counted
@@ -142,7 +144,7 @@ class ProgressReporter(tune.CLIReporter):
                         "from the first epoch's progress, validation not timed yet)")
         else:
             estimate = f"time left: at most about {_clock(left)} (every trial to the last epoch{self._caveat})"
-        lines = [f"elapsed {_clock(now - self._start)}; {estimate}"]
+        lines = [f"elapsed {_clock(now - self._start)}; {estimate}{budget.progress_note()}"]
         parts = []
         for t in trials:
             p = current.get(t.trial_id)
@@ -194,6 +196,10 @@ class ProgressReporter(tune.CLIReporter):
         session's (that worker is gone). Tune's table takes the location from the result's node_ip and pid,
         else from the trial's temporary state."""
         result = trial.last_result or {}
+        if trial.status == "TERMINATED" and self._metric and self._metric not in result:
+            # stopped before its first result (--time-budget): Tune's table sorts TERMINATED trials by the metric
+            # and fails on a missing one
+            return _ShownTrial(trial, {**result, self._metric: float("nan")}, trial.temporary_state)
         if not result or int(result.get("timestamp", self._start) or 0) >= int(self._start):
             return trial
         return _ShownTrial(trial, {k: v for k, v in result.items() if k not in ("node_ip", "pid")},
@@ -205,7 +211,9 @@ def shown_status(trial: Any) -> str:
     or STOPPED_EARLY (the scheduler stopped it)."""
     if trial.status != "TERMINATED":
         return trial.status
-    return "FINISHED" if (trial.last_result or {}).get("final") else "STOPPED_EARLY"
+    if (trial.last_result or {}).get("final"):
+        return "FINISHED"
+    return "STOPPED_BY_BUDGET" if budget.stopped_by_budget(trial.trial_id) else "STOPPED_EARLY"
 
 
 def relabel_statuses(text: str, labels: dict[str, str]) -> str:

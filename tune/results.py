@@ -30,7 +30,8 @@ OBJECTIVES = {METRIC: "max", "infer_ms": "min"}
 # reads as a finding (and importing scikit-learn for them takes seconds).
 MIN_TRIALS_FOR_IMPORTANCES = 10
 # Tune status of a row -> (run status shown by MLflow, stopped early?)
-_SHOWN_STATUS = {"FINISHED": ("FINISHED", 0), "STOPPED": ("FINISHED", 1), "ERROR": ("FAILED", 0)}
+_SHOWN_STATUS = {"FINISHED": ("FINISHED", 0), "STOPPED": ("FINISHED", 1), "ERROR": ("FAILED", 0),
+                 "STOPPED_BY_BUDGET": ("FINISHED", 0)}  # tune/driver.py: --time-budget stopped it (tagged so)
 DOMAIN_METRICS = ("mrr", "mrr10", "ndcg5", "ndcg10", "hr1", "hr5", "hr10")
 
 
@@ -111,6 +112,8 @@ def write_parent_artifacts(out: Path, rows: list[dict[str, Any]], best: dict[str
         rec = {"optuna_trial": r.get("optuna_trial"), "trial_id": r["trial_id"], "status": shown,
                "stopped_early": stopped, "run_id": r.get("run_id"),
                "epochs_run": r.get("epochs_run"), "best_epoch": r.get("best_epoch"), METRIC: r.get(METRIC)}
+        if any(x["status"] == "STOPPED_BY_BUDGET" for x in rows):  # --time-budget: which trials it stopped
+            rec["stopped_by"] = "time_budget" if r["status"] == "STOPPED_BY_BUDGET" else ""
         if any(x.get("warm_start") for x in rows):  # --warm-start: the earlier search a trial's configuration is from
             rec["warm_start"] = r.get("warm_start") or ""
         if any("infer_ms" in x for x in rows):

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "minimise the measured inference cost (ms per 1,000 validation cases at the trial's "
                         "validation sampler and K). Two objectives run FIFO (ASHA cannot rank on two); the "
                         "search prints the Pareto front and tags its runs dpgdiff.pareto=1")
+    g.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="e.g. 45m, 2h, 90s: when it is spent (counted from the start, a resume's earlier time "
+                        "included) no new trial starts and the running ones stop with their checkpoints; the "
+                        "search then selects, tests and registers its best trial within a margin it prints")
     g.add_argument("--warm-start", default=None, metavar="NAME[,NAME...]",
                    help="the first trials run the best configurations of these earlier searches (from the MLflow "
                         "store; any dataset): keys this space does not sample are skipped, numbers outside its "

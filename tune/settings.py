@@ -19,6 +19,7 @@ import math
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
@@ -59,6 +60,7 @@ class RunOptions:
     ship_code: bool = False  # upload dpgdiff/ and tune/ to the workers (runtime_env py_modules)
     quiet: bool = False  # no trial table while running
     retry_errored: bool = False  # resuming: run ERROR trials again, from their last checkpoint
+    started: float = field(default_factory=time.time)  # when this invocation started (a --time-budget counts from it)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ class SearchSettings:
     # --warm-start: the earlier searches' best configurations, mapped onto this space, that the first trials run
     # (tune/warmstart.py: [{"search", "run_id", "value", "params"}]); enqueued once, when the searcher is built
     warm_start: tuple[Mapping[str, Any], ...] = ()
+    # --time-budget in seconds (tune/budget.py): the search stops its trials when it is spent, earlier drivers'
+    # time included; None = no budget
+    time_budget_s: Optional[float] = None
     run: RunOptions = field(default_factory=lambda: RunOptions(storage="ray_results"), compare=False)
 
     @property
@@ -418,9 +423,25 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
         experiment=args.experiment, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         git_commit=_git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card),
         optuna_storage=_optuna_storage(args, tracking_uri), warm_start=_warm_start(args, space, tracking_uri),
-        run=run)
+        time_budget_s=parse_duration(args.time_budget) if getattr(args, "time_budget", None) else None, run=run)
     settings.__dict__["space"] = space  # already built and checked: seed the cached property, do not parse twice
     return settings
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(text: str, flag: str = "--time-budget") -> float:
+    """"45m", "2h", "90s", "1h30m", "1.5h" -> seconds (> 0); SearchError naming the flag otherwise."""
+    compact = str(text).strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise SearchError(f"{flag} {text!r}: expected a duration such as 45m, 2h, 90s or 1h30m")
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise SearchError(f"{flag} {text!r}: must be more than 0 seconds")
+    return seconds
 
 
 def _warm_start(args: argparse.Namespace, space: SearchSpace, tracking_uri: str) -> tuple[dict[str, Any], ...]:

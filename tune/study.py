@@ -14,6 +14,7 @@ as lost, tune/tracking.py), and `close_lost_trials` marks it FAIL with the user 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import urlparse
@@ -109,6 +110,24 @@ def close_lost_trials(url: str, name: str, known_numbers: Iterable[int]) -> list
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         lost.append(trial.number)
     return lost
+
+
+def close_budget_stopped(url: str, name: str, last_values: dict[int, list[Optional[float]]]) -> None:
+    """The study's RUNNING trials that --time-budget stopped (Tune stops them without telling the searcher):
+    COMPLETE with the values they are selected by (val_mrr_sum at their best epoch so far), or PRUNED without
+    any; user attribute dpgdiff.stopped_by=time_budget. last_values: Optuna trial number -> values per objective."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.number not in last_values:
+            continue
+        values = last_values[trial.number]
+        study._storage.set_trial_user_attr(trial._trial_id, "dpgdiff.stopped_by", "time_budget")
+        if values and all(v is not None and math.isfinite(v) for v in values):
+            study.tell(trial.number, values if len(values) > 1 else values[0])
+        else:
+            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
 
 
 def load(url: str, name: str) -> Optional[Any]:

@@ -6,6 +6,7 @@ restore (search-notes). Here a trial's run is found by its tags (`dpgdiff.trial_
 parent's `mlflow.parentRunId`), so the mapping survives driver restarts; the callback also
 closes runs when trials end: FINISHED when the trainable completed; FINISHED with the tags
 `dpgdiff.stopped_early=1`, `dpgdiff.stopped_by=scheduler` and a run description when ASHA stopped it
+(`dpgdiff.stopped_by=time_budget`, without stopped_early, when the search's --time-budget stopped it)
 (an early stop is a result, not a failure); FAILED with the error text when it raised; KILLED only
 for a trial a stopped driver left unfinished (`dpgdiff.interrupted=1` and a description saying so). A
 resume reopens such a run (RUNNING) and drops the labels of how it ended before (`STALE_TAGS`), so a
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ray import tune
+
+from tune.budget import STOPPED_BY as BUDGET_STOPPED_BY
+from tune.budget import stopped_by_budget
 
 SEARCH_TAG = "dpgdiff.search"  # parent: the search name
 ROLE_TAG = "dpgdiff.role"  # "search" (parent) | "trial" (child) | "confirmation" (child: tune/confirm.py)
@@ -345,8 +349,15 @@ class MLflowTrialTracker(tune.Callback):
         self.client.set_terminated(run_id, status="FINISHED")
 
     def _mark_stopped_early(self, run_id: str, trial: Any) -> None:
-        """Tags and description of a trial the scheduler (ASHA) stopped: FINISHED, but not trained to the end."""
+        """Tags and description of a trial the scheduler (ASHA), or the search's --time-budget, stopped: FINISHED,
+        but not trained to the end."""
         epoch = (trial.last_result or {}).get("epoch", "?")
+        if stopped_by_budget(trial.trial_id):  # not an early stop: the search's time was up (tune/budget.py)
+            self.client.set_tag(run_id, STOPPED_BY_TAG, BUDGET_STOPPED_BY)
+            self.client.set_tag(run_id, NOTE_TAG, f"Stopped by the search's --time-budget after epoch {epoch}: "
+                                "the budget was spent while it trained. Not a failure and not an early stop; its "
+                                "checkpoints are kept and it can be selected like a finished trial.")
+            return
         self.client.set_tag(run_id, STOPPED_BY_TAG, "scheduler")
         self.client.set_tag(run_id, STOPPED_EARLY_TAG, "1")
         self.client.set_tag(run_id, NOTE_TAG, f"Stopped early by the ASHA scheduler after epoch {epoch}: its "
@@ -386,7 +397,8 @@ class MLflowTrialTracker(tune.Callback):
             status = self.client.get_run(run_id).info.status
             want = mlflow_status(trial)
             if ended_by_hooks and want != "FAILED" and trial.trial_id not in self._ended:
-                want = "KILLED"
+                # stopped because the search stopped: its --time-budget was spent (a result), or it was interrupted
+                want = "FINISHED" if stopped_by_budget(trial.trial_id) else "KILLED"
             if status == "RUNNING" or (want == "FAILED" and status != "FAILED"):
                 if want == "KILLED":
                     self._mark_interrupted(run_id, trial)

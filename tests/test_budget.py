@@ -1,0 +1,102 @@
+"""--time-budget (tune/budget.py): the duration flag, the margin, what fits, and a budgeted search that ends in time
+with the trial it stopped recorded as stopped by the budget and selectable."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.test_search_helpers import (
+    assert_study_agrees_with_mlflow,
+    env,
+    kill_session,
+    mlflow_runs,
+    search_args,
+    tune_trials,
+)
+from tune import budget
+from tune.settings import SearchError, parse_duration
+
+
+def test_durations_parse_and_bad_ones_name_the_flag():
+    assert parse_duration("45m") == 2700 and parse_duration("2h") == 7200 and parse_duration("90s") == 90
+    assert parse_duration("1h30m") == 5400 and parse_duration("1.5h") == 5400 and parse_duration(" 10 m ") == 600
+    for bad in ("45", "m", "45 minutes", "-5m", "0s", "1h-30m", ""):
+        with pytest.raises(SearchError, match="--time-budget"):
+            parse_duration(bad)
+
+
+def test_margin_and_what_fits():
+    assert budget.margin_s(60) == 63.0 and budget.margin_s(2700) == 195.0 and budget.margin_s(10 * 3600) == 600.0
+    text = budget.fit_message(epoch_s=100, left_s=2600, epochs=3, num_samples=16, concurrency=2)
+    assert "52 epoch(s) in all (2 trial(s) at once): 16 of the 16 trial(s) to all 3 epochs" in text
+    text = budget.fit_message(epoch_s=100, left_s=2600, epochs=3, num_samples=30, concurrency=1)
+    assert "26 epoch(s)" in text and "11 of the 30" not in text and "8 of the 30 trial(s)" in text
+    assert "or all 30 at about 1 epoch(s) each (--epochs 1)" in text
+
+
+def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback():
+    clock = budget.start_clock(100.0, spent_before=40.0, started=time.time() - 50.0)
+    try:
+        assert 9 < clock.left() < 11 and not clock.expired() and "time budget: 0:00:1" in budget.progress_note()
+        stopper, callback = budget.BudgetStopper(), budget.BudgetCallback(epochs=3, num_samples=4, concurrency=1)
+        clock.started -= 20  # spent
+        assert clock.expired() and not stopper.stop_all(), "the callback decides, with the live trials in hand"
+
+        class T:
+            def __init__(self, tid, status):
+                self.trial_id, self.status = tid, status
+
+        callback.on_step_begin(0, [T("a", "RUNNING"), T("b", "TERMINATED"), T("c", "PENDING")])
+        assert stopper.stop_all() and budget.budget_ended()
+        assert budget.stopped_by_budget("a") and budget.stopped_by_budget("c") and not budget.stopped_by_budget("b")
+    finally:
+        budget.start_clock(None, 0.0, 0.0)
+    assert not budget.stopped_by_budget("a") and budget.progress_note() == ""
+
+
+@pytest.mark.slow
+def test_a_budgeted_search_ends_within_budget_plus_margin_and_keeps_the_trial_it_stopped(tmp_path):
+    """Trials of 3 slow epochs (stub: 1 s pause each) one at a time, far more than fit: the budget ends the
+    search. It ends within budget + the margin it printed (timed from before the process starts), the trial
+    running at the deadline is FINISHED in MLflow with stopped_by=time_budget (not stopped early, not failed),
+    and the study agrees with MLflow."""
+    name, budget_s = "budgeted", 75
+    args = search_args(tmp_path, name, "--epochs", "3", "--num-samples", "40", "--max-concurrent", "1",
+                       "--scheduler", "fifo", "--set", "model.xt_injection=concat_token",
+                       "--time-budget", f"{budget_s}s", train_fn="train_slow")
+    args.remove("--quiet")  # the trial table and progress line too: the budget counting down, the stopped trial
+    t0 = time.time()
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        kill_session(proc.pid)
+    wall = time.time() - t0
+    assert proc.returncode == 0, f"{out[-4000:]}\n{err[-4000:]}"
+    promised = re.search(r"so the search ends within (\d+):(\d\d):(\d\d) of its start", out)
+    assert promised, out[-4000:]
+    h, m, s = map(int, promised.groups())
+    assert wall <= 3600 * h + 60 * m + s, f"ended after {wall:.0f} s, promised {promised.group(0)}\n{out[-3000:]}"
+    assert f"margin of {budget.clock_text(budget.margin_s(budget_s))}" in out
+    assert "time budget: an epoch takes about" in out, "what fits, once the first epoch is timed"
+    assert "stopped by the time budget" in out and "UNFINISHED" not in err and "Best trial" in out
+    assert re.search(r"time budget: \d:\d\d:\d\d left", out) and "| STOPPED_BY_BUDGET " in out
+
+    trials = tune_trials(tmp_path, name)
+    assert 1 <= len(trials) < 40 and all(t.status == "TERMINATED" for t in trials)
+    parent, children = mlflow_runs(tmp_path, name)
+    assert parent.info.status == "FINISHED" and "dpgdiff.unfinished" not in parent.data.tags
+    assert parent.data.metrics["search_n_stopped_by_budget"] >= 1
+    stopped = [c for c in children if c.data.tags.get("dpgdiff.stopped_by") == "time_budget"]
+    assert stopped, [c.data.tags for c in children]
+    for run in stopped:
+        assert run.info.status == "FINISHED" and "dpgdiff.stopped_early" not in run.data.tags
+        assert "dpgdiff.interrupted" not in run.data.tags and "error" not in run.data.tags
+    assert all(c.info.status == "FINISHED" for c in children), [(c.info.status, c.data.tags) for c in children]
+    assert sum(c.data.tags.get("dpgdiff.selected") == "1" for c in children) == 1
+    assert_study_agrees_with_mlflow(tmp_path, name)
