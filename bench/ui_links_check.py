@@ -11,7 +11,14 @@ run per trial, with validation metrics), plus a second search whose runs must NO
      trial run of the search and its parent, and none of the other search's runs; a screenshot is saved;
   2. the same query under the experiment's own route (`#/experiments/<id>?...`, the links before issue 25),
      for comparison: MLflow 3.17 ignores that route's query;
-  3. the parent-run link: the page must name the parent run.
+  3. the parent-run link: the page must name the parent run;
+  (1-3 must show MLflow's model training view, not the GenAI one, where runs are "Evaluation runs")
+  4. for information, the compare page of the search's trials (screenshot: its parallel-coordinates plot), and
+     for information, the experiment's page without a query (what a user who opens the experiment `dpgdiff`
+     in a fresh browser sees): the runs list (naming both searches' parent runs) or MLflow 3's GenAI overview.
+     MLflow 3.17.2 keeps the GenAI / Model training choice in the browser (local storage), so a fresh profile
+     lands on the overview whatever the experiment's `mlflow.experimentKind` tag says; the printed links
+     carry `workflowType=machine_learning` and land on the runs view.
 
 It prints one line per check (PASS/FAIL) and exits 1 if a check of the printed links fails. The server is
 stopped by its PID; nothing is left running.
@@ -20,6 +27,7 @@ stopped by its PID; nothing is left running.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -35,8 +43,9 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parent.parent
 
 
-def build_store(folder: Path, n_trials: int) -> tuple[str, str, str, list[str], list[str]]:
-    """-> (tracking uri, experiment id, parent run id, this search's run names, the other search's run names)."""
+def build_store(folder: Path, n_trials: int) -> tuple[str, str, str, list[str], list[str], list[str]]:
+    """-> (tracking uri, experiment id, parent run id, this search's run names, the other search's run names,
+    this search's trial run ids)."""
     from tune import tracking
     from tune.space import parse_space
 
@@ -45,7 +54,7 @@ def build_store(folder: Path, n_trials: int) -> tuple[str, str, str, list[str], 
     exp = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(uri))
     space = parse_space({"params": {"model.dim": {"type": "categorical", "values": [16, 32]}}}, source="bench")
     names: dict[str, list[str]] = {}
-    parents = {}
+    parents, trial_ids = {}, {}
     for search, n in (("ui-check", n_trials), ("other-search", 2)):
         parent, _ = tracking.start_parent_run(client, exp, search, {})
         parents[search] = parent
@@ -61,8 +70,10 @@ def build_store(folder: Path, n_trials: int) -> tuple[str, str, str, list[str], 
             trial.last_result, trial.status = {"epoch": 2, "final": 1}, "TERMINATED"
             tracker.on_trial_complete(0, [], trial)
         client.set_terminated(parent, "FINISHED")
-        names[search] = [r.info.run_name for r in tracking.child_runs(client, exp, parent)] + [search]
-    return uri, exp, parents["ui-check"], names["ui-check"], names["other-search"]
+        children = tracking.child_runs(client, exp, parent)
+        names[search] = [r.info.run_name for r in children] + [search]
+        trial_ids[search] = [r.info.run_id for r in children]
+    return uri, exp, parents["ui-check"], names["ui-check"], names["other-search"], trial_ids["ui-check"]
 
 
 def free_port() -> int:
@@ -132,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out or tempfile.mkdtemp(prefix="ui-links-"))
     out.mkdir(parents=True, exist_ok=True)
+    from tune.console import quiet_known_noise
     from tune.driver import runs_list_query, ui_links
 
-    uri, exp, parent, mine, others = build_store(out, args.trials)
+    quiet_known_noise()
+
+    uri, exp, parent, mine, others, trial_ids = build_store(out, args.trials)
     port = free_port()
     proc = start_server(uri, port, out)
     version = subprocess.run([args.browser, "--version"], capture_output=True, text=True).stdout.strip()
@@ -145,17 +159,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parent_link, list_link = (line.split()[-1] for line in ui_links(exp, parent, "ui-check", port).splitlines())
         old_link = f"http://127.0.0.1:{port}/#/experiments/{exp}?{runs_list_query('ui-check')}"
+        from urllib.parse import quote
+
+        compare = (f"http://127.0.0.1:{port}/#/compare-runs?runs={quote(json.dumps(trial_ids))}"
+                   f"&experiments={quote(json.dumps([exp]))}")
         for label, url, want, unwanted, counts in (
                 ("trials list (printed link)", list_link, mine, others, True),
                 ("parent run (printed link)", parent_link, ["ui-check"], [], True),
-                ("old link, experiment route (for comparison)", old_link, mine, others, False)):
-            shot = out / (label.split(" (")[0].replace(" ", "_") + ("_old" if not counts else "") + ".png")
+                ("experiment page, no query (for information)", f"http://127.0.0.1:{port}/#/experiments/{exp}",
+                 ["ui-check", "other-search"], [], False),
+                ("old link, experiment route (for comparison)", old_link, mine, others, False),
+                ("compare page of the trials (for information: its plots)", compare, mine[:-1], [], False)):
+            shot = out / (label.split(" (")[0].replace(" ", "_").replace(",", "") + ".png")
             dom = render(args.browser, url, shot, args.budget_ms)
             shown = [n for n in want if n in dom]
             leaked = [n for n in unwanted if n in dom]
-            ok = len(shown) == len(want) and not leaked
+            genai = "Evaluation runs" in dom or "Token Usage" in dom  # the GenAI view's side bar / overview
+            ok = len(shown) == len(want) and not leaked and not genai
             failed += counts and not ok
-            print(f"{'PASS' if ok else 'FAIL' if counts else 'info'}: {label}: shows {len(shown)} of {len(want)} "
+            if not label.startswith("compare"):  # the compare page is the same in both views
+                label += ", GenAI view" if genai else ", model training view"
+            print(f"{('PASS' if ok else 'FAIL') if counts else 'info'}: {label}: shows {len(shown)} of {len(want)} "
                   f"expected run names, {len(leaked)} of the other search's {len(unwanted)}; "
                   f"screenshot {shot.name}\n    {url}")
     finally:

@@ -157,7 +157,8 @@ class DiffusionConfig:
     # Preconditioning of the denoiser (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
     # Generative Models", Table 1), written for this VP process: x̂_0 = c_skip·x_t + c_out·F(c_in·x_t, t) with
     # v_t = ᾱ_t·σ_d² + 1 - ᾱ_t, c_in = 1/sqrt(v_t), c_skip = sqrt(ᾱ_t)·σ_d²/v_t, c_out = σ_d·sqrt(1 - ᾱ_t)/sqrt(v_t),
-    # and L_diff weighted by 1/c_out² (so the network's target has unit variance at every t). none = the paper:
+    # and L_diff weighted by 1/c_out² (so the network's target has unit variance at every t); F gets a linear
+    # output layer after the decoder's LayerNorm (free in scale, as EDM's F is). none = the paper:
     # x̂_0 = F(x_t, t), a LayerNorm output of norm ≈ sqrt(d) whatever the scale of x_0 (issue 23 §1).
     precond: Literal["none", "edm"] = "none"
     # σ_d of precond=edm: null = the RMS of the target domain's item table as diffused (1 with

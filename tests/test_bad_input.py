@@ -18,7 +18,8 @@ from tests.conftest import tok, write_c2dsr_dir
 from tests.test_search_helpers import REPO, TINY_DATA
 
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
-SYNTHETIC_SPACE = REPO / "search_spaces" / "synthetic.yaml"  # the default space: eval.n_negatives 999
+SYNTHETIC_SPACE = REPO / "search_spaces" / "synthetic.yaml"
+SMOKE_PARAMS_LINE = SMOKE.read_text().splitlines().index("params:") + 1  # 1-based; the file's comments may change  # the default space: eval.n_negatives 999
 
 
 def _space_with_utf8_error(tmp: Path) -> str:
@@ -91,7 +92,7 @@ SEARCH_CASES = [
     ("tracking-uri-scheme", lambda t: ["--tracking-uri", "foo://bar"], ["--tracking-uri", "foo://bar", "scheme"]),
     ("space-not-utf8", lambda t: ["--space", _space_with_utf8_error(t)], ["latin1.yaml", "UTF-8"]),
     ("space-duplicate-key", lambda t: ["--space", _space_with_duplicate_key(t)],
-     ["twice.yaml", "line 24", "model.dim", "duplicate"]),
+     ["twice.yaml", f"line {SMOKE_PARAMS_LINE + 2}", "model.dim", "duplicate"]),
     ("set-unknown-field", lambda t: ["--set", "model.dimm=32"], ["--set", "model.dimm", "did you mean model.dim"]),
     ("set-wrong-type", lambda t: ["--set", "model.dim=abc"], ["--set", "model.dim", "'abc'", "integer"]),
     ("set-no-equals", lambda t: ["--set", "model.dim"], ["--set", "model.dim", "section.key=value"]),

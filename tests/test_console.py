@@ -13,6 +13,7 @@ CASES = [
     ("mlflow.store.db.utils", "Creating initial MLflow database tables...", "could not connect"),
     ("mlflow.store.db.utils", "Updating database tables", "could not connect"),
     ("optuna.storages._in_memory", "A new study created in memory with name: optuna", "Trial 3 failed"),
+    ("optuna.storages._rdb.storage", "A new study created in RDB with name: fk-1", "Trial 3 failed"),
     ("ray.tune.tune", "Experiment has been interrupted, but the most recent state was saved.\nResume experiment "
                       "with: Tuner.restore(path=\"/x\", trainable=...)",
      "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run."),

@@ -241,6 +241,7 @@ def test_edm_coefficients_give_unit_variance_input_and_target_at_every_t():
 
 def test_edm_precond_trains_and_scores_on_the_tables_scale(synthetic_dataset, batch, hist):
     model = make(config(**{"diffusion.precond": "edm"}), synthetic_dataset)
+    assert model.denoiser.out_proj is not None and make(config(), synthetic_dataset).denoiser.out_proj is None
     sigma = model.sigma_data(torch.tensor([DOMAIN_X, DOMAIN_Y]))
     rms = [float(model.table(d).detach().pow(2).mean().sqrt()) for d in (DOMAIN_X, DOMAIN_Y)]
     assert sigma.tolist() == pytest.approx(rms, rel=1e-5)

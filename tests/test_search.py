@@ -353,7 +353,7 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
         confirmations = {rid for rid, r in runs.items()  # tune/confirm.py's reruns, when that test ran first
                          if {"key": "dpgdiff.role", "value": "confirmation"} in r["data"].get("tags", [])}
         assert set(runs) - confirmations == {parent.info.run_id} | {c.info.run_id for c in children}
-        link = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{parent.info.run_id}"
+        link = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
         assert link in result.stdout, result.stdout[-3000:]
         # the list link: MLflow 3's runs route (the only one whose query the UI honours), this search's filter
         from tune.driver import runs_list_query

@@ -196,7 +196,7 @@ def test_printed_links_use_mlflow_3s_runs_route_and_the_experiment_is_model_trai
     assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "genai_development"
 
     parent_line, list_line = ui_links("7", "abc123", "fk-1").splitlines()
-    assert parent_line.split()[-1] == "http://127.0.0.1:5000/#/experiments/7/runs/abc123"
+    assert parent_line.split()[-1] == "http://127.0.0.1:5000/#/experiments/7/runs/abc123?workflowType=machine_learning"
     fragment = urlsplit(list_line.split()[-1]).fragment
     route, query = fragment.split("?", 1)
     assert route == "/experiments/7/runs"

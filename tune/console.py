@@ -7,7 +7,7 @@ record of those loggers still shows:
 - Ray's "Token authentication is enabled for this Ray cluster" (local Ray only: tune/ray_internals.py
   binds it to 127.0.0.1; joining a cluster keeps it);
 - MLflow's "Creating initial MLflow database tables..." and "Updating database tables" (a new local store);
-- Optuna's "A new study created in memory with name: ..." (Tune's Optuna searcher makes one per search);
+- Optuna's "A new study created in memory/RDB with name: ..." (one per search: the searcher's study);
 - on Ctrl-C, Ray Tune's own resume hint ("Resume experiment with: Tuner.restore(path=..., trainable=...)";
   the project prints its `--resume` command instead), its "Trials did not complete" list (the search's
   summary counts the interrupted trials), and "Failed to fetch metrics ... FileNotFoundError" for trials
@@ -27,6 +27,7 @@ RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 NOISE: dict[str, tuple[str, ...]] = {
     "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database tables"),
     "optuna.storages._in_memory": ("A new study created in memory",),
+    "optuna.storages._rdb.storage": ("A new study created in RDB",),  # the search's persistent study (tune/study.py)
     "ray.tune.tune": ("Experiment has been interrupted, but the most recent state was saved",
                       "Trials did not complete"),
 }

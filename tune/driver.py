@@ -551,12 +551,13 @@ def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = UI
     """The `mlflow ui` pages of a search: its parent run, and the runs list of this search with every trial
     on its own row. The list uses MLflow 3's runs route, `#/experiments/<id>/runs?...`, which honours the
     query (the experiment's own route, `#/experiments/<id>?...`, ignores it: no filter, sorted by date);
-    `workflowType=machine_learning` and the experiment's kind tag (`tracking.ensure_experiment`) make it the
-    classic runs view, not the GenAI overview. With a search filter the UI lists the trials flat (it nests
+    `workflowType=machine_learning` in both links opens the classic (model training) view: MLflow 3.17.2 keeps
+    the GenAI / model training choice in the browser, and a fresh one shows the GenAI overview, with runs as
+    "Evaluation runs" (bench/ui_links_check.py). With a search filter the UI lists the trials flat (it nests
     children only without a filter), here sorted by best_val_mrr_sum (the parent, which has no such metric,
     comes last)."""
     base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
-    return (f"    parent run:           {base}/runs/{parent_run_id}\n"
+    return (f"    parent run:           {base}/runs/{parent_run_id}?workflowType=machine_learning\n"
             f"    its trials (a list):  {base}/runs?{runs_list_query(search)}")
 
 

@@ -111,8 +111,9 @@ def create_sqlite_store(tracking_uri: str) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-# The experiment's kind, as MLflow 3's UI reads it (its own "Experiment type" setting writes this tag): model
-# training opens on the classic runs list; without it the UI may open on its GenAI overview (traces, empty here).
+# The experiment's type, as MLflow 3's UI records it (its "Experiment type" setting writes this tag): model
+# training, not GenAI. MLflow 3.17.2's UI still opens an experiment on the view the browser last used (a fresh
+# one: GenAI); the printed links choose the view themselves (tune/driver.py `ui_links`).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 

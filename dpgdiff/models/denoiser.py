@@ -72,6 +72,7 @@ class DPGDenoiser(nn.Module):
         timestep: bool = True,
         query_init: str = "noise",
         self_cond: bool = False,
+        out_head: bool = False,
     ) -> None:
         super().__init__()
         if query_init not in ("noise", "xt_plus_last"):
@@ -99,6 +100,9 @@ class DPGDenoiser(nn.Module):
             CrossAttentionBlock(dim, n_heads, dropout, cross=use_memory) for _ in range(n_dec_layers)
         )
         self.dec_norm = nn.LayerNorm(dim)
+        # out_head (diffusion.precond=edm): F = Linear(LN(q)). EDM's F must be free in scale: at high t its best
+        # value E[F* | history] is far smaller than unit RMS, which a LayerNorm output alone cannot reach.
+        self.out_proj = nn.Linear(dim, dim) if out_head else None
         # Classifier-free guidance: a learned null memory token (DreamRec `none_embedding`; spec §3.5).
         self.null_memory = nn.Parameter(torch.randn(dim) * 0.02) if (cfg and use_memory) else None
         # Self-conditioning (Analog Bits): W·x̃_0 added to the x_t token, i.e. [x_t; x̃_0] through one linear map.
@@ -157,10 +161,11 @@ class DPGDenoiser(nn.Module):
         return [block.memory_kv(tokens) for block in self.decoder]
 
     def decode(self, q: torch.Tensor, kv: Optional[list[KV]], valid: Optional[torch.Tensor]) -> torch.Tensor:
-        """Decoder: cross-attend the x_t-token state to the guidance memory -> x̂_0 = LN(q) (B, d)."""
+        """Decoder: cross-attend the x_t-token state to the guidance memory -> x̂_0 = LN(q) (B, d) [then out_proj]."""
         for i, block in enumerate(self.decoder):
             q = block(q, None if kv is None else kv[i], valid)
-        return self.dec_norm(q)
+        out = self.dec_norm(q)
+        return out if self.out_proj is None else self.out_proj(out)
 
     # ---------------------------------------------------------------- training forward
 

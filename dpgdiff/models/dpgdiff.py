@@ -68,6 +68,7 @@ class DPGDiff(Recommender):
             lambda_infer=m.lambda_infer,
             attn_mode=attn_mode, cfg=dc.cfg_p > 0,
             timestep=m.diffusion, query_init=m.query_init, self_cond=dc.self_cond and m.diffusion,
+            out_head=dc.precond == "edm" and m.diffusion,
         )
         if dc.cfg_w > 0 and not (dc.cfg_p > 0 and self.memory_mode is not None):
             raise ConfigError(
