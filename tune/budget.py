@@ -2,8 +2,9 @@
 
     python tune/search.py --dataset food_kitchen --time-budget 45m
 
-The budget counts from the start of the search's first driver and includes every earlier driver's time in
-Tune (a resumed search continues the count: tune/settings.py's DRIVERS_FILE records each driver's time).
+The budget counts this driver's time from the start of its command (RunOptions.started) plus the time every
+earlier driver of the search spent in Tune (a resumed search continues the count: tune/settings.py's
+DRIVERS_FILE records each driver's time; an earlier driver's start-up, before Tune, is not in it).
 When it is spent, `BudgetStopper` has Tune stop: no new trial starts, and the trials still running stop
 with their checkpoints (the best two by validation, tune.CheckpointConfig), so that they can be selected
 like any finished trial. They are TERMINATED in Tune, FINISHED in MLflow with the tag
@@ -32,8 +33,8 @@ STOPPED_BY = "time_budget"  # the value of tune/tracking.py's dpgdiff.stopped_by
 def margin_s(budget_s: float) -> float:
     """What the search may take after its budget: stopping the trials in flight, selecting, testing the selected
     trial on the test set, attaching artifacts and registering its model. 60 s for those fixed steps (about
-    20-40 s on 2 busy cores for the synthetic set, tests/test_budget.py) plus 5% of the budget for a test
-    pass that grows with the data and models a longer budget trains, at most 10 minutes in all."""
+    20 s for tests/test_budget.py's synthetic search on 2 loaded cores) plus 5% of the budget for a test pass
+    that grows with the data and the models a longer budget trains, at most 10 minutes in all."""
     return min(600.0, 60.0 + 0.05 * budget_s)
 
 
