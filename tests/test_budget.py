@@ -58,6 +58,20 @@ def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback
     assert not budget.stopped_by_budget("a") and budget.progress_note() == ""
 
 
+def test_outcome_counts_name_what_the_budget_stopped_or_left_unstarted():
+    from types import SimpleNamespace
+
+    from tune.driver import BUDGET_STOPPED, outcome_counts
+
+    rows = [{"trial_id": "a", "status": "FINISHED"}, {"trial_id": "b", "status": BUDGET_STOPPED},
+            {"trial_id": "c", "status": "NOT RUN"}]
+    saved = [SimpleNamespace(trial_id=t, status="TERMINATED") for t in "abc"]
+    assert outcome_counts(rows, saved, planned=5, ended_by_budget=True) == {
+        "finished": 1, "stopped early by ASHA": 0, "failed": 0, "stopped by the time budget": 1,
+        "not started (time budget)": 3, "interrupted": 0, "not started": 0}
+    assert "stopped by the time budget" not in outcome_counts(rows[:1], saved[:1], planned=1)
+
+
 @pytest.mark.slow
 def test_a_budgeted_search_ends_within_budget_plus_margin_and_keeps_the_trial_it_stopped(tmp_path):
     """Trials of 3 slow epochs (stub: 1 s pause each) one at a time, far more than fit: the budget ends the

@@ -49,3 +49,37 @@ def test_warm_start_trials_carry_exactly_the_earlier_best_configurations(tmp_pat
     assert len(cold) == 1, "the other trial is sampled as usual"
     missing = run(search_args(tmp_path, "x", "--warm-start", "nosuch"), tmp_path, timeout=120)
     assert missing.returncode == 2 and "--warm-start nosuch: no search 'nosuch'" in missing.stderr, missing.stderr
+
+
+def test_a_restored_searcher_runs_the_warm_starts_once(tmp_path):
+    """A resume gets its searcher back from Tune's saved state (the pickled searcher, then its saved __dict__), so
+    the warm-start configurations are enqueued once, by the first driver: after a restore, the one not yet run is
+    next, and none comes twice."""
+    import pickle
+    from types import SimpleNamespace
+
+    import optuna
+
+    from tune.driver import _searcher
+    from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY
+
+    space = load_space(REPO / "search_spaces" / "smoke.yaml")
+    points = [{"search": "earlier", "run_id": f"r{i}", "value": 0.3 - i / 10,
+               "params": {"model.dim": 16, "train.lr": lr, "model.xt_injection": "concat_token"}}
+              for i, lr in enumerate((0.002, 0.005))]
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    settings = SimpleNamespace(seed=1, startup_trials=2, objectives=("val_mrr_sum",), optuna_storage=url,
+                               name="s", warm_start=tuple(points))
+    first = _searcher(settings, space)
+    pickled_at_start = pickle.dumps(first)  # what Tune writes into tuner.pkl
+    config = first.suggest("t1")
+    assert config[WARM_START_KEY] == "earlier" and config["train.lr"] == 0.002 and config[OPTUNA_TRIAL_KEY] == 0
+    first.save(str(tmp_path / "searcher.pkl"))  # what Tune saves with its experiment state
+
+    restored = pickle.loads(pickled_at_start)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    second, third = restored.suggest("t2"), restored.suggest("t3")
+    assert second[WARM_START_KEY] == "earlier" and second["train.lr"] == 0.005
+    assert WARM_START_KEY not in third, "the warm starts are used up: the sampler proposes the rest"
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [t.user_attrs.get("dpgdiff.warm_start") for t in study.get_trials()] == ["earlier", "earlier", None]

@@ -344,6 +344,10 @@ def _log_parent_inputs(client: Any, run_id: str, settings: SearchSettings, card:
     params["objectives"] = ",".join(settings.objectives)
     if settings.optuna_storage:
         params.update(optuna_storage=optuna_study.shown(settings.optuna_storage), optuna_study=settings.name)
+    if settings.time_budget_s:
+        params["time_budget_s"] = settings.time_budget_s
+    if settings.warm_start:  # the searches it started from (search_settings.json has the configurations)
+        params["warm_start"] = ",".join(dict.fromkeys(p["search"] for p in settings.warm_start))
     # The full base config (defaults < fixed) once, here; trials log only what they sample. The searched
     # fields are left out of the params (their values differ per trial; search_space.yaml has the ranges).
     base = space.base_values()
@@ -481,9 +485,9 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     ended_by_budget = budget.budget_ended()
     counts = outcome_counts(rows, trials, settings.num_samples, ended_by_budget)
     print(f"\n{settings.num_samples} trial(s): " + ", ".join(f"{n} {what}" for what, n in counts.items()
-                                                        if n or what in DONE_OUTCOMES[:3])
+                                                        if n or what in DONE_OUTCOMES)
           + (f" (FINISHED in MLflow, tagged {tracking.STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
-          + (f" ({tracking.STOPPED_BY_TAG}={budget.STOPPED_BY})" if counts["stopped by the time budget"] else "")
+          + (f" ({tracking.STOPPED_BY_TAG}={budget.STOPPED_BY})" if counts.get("stopped by the time budget") else "")
           + f"; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
@@ -491,7 +495,8 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     if unfinished or (len(trials) < settings.num_samples and not ended_by_budget):
         client.set_tag(run_id, UNFINISHED_TAG, "1")
         client.set_terminated(run_id, status="KILLED")
-        print(f"\nSearch {settings.name!r} is UNFINISHED ({sum(counts[k] for k in DONE_OUTCOMES)} of "
+        done_count = sum(counts.get(k, 0) for k in (*DONE_OUTCOMES, *BUDGET_OUTCOMES))
+        print(f"\nSearch {settings.name!r} is UNFINISHED ({done_count} of "
               f"{settings.num_samples} trials done). Resume it with:\n"
               f"    python tune/search.py --name {settings.name} --storage-path {settings.run.storage} --resume",
               file=sys.stderr)
@@ -610,9 +615,8 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
     return front
 
 
-# what a resume does not run again (the first three are always shown)
-DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed", "stopped by the time budget",
-                 "not started (time budget)")
+DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed")  # what a resume does not run again
+BUDGET_OUTCOMES = ("stopped by the time budget", "not started (time budget)")  # done too, when --time-budget ended it
 BUDGET_STOPPED = "STOPPED_BY_BUDGET"  # a trial row's status when --time-budget stopped it (tune/budget.py)
 
 
@@ -623,7 +627,8 @@ def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
     UNFINISHED line count alike. ended_by_budget: the --time-budget ended the search, so the trials it left
     unstarted (and those it stopped before their first result) are done too."""
     saved = {t.trial_id: t.status for t in trials}
-    counts = dict.fromkeys((*DONE_OUTCOMES, "interrupted", "not started"), 0)
+    counts = dict.fromkeys((*DONE_OUTCOMES, *(BUDGET_OUTCOMES if ended_by_budget else ()), "interrupted",
+                            "not started"), 0)
     for row in rows:
         status = saved.get(row["trial_id"])
         if status not in ("TERMINATED", "ERROR"):

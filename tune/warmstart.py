@@ -45,8 +45,8 @@ def warm_start_points(names: Sequence[str], k: int, space: SearchSpace, tracking
     points: list[dict[str, Any]] = []
     seen: set[str] = set()
     for name in names:
-        parents = tracking.find_runs(client, exp.experiment_id, {tracking.SEARCH_TAG: name, tracking.ROLE_TAG: "search"}) \
-            if exp is not None else []
+        wanted = {tracking.SEARCH_TAG: name, tracking.ROLE_TAG: "search"}
+        parents = tracking.find_runs(client, exp.experiment_id, wanted) if exp is not None else []
         if not parents:
             raise WarmStartError(f"--warm-start {name}: no search {name!r} in the MLflow store {tracking_uri} "
                                  f"(experiment {experiment!r})")
