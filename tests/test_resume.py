@@ -287,5 +287,9 @@ def test_the_status_lines_show_a_long_epoch_under_way(tmp_path):
         result.stdout[-4000:]
     assert "from the first epoch's progress" in result.stdout, result.stdout[-4000:]
     assert re.search(r"Number of trials: 1/1 \(1 FINISHED\)", result.stdout), result.stdout[-4000:]
+    header = next(line for line in reversed(result.stdout.splitlines()) if line.startswith("| Trial name"))
+    final = next(line for line in reversed(result.stdout.splitlines()) if line.startswith("| trial_"))
+    cells = dict(zip((c.strip() for c in header.split("|")[1:-1]), (c.strip() for c in final.split("|")[1:-1])))
+    assert cells["status"] == "FINISHED" and float(cells["loss"]) > 0, cells  # the loss of a trial that ran every epoch
     assert "Token authentication is enabled" not in result.stdout + result.stderr
     assert "A new study created" not in result.stdout + result.stderr
