@@ -156,6 +156,7 @@ def test_table_says_finished_or_stopped_early_and_blanks_a_dead_drivers_location
             for line in shown.splitlines() if line.startswith("| trial_")}
     assert rows["trial_d"] == ["FINISHED", "10.0.0.9:15176", "16", "1.5"], shown
     assert rows["trial_c"][0] == "STOPPED_EARLY"
+    assert progress.shown_status(_trial("p", "TERMINATED")) == "NOT_RUN"  # ended before its first result
     assert rows["trial_r"][:2] == ["RUNNING", ""] and rows["trial_n"][:2] == ["RUNNING", "10.0.0.9:15176"], shown
     assert "Number of trials: 4/4 (1 FINISHED, 2 RUNNING, 1 STOPPED_EARLY)" in shown
     widths = {len(line) for line in shown.splitlines() if line.startswith(("+", "|"))}

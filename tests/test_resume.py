@@ -270,3 +270,26 @@ def test_experiment_state_saved_looks_for_tunes_state_not_tuner_pkl(tmp_path):
     assert not experiment_state_saved(str(tmp_path))
     (tmp_path / "experiment_state-2026-11-28_19-37-46.json").write_text("{}")
     assert experiment_state_saved(str(tmp_path))
+
+
+def test_the_status_lines_show_a_long_epoch_under_way(tmp_path):
+    """Issue 25 §3: inside an epoch the driver's status lines say how far each running trial is (examples/s,
+    fraction of the epoch, published by the training loop's progress hook through Ray) and estimate the time
+    left before any epoch has ended. One trial, one epoch of 38 batches at 0.5 s each (the table: every 15 s)."""
+    args = [a for a in search_args(tmp_path, "long", "--epochs", "1", "--num-samples", "1", "--scheduler", "fifo",
+                                   "--set", "train.batch_size=16", "--set", "train.mode=last",
+                                   "--set", "model.xt_injection=concat_token",
+                                   train_fn="train_long_epochs") if a != "--quiet"]
+    result = run(args, tmp_path, timeout=300)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    progress = [line for line in result.stdout.splitlines() if line.startswith("in epoch: ")]
+    assert progress and re.fullmatch(r"in epoch: \w+ \d+% of epoch 1 \([\d,.]+ examples/s\)", progress[0]), \
+        result.stdout[-4000:]
+    assert "from the first epoch's progress" in result.stdout, result.stdout[-4000:]
+    assert re.search(r"Number of trials: 1/1 \(1 FINISHED\)", result.stdout), result.stdout[-4000:]
+    header = next(line for line in reversed(result.stdout.splitlines()) if line.startswith("| Trial name"))
+    final = next(line for line in reversed(result.stdout.splitlines()) if line.startswith("| trial_"))
+    cells = dict(zip((c.strip() for c in header.split("|")[1:-1]), (c.strip() for c in final.split("|")[1:-1])))
+    assert cells["status"] == "FINISHED" and float(cells["loss"]) > 0, cells  # the loss of a trial that ran every epoch
+    assert "Token authentication is enabled" not in result.stdout + result.stderr
+    assert "A new study created" not in result.stdout + result.stderr

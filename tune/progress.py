@@ -207,13 +207,18 @@ class ProgressReporter(tune.CLIReporter):
 
 
 def shown_status(trial: Any) -> str:
-    """Tune's status, with TERMINATED told apart: FINISHED (trained to its last epoch: it sent its final result)
-    or STOPPED_EARLY (the scheduler stopped it)."""
+    """Tune's status, with TERMINATED told apart: FINISHED (trained to its last epoch: it sent its final result),
+    STOPPED_EARLY (the scheduler stopped it), STOPPED_BY_BUDGET (tune/budget.py) or NOT_RUN (ended before its
+    first result)."""
     if trial.status != "TERMINATED":
         return trial.status
     if (trial.last_result or {}).get("final"):
         return "FINISHED"
-    return "STOPPED_BY_BUDGET" if budget.stopped_by_budget(trial.trial_id) else "STOPPED_EARLY"
+    if budget.stopped_by_budget(trial.trial_id):
+        return "STOPPED_BY_BUDGET"
+    if not (trial.last_result or {}).get("epoch"):  # ended before it reported (e.g. a PENDING trial at the end)
+        return "NOT_RUN"
+    return "STOPPED_EARLY"
 
 
 def relabel_statuses(text: str, labels: dict[str, str]) -> str:
