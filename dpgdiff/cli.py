@@ -6,6 +6,7 @@
     python -m dpgdiff train --dataset food_kitchen --split c2dsr-histories --config configs/cpu-small.yaml --out runs/a
     python -m dpgdiff evaluate --checkpoint runs/a/best.pt --infer-steps 1,2,4,8,16,32 --sampler ddim
     python -m dpgdiff diagnose --checkpoint runs/a/best.pt
+    python -m dpgdiff compare --a runs/a1,runs/a2,runs/a3 --b runs/b1,runs/b2,runs/b3
     python -m dpgdiff recommend --checkpoint runs/a/best.pt --history 12,55,301 --domain y --k 10
     python -m dpgdiff recommend --checkpoint runs/a/best.pt --input users.csv --output top10.jsonl
 """
@@ -278,6 +279,41 @@ def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_diagnose)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two sets of train output folders (seed i with seed i): test metrics and paired tests, as a markdown table."""
+    from dpgdiff.significance import compare_runs, read_run
+
+    groups = []
+    for flag, value in (("--a", args.a), ("--b", args.b)):
+        folders = [f for f in value.split(",") if f.strip()]
+        if not folders:
+            raise ConfigError(f"{flag}: expected one or more train output folders, comma-separated")
+        try:
+            groups.append([read_run(f.strip()) for f in folders])
+        except ValueError as exc:
+            raise ConfigError(f"{flag}: {exc}") from exc
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    try:
+        print(compare_runs(groups[0], groups[1], metrics))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return 0
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "compare", help="paired test of two sets of trained models (train --out folders) on the same test cases",
+        description="Compare models trained by `train` (their --out folders: metrics.json, config.yaml, "
+                    "test_ranks.npz) on their saved per-case test ranks: mean ± std over runs per domain, and a "
+                    "two-sided paired t-test of A - B with run i of A paired with run i of B (e.g. the same seed). "
+                    "Every run must have been evaluated alike (same data, split and saved candidates).")
+    parser.add_argument("--a", required=True, metavar="DIR[,DIR...]", help="train output folders of model A")
+    parser.add_argument("--b", required=True, metavar="DIR[,DIR...]", help="train output folders of model B, same order")
+    parser.add_argument("--metrics", default="ndcg10", metavar="M[,M...]",
+                        help="per-case metrics: mrr, mrr10, ndcgK, hrK (default ndcg10)")
+    parser.set_defaults(func=cmd_compare)
+
+
 # --------------------------------------------------------------------------------------------
 # recommend (dpgdiff/recommend.py: the same code path as the MLflow model in tune/serving.py)
 # --------------------------------------------------------------------------------------------
@@ -362,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_evaluate_parser(sub)
     add_diagnose_parser(sub)
+    add_compare_parser(sub)
     add_recommend_parser(sub)
     return parser
 

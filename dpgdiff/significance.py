@@ -97,3 +97,78 @@ def paired_test(
     mean_b = float(b.mean())
     return PairedResult(metric, name, n, float(a.mean()), mean_b, mean_d,
                         mean_d / mean_b if mean_b else math.nan, float(low), float(high), float(p))
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing `python -m dpgdiff train` output folders (`python -m dpgdiff compare`)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a train output folder holds for a comparison: its folder, validation MRR sum, test ranks, protocol."""
+
+    folder: str
+    best_val: float
+    ranks: dict  # "x", "y", "full_x", "full_y" -> (N,) ranks of the best state's test pass
+    protocol: tuple  # (dataset fingerprint, split, eval.n_negatives, eval.candidate_seed, eval.ties)
+
+
+def read_run(folder: str) -> RunRecord:
+    """Read metrics.json, config.yaml and test_ranks.npz of one `train --out` folder (ValueError naming the file)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(folder)
+    files = {name: root / name for name in ("metrics.json", "config.yaml", "test_ranks.npz")}
+    for name, path in files.items():
+        if not path.is_file():
+            raise ValueError(f"{path}: missing; expected a folder written by `python -m dpgdiff train --out`")
+    try:
+        metrics = json.loads(files["metrics.json"].read_text())
+        config = yaml.safe_load(files["config.yaml"].read_text()) or {}
+        meta, ev = metrics["dataset"], config.get("eval", {})
+        protocol = (meta["fingerprint"], meta["split"], ev.get("n_negatives"), ev.get("candidate_seed"), ev.get("ties"))
+        best_val = float(metrics["best_val"]["val_mrr_sum"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{root}: metrics.json or config.yaml is not what train writes ({exc!r})") from exc
+    with np.load(files["test_ranks.npz"], allow_pickle=False) as data:
+        ranks = {k: data[k] for k in data.files}
+    return RunRecord(str(root), best_val, ranks, protocol)
+
+
+def compare_runs(runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord], metrics: Sequence[str] = ("ndcg10",)) -> str:
+    """A markdown table: per domain and metric, mean ± std over seeds of A and B (×100) and the paired test of A - B.
+
+    runs_a[i] pairs with runs_b[i] (same seed); every run must share one evaluation protocol (same data, split and
+    saved candidates), which is what makes per-case pairs meaningful."""
+    if len(runs_a) != len(runs_b) or not runs_a:
+        raise ValueError(f"need as many A runs as B runs (seed i with seed i), got {len(runs_a)} and {len(runs_b)}")
+    protocols = {r.protocol for r in [*runs_a, *runs_b]}
+    if len(protocols) != 1:
+        folders = ", ".join(f"{r.folder}: {r.protocol[1]} n_negatives={r.protocol[2]} seed={r.protocol[3]}"
+                            for r in [*runs_a, *runs_b])
+        raise ValueError(f"the runs were not evaluated alike (dataset fingerprint, split, eval.n_negatives, "
+                         f"eval.candidate_seed, eval.ties must match): {folders}")
+
+    def mean_std(values: list[float]) -> str:
+        v = 100 * np.asarray(values)
+        return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if v.size > 1 else f"{v.mean():.2f}"
+
+    rows = ["| ranking | domain | metric | A | B | A - B ×100 [95% CI] | p |", "|---|---|---|---:|---:|---:|---:|"]
+    for ranking, prefix in (("sampled", ""), ("full", "full_")):
+        for domain in ("x", "y"):
+            key = prefix + domain
+            for metric in metrics:
+                res = paired_test([r.ranks[key] for r in runs_a], [r.ranks[key] for r in runs_b], metric)
+                per_a = [float(per_case(r.ranks[key], metric).mean()) for r in runs_a]
+                per_b = [float(per_case(r.ranks[key], metric).mean()) for r in runs_b]
+                rows.append(f"| {ranking} | {domain.upper()} | {metric} | {mean_std(per_a)} | {mean_std(per_b)} | "
+                            f"{100 * res.diff:+.2f} [{100 * res.ci_low:+.2f}, {100 * res.ci_high:+.2f}] | "
+                            f"{res.p_value:.2g} |")
+    val = "validation MRR_X + MRR_Y (best epoch) of A: {}; of B: {}".format(
+        *(", ".join(f"{r.best_val:.4f}" for r in runs) for runs in (runs_a, runs_b)))
+    return "\n".join([val, "test, ×100, mean ± std over the runs; A - B: two-sided paired t-test, run i of A with "
+                             "run i of B on the same cases and candidates, all (run, case) pairs pooled", "", *rows])
