@@ -1,9 +1,12 @@
 """The trial table printed while a search runs, with the elapsed time, an estimate of the time left and how far
 the running trials are inside their epochs.
 
-Status column: Tune's TERMINATED is split into FINISHED (trained to its last epoch: a final result) and
-STOPPED_EARLY (ASHA stopped it) or STOPPED_BY_BUDGET (the search's --time-budget stopped it, tune/budget.py). Location column: blank for a trial whose last result came from an earlier
-driver session (a resumed search), whose worker is gone, until it reports again.
+Status column: Tune's TERMINATED is split into FINISHED (trained to its last epoch: a final result),
+STOPPED_EARLY (ASHA stopped it), STOPPED_BY_BUDGET (the search's --time-budget stopped it, tune/budget.py) and
+NOT_RUN (`shown_status`). Location column: blank for a trial whose last result came from an earlier driver
+session (a resumed search), whose worker is gone, until it reports again.
+
+The line under the table also counts a --time-budget down (tune/budget.py: `progress_note`).
 
 Time left (`estimate_seconds_left`): every unfinished trial runs to the last epoch (ASHA only shortens it), at
 the median seconds per epoch seen so far, `concurrency` trials at once. Before any epoch is timed, the seconds
@@ -22,6 +25,7 @@ from typing import Any, Iterable, Optional
 from ray import tune
 
 from tune import budget
+from tune.budget import clock_text
 
 FINISHED = ("TERMINATED", "ERROR")
 IN_EPOCH_SHOWN = 4  # running trials named on the in-epoch progress line; the rest are counted
@@ -54,12 +58,6 @@ def estimate_seconds_left(trials: Iterable[Any], max_epochs: int, num_samples: i
                for c in clocks if c.status not in FINISHED)
     left += max(0, num_samples - len(clocks)) * max_epochs * epoch
     return left / max(1, concurrency)
-
-
-def _clock(seconds: float) -> str:
-    minutes, sec = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{sec:02d}"
 
 
 def _rate(value: float) -> str:
@@ -140,11 +138,11 @@ class ProgressReporter(tune.CLIReporter):
         if left is None:
             estimate = "time left: estimated once a trial has trained for a few seconds"
         elif not any(c.epochs for c in clocks):
-            estimate = (f"time left: at most about {_clock(left)} (every trial to the last epoch{self._caveat}; "
+            estimate = (f"time left: at most about {clock_text(left)} (every trial to the last epoch{self._caveat}; "
                         "from the first epoch's progress, validation not timed yet)")
         else:
-            estimate = f"time left: at most about {_clock(left)} (every trial to the last epoch{self._caveat})"
-        lines = [f"elapsed {_clock(now - self._start)}; {estimate}{budget.progress_note()}"]
+            estimate = f"time left: at most about {clock_text(left)} (every trial to the last epoch{self._caveat})"
+        lines = [f"elapsed {clock_text(now - self._start)}; {estimate}{budget.progress_note()}"]
         parts = []
         for t in trials:
             p = current.get(t.trial_id)

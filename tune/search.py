@@ -33,6 +33,7 @@ try:  # `python tune/search.py` imports the installed packages: say so when they
     from tune.leftovers import clean_leftovers
     from tune.settings import SYNTHETIC_DEFAULT_OPTIONS, SearchError, settings_from_args
     from tune.space import SpaceError
+    from tune.warmstart import DEFAULT_K as WARM_START_K
 except ModuleNotFoundError as exc:
     if not str(exc.name).startswith(("dpgdiff", "tune")):
         raise
@@ -72,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the first trials run the best configurations of these earlier searches (from the MLflow "
                         "store; any dataset): keys this space does not sample are skipped, numbers outside its "
                         "ranges clipped, and the search says so. Tagged dpgdiff.warm_start=<search> in MLflow")
-    g.add_argument("--warm-start-k", type=int, default=3, metavar="K",
-                   help="how many of each --warm-start search's best configurations (default 3)")
+    g.add_argument("--warm-start-k", type=int, default=WARM_START_K, metavar="K",
+                   help=f"how many of each --warm-start search's best configurations (default {WARM_START_K})")
     g.add_argument("--startup-trials", type=int, default=None,
                    help="random trials before TPE takes over (default: min(10, max(2, num_samples // 2)))")
     g = p.add_argument_group("scheduling and resources")

@@ -446,12 +446,12 @@ def parse_duration(text: str, flag: str = "--time-budget") -> float:
 
 def _warm_start(args: argparse.Namespace, space: SearchSpace, tracking_uri: str) -> tuple[dict[str, Any], ...]:
     """--warm-start NAME[,NAME...] / --warm-start-k: the earlier searches' best configurations (tune/warmstart.py)."""
-    from tune.warmstart import WarmStartError, warm_start_points
+    from tune.warmstart import DEFAULT_K, WarmStartError, warm_start_points
 
     names = [n.strip() for n in (getattr(args, "warm_start", None) or "").split(",") if n.strip()]
     if not names:
         return ()
-    k = getattr(args, "warm_start_k", 3)
+    k = getattr(args, "warm_start_k", DEFAULT_K)
     if k < 1:
         raise SearchError(f"--warm-start-k {k}: must be >= 1")
     try:
