@@ -134,9 +134,9 @@ def read_run(folder: str) -> RunRecord:
         best_val = float(metrics["best_val"]["val_mrr_sum"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{root}: metrics.json or config.yaml is not what train writes ({exc!r})") from exc
-    with np.load(files["test_ranks.npz"], allow_pickle=False) as data:
-        ranks = {k: data[k] for k in data.files}
-    return RunRecord(str(root), best_val, ranks, protocol)
+    from dpgdiff.evaluation import load_ranks  # the reader of EvalResult.save_ranks; lazy: it imports torch
+
+    return RunRecord(str(root), best_val, load_ranks(files["test_ranks.npz"]), protocol)
 
 
 def compare_runs(runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord], metrics: Sequence[str] = ("ndcg10",)) -> str:
