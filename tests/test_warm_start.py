@@ -8,7 +8,7 @@ import pytest
 
 from tests.test_search_helpers import REPO, mlflow_runs, run, search_args
 from tune.space import load_space
-from tune.warmstart import map_onto_space
+from tune.warmstart import WarmStartError, config_file_point, map_onto_space
 
 
 def test_an_earlier_config_is_mapped_onto_the_new_space_clipped_skipped_and_said():
@@ -21,6 +21,28 @@ def test_an_earlier_config_is_mapped_onto_the_new_space_clipped_skipped_and_said
     assert list(skipped) == ["loss.cl_tau"], "only the keys the earlier search sampled are named"
     assert any("train.lr=0.05 is outside" in n and "clipped to 0.01" in n for n in notes), notes
     assert any("model.dim=64 is not one of [16, 32]" in n for n in notes), notes
+
+
+def test_a_config_file_is_one_warm_start_point_and_its_other_settings_are_named(tmp_path):
+    """The committed Food-Kitchen config into the Food-Kitchen CPU space: each sampled key takes the file's value,
+    and the settings the space fixes otherwise (the file trains 6 epochs with patience 2) are said."""
+    space = load_space(REPO / "search_spaces" / "food_kitchen-cpu.yaml")
+    path = REPO / "configs" / "food_kitchen-cpu" / "dpgdiff.yaml"
+    said: list[str] = []
+    point = config_file_point(str(path), space, said.append)
+    assert point["search"] == str(path) and point["run_id"] is None
+    assert point["params"]["train.lr"] == pytest.approx(0.0018971344503806514)
+    assert point["params"]["diffusion.steps"] == 32 and point["params"]["model.item_bias"] == "none"
+    assert set(point["params"]) == set(space.params), "every key of this space is set in the committed file"
+    assert "train.epochs=6" in said[-1] and "train.patience=2" in said[-1], said
+    assert "model.dim" not in said[-1], "a setting equal to the space's is not named"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: dpgdiff\n  dimm: 64\n")
+    with pytest.raises(WarmStartError, match=r"bad.yaml.*dimm"):
+        config_file_point(str(bad), space, said.append)
+    with pytest.raises(WarmStartError, match="no such config file"):
+        config_file_point(str(tmp_path / "nosuch.yaml"), space, said.append)
 
 
 @pytest.mark.slow
@@ -49,6 +71,8 @@ def test_warm_start_trials_carry_exactly_the_earlier_best_configurations(tmp_pat
     assert len(cold) == 1, "the other trial is sampled as usual"
     missing = run(search_args(tmp_path, "x", "--warm-start", "nosuch"), tmp_path, timeout=120)
     assert missing.returncode == 2 and "--warm-start nosuch: no search 'nosuch'" in missing.stderr, missing.stderr
+    no_file = run(search_args(tmp_path, "y", "--warm-start", "nosuch.yaml"), tmp_path, timeout=120)
+    assert no_file.returncode == 2 and "--warm-start nosuch.yaml: no such config file" in no_file.stderr
 
 
 def test_a_restored_searcher_runs_the_warm_starts_once(tmp_path):

@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "search then selects, tests and registers its best trial within a margin it prints")
     g.add_argument("--warm-start", default=None, metavar="NAME[,NAME...]",
                    help="the first trials run the best configurations of these earlier searches (from the MLflow "
-                        "store; any dataset): keys this space does not sample are skipped, numbers outside its "
-                        "ranges clipped, and the search says so. Tagged dpgdiff.warm_start=<search> in MLflow")
+                        "store; any dataset), or of training config files (a name ending in .yaml, e.g. "
+                        "configs/food_kitchen-cpu/dpgdiff.yaml): keys this space does not sample are skipped, "
+                        "numbers outside its ranges clipped, and the search says so. Tagged "
+                        "dpgdiff.warm_start=<search or file> in MLflow")
     g.add_argument("--warm-start-k", type=int, default=WARM_START_K, metavar="K",
                    help=f"how many of each --warm-start search's best configurations (default {WARM_START_K})")
     g.add_argument("--startup-trials", type=int, default=None,

@@ -12,6 +12,12 @@ searcher is built (`enqueue`), so a resumed search, whose searcher comes back fr
 enqueues them again. Each enqueued trial carries the user attribute WARM_START_ATTR, which the searcher
 copies into the trial's config (tune.trainable.WARM_START_KEY): MLflow tags its run dpgdiff.warm_start=<search>
 and the trial table shows the search's name.
+
+A name that ends in .yaml or .yml is a training config file instead (`python -m dpgdiff train --config`), one
+configuration: the committed best of the Food-Kitchen searches is what a fresh clone has to start from, since the
+MLflow store is not committed.
+
+    python tune/search.py --dataset movie_book --warm-start configs/food_kitchen-cpu/dpgdiff.yaml
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
@@ -31,7 +38,8 @@ DEFAULT_K = 3
 
 
 class WarmStartError(ValueError):
-    """A named search is not in the MLflow store, or has no trial to start from."""
+    """A named search is not in the MLflow store or has no trial to start from, or a named config file is missing
+    or invalid."""
 
 
 def warm_start_points(names: Sequence[str], k: int, space: SearchSpace, tracking_uri: str, experiment: str,
@@ -45,6 +53,13 @@ def warm_start_points(names: Sequence[str], k: int, space: SearchSpace, tracking
     points: list[dict[str, Any]] = []
     seen: set[str] = set()
     for name in names:
+        if is_config_file(name):
+            point = config_file_point(name, space, log)
+            key = json.dumps(point["params"], sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                points.append(point)
+            continue
         wanted = {tracking.SEARCH_TAG: name, tracking.ROLE_TAG: "search"}
         parents = tracking.find_runs(client, exp.experiment_id, wanted) if exp is not None else []
         if not parents:
@@ -76,6 +91,36 @@ def warm_start_points(names: Sequence[str], k: int, space: SearchSpace, tracking
             + ", ".join(f"{p['value']:.4f}" for p in points if p["search"] == name) + ") start this search"
             + (f"; keys this space does not sample, skipped: {', '.join(skipped)}" if skipped else ""))
     return points
+
+
+def is_config_file(name: str) -> bool:
+    """A --warm-start entry that names a training config file rather than an earlier search."""
+    return name.lower().endswith((".yaml", ".yml"))
+
+
+def config_file_point(path: str, space: SearchSpace, log: Any = print) -> dict[str, Any]:
+    """{"search": path, "run_id": None, "value": None, "params"}: a training config file (validated as
+    `train --config` validates it) mapped onto `space`. Its settings that `space` does not sample and that
+    differ from the space's own (fixed or default) values are named: the search keeps the space's."""
+    from dpgdiff.config import Config, ConfigError
+
+    if not Path(path).is_file():
+        raise WarmStartError(f"--warm-start {path}: no such config file (a name ending in .yaml/.yml is read "
+                             "as a training config; an earlier search is named without an extension)")
+    try:
+        config = flatten(Config.from_yaml(path).to_dict())
+    except ConfigError as exc:
+        raise WarmStartError(f"--warm-start {path}: {exc}") from None
+    base = space.base_values()
+    differing = [k for k, v in config.items() if k not in space.params and base.get(k) != v]
+    skipped: dict[str, None] = {}
+    params, notes = map_onto_space(config, differing, space, skipped)
+    for note in notes:
+        log(f"warm start from {path}: {note}")
+    log(f"warm start: the configuration in {path} starts this search"
+        + (f"; its settings this space does not sample and sets otherwise (the space's values are used): "
+           f"{', '.join(f'{k}={config[k]!r}' for k in skipped)}" if skipped else ""))
+    return {"search": path, "run_id": None, "value": None, "params": params}
 
 
 def map_onto_space(config: dict[str, Any], sampled: Sequence[str], space: SearchSpace,
