@@ -36,6 +36,8 @@ def test_margin_and_what_fits():
     text = budget.fit_message(epoch_s=100, left_s=2600, epochs=3, num_samples=30, concurrency=1)
     assert "26 epoch(s)" in text and "11 of the 30" not in text and "8 of the 30 trial(s)" in text
     assert "or all 30 at about 1 epoch(s) each (--epochs 1)" in text
+    text = budget.fit_message(epoch_s=100, left_s=2600, epochs=3, num_samples=budget.UNTIL_BUDGET, concurrency=2)
+    assert "52 epoch(s) in all (2 trial(s) at once): about 17 trial(s) to all 3 epochs" in text
 
 
 def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback():
@@ -70,6 +72,8 @@ def test_outcome_counts_name_what_the_budget_stopped_or_left_unstarted():
         "finished": 1, "stopped early by ASHA": 0, "failed": 0, "stopped by the time budget": 1,
         "not started (time budget)": 3, "interrupted": 0, "not started": 0}
     assert "stopped by the time budget" not in outcome_counts(rows[:1], saved[:1], planned=1)
+    unbounded = outcome_counts(rows, saved, planned=budget.UNTIL_BUDGET, ended_by_budget=True)
+    assert unbounded["not started (time budget)"] == 1, "only the trial Tune had made: no count to fall short of"
 
 
 @pytest.mark.slow
@@ -116,3 +120,32 @@ def test_a_budgeted_search_ends_within_budget_plus_margin_and_keeps_the_trial_it
     assert all(c.info.status == "FINISHED" for c in children), [(c.info.status, c.data.tags) for c in children]
     assert sum(c.data.tags.get("dpgdiff.selected") == "1" for c in children) == 1
     assert_study_agrees_with_mlflow(tmp_path, name)
+
+
+@pytest.mark.slow
+def test_a_budget_without_a_trial_count_starts_trials_until_it_is_spent(tmp_path):
+    """--time-budget without --num-samples: Tune starts trials (1 short epoch each, one at a time) until the budget
+    stops the search; the search is complete (exit 0, nothing to resume) with more trials than one and none
+    counted as missing, and it ends within budget + margin."""
+    name, budget_s = "until-spent", 45
+    args = search_args(tmp_path, name, "--epochs", "1", "--max-concurrent", "1", "--scheduler", "fifo",
+                       "--set", "model.xt_injection=concat_token", "--time-budget", f"{budget_s}s")
+    t0 = time.time()
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        kill_session(proc.pid)
+    wall = time.time() - t0
+    assert proc.returncode == 0, f"{out[-4000:]}\n{err[-4000:]}"
+    assert "trials until the time budget is spent" in out and "UNFINISHED" not in err
+    assert wall <= budget_s + budget.margin_s(budget_s), f"ended after {wall:.0f} s\n{out[-3000:]}"
+    trials = tune_trials(tmp_path, name)
+    assert len(trials) >= 2 and all(t.status == "TERMINATED" for t in trials), [t.status for t in trials]
+    summary = re.search(r"\n(\d+) trial\(s\): (.*); wall time", out)
+    assert summary and int(summary.group(1)) == len(trials), out[-3000:]
+    parent, children = mlflow_runs(tmp_path, name)
+    assert parent.info.status == "FINISHED" and "dpgdiff.unfinished" not in parent.data.tags
+    assert parent.data.params["num_samples"] == "-1"
+    assert sum(c.data.tags.get("dpgdiff.selected") == "1" for c in children) == 1

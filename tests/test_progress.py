@@ -185,3 +185,13 @@ def test_the_training_loop_calls_a_reporters_progress_hook(synthetic_dataset, mo
     assert hooks and calls[-1] == ("epoch end", 1)
     assert [c[1] for c in hooks] == sorted({c[1] for c in hooks}) and hooks[-1][1] == n
     assert all(c[0] == 1 and c[2] == n and c[3] >= 0 for c in hooks)
+
+
+def test_a_search_bounded_by_its_budget_only_shows_the_budget_not_a_trial_count_estimate(monkeypatch):
+    import tune.progress as progress
+    from tune.budget import UNTIL_BUDGET
+
+    monkeypatch.setattr(progress.time, "time", lambda: 1000.0)
+    reporter = ProgressReporter(max_epochs=2, num_samples=UNTIL_BUDGET, concurrency=2)
+    lines = reporter.status_lines([_trial("a_00000")], {}, 1060.0)
+    assert lines[0].startswith("elapsed 0:01:00; trials start until the time budget is spent"), lines

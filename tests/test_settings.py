@@ -72,6 +72,18 @@ def test_settings_from_command_line_round_trip_through_the_resume_file(tmp_path)
         back.epochs = 5  # frozen
 
 
+def test_a_time_budget_without_a_trial_count_runs_trials_until_it_is_spent(tmp_path):
+    from tune.budget import UNTIL_BUDGET
+
+    assert settings_from_args(_search_args(tmp_path, "--name", "a")).num_samples == 8
+    bounded = settings_from_args(_search_args(tmp_path, "--name", "b", "--time-budget", "45m"))
+    assert bounded.num_samples == UNTIL_BUDGET and bounded.startup_trials == 10
+    both = settings_from_args(_search_args(tmp_path, "--name", "c", "--time-budget", "45m", "--num-samples", "6"))
+    assert both.num_samples == 6 and both.startup_trials == 3
+    back = SearchSettings.from_saved(json.loads(json.dumps(bounded.to_saved())), bounded.run, "test")
+    assert back.num_samples == UNTIL_BUDGET, "a resume keeps it"
+
+
 def test_resume_file_of_the_earlier_flat_format_still_reads(tmp_path):
     settings = settings_from_args(_search_args(tmp_path, "--name", "old", "--data-dir", str(tmp_path)))
     flat = {k: v for k, v in settings.to_saved().items() if k != "dataset"}

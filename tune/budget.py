@@ -12,6 +12,9 @@ like any finished trial. They are TERMINATED in Tune, FINISHED in MLflow with th
 started counts as "not started (time budget)". Then the search selects, tests and registers its best trial,
 which takes the margin (`margin_s`) printed when the search starts: the search ends within budget + margin.
 
+Without --num-samples, a budgeted search has no trial count (UNTIL_BUDGET, Tune's num_samples=-1): trials start
+until the budget is spent, and the budget ending it is its normal, complete end.
+
 Once the first epoch has been timed, `BudgetCallback` prints how many trials of how many epochs fit in
 what is left, and the progress line (tune/progress.py) shows the budget left.
 
@@ -27,6 +30,7 @@ from typing import Any, Optional
 
 from ray import tune
 
+UNTIL_BUDGET = -1  # num_samples of a search with --time-budget and no --num-samples: trials start until it is spent
 STOPPED_BY = "time_budget"  # the value of tune/tracking.py's dpgdiff.stopped_by on a trial the budget stopped
 
 
@@ -144,9 +148,14 @@ class BudgetCallback(tune.Callback):
 
 
 def fit_message(epoch_s: float, left_s: float, epochs: int, num_samples: int, concurrency: int) -> str:
-    """What fits in `left_s` at `epoch_s` per epoch, `concurrency` trials at once."""
+    """What fits in `left_s` at `epoch_s` per epoch, `concurrency` trials at once (num_samples UNTIL_BUDGET:
+    as many trials as fit)."""
     epochs_fit = int(left_s // epoch_s) * concurrency
     full = epochs_fit // max(1, epochs)
+    if num_samples == UNTIL_BUDGET:
+        return (f"time budget: an epoch takes about {epoch_s:.0f} s; the {clock_text(left_s)} left fit about "
+                f"{epochs_fit} epoch(s) in all ({concurrency} trial(s) at once): about {full} trial(s) to all "
+                f"{epochs} epochs, more where ASHA stops weak trials early")
     text = (f"time budget: an epoch takes about {epoch_s:.0f} s; the {clock_text(left_s)} left fit about "
             f"{epochs_fit} epoch(s) in all ({concurrency} trial(s) at once): {min(full, num_samples)} of the "
             f"{num_samples} trial(s) to all {epochs} epochs")

@@ -147,7 +147,7 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
         parent = open_parent_run(settings, space, card)  # 4. MLflow parent run (reopened on resume)
         try:  # 5. Tune
             tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train, slots=slots)
-            print(f"\nsearch {settings.name!r}: {settings.num_samples} trials, results in {settings.path}"
+            print(f"\nsearch {settings.name!r}: {planned_text(settings.num_samples)}, results in {settings.path}"
                   + (" (resumed)" if settings.run.resuming else ""), flush=True)
             t_fit = time.time()
             record_driver(settings.path, t_fit)  # search_wall_s sums the drivers' times (a resume's included)
@@ -454,7 +454,8 @@ def _progress(settings: SearchSettings, space: SearchSpace, slots: int = 1) -> O
     params = ([p for p in preferred if p in space.params] + [p for p in space.params if p not in preferred])[:4]
     return ProgressReporter(
         max_epochs=settings.epochs, num_samples=settings.num_samples, early_stopping=settings.scheduler == "asha",
-        concurrency=min(slots, settings.max_concurrent or slots, settings.num_samples),
+        concurrency=min(slots, settings.max_concurrent or slots,
+                        slots if settings.num_samples == budget.UNTIL_BUDGET else settings.num_samples),
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
                         "val_y_mrr": "val MRR Y", METRIC: "val MRR sum",
                         **({"infer_ms": "ms/1k val"} if len(settings.objectives) > 1 else {})},
@@ -484,7 +485,7 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     failed = [r for r in rows if r["status"] == "ERROR"]
     ended_by_budget = budget.budget_ended()
     counts = outcome_counts(rows, trials, settings.num_samples, ended_by_budget)
-    print(f"\n{settings.num_samples} trial(s): " + ", ".join(f"{n} {what}" for what, n in counts.items()
+    print(f"\n{len(rows) if settings.num_samples == budget.UNTIL_BUDGET else settings.num_samples} trial(s): " + ", ".join(f"{n} {what}" for what, n in counts.items()
                                                         if n or what in DONE_OUTCOMES)
           + (f" (FINISHED in MLflow, tagged {tracking.STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
           + (f" ({tracking.STOPPED_BY_TAG}={budget.STOPPED_BY})" if counts.get("stopped by the time budget") else "")
@@ -492,12 +493,14 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
 
     client, run_id = parent.client, parent.run_id
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished or (len(trials) < settings.num_samples and not ended_by_budget):
+    # A search bounded by its budget only is complete when the budget ended it, whatever the count.
+    short = settings.num_samples == budget.UNTIL_BUDGET or len(trials) < settings.num_samples
+    if unfinished or (short and not ended_by_budget):
         client.set_tag(run_id, UNFINISHED_TAG, "1")
         client.set_terminated(run_id, status="KILLED")
         done_count = sum(counts.get(k, 0) for k in (*DONE_OUTCOMES, *BUDGET_OUTCOMES))
         print(f"\nSearch {settings.name!r} is UNFINISHED ({done_count} of "
-              f"{settings.num_samples} trials done). Resume it with:\n"
+              f"{planned_text(settings.num_samples)} done). Resume it with:\n"
               f"    python tune/search.py --name {settings.name} --storage-path {settings.run.storage} --resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -618,6 +621,11 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
 DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed")  # what a resume does not run again
 BUDGET_OUTCOMES = ("stopped by the time budget", "not started (time budget)")  # done too, when --time-budget ended it
 BUDGET_STOPPED = "STOPPED_BY_BUDGET"  # a trial row's status when --time-budget stopped it (tune/budget.py)
+
+
+def planned_text(num_samples: int) -> str:
+    """'8 trials', or 'trials until the time budget is spent' (UNTIL_BUDGET)."""
+    return "trials until the time budget is spent" if num_samples == budget.UNTIL_BUDGET else f"{num_samples} trials"
 
 
 def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,

@@ -135,7 +135,9 @@ class ProgressReporter(tune.CLIReporter):
         current = {tid: p for tid, p in progress.items() if self._is_current(tid, p, trials)}
         clocks = [self._trial_clock(t, current.get(t.trial_id), now) for t in trials]
         left = estimate_seconds_left(clocks, self._max_epochs, self._num_samples, self._concurrency)
-        if left is None:
+        if self._num_samples == budget.UNTIL_BUDGET:  # trials start until the budget is spent: it is the estimate
+            estimate = "trials start until the time budget is spent"
+        elif left is None:
             estimate = "time left: estimated once a trial has trained for a few seconds"
         elif not any(c.epochs for c in clocks):
             estimate = (f"time left: at most about {clock_text(left)} (every trial to the last epoch{self._caveat}; "

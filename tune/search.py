@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="fix a config field for every trial (repeatable); a fixed parameter leaves the search")
     g.add_argument("--epochs", type=int, default=None, help="epochs per trial (ASHA's max_t); default: the space's train.epochs")
-    g.add_argument("--num-samples", type=int, default=8, help="number of trials (default 8)")
+    g.add_argument("--num-samples", type=int, default=None,
+                   help="number of trials (default 8; with --time-budget, as many as the budget allows)")
     g.add_argument("--seed", type=int, default=2040, help="Optuna sampler seed; also train.seed unless fixed")
     g.add_argument("--objectives", default="val_mrr_sum", metavar="val_mrr_sum[,infer_ms]",
                    help="what Optuna optimises: val_mrr_sum (max; default), or val_mrr_sum,infer_ms to also "
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warm-start-k", type=int, default=WARM_START_K, metavar="K",
                    help=f"how many of each --warm-start search's best configurations (default {WARM_START_K})")
     g.add_argument("--startup-trials", type=int, default=None,
-                   help="random trials before TPE takes over (default: min(10, max(2, num_samples // 2)))")
+                   help="random trials before TPE takes over (default: min(10, max(2, num_samples // 2)); 10 for a "
+                        "search bounded by --time-budget only)")
     g = p.add_argument_group("scheduling and resources")
     g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
     g.add_argument("--grace-period", type=int, default=None, help="ASHA grace (epochs); default min(10, max(1, epochs // 4))")

@@ -73,7 +73,7 @@ class SearchSettings:
     space_text: str  # its YAML text (the space is rebuilt from it on resume)
     fixed: Mapping[str, Any]  # --set / --epochs / seed / threads fixed for every trial (dotted names)
     epochs: int  # per trial (ASHA's max_t)
-    num_samples: int  # trials
+    num_samples: int  # trials; tune.budget.UNTIL_BUDGET (-1): as many as --time-budget allows
     seed: int  # Optuna sampler seed
     startup_trials: int  # random trials before TPE
     scheduler: Literal["asha", "fifo"]
@@ -409,11 +409,11 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(args.dataset).stem).lstrip(".")[:60] or "search"
     name = name or f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri()
+    num_samples = _num_samples(args)
     settings = SearchSettings(
         name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,
-        fixed=fixed, epochs=epochs, num_samples=args.num_samples, seed=args.seed,
-        startup_trials=(args.startup_trials if args.startup_trials is not None
-                        else min(10, max(2, args.num_samples // 2))),
+        fixed=fixed, epochs=epochs, num_samples=num_samples, seed=args.seed,
+        startup_trials=args.startup_trials if args.startup_trials is not None else default_startup_trials(num_samples),
         scheduler="fifo" if len(objectives) > 1 else args.scheduler, objectives=objectives,
         grace_period=grace,
         reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent,
@@ -422,10 +422,30 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
         tracking_uri=tracking_uri,
         experiment=args.experiment, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         git_commit=_git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card),
-        optuna_storage=_optuna_storage(args, tracking_uri), warm_start=_warm_start(args, space, tracking_uri),
+        optuna_storage=_optuna_storage(args, tracking_uri),
+        warm_start=_warm_start(args, space, tracking_uri, num_samples),
         time_budget_s=parse_duration(args.time_budget) if getattr(args, "time_budget", None) else None, run=run)
     settings.__dict__["space"] = space  # already built and checked: seed the cached property, do not parse twice
     return settings
+
+
+DEFAULT_NUM_SAMPLES = 8
+
+
+def _num_samples(args: argparse.Namespace) -> int:
+    """--num-samples; not given: DEFAULT_NUM_SAMPLES, or with --time-budget as many trials as the budget allows
+    (tune.budget.UNTIL_BUDGET: Tune starts trials until the budget stops the search)."""
+    from tune.budget import UNTIL_BUDGET
+
+    if args.num_samples is not None:
+        return args.num_samples
+    return UNTIL_BUDGET if getattr(args, "time_budget", None) else DEFAULT_NUM_SAMPLES
+
+
+def default_startup_trials(num_samples: int) -> int:
+    """Random trials before TPE: half the trials, 2 to 10 (Optuna's own default, 10, for a search bounded by its
+    time budget only)."""
+    return 10 if num_samples < 0 else min(10, max(2, num_samples // 2))
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -444,7 +464,8 @@ def parse_duration(text: str, flag: str = "--time-budget") -> float:
     return seconds
 
 
-def _warm_start(args: argparse.Namespace, space: SearchSpace, tracking_uri: str) -> tuple[dict[str, Any], ...]:
+def _warm_start(args: argparse.Namespace, space: SearchSpace, tracking_uri: str,
+                num_samples: int) -> tuple[dict[str, Any], ...]:
     """--warm-start NAME[,NAME...] / --warm-start-k: the earlier searches' best configurations (tune/warmstart.py)."""
     from tune.warmstart import DEFAULT_K, WarmStartError, warm_start_points
 
@@ -458,9 +479,9 @@ def _warm_start(args: argparse.Namespace, space: SearchSpace, tracking_uri: str)
         points = warm_start_points(names, k, space, tracking_uri, args.experiment)
     except WarmStartError as exc:
         raise SearchError(str(exc)) from None
-    if len(points) > args.num_samples:
-        print(f"warm start: {len(points)} configurations but --num-samples {args.num_samples}: only the first "
-              f"{args.num_samples} run", flush=True)
+    if 0 < num_samples < len(points):
+        print(f"warm start: {len(points)} configurations but --num-samples {num_samples}: only the first "
+              f"{num_samples} run", flush=True)
     return tuple(points)
 
 
