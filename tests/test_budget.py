@@ -76,6 +76,21 @@ def test_outcome_counts_name_what_the_budget_stopped_or_left_unstarted():
     assert unbounded["not started (time budget)"] == 1, "only the trial Tune had made: no count to fall short of"
 
 
+def _timed_search(args: list[str], cwd) -> tuple[str, str, float]:
+    """Run a search command in its own session (killed after, by its session id) -> (stdout, stderr, seconds from
+    before the process started); it must exit 0."""
+    t0 = time.time()
+    proc = subprocess.Popen(args, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        kill_session(proc.pid)
+    wall = time.time() - t0
+    assert proc.returncode == 0, f"{out[-4000:]}\n{err[-4000:]}"
+    return out, err, wall
+
+
 @pytest.mark.slow
 def test_a_budgeted_search_ends_within_budget_plus_margin_and_keeps_the_trial_it_stopped(tmp_path):
     """Trials of 100 slow epochs (stub: 1 s pause each) one at a time, longer than the budget: the budget ends the
@@ -89,15 +104,7 @@ def test_a_budgeted_search_ends_within_budget_plus_margin_and_keeps_the_trial_it
                        "--scheduler", "fifo", "--set", "model.xt_injection=concat_token",
                        "--time-budget", f"{budget_s}s", train_fn="train_slow")
     args.remove("--quiet")  # the trial table and progress line too: the budget counting down, the stopped trial
-    t0 = time.time()
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=600)
-    finally:
-        kill_session(proc.pid)
-    wall = time.time() - t0
-    assert proc.returncode == 0, f"{out[-4000:]}\n{err[-4000:]}"
+    out, err, wall = _timed_search(args, tmp_path)
     promised = re.search(r"so the search ends within (\d+):(\d\d):(\d\d) of its start", out)
     assert promised, out[-4000:]
     h, m, s = map(int, promised.groups())
@@ -130,15 +137,7 @@ def test_a_budget_without_a_trial_count_starts_trials_until_it_is_spent(tmp_path
     name, budget_s = "until-spent", 45
     args = search_args(tmp_path, name, "--epochs", "1", "--max-concurrent", "1", "--scheduler", "fifo",
                        "--set", "model.xt_injection=concat_token", "--time-budget", f"{budget_s}s")
-    t0 = time.time()
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=600)
-    finally:
-        kill_session(proc.pid)
-    wall = time.time() - t0
-    assert proc.returncode == 0, f"{out[-4000:]}\n{err[-4000:]}"
+    out, err, wall = _timed_search(args, tmp_path)
     assert "trials until the time budget is spent" in out and "UNFINISHED" not in err
     assert wall <= budget_s + budget.margin_s(budget_s), f"ended after {wall:.0f} s\n{out[-3000:]}"
     trials = tune_trials(tmp_path, name)
