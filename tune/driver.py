@@ -461,7 +461,8 @@ def _progress(settings: SearchSettings, space: SearchSpace, slots: int = 1) -> O
                         **({"infer_ms": "ms/1k val"} if len(settings.objectives) > 1 else {})},
         parameter_columns={p: p.split(".", 1)[1] for p in params} | ({WARM_START_KEY: "warm start"}
                                                                       if settings.warm_start else {}),
-        max_report_frequency=15, metric=METRIC, mode=MODE, sort_by_metric=True, max_progress_rows=12)
+        max_report_frequency=15, metric=METRIC, mode=MODE, sort_by_metric=True, max_progress_rows=12,
+        max_column_length=40)  # a --warm-start config file's path whole (Tune cuts at 20 and adds a hash)
 
 
 # ------------------------------------------------------------------------------------- the end
