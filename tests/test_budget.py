@@ -130,21 +130,60 @@ def test_a_budgeted_search_ends_within_budget_plus_margin_and_keeps_the_trial_it
 
 
 @pytest.mark.slow
-def test_a_budget_without_a_trial_count_starts_trials_until_it_is_spent(tmp_path):
+def test_a_budget_only_search_runs_trials_until_it_is_spent_and_a_resume_continues_the_count(tmp_path):
     """--time-budget without --num-samples: Tune starts trials (1 short epoch each, one at a time) until the budget
-    stops the search; the search is complete (exit 0, nothing to resume) with more trials than one and none
-    counted as missing, and it ends within budget + margin."""
-    name, budget_s = "until-spent", 45
+    stops the search. Interrupted (Ctrl-C) once two trials have finished, it is UNFINISHED; resumed, it goes on
+    starting new trials (none rerun, no Optuna trial number twice) until the budget, counted over both drivers,
+    is spent, and it is then complete (exit 0), with the study agreeing with MLflow."""
+    import json
+    import os
+    import signal
+
+    from tests.test_search_helpers import run, trial_results
+    from tune.settings import read_drivers
+
+    name, budget_s = "until-spent", 60
     args = search_args(tmp_path, name, "--epochs", "1", "--max-concurrent", "1", "--scheduler", "fifo",
                        "--set", "model.xt_injection=concat_token", "--time-budget", f"{budget_s}s")
-    out, err, wall = _timed_search(args, tmp_path)
-    assert "trials until the time budget is spent" in out and "UNFINISHED" not in err
-    assert wall <= budget_s + budget.margin_s(budget_s), f"ended after {wall:.0f} s\n{out[-3000:]}"
+    log = tmp_path / "first.log"
+    e = env()
+    e["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # snapshot the experiment often, so what finished is known to the restore
+    with log.open("w") as handle:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=e, stdout=handle, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        finished: list = []
+        while time.time() < deadline and proc.poll() is None:
+            finished = [d for d in (tmp_path / "ray_results" / name).glob("trial_*")
+                        if any(r.get("final") for r in trial_results(d))]
+            if len(finished) >= 2:
+                break
+            time.sleep(0.5)
+        assert len(finished) >= 2 and proc.poll() is None, log.read_text()[-4000:]
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=90)
+    finally:
+        kill_session(proc.pid)
+    text = log.read_text()
+    assert proc.returncode == 130 and "trials until the time budget is spent" in text, text[-4000:]
+    assert "UNFINISHED" in text and "trials until the time budget is spent done" in text, text[-3000:]
+    before = {t.trial_id for t in tune_trials(tmp_path, name)}
+
+    resumed = run(search_args(tmp_path, name, "--resume"), tmp_path, timeout=400)
+    assert resumed.returncode == 0, f"{resumed.stdout[-4000:]}\n{resumed.stderr[-4000:]}"
+    assert "UNFINISHED" not in resumed.stderr and "Best trial" in resumed.stdout
     trials = tune_trials(tmp_path, name)
-    assert len(trials) >= 2 and all(t.status == "TERMINATED" for t in trials), [t.status for t in trials]
-    summary = re.search(r"\n(\d+) trial\(s\): (.*); wall time", out)
-    assert summary and int(summary.group(1)) == len(trials), out[-3000:]
+    assert before < {t.trial_id for t in trials}, "the resume starts new trials: the count is the budget's"
+    assert all(t.status == "TERMINATED" for t in trials), [t.status for t in trials]
+    summary = re.search(r"\n(\d+) trial\(s\): .*; wall time", resumed.stdout)
+    assert summary and int(summary.group(1)) == len(trials), resumed.stdout[-3000:]
+    drivers = read_drivers(str(tmp_path / "ray_results" / name))
+    assert len(drivers) == 2 and sum(d["wall_s"] for d in drivers) <= budget_s + budget.margin_s(budget_s), drivers
     parent, children = mlflow_runs(tmp_path, name)
     assert parent.info.status == "FINISHED" and "dpgdiff.unfinished" not in parent.data.tags
-    assert parent.data.params["num_samples"] == "-1"
+    assert json.loads(parent.data.params["num_samples"]) == budget.UNTIL_BUDGET
+    numbers = [int(c.data.tags["dpgdiff.optuna_trial"]) for c in children]
+    assert len(numbers) == len(set(numbers)) == len(children), numbers
     assert sum(c.data.tags.get("dpgdiff.selected") == "1" for c in children) == 1
+    assert_study_agrees_with_mlflow(tmp_path, name)

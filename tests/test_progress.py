@@ -195,3 +195,23 @@ def test_a_search_bounded_by_its_budget_only_shows_the_budget_not_a_trial_count_
     reporter = ProgressReporter(max_epochs=2, num_samples=UNTIL_BUDGET, concurrency=2)
     lines = reporter.status_lines([_trial("a_00000")], {}, 1060.0)
     assert lines[0].startswith("elapsed 0:01:00; trials start until the time budget is spent"), lines
+
+
+def test_the_best_trial_line_survives_a_parameter_column_the_best_trial_lacks(monkeypatch):
+    """The warm-start column: only enqueued trials carry its key, and Tune's "current best trial" line looked every
+    parameter column up in the best trial's config (KeyError: 'warm_start', which ended a search on real data)."""
+    import tune.progress as progress
+
+    monkeypatch.setattr(progress.time, "time", lambda: 2000.0)
+    reporter = ProgressReporter(max_epochs=3, num_samples=4, metric="val_mrr_sum", mode="max",
+                                metric_columns={"val_mrr_sum": "val MRR sum"},
+                                parameter_columns={"model.dim": "dim", "warm_start": "warm start"},
+                                max_column_length=40)  # as tune/driver.py builds it
+    warm_config = {"model.dim": 16, "warm_start": "configs/food_kitchen-cpu/dpgdiff.yaml"}
+    warm = _trial("w", "RUNNING", epoch=1, val_mrr_sum=0.10, timestamp=2001, config=warm_config)
+    warm.config = warm_config
+    cold = _trial("c", "RUNNING", epoch=1, val_mrr_sum=0.20, timestamp=2001,  # the best, sampled by Optuna
+                  config={"model.dim": 16})
+    text = reporter._progress_str([reporter._shown(t) for t in (warm, cold)], False)
+    assert "Current best trial: c" in text and "configs/food_kitchen-cpu/dpgdiff.yaml" in text, text
+    assert reporter._shown(warm) is warm, "a trial with every column is shown as it is"

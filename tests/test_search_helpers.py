@@ -160,8 +160,14 @@ def assert_study_agrees_with_mlflow(tmp: Path, search: str) -> set[int]:
     for number, run in runs.items():
         trial = trials[number]
         assert trial.params == json.loads(run.data.tags["dpgdiff.sampled"]), f"trial {number}: params differ"
-        if run.info.status == "FINISHED" and "dpgdiff.stopped_early" not in run.data.tags:
-            assert trial.state == optuna.trial.TrialState.COMPLETE, f"trial {number}: {trial.state}"
+        if run.info.status != "FINISHED" or "dpgdiff.stopped_early" in run.data.tags:
+            continue
+        if "best_val_mrr_sum" not in run.data.metrics:  # --time-budget stopped it before its first result
+            assert run.data.tags.get("dpgdiff.stopped_by") == "time_budget", (number, run.data.tags)
+            assert trial.state == optuna.trial.TrialState.PRUNED, f"trial {number}: {trial.state}"
+        else:
+            assert trial.state == optuna.trial.TrialState.COMPLETE, \
+                f"trial {number}: {trial.state}; its run: {run.data.metrics}, {run.data.tags}"
             assert math.isclose(trial.value, run.data.metrics["best_val_mrr_sum"], rel_tol=1e-9), \
                 f"trial {number}: study value {trial.value} vs MLflow {run.data.metrics['best_val_mrr_sum']}"
     return lost

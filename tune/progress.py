@@ -65,7 +65,7 @@ def _rate(value: float) -> str:
 
 
 class _ShownTrial:
-    """A trial with another last result and temporary state (no location); everything else is the trial's."""
+    """A trial with another last result or temporary state (no location); everything else is the trial's."""
 
     def __init__(self, trial: Any, last_result: dict, temporary_state: Any) -> None:
         self._trial, self.last_result, self.temporary_state = trial, last_result, temporary_state
@@ -195,15 +195,27 @@ class ProgressReporter(tune.CLIReporter):
         """The trial as the table shows it: without a location while its last result is an earlier driver
         session's (that worker is gone). Tune's table takes the location from the result's node_ip and pid,
         else from the trial's temporary state."""
-        result = trial.last_result or {}
+        original = trial.last_result or {}
+        result = original
+        state = original_state = getattr(trial, "temporary_state", None)
         if trial.status == "TERMINATED" and self._metric and self._metric not in result:
             # stopped before its first result (--time-budget): Tune's table sorts TERMINATED trials by the metric
             # and fails on a missing one
-            return _ShownTrial(trial, {**result, self._metric: float("nan")}, trial.temporary_state)
-        if not result or int(result.get("timestamp", self._start) or 0) >= int(self._start):
+            result = {**result, self._metric: float("nan")}
+        elif result and int(result.get("timestamp", self._start) or 0) < int(self._start):
+            result = {k: v for k, v in result.items() if k not in ("node_ip", "pid")}
+            state = _NoLocation(state)
+        # Tune's "current best trial" line looks every parameter column up in the config of the best trial's last
+        # result and fails on a missing key: a conditional parameter the trial did not sample, or the warm-start
+        # column of a trial Optuna sampled (only warm-start trials carry that key). Missing ones are shown blank.
+        if result:
+            config = result.get("config") or getattr(trial, "config", None) or {}
+            missing = [p for p in (self._parameter_columns or ()) if p not in config]
+            if missing or "config" not in result:
+                result = {**result, "config": {**config, **dict.fromkeys(missing, "")}}
+        if result is original and state is original_state:
             return trial
-        return _ShownTrial(trial, {k: v for k, v in result.items() if k not in ("node_ip", "pid")},
-                           _NoLocation(trial.temporary_state))
+        return _ShownTrial(trial, result, state)
 
 
 def shown_status(trial: Any) -> str:

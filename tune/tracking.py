@@ -354,6 +354,10 @@ class MLflowTrialTracker(tune.Callback):
         epoch = (trial.last_result or {}).get("epoch", "?")
         if stopped_by_budget(trial.trial_id):  # not an early stop: the search's time was up (tune/budget.py)
             self.client.set_tag(run_id, STOPPED_BY_TAG, BUDGET_STOPPED_BY)
+            if not (trial.last_result or {}).get("epoch"):
+                self.client.set_tag(run_id, NOTE_TAG, "Stopped by the search's --time-budget before its first "
+                                    "epoch ended: no result, nothing to select. Not a failure and not an early stop.")
+                return
             self.client.set_tag(run_id, NOTE_TAG, f"Stopped by the search's --time-budget after epoch {epoch}: "
                                 "the budget was spent while it trained. Not a failure and not an early stop; its "
                                 "checkpoints are kept and it can be selected like a finished trial.")
