@@ -18,8 +18,24 @@ from tests import test_search_stubs
 from tune.search import main
 
 # "registration": the driver SIGKILLs itself after logging the best model into the parent run, before registering
-# it (tests/test_local_ray.py's kill point "between model logging and registration").
+# it (tests/test_local_ray.py's kill point "between model logging and registration"). "table": the trial table
+# raises once a trial has ended (tests/test_resume.py: an exception in the driver, then a resume).
 KILL_AT_ENV = "DPGDIFF_STUB_KILL_AT"
+
+
+def _raise_in_the_trial_table() -> None:
+    """"table": the trial table raises once a trial has ended, as Tune's best-trial line once did (a KeyError on a
+    parameter column): an exception out of `tuner.fit()` in the driver, with Tune's state saved."""
+    import tune.progress
+
+    report = tune.progress.ProgressReporter.report
+
+    def failing(self, trials, done, *sys_info):
+        if any(t.status == "TERMINATED" for t in trials):
+            raise RuntimeError("stub: the trial table failed")
+        return report(self, trials, done, *sys_info)
+
+    tune.progress.ProgressReporter.report = failing
 
 
 def _kill_before_registration() -> None:
@@ -34,4 +50,6 @@ def _kill_before_registration() -> None:
 if __name__ == "__main__":
     if os.environ.get(KILL_AT_ENV) == "registration":
         _kill_before_registration()
+    if os.environ.get(KILL_AT_ENV) == "table":
+        _raise_in_the_trial_table()
     exit_process(main(sys.argv[2:], train_fn=getattr(test_search_stubs, sys.argv[1])))  # as tune/search.py exits

@@ -219,6 +219,35 @@ def test_resume_retry_errored_reruns_failed_trials_from_their_checkpoint(tmp_pat
     assert len(children) == 2 and all(c.info.status == "FINISHED" and "error" not in c.data.tags for c in children)
 
 
+def test_a_driver_that_raised_says_how_to_resume_and_the_resume_completes(tmp_path):
+    """An exception out of tuner.fit() in the driver (here the trial table's, as Tune's best-trial line once
+    raised KeyError on the sparse proxy): exit non-zero with the traceback, the parent FAILED with the error, and
+    the resume command printed; the resume then runs the search to the end, and the parent is FINISHED without
+    the earlier error."""
+    from tests.search_with_stub import KILL_AT_ENV
+
+    args = [a for a in search_args(tmp_path, NAME, "--epochs", "1", "--num-samples", str(N_TRIALS),
+                                   "--max-concurrent", "1", "--scheduler", "fifo",
+                                   "--set", "model.xt_injection=concat_token", train_fn="train_slow")
+            if a != "--quiet"]  # the trial table is what raises
+    crashed = subprocess.run(args, cwd=tmp_path, env={**env(), KILL_AT_ENV: "table"}, capture_output=True,
+                             text=True, timeout=300)
+    assert crashed.returncode != 0 and "RuntimeError: stub: the trial table failed" in crashed.stderr
+    assert "stopped on RuntimeError; its state is saved" in crashed.stderr and "--resume" in crashed.stderr, \
+        crashed.stderr[-3000:]
+    parent, _ = mlflow_runs(tmp_path, NAME)
+    assert parent.info.status == "FAILED" and "stub: the trial table failed" in parent.data.tags["error"]
+
+    resumed = run(search_args(tmp_path, NAME, "--resume", train_fn="train_slow"), tmp_path, timeout=300)
+    assert resumed.returncode == 0, f"{resumed.stdout[-4000:]}\n{resumed.stderr[-4000:]}"
+    trials = tune_trials(tmp_path, NAME)
+    assert len(trials) == N_TRIALS and all(t.status == "TERMINATED" for t in trials)
+    parent, children = mlflow_runs(tmp_path, NAME)
+    assert parent.info.status == "FINISHED" and "error" not in parent.data.tags, parent.data.tags
+    assert len(children) == N_TRIALS and all(c.info.status == "FINISHED" for c in children)
+    assert_study_agrees_with_mlflow(tmp_path, NAME)
+
+
 def test_retry_errored_needs_resume(tmp_path):
     result = run(search_args(tmp_path, "x", "--retry-errored"), tmp_path, timeout=120)
     assert result.returncode == 2 and "--retry-errored: only with --resume" in result.stderr, result.stderr[-2000:]

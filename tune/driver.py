@@ -164,6 +164,10 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
                     pass
             parent.client.set_tag(parent.run_id, tracking.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
             parent.client.set_terminated(parent.run_id, status=status)
+            if ray_internals.experiment_state_saved(settings.path):  # after the traceback's cause is fixed
+                print(f"\nSearch {settings.name!r} stopped on {type(exc).__name__}; its state is saved. Resume it "
+                      f"with:\n    python tune/search.py --name {settings.name} --storage-path "
+                      f"{settings.run.storage} --resume", file=sys.stderr, flush=True)
             raise
         return finish(results, settings, space, parent, wall, dataset)
     finally:
