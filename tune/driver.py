@@ -490,8 +490,9 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     failed = [r for r in rows if r["status"] == "ERROR"]
     ended_by_budget = budget.budget_ended()
     counts = outcome_counts(rows, trials, settings.num_samples, ended_by_budget)
-    print(f"\n{len(rows) if settings.num_samples == budget.UNTIL_BUDGET else settings.num_samples} trial(s): " + ", ".join(f"{n} {what}" for what, n in counts.items()
-                                                        if n or what in DONE_OUTCOMES)
+    until_budget = settings.num_samples == budget.UNTIL_BUDGET  # no count: the budget decided how many ran
+    print(f"\n{len(rows) if until_budget else settings.num_samples} trial(s): "
+          + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in DONE_OUTCOMES)
           + (f" (FINISHED in MLflow, tagged {tracking.STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
           + (f" ({tracking.STOPPED_BY_TAG}={budget.STOPPED_BY})" if counts.get("stopped by the time budget") else "")
           + f"; wall time {wall:.1f} s", flush=True)
@@ -499,7 +500,7 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     client, run_id = parent.client, parent.run_id
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
     # A search bounded by its budget only is complete when the budget ended it, whatever the count.
-    short = settings.num_samples == budget.UNTIL_BUDGET or len(trials) < settings.num_samples
+    short = until_budget or len(trials) < settings.num_samples
     if unfinished or (short and not ended_by_budget):
         client.set_tag(run_id, UNFINISHED_TAG, "1")
         client.set_terminated(run_id, status="KILLED")
