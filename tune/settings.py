@@ -445,7 +445,9 @@ def _num_samples(args: argparse.Namespace) -> int:
 def default_startup_trials(num_samples: int) -> int:
     """Random trials before TPE: half the trials, 2 to 10 (Optuna's own default, 10, for a search bounded by its
     time budget only)."""
-    return 10 if num_samples < 0 else min(10, max(2, num_samples // 2))
+    from tune.budget import UNTIL_BUDGET
+
+    return 10 if num_samples == UNTIL_BUDGET else min(10, max(2, num_samples // 2))
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -52,12 +52,19 @@ def warm_start_points(names: Sequence[str], k: int, space: SearchSpace, tracking
     exp = client.get_experiment_by_name(experiment)
     points: list[dict[str, Any]] = []
     seen: set[str] = set()
+
+    def is_new(params: dict[str, Any]) -> bool:
+        """Whether this configuration is not taken yet (and take note of it)."""
+        key = json.dumps(params, sort_keys=True, default=str)
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
     for name in names:
         if is_config_file(name):
             point = config_file_point(name, space, log)
-            key = json.dumps(point["params"], sort_keys=True, default=str)
-            if key not in seen:
-                seen.add(key)
+            if is_new(point["params"]):
                 points.append(point)
             continue
         wanted = {tracking.SEARCH_TAG: name, tracking.ROLE_TAG: "search"}
@@ -78,10 +85,8 @@ def warm_start_points(names: Sequence[str], k: int, space: SearchSpace, tracking
                 break
             config, sampled = _run_config(client, run)
             params, notes = map_onto_space(config, sampled, space, skipped)
-            key = json.dumps(params, sort_keys=True, default=str)
-            if key in seen:
+            if not is_new(params):
                 continue
-            seen.add(key)
             taken += 1
             points.append({"search": name, "run_id": run.info.run_id,
                            "value": float(run.data.metrics[SCORE]), "params": params})
