@@ -102,6 +102,12 @@ SEARCH_CASES = [
      ["--tracking-uri http://127.0.0.1:1", "no MLflow server answers", "within 3 s"]),
     ("tracking-uri-no-folder", lambda t: ["--tracking-uri", f"sqlite:///{t}/no/such/dir/x.db"],
      ["--tracking-uri", "no/such/dir does not exist"]),
+    # a plain folder or file: URI, refused by MLflow 3 only when a trial opens it; with a warm start it used to
+    # crash in the warm start's store read before the URI was checked
+    ("tracking-uri-file-store", lambda t: ["--tracking-uri", f"file://{t}/mlruns"],
+     ["--tracking-uri", "refuses a plain file store", "--tracking-uri sqlite:///", "/mlruns/mlflow.db"]),
+    ("tracking-uri-folder-with-warm-start", lambda t: ["--tracking-uri", f"{t}/mlruns", "--warm-start", "x"],
+     ["--tracking-uri", "refuses a plain file store", "--tracking-uri sqlite:///", "/mlruns/mlflow.db"]),
     ("address-unreachable", lambda t: ["--address", "127.0.0.1:1"],
      ["--address 127.0.0.1:1", "no Ray cluster answers", "within 3 s"]),
     ("cpus-per-trial-above-local", lambda t: ["--cpus-per-trial", str((os.cpu_count() or 1) + 1)],

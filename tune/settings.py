@@ -193,8 +193,6 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         if args.resume:
             raise SearchError(f"--resume: nothing to resume at {run.storage}/{name} (no Tune experiment state there)")
     settings = _new_settings(args, name, run)
-    check_tracking_uri(settings.tracking_uri, "--tracking-uri" if args.tracking_uri else
-                       "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking URI")
     check_local_cpus(settings)
     return settings
 
@@ -266,6 +264,11 @@ def _check_run_options(args: argparse.Namespace, run: RunOptions) -> None:
             raise SearchError(f"--storage-path {args.storage_path}: {existing} is a file, not a folder")
 
 
+def _tracking_uri_source(args: argparse.Namespace) -> str:
+    return ("--tracking-uri" if args.tracking_uri else
+            "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking URI")
+
+
 def check_tracking_uri(uri: str, source: str) -> None:
     """Refuse a tracking URI whose scheme MLflow has no store for (MLflow itself says so only when the parent
     run is opened, after Ray started). `source` names where the URI came from."""
@@ -287,7 +290,7 @@ def check_tracking_uri(uri: str, source: str) -> None:
         _check_tracking_target(uri, source)
         return
     raise SearchError(f"{source} {uri}: unknown tracking URI scheme {scheme!r}; use one of "
-                      f"{', '.join(s + ':' for s in _TRACKING_SCHEMES[1:])} or a local folder")
+                      f"{', '.join(s + ':' for s in _TRACKING_SCHEMES[1:])}")
 
 
 CONNECT_TIMEOUT_S = 3.0  # how long a server (MLflow, a Ray cluster's GCS) may take to accept a connection
@@ -297,6 +300,12 @@ def _check_tracking_target(uri: str, source: str) -> None:
     """An MLflow server must answer, and a SQLite store's folder must exist, before Ray starts: MLflow itself
     retries an unreachable server for minutes, and creates a missing folder (a typo then makes a new store)."""
     parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        # MLflow 3 refuses its file store when the store opens (inside a trial, after Ray started) unless told to
+        folder = Path(parsed.path if parsed.scheme == "file" else uri).resolve()
+        raise SearchError(f"{source} {uri}: MLflow 3 refuses a plain file store; use a SQLite store in that folder, "
+                          f"--tracking-uri sqlite:///{folder / 'mlflow.db'} (or set MLFLOW_ALLOW_FILE_STORE=true "
+                          "to keep the file store)")
     if parsed.scheme in ("http", "https"):
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         reason = _unreachable(parsed.hostname or "", port)
@@ -409,6 +418,8 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(args.dataset).stem).lstrip(".")[:60] or "search"
     name = name or f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri()
+    # checked before the warm start reads the store: a bad URI fails here with its source named
+    check_tracking_uri(tracking_uri, _tracking_uri_source(args))
     num_samples = _num_samples(args)
     settings = SearchSettings(
         name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,
