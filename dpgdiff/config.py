@@ -185,6 +185,17 @@ class LossConfig:
     lambda_rec: float = 1.0
     lambda_s: float = 1.0  # single-domain term L^s relative to L^c (Eq. 10)
     lambda_mix: float = 0.0  # optional L^mix on (x0_hat + g_d*), spec §4.1
+    # Which x̂_0 the CE terms (Eq. 10-12) and L_cl's x̂_0 view read. sampled (Alg. 1, as DiffuRec): the x̂_0 that
+    # L_diff reads, denoised from x_t at t ~ U{0..T-1}. At small t, x_t still carries the target (the committed
+    # scale has SNR ≈ 1.5 at t = 0; `diagnose`: MRR(x̂_0) 0.48 at t = 0, 0.01 from t ≈ 8), so part of the CE is
+    # learnt by copying x_t, which a test-time chain started from pure noise never has. terminal: the CE reads a
+    # second denoiser pass from pure noise at t = T-1, the input of a K = 1 reverse chain, so the ranking loss
+    # trains what inference scores; L_diff keeps the sampled t (one pass only when lambda_diff = 0). rollout:
+    # terminal, then for half of the rows (drawn per row) one DDIM step (η = 0) from that x̂_0 (no gradient) to
+    # a t < T-1 drawn per row and a third pass there, whose x̂_0 those rows' CE reads: the input a K ≥ 2 chain
+    # gives its later steps (x_t built from the model's own estimate, not from the target), so refining is
+    # trained (as exposure-bias corrections do: Ning et al. 2023). The CE's cost is unchanged. Issue 23.
+    rec_timestep: Literal["sampled", "terminal", "rollout"] = "sampled"
     lambda_cl: float = 1.0
     cl_sim: Literal["cos", "dot"] = "cos"  # Eq. 13; "dot" with tau=1 is the paper-literal form
     cl_tau: float = 0.2

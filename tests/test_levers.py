@@ -187,6 +187,72 @@ def test_lambda_mix_trains_the_eq15_sum(synthetic_dataset, batch):
     assert "rec_mix" not in plain and torch.equal(plain["rec_c"], out["rec_c"])
 
 
+@pytest.mark.parametrize("lambda_diff", [0.0, 0.5])
+def test_terminal_rec_timestep_trains_the_ce_on_the_pure_noise_pass(synthetic_dataset, batch, lambda_diff, monkeypatch):
+    """loss.rec_timestep=terminal: the CE reads x̂_0 denoised from x_T ~ N(0, I) at t = T-1 (what a K = 1 chain
+    scores), L_diff keeps its sampled t; with lambda_diff = 0 that terminal pass is the only one."""
+    calls = []
+
+    def recording(model):
+        inner = model.denoise
+
+        def denoise(cache, x_t, t, *args, **kwargs):
+            out = inner(cache, x_t, t, *args, **kwargs)
+            calls.append((t.clone(), x_t.detach().clone(), out))
+            return out
+        monkeypatch.setattr(model, "denoise", denoise)
+
+    base = {"loss.lambda_diff": lambda_diff, "loss.lambda_cl": 0.0}
+    terminal = make(config(**base, **{"loss.rec_timestep": "terminal"}), synthetic_dataset)
+    recording(terminal)
+    out = loss_of(terminal, batch)
+    last = terminal.schedule.steps - 1
+    assert len(calls) == (1 if lambda_diff == 0 else 2)
+    t_rec, x_rec, x0_rec = calls[-1]
+    assert bool((t_rec == last).all())
+    assert abs(float(x_rec.std()) - 1.0) < 0.15  # pure noise, no x_0 in it
+    if lambda_diff > 0:
+        t_diff = calls[0][0]
+        assert len(set(t_diff.tolist())) > 1 and "diff" in out  # L_diff on the sampled t
+    if lambda_diff == 0:  # the loss reaches the network through the terminal pass
+        (grad,) = torch.autograd.grad(out["total"], [x0_rec])
+        assert float(grad.abs().sum()) > 0
+    calls.clear()
+    sampled = make(config(**base), synthetic_dataset)
+    recording(sampled)
+    loss_of(sampled, batch)
+    assert len(calls) == 1 and len(set(calls[0][0].tolist())) > 1  # the default: one pass at the sampled t
+
+
+def test_rollout_trains_the_second_reverse_step_on_half_the_rows(synthetic_dataset, batch, monkeypatch):
+    """loss.rec_timestep=rollout: after the terminal pass, one DDIM step from its (detached) x̂_0 to t < T-1 and a
+    third pass there; about half of the rows' CE reads that pass, the rest the terminal one."""
+    calls = []
+    model = make(config(**{"loss.lambda_diff": 0.5, "loss.lambda_cl": 0.0, "loss.rec_timestep": "rollout"}),
+                 synthetic_dataset)
+    inner = model.denoise
+
+    def denoise(cache, x_t, t, *args, **kwargs):
+        out = inner(cache, x_t, t, *args, **kwargs)
+        calls.append((t.clone(), x_t.detach().clone(), out))
+        return out
+    monkeypatch.setattr(model, "denoise", denoise)
+    picked = []
+    real_where = torch.where
+    monkeypatch.setattr(torch, "where", lambda c, a, b: picked.append(c.squeeze(-1).clone()) or real_where(c, a, b))
+    out = loss_of(model, batch)
+    assert len(calls) == 3 and torch.isfinite(out["total"])
+    last = model.schedule.steps - 1
+    (_, x_last, first), (t2, x2, _) = calls[1], calls[2]
+    assert bool((calls[1][0] == last).all()) and bool((t2 < last).all()) and len(set(t2.tolist())) > 1
+    ab = model.schedule.alphas_cumprod.float()
+    eps = (x_last - ab[last].sqrt() * first.detach()) / (1 - ab[last]).sqrt()
+    expected = ab[t2].sqrt()[:, None] * first.detach() + (1 - ab[t2]).sqrt()[:, None] * eps
+    assert torch.allclose(x2, expected, atol=1e-5)  # the DDIM step `score` takes from t = T-1 to t2
+    share = float(picked[-1].float().mean())
+    assert 0.25 < share < 0.75
+
+
 def test_query_init_xt_plus_last_reads_the_last_history_state(synthetic_dataset, hist):
     """Cached inference equals an uncached pass over [history; x_t + cond + last state], and differs from noise init."""
     model = make(config(**{"model.query_init": "xt_plus_last"}), synthetic_dataset).eval()

@@ -184,30 +184,40 @@ class DPGDiff(Recommender):
         if dc.cfg_p > 0 and self.training and memory is not None:
             drop = (torch.rand(b, generator=generator, device=gen_device) < dc.cfg_p).to(device)
         sigma = self.sigma_data(target_domain)
-        self_cond = None
-        if self.denoiser.self_cond_proj is not None and self.training:
-            # Analog Bits §3: with p = 0.5 the batch first predicts x̃_0 without gradient and feeds it back.
-            if bool(torch.rand((), generator=generator, device=gen_device) < 0.5):
-                with torch.no_grad():
-                    self_cond = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, None, sigma)
-        x0_hat = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, self_cond, sigma)  # Eq. 9
+        terminal = lc.rec_timestep != "sampled" and self.use_diffusion
+        x0_hat = None
+        if not (terminal and lc.lambda_diff == 0):  # the sampled-t pass feeds L_diff, and the CE unless terminal
+            self_cond = None
+            if self.denoiser.self_cond_proj is not None and self.training:
+                # Analog Bits §3: with p = 0.5 the batch first predicts x̃_0 without gradient and feeds it back.
+                if bool(torch.rand((), generator=generator, device=gen_device) < 0.5):
+                    with torch.no_grad():
+                        self_cond = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, None, sigma)
+            x0_hat = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, self_cond, sigma)  # Eq. 9
+        rec_x0_hat = x0_hat
+        if terminal:  # loss.rec_timestep=terminal: the CE reads x̂_0 from x_T ~ N(0, I) at t = T-1, as K = 1 does
+            t_last = torch.full((b,), self.schedule.steps - 1, dtype=torch.long, device=device)
+            x_last = randn_like(h.new_empty(b, self.dim), generator)
+            rec_x0_hat = self.denoise(cache, x_last, t_last, target_domain, memory, drop, generator, None, sigma)
+            if lc.rec_timestep == "rollout":
+                rec_x0_hat = self.rollout(cache, x_last, rec_x0_hat, target_domain, memory, drop, generator, sigma)
 
         out: dict[str, torch.Tensor] = {}
-        total = x0_hat.new_zeros(())
+        total = rec_x0_hat.new_zeros(())
         if lc.lambda_diff > 0 and self.use_diffusion:
             weight = self.precond.loss_weight(t, sigma, x0) if self.precond is not None else None
             out["diff"] = diffusion_loss(x0_hat, x0, lc.diff_reduction, weight)  # Eq. 6
             total = total + lc.lambda_diff * out["diff"]
 
         if lc.lambda_rec > 0:  # Eq. 10-12 (+ optional L^mix, spec §4.1)
-            heads, names = [x0_hat], ["rec_c"]
+            heads, names = [rec_x0_hat], ["rec_c"]
             if guidance is not None:
                 g_dom = guidance.domain(target_domain)
                 if lc.lambda_s > 0:
                     heads.append(g_dom if lc.single_loss_repr == "domain" else guidance.g_d)
                     names.append("rec_s")
                 if lc.lambda_mix > 0:
-                    heads.append(x0_hat + self.config.model.score_alpha * g_dom)
+                    heads.append(rec_x0_hat + self.config.model.score_alpha * g_dom)
                     names.append("rec_mix")
             ces = domain_cross_entropy(
                 heads, target_local, target_domain, self.tables(), self.scale,
@@ -221,7 +231,7 @@ class DPGDiff(Recommender):
             total = total + lc.lambda_rec * rec
 
         if cl:  # Eq. 13
-            views = [x0_hat] + ([guidance.g_d] if guidance is not None else [])
+            views = [rec_x0_hat] + ([guidance.g_d] if guidance is not None else [])
             views.append(self.augmented_view(aug, raw_aug, x_t, t, target_domain, memory, generator, sigma))
             out["cl"] = tri_view_cl(views, lc.cl_sim, lc.cl_tau)
             total = total + lc.lambda_cl * out["cl"]
@@ -229,6 +239,25 @@ class DPGDiff(Recommender):
         result = {k: v.detach() for k, v in out.items()}
         result["total"] = total
         return result
+
+    def rollout(self, cache, x_last, x0_first, target_domain, memory, drop, generator, sigma) -> torch.Tensor:
+        """loss.rec_timestep=rollout: x̂_0 (B, d) for the CE, the second reverse step's for a random half of rows.
+
+        From x_{T-1} = x_last and the first estimate x0_first (both (B, d)), one DDIM step (η = 0) to t ~ U{0..T-2}
+        per row, x_t = sqrt(ᾱ_t)·x̂_0 + sqrt(1 - ᾱ_t)·ε̂ with ε̂ = (x_{T-1} - sqrt(ᾱ_{T-1})·x̂_0) / sqrt(1 - ᾱ_{T-1}),
+        exactly what `score` feeds a later step; x̂_0 is detached there (the step's input, not its target)."""
+        b, device = x_last.shape[0], x_last.device
+        gen_device = generator.device if generator is not None else device
+        last = self.schedule.steps - 1
+        t = torch.randint(0, last, (b,), generator=generator, device=gen_device).to(device)
+        refine = (torch.rand(b, generator=generator, device=gen_device) < 0.5).to(device)
+        ab_last = float(self.schedule.alphas_cumprod[last])  # 0 under terminal_snr=zero: ε̂ = x_{T-1}
+        first = x0_first.detach()
+        eps = (x_last - ab_last**0.5 * first) / (1.0 - ab_last) ** 0.5
+        x_t = self.schedule.add_noise(first, eps, t)
+        self_cond = first if self.denoiser.self_cond_proj is not None else None  # as `score`'s second step gets
+        x0_second = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, self_cond, sigma)
+        return torch.where(refine[:, None], x0_second, x0_first)
 
     def augmented_view(self, aug, raw_aug, x_t, t, target_domain, memory, generator, sigma=None) -> torch.Tensor:
         """h_aug = Encoder_c(s_aug) (loss.cl_aug_view: history_only | with_xt | denoiser; spec §4.2).
