@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from dpgdiff.config import Config
 from tests.test_search_helpers import REPO, mlflow_runs, run, search_args
 from tune.space import load_space
 from tune.warmstart import WarmStartError, config_file_point, map_onto_space
@@ -31,8 +32,11 @@ def test_a_config_file_is_one_warm_start_point_and_its_other_settings_are_named(
     said: list[str] = []
     point = config_file_point(str(path), space, said.append)
     assert point["search"] == str(path) and point["run_id"] is None
-    assert point["params"]["train.lr"] == pytest.approx(0.0018971344503806514)
-    assert point["params"]["diffusion.steps"] == 32 and point["params"]["model.item_bias"] == "none"
+    committed = Config.from_yaml(path)
+    assert point["params"]["train.lr"] == pytest.approx(committed.train.lr)
+    assert point["params"]["diffusion.steps"] == committed.diffusion.steps
+    assert point["params"]["model.item_bias"] == committed.model.item_bias
+    assert point["params"]["loss.rec_timestep"] == committed.loss.rec_timestep
     assert set(point["params"]) == set(space.params), "every key of this space is set in the committed file"
     assert "train.epochs=6" in said[-1] and "train.patience=2" in said[-1], said
     assert "model.dim" not in said[-1], "a setting equal to the space's is not named"
