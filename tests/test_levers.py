@@ -187,24 +187,25 @@ def test_lambda_mix_trains_the_eq15_sum(synthetic_dataset, batch):
     assert "rec_mix" not in plain and torch.equal(plain["rec_c"], out["rec_c"])
 
 
+def record_denoise(model, monkeypatch) -> list:
+    """Wraps model.denoise; the returned list gets (t, x_t, x̂_0) of every call, in order."""
+    calls, inner = [], model.denoise
+
+    def denoise(cache, x_t, t, *args, **kwargs):
+        out = inner(cache, x_t, t, *args, **kwargs)
+        calls.append((t.clone(), x_t.detach().clone(), out))
+        return out
+    monkeypatch.setattr(model, "denoise", denoise)
+    return calls
+
+
 @pytest.mark.parametrize("lambda_diff", [0.0, 0.5])
 def test_terminal_rec_timestep_trains_the_ce_on_the_pure_noise_pass(synthetic_dataset, batch, lambda_diff, monkeypatch):
     """loss.rec_timestep=terminal: the CE reads x̂_0 denoised from x_T ~ N(0, I) at t = T-1 (what a K = 1 chain
     scores), L_diff keeps its sampled t; with lambda_diff = 0 that terminal pass is the only one."""
-    calls = []
-
-    def recording(model):
-        inner = model.denoise
-
-        def denoise(cache, x_t, t, *args, **kwargs):
-            out = inner(cache, x_t, t, *args, **kwargs)
-            calls.append((t.clone(), x_t.detach().clone(), out))
-            return out
-        monkeypatch.setattr(model, "denoise", denoise)
-
     base = {"loss.lambda_diff": lambda_diff, "loss.lambda_cl": 0.0}
     terminal = make(config(**base, **{"loss.rec_timestep": "terminal"}), synthetic_dataset)
-    recording(terminal)
+    calls = record_denoise(terminal, monkeypatch)
     out = loss_of(terminal, batch)
     last = terminal.schedule.steps - 1
     assert len(calls) == (1 if lambda_diff == 0 else 2)
@@ -217,9 +218,8 @@ def test_terminal_rec_timestep_trains_the_ce_on_the_pure_noise_pass(synthetic_da
     if lambda_diff == 0:  # the loss reaches the network through the terminal pass
         (grad,) = torch.autograd.grad(out["total"], [x0_rec])
         assert float(grad.abs().sum()) > 0
-    calls.clear()
     sampled = make(config(**base), synthetic_dataset)
-    recording(sampled)
+    calls = record_denoise(sampled, monkeypatch)
     loss_of(sampled, batch)
     assert len(calls) == 1 and len(set(calls[0][0].tolist())) > 1  # the default: one pass at the sampled t
 
@@ -227,16 +227,9 @@ def test_terminal_rec_timestep_trains_the_ce_on_the_pure_noise_pass(synthetic_da
 def test_rollout_trains_the_second_reverse_step_on_half_the_rows(synthetic_dataset, batch, monkeypatch):
     """loss.rec_timestep=rollout: after the terminal pass, one DDIM step from its (detached) x̂_0 to t < T-1 and a
     third pass there; about half of the rows' CE reads that pass, the rest the terminal one."""
-    calls = []
     model = make(config(**{"loss.lambda_diff": 0.5, "loss.lambda_cl": 0.0, "loss.rec_timestep": "rollout"}),
                  synthetic_dataset)
-    inner = model.denoise
-
-    def denoise(cache, x_t, t, *args, **kwargs):
-        out = inner(cache, x_t, t, *args, **kwargs)
-        calls.append((t.clone(), x_t.detach().clone(), out))
-        return out
-    monkeypatch.setattr(model, "denoise", denoise)
+    calls = record_denoise(model, monkeypatch)
     picked = []
     real_where = torch.where
     monkeypatch.setattr(torch, "where", lambda c, a, b: picked.append(c.squeeze(-1).clone()) or real_where(c, a, b))
