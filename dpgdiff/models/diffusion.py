@@ -150,6 +150,11 @@ class NoiseSchedule(nn.Module):
         ts = np.unique(np.round(np.linspace(first, 0, k)).astype(np.int64))  # K = 1 -> [first]
         return [int(t) for t in ts[::-1]]
 
+    def implied_noise(self, x_t: torch.Tensor, x0_hat: torch.Tensor, t: int) -> torch.Tensor:
+        """ε̂ = (x_t - sqrt(ᾱ_t)·x̂_0) / sqrt(1 - ᾱ_t), the noise that x_t and x̂_0 imply at step t (DDIM's ε̂)."""
+        ab_t = float(self._ab[t])
+        return (x_t - math.sqrt(ab_t) * x0_hat) / math.sqrt(1.0 - ab_t)  # 1 - ᾱ_t > 0: ᾱ_t < 1 for t >= 0
+
     def step(
         self,
         x0_hat: torch.Tensor,
@@ -168,7 +173,7 @@ class NoiseSchedule(nn.Module):
         ab_t = float(self._ab[t])
         ab_prev = float(self._ab[t_prev]) if t_prev >= 0 else 1.0
         if sampler == "ddim":
-            eps = (x_t - math.sqrt(ab_t) * x0_hat) / math.sqrt(1.0 - ab_t)  # 1 - ᾱ_t > 0: ᾱ_t < 1 for t >= 0
+            eps = self.implied_noise(x_t, x0_hat, t)
             return math.sqrt(ab_prev) * x0_hat + math.sqrt(1.0 - ab_prev) * eps
         if sampler != "ddpm":
             raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")

@@ -251,10 +251,8 @@ class DPGDiff(Recommender):
         last = self.schedule.steps - 1
         t = torch.randint(0, last, (b,), generator=generator, device=gen_device).to(device)
         refine = (torch.rand(b, generator=generator, device=gen_device) < 0.5).to(device)
-        ab_last = float(self.schedule.alphas_cumprod[last])  # 0 under terminal_snr=zero: ε̂ = x_{T-1}
         first = x0_first.detach()
-        eps = (x_last - ab_last**0.5 * first) / (1.0 - ab_last) ** 0.5
-        x_t = self.schedule.add_noise(first, eps, t)
+        x_t = self.schedule.add_noise(first, self.schedule.implied_noise(x_last, first, last), t)
         self_cond = first if self.denoiser.self_cond_proj is not None else None  # as `score`'s second step gets
         x0_second = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, self_cond, sigma)
         return torch.where(refine[:, None], x0_second, x0_first)
