@@ -169,6 +169,36 @@ def test_ctrl_c_then_resume_labels_each_run_by_what_its_trial_did(store):
     assert end["c"].info.status == "FINISHED" and end["c"].data.tags["dpgdiff.stopped_early"] == "1"
 
 
+def test_a_trial_whose_final_result_came_just_before_ctrl_c_is_finished_not_interrupted(store):
+    """The race CI met: Ctrl-C lands after a trial's final report but before Tune processed its end (no complete
+    hook). It trained every epoch, so its run is FINISHED with no interrupted label; the in-flight trial is KILLED.
+    A resume replays that final report (tune/trainable.py) and must not log it twice or relabel the run."""
+    uri, client, exp, parent = store
+    tracker = tracking.MLflowTrialTracker(uri, exp, parent, "s1", SPACE)
+    done, flying = _trial("d", number=0), _trial("f", 32, number=1)
+    final = {"epoch": 2, "best_epoch": 2, "final": 1, "val_mrr_sum": 0.2}
+    for t, last in ((done, final), (flying, {"epoch": 1, "val_mrr_sum": 0.1})):
+        tracker.on_trial_start(0, [], t)
+        tracker.on_trial_result(0, [], t, last)
+        t.last_result, t.status = last, "TERMINATED"  # Ctrl-C: Tune's cleanup, no complete hook for either
+    tracker.on_experiment_end([done, flying])
+
+    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(client, exp, parent)}
+    assert runs["d"].info.status == "FINISHED", runs["d"].data.tags
+    assert not set(tracking.STALE_TAGS) & set(runs["d"].data.tags), runs["d"].data.tags
+    assert runs["f"].info.status == "KILLED" and runs["f"].data.tags["dpgdiff.interrupted"] == "1"
+
+    resumed = pickle.loads(pickle.dumps(tracker))
+    done.status = "RUNNING"
+    resumed.on_trial_start(0, [], done)
+    resumed.on_trial_result(0, [], done, final)  # the replayed final report
+    done.status = "TERMINATED"
+    resumed.on_trial_complete(0, [], done)
+    run = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(client, exp, parent)}["d"]
+    assert run.info.status == "FINISHED" and not set(tracking.STALE_TAGS) & set(run.data.tags)
+    assert len(client.get_metric_history(run.info.run_id, "best_epoch")) == 1, "final metrics logged once"
+
+
 def test_first_error_line():
     text = "Traceback (most recent call last):\n  File x\nray.exceptions.RayTaskError: ...\n  File y\nValueError: boom\n"
     assert tracking.first_error_line(text) == "ValueError: boom"

@@ -401,8 +401,12 @@ class MLflowTrialTracker(tune.Callback):
             status = self.client.get_run(run_id).info.status
             want = mlflow_status(trial)
             if ended_by_hooks and want != "FAILED" and trial.trial_id not in self._ended:
-                # stopped because the search stopped: its --time-budget was spent (a result), or it was interrupted
-                want = "FINISHED" if stopped_by_budget(trial.trial_id) else "KILLED"
+                # stopped because the search stopped: its --time-budget was spent (a result), or it was interrupted.
+                # A trial whose final result arrived before the stop, but whose end Tune had not yet processed, did
+                # train to the end: FINISHED. (Tune's saved state still has it running, so a resume replays its final
+                # report from the final checkpoint, tune/trainable.py, without retraining; the run stays FINISHED.)
+                done = stopped_by_budget(trial.trial_id) or (trial.last_result or {}).get("final")
+                want = "FINISHED" if done else "KILLED"
             if status == "RUNNING" or (want == "FAILED" and status != "FAILED"):
                 if want == "KILLED":
                     self._mark_interrupted(run_id, trial)
