@@ -303,11 +303,35 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
     assert resumed.returncode == 0 and "4 confirmation trial(s): 4 finished" in resumed.stdout, _explain(resumed)
     assert len(tracking.child_runs(client, parent.info.experiment_id, parent.info.run_id, role="confirmation")) == 4
 
+    # --trial: another trial than the best (by its Optuna number), its own confirmation; the report shows either
+    other = next(r for r in trials if r.info.run_id != best.info.run_id and r.info.status == "FINISHED")
+    number = other.data.tags["dpgdiff.optuna_trial"]
+    chosen = run([*CONFIRM, "--trial", f"{NAME}:{number}", "--seeds", "1", "--quiet", "--storage-path",
+                  str(tmp / "ray_results"), "--tracking-uri", tracking_uri(tmp), "--write-configs", str(tmp / "t")], tmp)
+    assert chosen.returncode == 0 and "1 confirmation trial(s): 1 finished" in chosen.stdout, _explain(chosen)
+    (t_run,) = [r for r in tracking.child_runs(client, parent.info.experiment_id, parent.info.run_id,
+                                              role="confirmation") if r.data.tags["dpgdiff.confirms_run"] != best.info.run_id]
+    assert t_run.data.tags["dpgdiff.confirms_run"] == other.info.run_id
+    assert full_config(t_run.info.run_id)["model"] == full_config(other.info.run_id)["model"]
+    assert f"trial {number}, named with tune/confirm.py --trial" in (tmp / "t" / "dpgdiff.yaml").read_text()
+    assert report.main(["--name", NAME, "--trial", f"{NAME}:{number}", "--tracking-uri", tracking_uri(tmp),
+                        "--out", str(out_file)]) == 0
+    text = out_file.read_text()
+    assert t_run.info.run_id in text and f"trial {number} (--trial" in text and "seeds [1]" in text
+    assert not [r for r in runs if r.info.run_id in text], "the best trial's runs are not mixed in"
+    assert report.main(["--name", NAME, "--tracking-uri", tracking_uri(tmp), "--out", str(out_file)]) == 0
+    assert t_run.info.run_id not in out_file.read_text() and "seeds [1, 2]" in out_file.read_text()
+    bad = run([*CONFIRM, "--trial", f"{NAME}:999", "--quiet", "--storage-path", str(tmp / "ray_results"),
+               "--tracking-uri", tracking_uri(tmp)], tmp)
+    assert bad.returncode == 2 and "no trial runs of search" in bad.stderr, _explain(bad)
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--name", "nope"], "no such search"),
     (["--name", "x", "--seeds", "0"], "--seeds must be >= 1"),
     (["--name", "x", "--variant", "nolabel"], "expected LABEL:section.key=value"),
+    (["--trial", "x"], "expected SEARCH:TRIAL"),
+    (["--trial", "nope:3"], "no such search"),
     ([], "--name"),
 ])
 def test_confirm_bad_input_exits_2_before_ray(tmp_path, mlflow_store, capsys, argv, message):

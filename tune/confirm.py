@@ -3,6 +3,7 @@
     python tune/confirm.py --name fk-cpu-dpgdiff --name fk-cpu-sasrec --seeds 3
     python tune/confirm.py --name fk-cpu-dpgdiff --seeds 3 --ablations     # + -Tri-CL, -G, -DE, Diff, -Diffusion at the best config
     python tune/confirm.py --name ... --variant "lr-half:train.lr=0.0005"   # any other variant of the best config
+    python tune/confirm.py --trial fk-cpu-dpgdiff:15 --seeds 3 --ablations  # a chosen trial (Optuna number) instead
     python tune/confirm.py --confirm-name NAME --resume                    # continue an interrupted confirmation
     python tune/report.py --name fk-cpu-dpgdiff --name fk-cpu-sasrec       # mean ± std over seeds, paired tests
     dpgdiff-confirm ...                                                     # the same, as the installed console script
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run Table 3's ablations (-Tri-CL, -G, -DE, Diff) and the -Diffusion control (model.diffusion=false) at each DPG-Diff search's best config")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:section.key=value[,...]",
                    help="another variant of every best configuration (repeatable)")
+    p.add_argument("--trial", action="append", default=[], metavar="SEARCH:TRIAL",
+                   help="confirm this trial of SEARCH instead of its best (repeatable; the search need not be in "
+                        "--name): the Optuna trial number (trial_015_... in the run name: 15), Tune trial id or run id")
     p.add_argument("--confirm-name", default=None, help="Tune experiment name (default: confirm-<names>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted confirmation --confirm-name")
     p.add_argument("--data-dir", default=None, help="where the searches' data is on this machine (default: as saved)")
@@ -84,20 +88,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
     from tune import tracking
-    from tune.confirmation import (BEST, CONFIRM_STATE, Job, build_jobs, export_config, parse_variant,
+    from tune.confirmation import (BEST, CONFIRM_STATE, Job, build_jobs, export_config, parse_trial, parse_variant,
                                    run_confirmation, tune_state_exists)
 
     if args.seeds < 1:
         raise SearchError(f"--seeds must be >= 1, got {args.seeds}")
-    if not args.name and not args.resume:
-        raise SearchError("name at least one finished search with --name")
+    trials = dict(parse_trial(t) for t in args.trial)
+    names = list(dict.fromkeys([*args.name, *trials]))
+    if not names and not args.resume:
+        raise SearchError("name at least one finished search with --name (or a trial of one with --trial)")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
     client = tracking.client_for(uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise SearchError(f"{uri}: no MLflow experiment {args.experiment!r} (run tune/search.py first)")
     storage = str(Path(args.storage_path).resolve()) if "://" not in args.storage_path else args.storage_path
-    name = args.confirm_name or "confirm-" + "+".join(args.name) + ("-ablations" if args.ablations else "")
+    name = args.confirm_name or ("confirm-" + "+".join(f"{n}-trial-{trials[n]}" if n in trials else n for n in names)
+                                 + ("-ablations" if args.ablations else ""))
     run = RunOptions(storage=storage, resuming=args.resume, address=args.address, num_cpus=args.num_cpus,
                      quiet=args.quiet)
     state_path = f"{storage}/{name}/{CONFIRM_STATE}"
@@ -111,8 +118,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         variants = dict(parse_variant(v) for v in args.variant)
         seeds = list(range(args.seed, args.seed + args.seeds))
-        first, jobs = build_jobs(client, experiment.experiment_id, args.name, seeds, variants, args.ablations,
-                                 args.data_dir)
+        first, jobs = build_jobs(client, experiment.experiment_id, names, seeds, variants, args.ablations,
+                                 args.data_dir, trials)
         settings = first.replace(name=name, tracking_uri=uri, run=run, argv=tuple(argv))
         if args.write_configs:
             for job in jobs:
@@ -120,7 +127,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                     path = Path(args.write_configs) / f"{job.config.model.name}.yaml"  # seed: the first confirmation seed
                     export_config(job.config, path, job.search, job.best_run_id,
                                   f"python -m dpgdiff train --dataset {settings.dataset.name} "
-                                  f"--split {settings.dataset.split} --config {path} --out runs/{path.stem}")
+                                  f"--split {settings.dataset.split} --config {path} --out runs/{path.stem}",
+                                  *([f"trial {trials[job.search]}, named with tune/confirm.py --trial"]
+                                    if job.search in trials else []))
                     print(f"wrote {path}")
         if tune_state_exists(settings.path):
             raise SearchError(f"{settings.path} exists: pass --resume to continue it, or another --confirm-name")

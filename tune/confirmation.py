@@ -2,7 +2,8 @@
 
 The command line is tune/confirm.py; this module is its driver (as tune/driver.py is tune/search.py's).
 A job is one search's best configuration (rebuilt from the search's saved settings and its best trial's
-sampled values, as chosen on validation), or a variant of it, with one seed. Every job is one trial of the
+sampled values, as chosen on validation; or another trial's, named with --trial), or a variant of it, with one
+seed. Every job is one trial of the
 search's own trainable (`tune.trainable.run_trial`), tracked as a child of that search's MLflow parent run
 with role `confirmation`, tags `dpgdiff.variant` / `dpgdiff.seed` / `dpgdiff.confirms_run`, and the
 artifacts `test_ranks.npz` (per-case test ranks, for tune/report.py's paired tests), `config.yaml` and
@@ -98,8 +99,34 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return label.strip(), dict(parse_assignment(a.strip(), f"--variant {label}") for a in body.split(","))
 
 
-def best_configuration(client: Any, experiment_id: str, search: str, data_dir: Optional[str]) -> tuple[SearchSettings, Any, Config]:
-    """(the search's settings, its parent run, the resolved Config of its best trial)."""
+def parse_trial(text: str) -> tuple[str, str]:
+    """--trial SEARCH:TRIAL -> (search, trial)."""
+    search, sep, trial = text.rpartition(":")
+    if not sep or not search.strip() or not trial.strip():
+        raise SearchError(f"--trial {text!r}: expected SEARCH:TRIAL, TRIAL being the Optuna trial number (trial_015_... "
+                          "in the run name: 15), the Tune trial id or the MLflow run id")
+    return search.strip(), trial.strip()
+
+
+def trial_run_id(client: Any, experiment_id: str, parent: Any, trial: str) -> str:
+    """The MLflow run id of one trial of the search `parent`: `trial` is its Optuna number, Tune trial id or run id."""
+    search = parent.data.tags.get(tracking.SEARCH_TAG)
+    found = [r for r in tracking.child_runs(client, experiment_id, parent.info.run_id, role="trial")
+             if trial in (r.info.run_id, r.data.tags.get(tracking.TRIAL_TAG))
+             or (trial.isdigit() and r.data.tags.get(tracking.OPTUNA_TAG) == str(int(trial)))]
+    if len(found) != 1:
+        raise SearchError(f"--trial {search}:{trial}: {len(found) or 'no'} trial runs of search {search!r} match; give "
+                          "the Optuna trial number (trial_015_... in the run name: 15), the Tune trial id or the run id")
+    if found[0].info.status != "FINISHED":
+        raise SearchError(f"--trial {search}:{trial}: its run {found[0].info.run_id} is {found[0].info.status}, "
+                          "not FINISHED: only a trial with results can be confirmed")
+    return found[0].info.run_id
+
+
+def best_configuration(client: Any, experiment_id: str, search: str, data_dir: Optional[str],
+                       trial: Optional[str] = None) -> tuple[SearchSettings, Any, str, Config]:
+    """(the search's settings, its parent run, the confirmed trial's run id, its resolved Config): the trial the
+    search selected on validation, or `trial` (--trial: a configuration chosen otherwise, e.g. the one committed)."""
     parents = tracking.find_runs(client, experiment_id, {tracking.SEARCH_TAG: search, tracking.ROLE_TAG: "search"})
     if not parents:
         raise SearchError(f"--name {search!r}: no such search in this MLflow store")
@@ -108,6 +135,8 @@ def best_configuration(client: Any, experiment_id: str, search: str, data_dir: O
     if parent.info.status != "FINISHED" or not best_run_id:
         raise SearchError(f"search {search!r} has not finished (parent run {parent.info.run_id} is "
                           f"{parent.info.status}); finish it with tune/search.py --name {search} --resume")
+    if trial is not None:
+        best_run_id = trial_run_id(client, experiment_id, parent, trial)
     with tempfile.TemporaryDirectory() as tmp:
         saved = json.loads(Path(client.download_artifacts(parent.info.run_id, "search_settings.json", tmp)).read_text())
     settings = SearchSettings.from_saved(saved, RunOptions(storage="ray_results"),
@@ -116,17 +145,20 @@ def best_configuration(client: Any, experiment_id: str, search: str, data_dir: O
         settings = settings.replace(dataset=dataclasses.replace(settings.dataset, data_dir=str(Path(data_dir).resolve())))
     best = client.get_run(best_run_id)
     sampled = json.loads(best.data.tags.get("dpgdiff.sampled", "{}"))
-    config = settings.space.resolve(sampled, source=f"search {search!r}, best run {best_run_id}")
-    return settings, parent, config
+    config = settings.space.resolve(sampled, source=f"search {search!r}, run {best_run_id}")
+    return settings, parent, best_run_id, config
 
 
 def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Sequence[int],
-               variants: dict[str, dict[str, Any]], ablations: bool, data_dir: Optional[str]) -> tuple[SearchSettings, list[Job]]:
-    """Every (search, variant, seed) job, and the first search's settings (dataset, resources per trial)."""
+               variants: dict[str, dict[str, Any]], ablations: bool, data_dir: Optional[str],
+               trials: Optional[dict[str, str]] = None) -> tuple[SearchSettings, list[Job]]:
+    """Every (search, variant, seed) job, and the first search's settings (dataset, resources per trial).
+    trials: search -> the trial to confirm instead of its best (--trial)."""
     jobs: list[Job] = []
     first: Optional[SearchSettings] = None
     for name in names:
-        settings, parent, best = best_configuration(client, experiment_id, name, data_dir)
+        settings, parent, run_id, best = best_configuration(client, experiment_id, name, data_dir,
+                                                            (trials or {}).get(name))
         if first is None:
             first = settings
         elif settings.fingerprint != first.fingerprint:
@@ -137,14 +169,14 @@ def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Seq
             own.update(ABLATIONS)
         done = {(r.data.tags.get(VARIANT_TAG), r.data.tags.get(SEED_TAG))
                 for r in tracking.child_runs(client, experiment_id, parent.info.run_id, role=ROLE)
-                if r.info.status == "FINISHED" and r.data.tags.get(OF_TAG) == parent.data.tags["best_run_id"]}
+                if r.info.status == "FINISHED" and r.data.tags.get(OF_TAG) == run_id}
         for label, overrides in {BEST: {}, **own}.items():
             config = best.with_overrides(dict(overrides), source=f"--variant {label}") if overrides else best
             for seed in seeds:
-                if (label, str(seed)) in done:  # confirmed already (an earlier confirmation of this best run)
+                if (label, str(seed)) in done:  # confirmed already (an earlier confirmation of this trial)
                     print(f"{name}/{label} seed {seed}: already confirmed, skipped", flush=True)
                     continue
-                jobs.append(Job(name, parent.info.run_id, parent.data.tags["best_run_id"], label, seed,
+                jobs.append(Job(name, parent.info.run_id, run_id, label, seed,
                                 config.with_overrides({"train.seed": seed}, source="--seed")))
     assert first is not None
     if not jobs:
@@ -153,15 +185,17 @@ def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Seq
     return first, jobs
 
 
-def export_config(config: Config, path: Path, search: str, best_run_id: str, command: str) -> None:
-    """The best configuration as a `python -m dpgdiff train --config` file (machine-specific fields left out)."""
+def export_config(config: Config, path: Path, search: str, best_run_id: str, command: str,
+                  chosen: str = "its best configuration, chosen on validation") -> None:
+    """The confirmed configuration as a `python -m dpgdiff train --config` file (machine-specific fields left out).
+    chosen: which of the search's trials it is, and why, for the header."""
     data = config.to_dict()
     for dotted in NOT_EXPORTED:
         section, key = dotted.split(".")
         data[section].pop(key, None)
     import yaml
 
-    header = (f"# Best configuration of search {search} (MLflow run {best_run_id}), chosen on validation.\n"
+    header = (f"# Search {search}, MLflow run {best_run_id}: {chosen}.\n"
               f"#   {command}\n")
     write_text(str(path), header + yaml.safe_dump(data, sort_keys=False))
 

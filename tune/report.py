@@ -2,6 +2,7 @@
 
     python tune/report.py                       # the latest search in ./mlruns
     python tune/report.py --name NAME [--name OTHER ...] --out table1.md
+    python tune/report.py --name NAME --trial NAME:15       # confirmed tables of trial 15 (tune/confirm.py --trial)
     dpgdiff-report ...                          # the same, as the installed console script
 
 Reads only MLflow (the parent run of each named search and its child runs). The comparison
@@ -18,7 +19,8 @@ DPG-Diff against the strongest other model in each cell, and Table 3's layout (a
 the full model). The test is a two-sided paired t-test on per-case metric values (`dpgdiff.significance`):
 both models ranked the same test cases against the same saved candidates, seed i of one is paired with
 seed i of the other, and all (seed, case) pairs are pooled; the interval is the 95% t interval of the mean
-difference. Each column's footnote lists its runs by seed.
+difference. Each column's footnote lists its runs by seed. A search's confirmed columns are those of its best
+trial, or of the trial named with --trial (confirmed with tune/confirm.py --trial).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from dpgdiff.files import atomic_write_text
 from tune import tracking
@@ -53,6 +55,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="search name (repeatable: e.g. one search per model); default: the latest search")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite ./mlruns/mlflow.db")
     p.add_argument("--experiment", default="dpgdiff")
+    p.add_argument("--trial", action="append", default=[], metavar="SEARCH:TRIAL",
+                   help="the confirmed tables show this trial's confirmation runs instead of the search best's "
+                        "(tune/confirm.py --trial; repeatable)")
     p.add_argument("--top", type=int, default=5, help="best trials to list per search (default 5)")
     p.add_argument("--out", default=None, help="Markdown file for the comparison (default: reports/<name>-table1.md beside the "
                         "tracking store's mlflow.db, or in the current folder for a tracking server)")
@@ -66,7 +71,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded ranks file
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
     try:
-        text, out = build_report(uri, args.experiment, args.name, args.top, args.out)
+        text, out = build_report(uri, args.experiment, args.name, args.top, args.out, args.trial)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -75,7 +80,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def build_report(uri: str, experiment: str, names: list[str], top: int, out: Optional[str]) -> tuple[str, Path]:
+def build_report(uri: str, experiment: str, names: list[str], top: int, out: Optional[str],
+                 trials: Sequence[str] = ()) -> tuple[str, Path]:
+    """trials: 'SEARCH:TRIAL' (--trial), whose confirmation runs the confirmed tables show for that search."""
     client = tracking.client_for(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -87,7 +94,7 @@ def build_report(uri: str, experiment: str, names: list[str], top: int, out: Opt
         children_all += [(parent, c) for c in children]
         sections.append(_best_trials_section(parent, children, top))
     table = comparison_table(children_all)
-    confirmed = confirmation_tables(client, exp.experiment_id, parents)
+    confirmed = confirmation_tables(client, exp.experiment_id, parents, _confirmed_trials(client, exp, parents, trials))
     if confirmed:
         table += "\n\n" + confirmed
     text = "\n\n".join(sections + [table])
@@ -231,6 +238,7 @@ class Confirmed:
     model: str
     variant: str
     runs: dict[int, Any]  # seed -> MLflow run
+    trial: Optional[str] = None  # the trial named with --trial; None: the search's best
 
     def values(self, domain: str, key: str) -> list[float]:
         return [r.data.metrics[f"test_{domain}_{key}"] for r in self.runs.values()
@@ -251,19 +259,42 @@ class Confirmed:
         return ", ".join(f"seed {s}: {r.info.run_id}" for s, r in sorted(self.runs.items()))
 
 
-def confirmed_groups(client: Any, experiment_id: str, parents: list[Any]) -> list[Confirmed]:
-    """Finished confirmation runs of the parents, grouped by (search, variant), in search order."""
-    from tune.confirmation import ROLE, SEED_TAG, VARIANT_TAG
+def _confirmed_trials(client: Any, exp: Any, parents: list[Any], trials: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """--trial SEARCH:TRIAL values -> {search: (trial as given, its run id)}; the search must be reported."""
+    from tune.confirmation import parse_trial, trial_run_id
+    from tune.settings import SearchError
+
+    by_search = {p.data.tags.get(tracking.SEARCH_TAG): p for p in parents}
+    chosen = {}
+    try:
+        for text in trials:
+            search, trial = parse_trial(text)
+            if search not in by_search:
+                raise ReportError(f"--trial {text!r}: search {search!r} is not reported (add --name {search})")
+            chosen[search] = (trial, trial_run_id(client, exp.experiment_id, by_search[search], trial))
+    except SearchError as exc:
+        raise ReportError(str(exc)) from exc
+    return chosen
+
+
+def confirmed_groups(client: Any, experiment_id: str, parents: list[Any],
+                     trials: Optional[dict[str, tuple[str, str]]] = None) -> list[Confirmed]:
+    """Finished confirmation runs of the parents, grouped by (search, variant), in search order: those of each
+    search's best trial, or of the trial `trials` names for it ({search: (trial, run id)})."""
+    from tune.confirmation import OF_TAG, ROLE, SEED_TAG, VARIANT_TAG
 
     groups: dict[tuple[str, str], Confirmed] = {}
     for parent in parents:
         search = parent.data.tags.get(tracking.SEARCH_TAG, parent.info.run_id)
+        trial, of = (trials or {}).get(search, (None, parent.data.tags.get("best_run_id")))
         for run in tracking.child_runs(client, experiment_id, parent.info.run_id, role=ROLE):
             if run.info.status != "FINISHED" or "test_mrr_sum" not in run.data.metrics:
                 continue
+            if run.data.tags.get(OF_TAG, of) != of:  # another trial's confirmation (tune/confirm.py --trial)
+                continue
             variant = run.data.tags.get(VARIANT_TAG, "best")
             group = groups.setdefault((search, variant), Confirmed(search, run.data.tags.get(tracking.MODEL_TAG, "?"),
-                                                                   variant, {}))
+                                                                   variant, {}, trial))
             group.runs[int(run.data.tags.get(SEED_TAG, len(group.runs)))] = run
     return list(groups.values())
 
@@ -295,9 +326,11 @@ def paired(a: Confirmed, b: Confirmed, domain: str, key: str, ranks: RankCache) 
     return paired_test([ranks(a.runs[s])[which] for s in seeds], [ranks(b.runs[s])[which] for s in seeds], metric)
 
 
-def confirmation_tables(client: Any, experiment_id: str, parents: list[Any]) -> str:
-    """Table 1 (mean ± std over seeds, paired tests) and Table 3 (ablations) from confirmation runs; '' if none."""
-    groups = confirmed_groups(client, experiment_id, parents)
+def confirmation_tables(client: Any, experiment_id: str, parents: list[Any],
+                        trials: Optional[dict[str, tuple[str, str]]] = None) -> str:
+    """Table 1 (mean ± std over seeds, paired tests) and Table 3 (ablations) from confirmation runs; '' if none.
+    trials: as `confirmed_groups`."""
+    groups = confirmed_groups(client, experiment_id, parents, trials)
     if not groups:
         return ""
     import tempfile
@@ -330,8 +363,9 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
     header = ["Data", "Metric"] + [f"{_column_label(g, groups)} [{i}]" for i, g in enumerate(groups, 1)]
     if ours and others:
         header += ["vs", "Imp.", "diff ×100 [95% CI]", "p"]
+    named = " (or at the trial named with --trial, in the footnotes)" if any(g.trial for g in groups) else ""
     lines = [f"## Confirmed comparison ({dataset}; test metrics ×100, mean ± std over seeds {seeds}; "
-             "each model at its search's best configuration, chosen on validation)", "",
+             f"each model at its search's best configuration, chosen on validation{named})", "",
              "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for d, dname in zip(("x", "y"), domains):
         for j, (label, key) in enumerate(CONFIRMED_METRICS):
@@ -354,7 +388,8 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
                      "seed i on the same test cases and candidates, all (seed, case) pairs pooled.")
         lines.append("")
     for i, g in enumerate(groups, 1):
-        lines.append(f"[{i}] {_column_label(g, groups)}: search {g.search}, confirmation runs {g.footnote()}")
+        trial = f", trial {g.trial} (--trial; not the search's best)" if g.trial else ""
+        lines.append(f"[{i}] {_column_label(g, groups)}: search {g.search}{trial}, confirmation runs {g.footnote()}")
     return "\n".join(lines)
 
 
@@ -367,7 +402,8 @@ def _ablation_table(groups: list[Confirmed], ranks: RankCache) -> str:
     header = ["Variant", "seeds"] + [f"{d.upper()} {label}" for d in ("x", "y") for label, _ in ABLATION_METRICS]
     if full:
         header += ["p X N@10", "p Y N@10"]
-    lines = [f"## Ablations of search {groups[0].search} (Table 3 layout; test ×100, mean ± std over seeds)", "",
+    trial = f", trial {groups[0].trial}" if groups[0].trial else ""
+    lines = [f"## Ablations of search {groups[0].search}{trial} (Table 3 layout; test ×100, mean ± std over seeds)", "",
              "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for g in groups:
         row = [("Full (best config)" if g.variant == BEST else g.variant), str(len(g.runs))]
