@@ -131,22 +131,21 @@ def best_configuration(client: Any, experiment_id: str, search: str, data_dir: O
     if not parents:
         raise SearchError(f"--name {search!r}: no such search in this MLflow store")
     parent = parents[0]
-    best_run_id = parent.data.tags.get("best_run_id")
-    if parent.info.status != "FINISHED" or not best_run_id:
+    run_id = parent.data.tags.get("best_run_id")
+    if parent.info.status != "FINISHED" or not run_id:
         raise SearchError(f"search {search!r} has not finished (parent run {parent.info.run_id} is "
                           f"{parent.info.status}); finish it with tune/search.py --name {search} --resume")
     if trial is not None:
-        best_run_id = trial_run_id(client, experiment_id, parent, trial)
+        run_id = trial_run_id(client, experiment_id, parent, trial)
     with tempfile.TemporaryDirectory() as tmp:
         saved = json.loads(Path(client.download_artifacts(parent.info.run_id, "search_settings.json", tmp)).read_text())
     settings = SearchSettings.from_saved(saved, RunOptions(storage="ray_results"),
                                          f"MLflow run {parent.info.run_id}: search_settings.json")
     if data_dir:  # the data may live elsewhere on this machine than where the search ran
         settings = settings.replace(dataset=dataclasses.replace(settings.dataset, data_dir=str(Path(data_dir).resolve())))
-    best = client.get_run(best_run_id)
-    sampled = json.loads(best.data.tags.get("dpgdiff.sampled", "{}"))
-    config = settings.space.resolve(sampled, source=f"search {search!r}, run {best_run_id}")
-    return settings, parent, best_run_id, config
+    sampled = json.loads(client.get_run(run_id).data.tags.get("dpgdiff.sampled", "{}"))
+    config = settings.space.resolve(sampled, source=f"search {search!r}, run {run_id}")
+    return settings, parent, run_id, config
 
 
 def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Sequence[int],
