@@ -128,8 +128,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                     export_config(job.config, path, job.search, job.best_run_id,
                                   f"python -m dpgdiff train --dataset {settings.dataset.name} "
                                   f"--split {settings.dataset.split} --config {path} --out runs/{path.stem}",
-                                  *([f"trial {trials[job.search]}, named with tune/confirm.py --trial"]
-                                    if job.search in trials else []))
+                                  trials.get(job.search))
                     print(f"wrote {path}")
         if tune_state_exists(settings.path):
             raise SearchError(f"{settings.path} exists: pass --resume to continue it, or another --confirm-name")

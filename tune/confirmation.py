@@ -111,7 +111,7 @@ def parse_trial(text: str) -> tuple[str, str]:
 def trial_run_id(client: Any, experiment_id: str, parent: Any, trial: str) -> str:
     """The MLflow run id of one trial of the search `parent`: `trial` is its Optuna number, Tune trial id or run id."""
     search = parent.data.tags.get(tracking.SEARCH_TAG)
-    found = [r for r in tracking.child_runs(client, experiment_id, parent.info.run_id, role="trial")
+    found = [r for r in tracking.child_runs(client, experiment_id, parent.info.run_id)
              if trial in (r.info.run_id, r.data.tags.get(tracking.TRIAL_TAG))
              or (trial.isdigit() and r.data.tags.get(tracking.OPTUNA_TAG) == str(int(trial)))]
     if len(found) != 1:
@@ -185,15 +185,16 @@ def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Seq
 
 
 def export_config(config: Config, path: Path, search: str, best_run_id: str, command: str,
-                  chosen: str = "its best configuration, chosen on validation") -> None:
+                  trial: Optional[str] = None) -> None:
     """The confirmed configuration as a `python -m dpgdiff train --config` file (machine-specific fields left out).
-    chosen: which of the search's trials it is, and why, for the header."""
+    trial: the trial named with --trial (None: the search's best)."""
     data = config.to_dict()
     for dotted in NOT_EXPORTED:
         section, key = dotted.split(".")
         data[section].pop(key, None)
     import yaml
 
+    chosen = f"trial {trial}, named with tune/confirm.py --trial" if trial else "its best configuration, chosen on validation"
     header = (f"# Search {search}, MLflow run {best_run_id}: {chosen}.\n"
               f"#   {command}\n")
     write_text(str(path), header + yaml.safe_dump(data, sort_keys=False))
