@@ -295,6 +295,18 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
     text = out_file.read_text()
     assert "## Confirmed comparison" in text and "mean ± std over seeds [1, 2]" in text
     assert "## Ablations of search e2e" in text and "| no-cl | 2 |" in text
+    # --variant: Table 1's column is a confirmed variant (as when an ablation becomes the committed file)
+    no_cl = sorted(r.info.run_id for r in runs if r.data.tags["dpgdiff.variant"] == "no-cl")
+    assert report.main(["--name", NAME, "--variant", f"{NAME}=no-cl", "--tracking-uri", tracking_uri(tmp),
+                        "--out", str(out_file)]) == 0
+    table1 = out_file.read_text().split("## Ablations")[0]
+    assert "DPG-Diff no-cl [1]" in table1 and "variant no-cl (--variant" in table1
+    assert all(run_id in table1 for run_id in no_cl)
+    assert not [r for r in runs if r.data.tags["dpgdiff.variant"] == "best" and r.info.run_id in table1]
+    for variant, message in ((f"{NAME}=nope", "no confirmed variant 'nope' (confirmed: best, no-cl"),
+                             ("other=no-cl", "search 'other' is not reported"), (NAME, "expected SEARCH=VARIANT")):
+        assert report.main(["--name", NAME, "--variant", variant, "--tracking-uri", tracking_uri(tmp)]) == 2
+        assert message in capsys.readouterr().err
     # confirming the same seeds again is refused; resuming the finished confirmation reruns nothing
     again = run(args, tmp)
     assert again.returncode == 2 and "confirmed already" in again.stderr, _explain(again)

@@ -3,6 +3,7 @@
     python tune/report.py                       # the latest search in ./mlruns
     python tune/report.py --name NAME [--name OTHER ...] --out table1.md
     python tune/report.py --name NAME --trial NAME:15       # confirmed tables of trial 15 (tune/confirm.py --trial)
+    python tune/report.py --name NAME --variant NAME=-DE    # Table 1's column for NAME: its confirmed -DE variant
     dpgdiff-report ...                          # the same, as the installed console script
 
 Reads only MLflow (the parent run of each named search and its child runs). The comparison
@@ -20,7 +21,9 @@ the full model). The test is a two-sided paired t-test on per-case metric values
 both models ranked the same test cases against the same saved candidates, seed i of one is paired with
 seed i of the other, and all (seed, case) pairs are pooled; the interval is the 95% t interval of the mean
 difference. Each column's footnote lists its runs by seed. A search's confirmed columns are those of its best
-trial, or of the trial named with --trial (confirmed with tune/confirm.py --trial).
+trial, or of the trial named with --trial (confirmed with tune/confirm.py --trial); its Table 1 column is that
+trial's configuration itself, or the confirmed variant named with --variant (such as an ablation that was kept
+as the committed configuration).
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--trial", action="append", default=[], metavar="SEARCH:TRIAL",
                    help="the confirmed tables show this trial's confirmation runs instead of the search best's "
                         "(tune/confirm.py --trial; repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="SEARCH=VARIANT",
+                   help="Table 1's confirmed column for SEARCH is this confirmed variant (tune/confirm.py --variant "
+                        "or --ablations, e.g. -DE) instead of the configuration itself (repeatable)")
     p.add_argument("--top", type=int, default=5, help="best trials to list per search (default 5)")
     p.add_argument("--out", default=None, help="Markdown file for the comparison (default: reports/<name>-table1.md beside the "
                         "tracking store's mlflow.db, or in the current folder for a tracking server)")
@@ -71,7 +77,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded ranks file
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
     try:
-        text, out = build_report(uri, args.experiment, args.name, args.top, args.out, args.trial)
+        text, out = build_report(uri, args.experiment, args.name, args.top, args.out, args.trial, args.variant)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -81,8 +87,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def build_report(uri: str, experiment: str, names: list[str], top: int, out: Optional[str],
-                 trials: Sequence[str] = ()) -> tuple[str, Path]:
-    """trials: 'SEARCH:TRIAL' (--trial), whose confirmation runs the confirmed tables show for that search."""
+                 trials: Sequence[str] = (), variants: Sequence[str] = ()) -> tuple[str, Path]:
+    """trials: 'SEARCH:TRIAL' (--trial), whose confirmation runs the confirmed tables show for that search;
+    variants: 'SEARCH=VARIANT' (--variant), the confirmed variant that is that search's Table 1 column."""
     client = tracking.client_for(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -94,7 +101,8 @@ def build_report(uri: str, experiment: str, names: list[str], top: int, out: Opt
         children_all += [(parent, c) for c in children]
         sections.append(_best_trials_section(parent, children, top))
     table = comparison_table(children_all)
-    confirmed = confirmation_tables(client, exp.experiment_id, parents, _confirmed_trials(client, exp, parents, trials))
+    confirmed = confirmation_tables(client, exp.experiment_id, parents, _confirmed_trials(client, exp, parents, trials),
+                                    _table1_variants(parents, variants))
     if confirmed:
         table += "\n\n" + confirmed
     text = "\n\n".join(sections + [table])
@@ -277,6 +285,20 @@ def _confirmed_trials(client: Any, exp: Any, parents: list[Any], trials: Sequenc
     return chosen
 
 
+def _table1_variants(parents: list[Any], variants: Sequence[str]) -> dict[str, str]:
+    """--variant SEARCH=VARIANT values -> {search: variant}; the search must be reported."""
+    searches = {p.data.tags.get(tracking.SEARCH_TAG) for p in parents}
+    chosen = {}
+    for text in variants:
+        search, sep, variant = text.partition("=")
+        if not sep or not search.strip() or not variant.strip():
+            raise ReportError(f"--variant {text!r}: expected SEARCH=VARIANT, e.g. --variant my-search=-DE")
+        if search.strip() not in searches:
+            raise ReportError(f"--variant {text!r}: search {search.strip()!r} is not reported (add --name {search.strip()})")
+        chosen[search.strip()] = variant.strip()
+    return chosen
+
+
 def confirmed_groups(client: Any, experiment_id: str, parents: list[Any],
                      trials: Optional[dict[str, tuple[str, str]]] = None) -> list[Confirmed]:
     """Finished confirmation runs of the parents, grouped by (search, variant), in search order: those of each
@@ -327,17 +349,26 @@ def paired(a: Confirmed, b: Confirmed, domain: str, key: str, ranks: RankCache) 
 
 
 def confirmation_tables(client: Any, experiment_id: str, parents: list[Any],
-                        trials: Optional[dict[str, tuple[str, str]]] = None) -> str:
+                        trials: Optional[dict[str, tuple[str, str]]] = None,
+                        variants: Optional[dict[str, str]] = None) -> str:
     """Table 1 (mean ± std over seeds, paired tests) and Table 3 (ablations) from confirmation runs; '' if none.
-    trials: as `confirmed_groups`."""
+    trials: as `confirmed_groups`; variants: {search: the confirmed variant that is its Table 1 column}."""
+    from tune.confirmation import BEST
+
     groups = confirmed_groups(client, experiment_id, parents, trials)
+    variants = variants or {}
+    for search, variant in variants.items():
+        have = sorted(g.variant for g in groups if g.search == search)
+        if variant not in have:
+            raise ReportError(f"--variant {search}={variant}: search {search!r} has no confirmed variant {variant!r} "
+                              f"(confirmed: {', '.join(have) or 'none'}; tune/confirm.py --ablations or --variant)")
     if not groups:
         return ""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         ranks = RankCache(client, Path(tmp))
-        parts = [_confirmed_table1([g for g in groups if g.variant == "best"], parents, ranks)]
+        parts = [_confirmed_table1([g for g in groups if g.variant == variants.get(g.search, BEST)], parents, ranks)]
         for search in dict.fromkeys(g.search for g in groups):
             variants = [g for g in groups if g.search == search]
             if len(variants) > 1:
@@ -346,11 +377,17 @@ def confirmation_tables(client: Any, experiment_id: str, parents: list[Any],
 
 
 def _column_label(group: Confirmed, groups: list[Confirmed]) -> str:
+    from tune.confirmation import BEST
+
     label = MODEL_LABELS.get(group.model, group.model)
+    if group.variant != BEST:
+        label += f" {group.variant}"
     return label if sum(g.model == group.model for g in groups) == 1 else f"{label} ({group.search})"
 
 
 def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCache) -> str:
+    from tune.confirmation import BEST
+
     if not groups:
         return ""
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
@@ -363,7 +400,8 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
     header = ["Data", "Metric"] + [f"{_column_label(g, groups)} [{i}]" for i, g in enumerate(groups, 1)]
     if ours and others:
         header += ["vs", "Imp.", "diff ×100 [95% CI]", "p"]
-    named = " (or at the trial named with --trial, in the footnotes)" if any(g.trial for g in groups) else ""
+    named = " (or at the trial named with --trial, or its variant named with --variant: see the footnotes)" \
+        if any(g.trial or g.variant != BEST for g in groups) else ""
     lines = [f"## Confirmed comparison ({dataset}; test metrics ×100, mean ± std over seeds {seeds}; "
              f"each model at its search's best configuration, chosen on validation{named})", "",
              "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
@@ -389,6 +427,8 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
         lines.append("")
     for i, g in enumerate(groups, 1):
         trial = f", trial {g.trial} (--trial; not the search's best)" if g.trial else ""
+        if g.variant != BEST:
+            trial += f", variant {g.variant} (--variant; the configuration with that variant's changes)"
         lines.append(f"[{i}] {_column_label(g, groups)}: search {g.search}{trial}, confirmation runs {g.footnote()}")
     return "\n".join(lines)
 
