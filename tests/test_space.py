@@ -145,6 +145,15 @@ def test_cpu_space_searches_the_diffusion_knobs_and_is_the_no_gpu_default():
                                                                  "train.batch_size"))
 
 
+@pytest.mark.parametrize("name", ["food_kitchen-cpu", "movie_book-cpu", "default-cpu"])
+def test_every_dpgdiff_cpu_space_searches_the_issue_23_levers_with_the_wide_lr(name):
+    space = load_space(SPACES / f"{name}.yaml")
+    assert set(space.params["loss.rec_timestep"].values) == {"sampled", "terminal", "rollout"}
+    assert set(space.params["diffusion.precond"].values) == {"none", "edm"}
+    assert set(space.params["model.disentangled_encoder"].values) == {True, False}
+    assert space.params["train.lr"].high == 1.0e-2
+
+
 def test_a_log_or_unknown_dataset_gets_the_dataset_agnostic_space_and_no_gpu_never_a_gpu_space(tmp_path):
     """A CSV log (whatever its name), a C2DSR folder or an unknown name: default-cpu.yaml / default-gpu.yaml, sized
     from the card; without a GPU, no dataset name whatever gets a space whose `hardware:` is gpu."""
