@@ -62,6 +62,7 @@ class DiffusionDiagnostics:
     table_rms: dict[str, float]  # per-element RMS of E_x, E_y
     table_row_norm: dict[str, float]  # mean L2 norm of the rows of E_x, E_y
     x0_rms: float  # per-element RMS of x_0 as diffused (after x0_norm)
+    which: str = "test"  # the cases measured: test or valid
     per_t: list[StepRow] = field(default_factory=list)
     per_k: list[StepsRow] = field(default_factory=list)
 
@@ -85,7 +86,7 @@ class DiffusionDiagnostics:
                 f"{r.median_rank_x0:>8.0f} {r.mrr_eq15:>9.4f} {r.sensitivity:>11.4f}"
             )
         if self.per_k:
-            lines += ["", "test metrics (x100) by reverse steps K (shared evaluator, sampled = 1 + negatives):",
+            lines += ["", f"{self.which} metrics (x100) by reverse steps K (shared evaluator, sampled = 1 + negatives):",
                       f"{'K':>4} {'sampler':>7} {'sec':>6} {'X NDCG@10':>10} {'Y NDCG@10':>10} {'X fullN@10':>11} "
                       f"{'Y fullN@10':>11}"]
             for r in self.per_k:
@@ -143,7 +144,7 @@ def diagnose(
         else config.model.x0_norm,
         table_rms={k: float(v.pow(2).mean().sqrt()) for k, v in tables.items()},
         table_row_norm={k: float(v.norm(dim=1).mean()) for k, v in tables.items()},
-        x0_rms=math.sqrt(x0_power),
+        x0_rms=math.sqrt(x0_power), which=which,
     )
     alpha_bar = schedule.alphas_cumprod.cpu().numpy()
     for t in timesteps:

@@ -159,8 +159,9 @@ def test_diagnose_prints_per_t_figures_and_metrics_by_k(trained, synthetic_data_
     rc = main(["diagnose", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(synthetic_data_dir),
                "--cases", "150", "--infer-steps", "1,2", "--json", str(report)])
     out = capsys.readouterr().out
-    assert rc == 0 and "sensitivity" in out and "X NDCG@10" in out
+    assert rc == 0 and "sensitivity" in out and "X NDCG@10" in out and "test metrics (x100)" in out
     diag = json.loads(report.read_text())
+    assert diag["which"] == "test"
     rows = diag["per_t"]
     assert [r["t"] for r in rows] == list(range(32)) and diag["n_cases"] == 150
     ab = [r["alpha_bar"] for r in rows]
@@ -171,6 +172,11 @@ def test_diagnose_prints_per_t_figures_and_metrics_by_k(trained, synthetic_data_
     by_k = {r["infer_steps"]: r["metrics"] for r in diag["per_k"]}
     assert sorted(by_k) == [1, 2]
     assert by_k[2]["x_mrr"] == pytest.approx(metrics["test_x_mrr"]) and by_k[2]["y_mrr"] == pytest.approx(metrics["test_y_mrr"])
+    # --which valid measures (and labels) the validation cases
+    assert main(["diagnose", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(synthetic_data_dir),
+                 "--cases", "50", "--infer-steps", "1", "--which", "valid"]) == 0
+    out = capsys.readouterr().out
+    assert "valid metrics (x100)" in out and "test metrics" not in out
 
 
 def test_exit_process_keeps_the_exit_code_output_and_atexit_handlers(tmp_path):
