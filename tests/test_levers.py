@@ -407,8 +407,7 @@ def test_the_commented_lever_entries_of_the_cpu_space_parse_when_uncommented():
 
     path = REPO / "search_spaces/food_kitchen-cpu.yaml"
     text = path.read_text()
-    keys = ("loss.lambda_mix", "model.score_alpha", "model.query_init", "diffusion.self_cond",
-            "loss.diff_reduction")
+    keys = ("loss.lambda_mix", "model.query_init", "diffusion.self_cond", "loss.diff_reduction")
     entries = [line for line in text.splitlines()
                if re.match(r"\s*#\s*(" + "|".join(re.escape(k) for k in keys) + "):", line)]
     assert len(entries) == len(keys), entries
