@@ -290,12 +290,12 @@ def _table1_variants(parents: list[Any], variants: Sequence[str]) -> dict[str, s
     searches = {p.data.tags.get(tracking.SEARCH_TAG) for p in parents}
     chosen = {}
     for text in variants:
-        search, sep, variant = text.partition("=")
-        if not sep or not search.strip() or not variant.strip():
+        search, sep, variant = (part.strip() for part in text.partition("="))
+        if not sep or not search or not variant:
             raise ReportError(f"--variant {text!r}: expected SEARCH=VARIANT, e.g. --variant my-search=-DE")
-        if search.strip() not in searches:
-            raise ReportError(f"--variant {text!r}: search {search.strip()!r} is not reported (add --name {search.strip()})")
-        chosen[search.strip()] = variant.strip()
+        if search not in searches:
+            raise ReportError(f"--variant {text!r}: search {search!r} is not reported (add --name {search})")
+        chosen[search] = variant
     return chosen
 
 
@@ -370,9 +370,9 @@ def confirmation_tables(client: Any, experiment_id: str, parents: list[Any],
         ranks = RankCache(client, Path(tmp))
         parts = [_confirmed_table1([g for g in groups if g.variant == variants.get(g.search, BEST)], parents, ranks)]
         for search in dict.fromkeys(g.search for g in groups):
-            variants = [g for g in groups if g.search == search]
-            if len(variants) > 1:
-                parts.append(_ablation_table(variants, ranks))
+            of_search = [g for g in groups if g.search == search]
+            if len(of_search) > 1:
+                parts.append(_ablation_table(of_search, ranks))
     return "\n\n".join(p for p in parts if p)
 
 
