@@ -266,6 +266,13 @@ class Confirmed:
     def footnote(self) -> str:
         return ", ".join(f"seed {s}: {r.info.run_id}" for s, r in sorted(self.runs.items()))
 
+    @property
+    def is_best(self) -> bool:
+        """The configuration itself, not a variant of it (--variant, --ablations)."""
+        from tune.confirmation import BEST
+
+        return self.variant == BEST
+
 
 def _confirmed_trials(client: Any, exp: Any, parents: list[Any], trials: Sequence[str]) -> dict[str, tuple[str, str]]:
     """--trial SEARCH:TRIAL values -> {search: (trial as given, its run id)}; the search must be reported."""
@@ -303,7 +310,7 @@ def confirmed_groups(client: Any, experiment_id: str, parents: list[Any],
                      trials: Optional[dict[str, tuple[str, str]]] = None) -> list[Confirmed]:
     """Finished confirmation runs of the parents, grouped by (search, variant), in search order: those of each
     search's best trial, or of the trial `trials` names for it ({search: (trial, run id)})."""
-    from tune.confirmation import OF_TAG, ROLE, SEED_TAG, VARIANT_TAG
+    from tune.confirmation import BEST, OF_TAG, ROLE, SEED_TAG, VARIANT_TAG
 
     groups: dict[tuple[str, str], Confirmed] = {}
     for parent in parents:
@@ -314,7 +321,7 @@ def confirmed_groups(client: Any, experiment_id: str, parents: list[Any],
                 continue
             if run.data.tags.get(OF_TAG, of) != of:  # another trial's confirmation (tune/confirm.py --trial)
                 continue
-            variant = run.data.tags.get(VARIANT_TAG, "best")
+            variant = run.data.tags.get(VARIANT_TAG, BEST)
             group = groups.setdefault((search, variant), Confirmed(search, run.data.tags.get(tracking.MODEL_TAG, "?"),
                                                                    variant, {}, trial))
             group.runs[int(run.data.tags.get(SEED_TAG, len(group.runs)))] = run
@@ -377,17 +384,13 @@ def confirmation_tables(client: Any, experiment_id: str, parents: list[Any],
 
 
 def _column_label(group: Confirmed, groups: list[Confirmed]) -> str:
-    from tune.confirmation import BEST
-
     label = MODEL_LABELS.get(group.model, group.model)
-    if group.variant != BEST:
+    if not group.is_best:
         label += f" {group.variant}"
     return label if sum(g.model == group.model for g in groups) == 1 else f"{label} ({group.search})"
 
 
 def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCache) -> str:
-    from tune.confirmation import BEST
-
     if not groups:
         return ""
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
@@ -401,7 +404,7 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
     if ours and others:
         header += ["vs", "Imp.", "diff ×100 [95% CI]", "p"]
     named = " (or at the trial named with --trial, or its variant named with --variant: see the footnotes)" \
-        if any(g.trial or g.variant != BEST for g in groups) else ""
+        if any(g.trial or not g.is_best for g in groups) else ""
     lines = [f"## Confirmed comparison ({dataset}; test metrics ×100, mean ± std over seeds {seeds}; "
              f"each model at its search's best configuration, chosen on validation{named})", "",
              "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
@@ -427,7 +430,7 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
         lines.append("")
     for i, g in enumerate(groups, 1):
         trial = f", trial {g.trial} (--trial; not the search's best)" if g.trial else ""
-        if g.variant != BEST:
+        if not g.is_best:
             trial += f", variant {g.variant} (--variant; the configuration with that variant's changes)"
         lines.append(f"[{i}] {_column_label(g, groups)}: search {g.search}{trial}, confirmation runs {g.footnote()}")
     return "\n".join(lines)
