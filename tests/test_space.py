@@ -176,8 +176,9 @@ def test_a_log_or_unknown_dataset_gets_the_dataset_agnostic_space_and_no_gpu_nev
     choice = default_space("big", gpu=False, root=tmp_path)
     assert choice.path == tmp_path / "default-cpu.yaml" and "big.yaml is GPU-sized" in choice.reason
     assert default_space("big", gpu=True, root=tmp_path).path == tmp_path / "big.yaml"
-    for spec in ("item_bias", ):  # the sparse-data lever is searched in the default and CPU spaces
-        for f in ("default-cpu.yaml", "default-gpu.yaml", "food_kitchen-cpu.yaml", "movie_book-cpu.yaml"):
+    for spec in ("item_bias", ):  # the sparse-data lever is searched in the default and CPU spaces, baselines too
+        for f in ("default-cpu.yaml", "default-gpu.yaml", "food_kitchen-cpu.yaml", "movie_book-cpu.yaml",
+                  "food_kitchen-cpu-sasrec.yaml", "food_kitchen-cpu-sasrec-single.yaml", "food_kitchen-cpu-diffurec.yaml"):
             assert set(load_space(SPACES / f).params[f"model.{spec}"].values) == {"none", "popularity"}, f
 
 
