@@ -177,8 +177,8 @@ def test_a_log_or_unknown_dataset_gets_the_dataset_agnostic_space_and_no_gpu_nev
     assert choice.path == tmp_path / "default-cpu.yaml" and "big.yaml is GPU-sized" in choice.reason
     assert default_space("big", gpu=True, root=tmp_path).path == tmp_path / "big.yaml"
     for spec in ("item_bias", ):  # the sparse-data lever is searched in the default and CPU spaces, baselines too
-        for f in ("default-cpu.yaml", "default-gpu.yaml", "food_kitchen-cpu.yaml", "movie_book-cpu.yaml",
-                  "food_kitchen-cpu-sasrec.yaml", "food_kitchen-cpu-sasrec-single.yaml", "food_kitchen-cpu-diffurec.yaml"):
+        baselines = [f"food_kitchen-cpu-{m}.yaml" for m in ("sasrec", "sasrec-single", "diffurec")]
+        for f in ["default-cpu.yaml", "default-gpu.yaml", "food_kitchen-cpu.yaml", "movie_book-cpu.yaml", *baselines]:
             assert set(load_space(SPACES / f).params[f"model.{spec}"].values) == {"none", "popularity"}, f
 
 
