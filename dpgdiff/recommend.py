@@ -93,8 +93,9 @@ class Recommender:
 
             ids = ItemIdMap.from_dataset(load_dataset(meta["name"], split=meta["split"], data_dir=data_dir,
                                                       **meta["options"]))
-        # build_model needs the id space and max_len, not the sequences (those only feed training-time
-        # augmentations); the fingerprint makes load_model's dataset check pass for the right checkpoint.
+        # build_model needs the id space and max_len, not the sequences or item counts (those only feed
+        # training-time augmentations and start values that the saved weights replace); the fingerprint makes
+        # load_model's dataset check pass for the right checkpoint.
         shell = types.SimpleNamespace(items=ids.items, max_len=ids.max_len, train_sequences=[],
                                       name=meta.get("name"), split=meta.get("split"),
                                       fingerprint=meta.get("fingerprint"))

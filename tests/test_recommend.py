@@ -17,6 +17,7 @@ from dpgdiff.cli import main
 from dpgdiff.config import Config
 from dpgdiff.data import load_dataset
 from dpgdiff.data.ids import ItemIdMap
+from dpgdiff.models import build_model
 from dpgdiff.recommend import Recommender, RecommendError, read_requests
 from dpgdiff import train
 
@@ -126,6 +127,23 @@ def test_checkpoint_without_the_map_reloads_its_c2dsr_dataset(synthetic_run, syn
     old = Recommender.load(tmp_path / "old.pt", data_dir=str(synthetic_data_dir))
     new = Recommender.load(synthetic_run / "best.pt")
     assert old.recommend([[12, 55]], "y", 5)[0].items == new.recommend([[12, 55]], "y", 5)[0].items
+
+
+def test_a_checkpoint_with_a_popularity_bias_and_sampled_ce_serves(synthetic_dataset, tmp_path):
+    """Start values computed from the training counts (model.item_bias=popularity, the sampled CE's sampler) are
+    not needed to serve: Recommender.load builds from the id map alone (it failed on `item_counts` before), and
+    the saved bias, not a fresh popularity start, is what it scores with."""
+    train(tiny_config("model.item_bias=popularity", "loss.ce_impl=sampled", "loss.ce_negatives=64",
+                      "loss.ce_negative_source=popularity"), synthetic_dataset, out_dir=tmp_path)
+    rec = Recommender.load(tmp_path / "best.pt")
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    served = rec.model.state_dict()
+    assert served.keys() == saved.keys() and all(torch.equal(served[k], saved[k]) for k in saved)
+    fresh = build_model(Config.from_dict(torch.load(tmp_path / "best.pt", weights_only=True)["config"]),
+                        synthetic_dataset)  # the popularity start, before training
+    assert not torch.equal(rec.model.bias(0), fresh.bias(0)) and rec.model.bias(0).abs().sum() > 0
+    top = rec.recommend([[12, 55, 301]], domain="x", k=5)[0]
+    assert len(top.items) == 5 and top.scores == sorted(top.scores, reverse=True)
 
 
 def test_cli_history_input_and_output(synthetic_run, tmp_path, capsys):

@@ -15,13 +15,15 @@ __all__ = [
 ]
 
 
-def build_model(config: Config, dataset) -> Recommender:
+def build_model(config: Config, dataset, from_checkpoint: bool = False) -> Recommender:
     """config.model.name -> a Recommender for `dataset` (uses dataset.items, .max_len, .train_sequences).
 
     The positional table covers max(config.model.max_len, dataset.max_len) positions. The ItemCF map
     for the augmentations is computed here (once) only when Tri-CL is on with augment.sim_model=itemcf, and
     model.item_bias=popularity sets the bias from dataset.item_counts() here, as loss.ce_impl=sampled its
-    NegativeSampler (the popularity source draws by those counts)."""
+    NegativeSampler (the popularity source draws by those counts). from_checkpoint=True (load_model): the
+    saved weights replace the bias next and nothing trains, so neither reads the counts, and a dataset
+    without them (the id-map shell that `Recommender.load` serves from) builds the model."""
     m = config.model
     max_len = max(int(m.max_len), int(dataset.max_len))
     if m.name == "sasrec":
@@ -39,6 +41,8 @@ def build_model(config: Config, dataset) -> Recommender:
         raise ConfigError(
             f"model.name={m.name!r} is not a known model; expected dpgdiff, sasrec, sasrec_single or diffurec"
         )
+    if from_checkpoint:
+        return model
     if m.item_bias == "popularity":
         model.init_item_bias(dataset.item_counts())
     if config.loss.ce_impl == "sampled":  # the popularity source draws by the training counts

@@ -157,7 +157,7 @@ def load_model(
     if dataset is None:
         return None, config, info  # type: ignore[return-value]  # caller only wanted the metadata
     check_dataset(obj["dataset"], dataset, str(file))
-    model = build_model(config, dataset)
+    model = build_model(config, dataset, from_checkpoint=True)
     model.load_state_dict(obj["model"])
     model.to(torch.device(device) if isinstance(device, str) else device)
     model.eval()
