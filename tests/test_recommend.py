@@ -136,11 +136,10 @@ def test_a_checkpoint_with_a_popularity_bias_and_sampled_ce_serves(synthetic_dat
     train(tiny_config("model.item_bias=popularity", "loss.ce_impl=sampled", "loss.ce_negatives=64",
                       "loss.ce_negative_source=popularity"), synthetic_dataset, out_dir=tmp_path)
     rec = Recommender.load(tmp_path / "best.pt")
-    saved = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
-    served = rec.model.state_dict()
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    served, saved = rec.model.state_dict(), best["model"]
     assert served.keys() == saved.keys() and all(torch.equal(served[k], saved[k]) for k in saved)
-    fresh = build_model(Config.from_dict(torch.load(tmp_path / "best.pt", weights_only=True)["config"]),
-                        synthetic_dataset)  # the popularity start, before training
+    fresh = build_model(Config.from_dict(best["config"]), synthetic_dataset)  # the popularity start, untrained
     assert not torch.equal(rec.model.bias(0), fresh.bias(0)) and rec.model.bias(0).abs().sum() > 0
     top = rec.recommend([[12, 55, 301]], domain="x", k=5)[0]
     assert len(top.items) == 5 and top.scores == sorted(top.scores, reverse=True)
