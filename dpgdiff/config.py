@@ -176,6 +176,10 @@ class DiffusionConfig:
 @dataclass
 class LossConfig:
     lambda_diff: float = 1.0  # Eq. 14
+    # Weight of an in-batch softmax CE on L_diff's pass (x̂_0 at the sampled t ranked against the batch's other
+    # targets of its domain; losses.in_batch_rank_loss), so that the passes a K > 1 chain takes at t < T-1 are
+    # trained to rank, not only to regress x_0. 0 = off (the paper). DPG-Diff with model.diffusion only. Issue 23.
+    lambda_diff_rank: float = 0.0
     # L_diff over the d dimensions: mean (default; F.mse_loss) or sum (Eq. 6 as printed, ||f_θ(x_t, t) - x_0||²).
     # sum = d × mean, so λ_diff under sum means d times the weight it has under mean (λ_diff = 1 with mean is
     # the paper's λ_diff = 1/d). Both are averaged over the batch.
@@ -413,7 +417,7 @@ class Config:
              "noise with model.xt_injection=add (xt_plus_last needs the Encoder_c state of the last item)")
         need(0.0 <= d.cfg_p < 1.0, "diffusion.cfg_p", "0 <= p < 1")
         need(d.cfg_w >= 0.0, "diffusion.cfg_w", ">= 0")
-        for name in ("lambda_diff", "lambda_rec", "lambda_s", "lambda_mix", "lambda_cl"):
+        for name in ("lambda_diff", "lambda_diff_rank", "lambda_rec", "lambda_s", "lambda_mix", "lambda_cl"):
             need(getattr(lo, name) >= 0.0 and math.isfinite(getattr(lo, name)), f"loss.{name}", "a finite number >= 0")
         need(lo.cl_tau > 0, "loss.cl_tau", "> 0")
         need(lo.ce_negatives >= 1, "loss.ce_negatives", ">= 1 (and below the smaller domain's item count, "

@@ -12,6 +12,7 @@ from dpgdiff.config import Config, ConfigError
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y
 from dpgdiff.models import build_model
 from dpgdiff.models.diffusion import EDMPreconditioning, NoiseSchedule
+from dpgdiff.models.losses import in_batch_rank_loss
 from dpgdiff.models.encoder import trim_padding
 
 torch.set_num_threads(1)
@@ -163,6 +164,7 @@ def test_guidance_start_runs_k_steps_from_t0(synthetic_dataset, hist):
     ({"diffusion.start_step": 2}, "diffusion.start_step"),
     ({"model.query_init": "xt_plus_last", "model.xt_injection": "add"}, "model.query_init"),
     ({"diffusion.sigma_data": 0.0}, "diffusion.sigma_data"),
+    ({"loss.lambda_diff_rank": -1.0}, "loss.lambda_diff_rank"),
 ])
 def test_lever_config_errors_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -222,6 +224,35 @@ def test_terminal_rec_timestep_trains_the_ce_on_the_pure_noise_pass(synthetic_da
     calls = record_denoise(sampled, monkeypatch)
     loss_of(sampled, batch)
     assert len(calls) == 1 and len(set(calls[0][0].tolist())) > 1  # the default: one pass at the sampled t
+
+
+def test_in_batch_rank_loss_ranks_against_the_other_targets_of_the_same_domain():
+    torch.manual_seed(0)
+    x0_hat, x0 = torch.randn(5, 4), torch.randn(5, 4)
+    target = torch.tensor([3, 4, 3, 7, 9])
+    domain = torch.tensor([DOMAIN_X, DOMAIN_X, DOMAIN_X, DOMAIN_Y, DOMAIN_Y])
+    got = in_batch_rank_loss(x0_hat, x0, target, domain, scale=0.5)
+    logits = 0.5 * x0_hat @ x0.T
+    # row 0 (item 3): row 2 is the same item, rows 3-4 the other domain -> only row 1 is a negative
+    candidates = {0: [0, 1], 1: [1, 0, 2], 2: [2, 1], 3: [3, 4], 4: [4, 3]}
+    want = torch.stack([-torch.log_softmax(logits[i, c], 0)[0] for i, c in candidates.items()]).mean()
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_lambda_diff_rank_ranks_the_sampled_t_pass_beside_the_terminal_ce(synthetic_dataset, batch, monkeypatch):
+    """loss.lambda_diff_rank > 0 keeps L_diff's sampled-t pass even with lambda_diff = 0 under terminal, and that
+    pass gets the in-batch ranking term (it gets no gradient without it)."""
+    base = {"loss.lambda_diff": 0.0, "loss.lambda_cl": 0.0, "loss.rec_timestep": "terminal"}
+    model = make(config(**base, **{"loss.lambda_diff_rank": 0.7}), synthetic_dataset)
+    calls = record_denoise(model, monkeypatch)
+    out = loss_of(model, batch)
+    assert len(calls) == 2 and len(set(calls[0][0].tolist())) > 1
+    assert bool((calls[1][0] == model.schedule.steps - 1).all())
+    assert float(out["total"].detach()) == pytest.approx(float(out["rec"] + 0.7 * out["diff_rank"]), rel=1e-5)
+    (grad,) = torch.autograd.grad(out["total"], [calls[0][2]])
+    assert float(grad.abs().sum()) > 0
+    plain = make(config(**base), synthetic_dataset)
+    assert "diff_rank" not in loss_of(plain, batch)
 
 
 def test_rollout_trains_the_second_reverse_step_on_half_the_rows(synthetic_dataset, batch, monkeypatch):

@@ -25,7 +25,7 @@ from dpgdiff.models.denoiser import DPGDenoiser, HistoryCache, Memory
 from dpgdiff.models.diffusion import EDMPreconditioning, NoiseSchedule, randn_like
 from dpgdiff.models.encoder import DisentangledEncoder, Guidance, ItemEmbedding, trim_padding
 from dpgdiff.models.layers import AttnMode
-from dpgdiff.models.losses import diffusion_loss, domain_cross_entropy, tri_view_cl
+from dpgdiff.models.losses import diffusion_loss, domain_cross_entropy, in_batch_rank_loss, tri_view_cl
 
 
 class DPGDiff(Recommender):
@@ -151,7 +151,9 @@ class DPGDiff(Recommender):
         target_domain: torch.Tensor,
         generator: Optional[torch.Generator] = None,
     ) -> dict[str, torch.Tensor]:
-        """Eq. 14 for a batch -> {"total", "diff", "rec", "rec_c", "rec_s", "rec_mix", "cl"} (components detached)."""
+        """Eq. 14 for a batch -> {"total", "diff", "diff_rank", "rec", "rec_c", "rec_s", "rec_mix", "cl"}.
+
+        Every entry but "total" is detached."""
         lc, dc = self.config.loss, self.config.diffusion
         target_domain = target_domain.long()
         target_local = self.target_local(target, target_domain)
@@ -186,7 +188,7 @@ class DPGDiff(Recommender):
         sigma = self.sigma_data(target_domain)
         terminal = lc.rec_timestep != "sampled" and self.use_diffusion
         x0_hat = None
-        if not (terminal and lc.lambda_diff == 0):  # the sampled-t pass feeds L_diff, and the CE unless terminal
+        if not (terminal and lc.lambda_diff == 0 and lc.lambda_diff_rank == 0):  # L_diff's pass; the CE's unless terminal
             self_cond = None
             if self.denoiser.self_cond_proj is not None and self.training:
                 # Analog Bits §3: with p = 0.5 the batch first predicts x̃_0 without gradient and feeds it back.
@@ -208,6 +210,9 @@ class DPGDiff(Recommender):
             weight = self.precond.loss_weight(t, sigma, x0) if self.precond is not None else None
             out["diff"] = diffusion_loss(x0_hat, x0, lc.diff_reduction, weight)  # Eq. 6
             total = total + lc.lambda_diff * out["diff"]
+        if lc.lambda_diff_rank > 0 and self.use_diffusion:  # the same pass asked to rank (issue 23)
+            out["diff_rank"] = in_batch_rank_loss(x0_hat, x0, target, target_domain, self.scale)
+            total = total + lc.lambda_diff_rank * out["diff_rank"]
 
         if lc.lambda_rec > 0:  # Eq. 10-12 (+ optional L^mix, spec §4.1)
             heads, names = [rec_x0_hat], ["rec_c"]

@@ -1,4 +1,4 @@
-"""Losses: L_diff (Eq. 6), domain-restricted recommendation CE L_rec (Eq. 10-12) and tri-view InfoNCE L_tri-cl (Eq. 13).
+"""Losses: L_diff (Eq. 6) and its in-batch ranking term, domain-restricted recommendation CE L_rec (Eq. 10-12) and tri-view InfoNCE L_tri-cl (Eq. 13).
 
 Logits are computed only against the target domain's table: rows are split by d* and each group
 is multiplied by its own E_{d*} (spec §4.1, §8), so no work is spent on the other domain's items.
@@ -34,6 +34,25 @@ def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor, reduction: str = "mea
     per_row = (x0_hat - x0).pow(2)
     per_row = per_row.sum(-1) if reduction == "sum" else per_row.mean(-1)
     return (per_row if weight is None else weight * per_row).mean()
+
+
+def in_batch_rank_loss(x0_hat: torch.Tensor, x0: torch.Tensor, target: torch.Tensor, target_domain: torch.Tensor,
+                       scale: float) -> torch.Tensor:
+    """Softmax CE ranking each row's x̂_0 (B, d) above the other targets of the batch in its domain (B, d) -> scalar.
+
+    loss.lambda_diff_rank (issue 23): L_diff alone trains the passes at t < T-1 to regress x_0, and `diagnose`
+    shows they then rank at random; this term asks the same sampled-t pass to rank, as PreferDiff (Liu et al.,
+    "Preference Diffusion for Recommendation", ICLR 2025) replaces the denoising MSE with a preference objective
+    against negative items. Negatives are the batch's own targets x0 (B×B logits, scale · x̂_0 · x_0ᵀ, the item
+    bias left out: in-batch negatives come in proportion to popularity, which the bias of the main CE carries);
+    rows of the other domain and repeats of the row's own item are masked. target (B,) item ids, target_domain
+    (B,) in {DOMAIN_X, DOMAIN_Y}."""
+    logits = scale * x0_hat @ x0.T
+    own = torch.eye(len(target), dtype=torch.bool, device=target.device)
+    masked = (target[:, None] == target[None, :]) & ~own
+    masked |= target_domain[:, None] != target_domain[None, :]
+    logits = logits.masked_fill(masked, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(target), device=target.device))
 
 
 def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
