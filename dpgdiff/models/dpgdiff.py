@@ -188,7 +188,8 @@ class DPGDiff(Recommender):
         sigma = self.sigma_data(target_domain)
         terminal = lc.rec_timestep != "sampled" and self.use_diffusion
         x0_hat = None
-        if not (terminal and lc.lambda_diff == 0 and lc.lambda_diff_rank == 0):  # L_diff's pass; the CE's unless terminal
+        sampled_pass = not terminal or lc.lambda_diff > 0 or lc.lambda_diff_rank > 0
+        if sampled_pass:  # the sampled-t pass feeds L_diff and its ranking term, and the CE unless terminal
             self_cond = None
             if self.denoiser.self_cond_proj is not None and self.training:
                 # Analog Bits §3: with p = 0.5 the batch first predicts x̃_0 without gradient and feeds it back.

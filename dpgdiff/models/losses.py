@@ -1,4 +1,4 @@
-"""Losses: L_diff (Eq. 6) and its in-batch ranking term, domain-restricted recommendation CE L_rec (Eq. 10-12) and tri-view InfoNCE L_tri-cl (Eq. 13).
+"""Losses: L_diff (Eq. 6) and its ranking term, domain-restricted CE L_rec (Eq. 10-12), tri-view InfoNCE (Eq. 13).
 
 Logits are computed only against the target domain's table: rows are split by d* and each group
 is multiplied by its own E_{d*} (spec §4.1, §8), so no work is spent on the other domain's items.
