@@ -166,7 +166,9 @@ class DiffusionConfig:
     sigma_data: Optional[float] = None
     cfg_p: float = 0.0  # classifier-free guidance: p(drop memory) in training
     cfg_w: float = 0.0  # classifier-free guidance weight at inference
-    target_detach: bool = False  # stop-gradient through x_0 in L_diff (spec §3.1)
+    # Stop-gradient through x_0 (spec §3.1): L_diff and its ranking term (loss.lambda_diff_rank) then pull on the
+    # denoiser, not on the target rows of the item tables (the history's rows still get gradient via Encoder_c).
+    target_detach: bool = False
 
     def val_procedure(self) -> tuple[str, Optional[int]]:
         """(sampler, infer_steps) used on the validation cases; infer_steps None = T."""

@@ -255,6 +255,27 @@ def test_lambda_diff_rank_ranks_the_sampled_t_pass_beside_the_terminal_ce(synthe
     assert "diff_rank" not in loss_of(plain, batch)
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_target_detach_keeps_the_ranking_term_off_the_target_rows(synthetic_dataset, batch, detach):
+    """diffusion.target_detach: the ranking term (like L_diff) then reaches the item table only through the history."""
+    only_rank = {"loss.lambda_rec": 0.0, "loss.lambda_cl": 0.0, "loss.lambda_diff": 0.0,
+                 "loss.lambda_diff_rank": 1.0, "diffusion.target_detach": detach}
+    model = make(config(**only_rank), synthetic_dataset)
+    out = loss_of(model, batch)
+    out["total"].backward()
+    history, target, domain = batch
+    local = model.target_local(target, domain)
+    seen = set(history.flatten().tolist())
+    rows = {DOMAIN_X: [], DOMAIN_Y: []}
+    for item, row, d in zip(target.tolist(), local.tolist(), domain.tolist()):
+        if item not in seen:
+            rows[d].append(row)
+    assert rows[DOMAIN_X] and rows[DOMAIN_Y]
+    emb = model.embedding
+    grad = torch.cat([emb.item_x.grad[rows[DOMAIN_X]], emb.item_y.grad[rows[DOMAIN_Y]]])
+    assert (float(grad.abs().sum()) == 0.0) == detach
+
+
 def test_rollout_trains_the_second_reverse_step_on_half_the_rows(synthetic_dataset, batch, monkeypatch):
     """loss.rec_timestep=rollout: after the terminal pass, one DDIM step from its (detached) x̂_0 to t < T-1 and a
     third pass there; about half of the rows' CE reads that pass, the rest the terminal one."""
