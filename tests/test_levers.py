@@ -1,5 +1,6 @@
 """Issue 23's levers: the −Diffusion control, inference options (posterior mean, start), EDM preconditioning,
-Eq. 6's reduction, query init, self-conditioning, train.init_from (tiny dims, CPU, synthetic data)."""
+Eq. 6's reduction, the ranking term on L_diff's pass, query init, self-conditioning, train.init_from (tiny dims,
+CPU, synthetic data)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from dpgdiff.config import Config, ConfigError
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y
 from dpgdiff.models import build_model
 from dpgdiff.models.diffusion import EDMPreconditioning, NoiseSchedule
-from dpgdiff.models.losses import in_batch_rank_loss
 from dpgdiff.models.encoder import trim_padding
+from dpgdiff.models.losses import in_batch_rank_loss
 
 torch.set_num_threads(1)
 
