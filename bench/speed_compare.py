@@ -16,7 +16,7 @@ wall time at --threads 1, but with 2+ threads it also counts OpenMP threads spin
 on top of --set, in the same interleaved rounds: the cost of a lever against the working tree without it
 (issue 23's rule: a kept lever may not make the d=64 step more than 15% slower), e.g.
     python bench/speed_compare.py --old HEAD --dims 64 --no-sasrec --variant edm:diffusion.precond=edm \
-        --variant selfcond:diffusion.self_cond=true --variant mix:loss.lambda_mix=0.5
+        --variant terminal:loss.rec_timestep=terminal
 
 Printed per d: median s/step for old and new and their ratio (examples/s new / old), the DPG-Diff /
 SASRec step ratio (both working tree) beside the ratio of their FLOPs, GFLOP per step of both trees (they must agree: no work dropped)

@@ -149,7 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run_config = dataclasses.replace(config, eval=eval_config)
         evaluator = Evaluator(dataset, args.which, eval_config)
         for k in steps_list:
-            steps = k or d.infer_steps or (d.start_step + 1 if d.start == "guidance" else d.steps)
+            steps = k or d.infer_steps or d.steps
             start = time.perf_counter()
             result = evaluate_model(model, dataset, args.which, run_config, sampler=sampler, infer_steps=steps,
                                     evaluator=evaluator)
@@ -168,14 +168,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_infer_steps(steps: Sequence[Any], config: Any) -> None:
-    """--infer-steps values against the model's T (and t0 + 1 under diffusion.start=guidance)."""
-    d = config.diffusion
-    most = d.start_step + 1 if d.start == "guidance" else d.steps
+    """--infer-steps values against the model's T."""
+    most = config.diffusion.steps
     for k in steps:
         if k is not None and not 1 <= k <= most:
-            what = ("diffusion.start_step + 1 under diffusion.start=guidance" if d.start == "guidance"
-                    else "the model's diffusion.steps")
-            raise ConfigError(f"--infer-steps {k}: must be in 1..{most} ({what})")
+            raise ConfigError(f"--infer-steps {k}: must be in 1..{most} (the model's diffusion.steps)")
 
 
 def _add_inference_set(parser: argparse.ArgumentParser) -> None:
@@ -183,7 +180,7 @@ def _add_inference_set(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override an inference-only field of the checkpoint's config (repeatable), e.g. "
-                             "--set diffusion.n_samples=16 --set diffusion.start=zero; allowed: "
+                             "--set diffusion.infer_steps=4 --set model.score_alpha=0; allowed: "
                              + ", ".join(INFERENCE_KEYS))
 
 
@@ -241,8 +238,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.checkpoint}: model.name={config.model.name!r}"
                           f"{' with model.diffusion=false' if config.model.name == 'dpgdiff' else ''} "
                           "is not a diffusion model")
-    d = config.diffusion
-    most = d.start_step + 1 if d.start == "guidance" else d.steps
+    most = config.diffusion.steps
     if args.infer_steps:
         steps = _number_list(args.infer_steps, int, "--infer-steps")
         _check_infer_steps(steps, config)

@@ -7,11 +7,10 @@ a comment says why not (mainly `model.dim`, kept CPU-sized; `configs/paper.yaml`
     cfg = Config.from_yaml("cfg.yaml").with_overrides(["model.dim=64", "train.epochs=2"])
     cfg.to_yaml("resolved.yaml")
 
-Every config file lists every field (to_yaml writes them all), so a model's file also holds fields it never
-reads: SASRec and SASRec-single read model.{dim, max_len, n_heads, n_c_layers, dropout, emb_dropout, position,
-logit_scale, item_init_std, item_bias}, loss.{domain_loss_norm, ce_*}, train.* and eval.*; the diffusion and
-augment sections, model.diffurec_variant and the DPG-Diff switches are inert there (README, "Fields a model
-does not read").
+Each model reads only its own fields (MODEL_FIELDS): a file or --set that sets a field the chosen model never
+reads is refused, naming both, and `to_yaml` writes exactly what the model reads under the config's values (a
+field switched off by another, INERT_WHEN, is left out). What earlier versions saved (checkpoints, a search's
+state) listed every field and still loads (`Config.from_saved`). Levers tried and not kept are RETIRED.
 """
 
 from __future__ import annotations
@@ -26,7 +25,11 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from dpgdiff.files import atomic_write_text  # noqa: F401  (re-exported: older imports use this path)
+from dpgdiff.config_fields import (  # noqa: F401  (MODEL_FIELDS, MODEL_LABELS, model_reads re-exported)
+    COMPONENT_SWITCHES, INERT_WHEN, MODEL_FIELDS, MODEL_LABELS, RETIRED, RETIRED_AT, RETIRED_VALUES, matches,
+    model_reads,
+)
+from dpgdiff.files import atomic_write_text, parse_yaml, read_yaml  # noqa: F401  (read_yaml, parse_yaml re-exported)
 
 
 # With diffusion.terminal_snr=as_is, a schedule must bring x_T this close to pure noise (issue 8 §2).
@@ -44,8 +47,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    # Which model the harness trains: DPG-Diff, or one of the baselines in the same harness.
-    # sasrec_single: spec §7.1's per-domain SASRec of Table 1 (one tower per domain, reads s_{d*} only).
+    # Which model the harness trains: DPG-Diff, or one of the baselines in the same harness (MODEL_FIELDS says
+    # which fields each reads). sasrec_single: spec §7.1's per-domain SASRec of Table 1 (one tower per domain,
+    # reads s_{d*} only); diffurec: WHUIR/DiffuRec (spec §7.2; Table 3's "Diff" is DPG-Diff with its switches off).
     name: Literal["dpgdiff", "sasrec", "sasrec_single", "diffurec"] = "dpgdiff"
     # Embedding = hidden size. Paper: 512; 128 keeps CPU runs practical (spec §8).
     dim: int = 128
@@ -63,10 +67,10 @@ class ModelConfig:
     fusion: Literal["concat", "gate", "sum"] = "concat"  # spec §2.3
     guidance_memory: Literal["tokens3", "seq", "single"] = "tokens3"  # spec §3.5
     xt_injection: Literal["concat_token", "add"] = "concat_token"  # spec §3.5
-    lambda_u: float = 0.001  # xt_injection=add and DiffuRec only (DiffuRec's lambda_uncertainty); inert with concat_token
+    lambda_u: float = 0.001  # xt_injection=add and DiffuRec only (DiffuRec's lambda_uncertainty)
     # λ ~ N(λ_u, λ_u) of the additive x_t injection (xt_injection=add and DiffuRec) at inference:
     # sample = drawn at every reverse step as in training (DiffuRec `Diffu_xstart.forward` draws it
-    # on every call); mean = fixed λ_u at inference (the harness's former behaviour). Inert with concat_token.
+    # on every call); mean = fixed λ_u at inference (the harness's former behaviour).
     lambda_infer: Literal["sample", "mean"] = "sample"
     logit_scale: Literal["one", "inv_sqrt_d"] = "one"  # spec §2.1
     x0_norm: Literal["none", "l2_sqrt_d"] = "none"  # spec §2.1
@@ -96,24 +100,8 @@ class ModelConfig:
     tri_cl: bool = True  # Tri-CL: the tri-view contrastive loss
     # The `−Diffusion` control (issue 23): the same network without the diffusion. false: the denoiser's query
     # token is e_dom[d*] alone (x_t ≡ 0 and no timestep embedding: the TimestepEmbedding is not built), one
-    # forward pass scores (diffusion.sampler, infer_steps, n_samples, start are unused), and L_diff is not
-    # computed whatever loss.lambda_diff says. DPG-Diff only.
+    # forward pass scores (the diffusion section is unused), and L_diff is not computed. DPG-Diff only.
     diffusion: bool = True
-    # What the denoiser's query token starts from (the x_t token of Encoder_c, spec §3.5): noise = x_t + temb(t)
-    # + e_dom (the paper); xt_plus_last = the same plus the Encoder_c state of the most recent history item
-    # (HistoryCache.last), so the reverse chain refines the user's state instead of starting from noise alone.
-    # xt_injection=concat_token only.
-    query_init: Literal["noise", "xt_plus_last"] = "noise"
-    # model.name=diffurec (spec §7.2; dpgdiff/models/diffurec.py):
-    #   faithful: WHUIR/DiffuRec's model: one joint table with a learned PAD row (N(0, item_init_std²);
-    #     DiffuRec's nn.Embedding is N(0, 1), see configs/diffurec.yaml), emb dropout + LN, no positions,
-    #     n_c_layers bidirectional blocks with its padding-query-row mask on h + λ·(x_t + temb(t)),
-    #     x̂_0 = LN(dropout(.))[-1], CE of x̂_0 over the joint table (both domains) and nothing else
-    #     (loss.lambda_*, loss.ce_impl=full only, model.x0_norm, position and pool are not used).
-    #   harness: Table 3's "Diff" inside the DPG-Diff harness (DPG-Diff with DE, G and Tri-CL off and
-    #     xt_injection=add): causal mask + positions, target-domain embedding, decoder block + LN, zero
-    #     PAD, CE over d*'s items only, plus λ_diff·L_diff.
-    diffurec_variant: Literal["faithful", "harness"] = "faithful"  # read with model.name=diffurec only
     # Two target-domain embeddings, on purpose: DisentangledEncoder.dom_emb conditions the fused guidance g_d
     # (spec §2.3); DPGDenoiser.dom_emb conditions the x_t token (spec §3.5; with diffusion=false it is the query).
 
@@ -138,22 +126,6 @@ class DiffusionConfig:
     # selected by the procedure the test reports; a cheaper one (e.g. ddim, 4) can be set explicitly.
     val_sampler: Optional[Literal["ddpm", "ddim"]] = None
     val_infer_steps: Optional[int] = None
-    # Posterior-mean inference: x̂_0 is averaged over n_samples reverse chains (independent x_T draws) before
-    # Eq. 15 scores it once: a Monte-Carlo estimate of E[x_0 | history], what a dot-product ranker wants
-    # (one draw moves x̂_0 by the noise it started from). 1 = one sample.
-    n_samples: int = 1
-    # x_T of the reverse chain: noise = x_T ~ N(0, I) (the paper); zero = x_T = 0 (the mode of N(0, I): one
-    # deterministic chain under ddim); guidance = start at t0 = start_step < T from the noised guidance,
-    # x_t0 = sqrt(ᾱ_t0)·ĝ_{d*} + sqrt(1 - ᾱ_t0)·ε (SDEdit-style), then K steps from t0 down to 0 (K <= t0 + 1;
-    # infer_steps null = every step from t0). Inference only: usable on a trained checkpoint (evaluate --set).
-    start: Literal["noise", "zero", "guidance"] = "noise"
-    start_step: Optional[int] = None  # t0 for start=guidance (0-based, 0..steps-1); required there, unused otherwise
-    # Self-conditioning (Chen et al. 2022, "Analog Bits", §3): the previous step's x̂_0 is fed back into the x_t
-    # token (concatenated with x_t in the paper; here the equivalent learned d x d projection added to it,
-    # zero-initialised). Training: with p = 0.5 per batch, a first x̂_0 is computed without gradient and fed
-    # back. Inference: each reverse step gets the previous step's x̂_0 (zero at the first step, so K = 1 is
-    # unaffected).
-    self_cond: bool = False
     # Preconditioning of the denoiser (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
     # Generative Models", Table 1), written for this VP process: x̂_0 = c_skip·x_t + c_out·F(c_in·x_t, t) with
     # v_t = ᾱ_t·σ_d² + 1 - ᾱ_t, c_in = 1/sqrt(v_t), c_skip = sqrt(ᾱ_t)·σ_d²/v_t, c_out = σ_d·sqrt(1 - ᾱ_t)/sqrt(v_t),
@@ -166,9 +138,6 @@ class DiffusionConfig:
     sigma_data: Optional[float] = None
     cfg_p: float = 0.0  # classifier-free guidance: p(drop memory) in training
     cfg_w: float = 0.0  # classifier-free guidance weight at inference
-    # Stop-gradient through x_0 (spec §3.1): L_diff and its ranking term (loss.lambda_diff_rank) then pull on the
-    # denoiser, not on the target rows of the item tables (the history's rows still get gradient via Encoder_c).
-    target_detach: bool = False
 
     def val_procedure(self) -> tuple[str, Optional[int]]:
         """(sampler, infer_steps) used on the validation cases; infer_steps None = T."""
@@ -178,30 +147,17 @@ class DiffusionConfig:
 @dataclass
 class LossConfig:
     lambda_diff: float = 1.0  # Eq. 14
-    # Weight of an in-batch softmax CE on L_diff's pass (x̂_0 at the sampled t ranked against the batch's other
-    # targets of its domain; losses.in_batch_rank_loss), so that the passes a K > 1 chain takes at t < T-1 are
-    # trained to rank, not only to regress x_0. 0 = off (the paper). DPG-Diff with model.diffusion only. Issue 23.
-    lambda_diff_rank: float = 0.0
-    # L_diff over the d dimensions: mean (default; F.mse_loss) or sum (Eq. 6 as printed, ||f_θ(x_t, t) - x_0||²).
-    # sum = d × mean, so λ_diff under sum means d times the weight it has under mean (λ_diff = 1 with mean is
-    # the paper's λ_diff = 1/d). Both are averaged over the batch.
-    diff_reduction: Literal["mean", "sum"] = "mean"
     # Weight of the CE terms (Eq. 14). The reference scale: every search keeps it at 1 (the other λ are relative
     # to it); 0 drops every CE term (L_diff and L_cl alone), an ablation, not a tuning knob.
     lambda_rec: float = 1.0
     lambda_s: float = 1.0  # single-domain term L^s relative to L^c (Eq. 10)
-    lambda_mix: float = 0.0  # optional L^mix on (x0_hat + g_d*), spec §4.1
     # Which x̂_0 the CE terms (Eq. 10-12) and L_cl's x̂_0 view read. sampled (Alg. 1, as DiffuRec): the x̂_0 that
     # L_diff reads, denoised from x_t at t ~ U{0..T-1}. At small t, x_t still carries the target (the committed
     # scale has SNR ≈ 1.5 at t = 0; `diagnose`: MRR(x̂_0) 0.48 at t = 0, 0.01 from t ≈ 8), so part of the CE is
     # learnt by copying x_t, which a test-time chain started from pure noise never has. terminal: the CE reads a
     # second denoiser pass from pure noise at t = T-1, the input of a K = 1 reverse chain, so the ranking loss
-    # trains what inference scores; L_diff keeps the sampled t (one pass only when lambda_diff = 0). rollout:
-    # terminal, then for half of the rows (drawn per row) one DDIM step (η = 0) from that x̂_0 (no gradient) to
-    # a t < T-1 drawn per row and a third pass there, whose x̂_0 those rows' CE reads: the input a K ≥ 2 chain
-    # gives its later steps (x_t built from the model's own estimate, not from the target), so refining is
-    # trained (as exposure-bias corrections do: Ning et al. 2023). The CE's cost is unchanged. Issue 23.
-    rec_timestep: Literal["sampled", "terminal", "rollout"] = "sampled"
+    # trains what inference scores; L_diff keeps the sampled t (one pass only when lambda_diff = 0). Issue 23.
+    rec_timestep: Literal["sampled", "terminal"] = "sampled"
     lambda_cl: float = 1.0
     cl_sim: Literal["cos", "dot"] = "cos"  # Eq. 13; "dot" with tau=1 is the paper-literal form
     cl_tau: float = 0.2
@@ -209,15 +165,8 @@ class LossConfig:
     single_loss_repr: Literal["domain", "fused"] = "domain"
     domain_loss_norm: Literal["per_domain_mean", "global_mean"] = "per_domain_mean"
     # full: full softmax; chunked: the same loss and gradients holding at most ce_chunk_rows rows of
-    # logits at a time (recomputed in the backward pass: less memory, one more matmul); sampled: the
-    # positive + ce_negatives negatives per domain and step, shared by all rows, each logit corrected by
-    # the log of its inclusion probability (logQ; dpgdiff/models/negatives.py). Faithful DiffuRec: full only.
-    ce_impl: Literal["full", "chunked", "sampled"] = "full"
-    ce_negatives: int = 1024  # ce_impl=sampled: negatives per domain and step (< the smaller domain's items)
-    # ce_impl=sampled: uniform (without replacement); popularity: ∝ (training count + 1)^ce_popularity_alpha;
-    # mixed: the domain's in-batch targets + ce_negatives uniform others (mixed negative sampling).
-    ce_negative_source: Literal["uniform", "popularity", "mixed"] = "uniform"
-    ce_popularity_alpha: float = 0.75  # unigram^α of the popularity source; 0 = uniform, 1 = unigram (word2vec: 0.75)
+    # logits at a time (recomputed in the backward pass: less memory, one more matmul).
+    ce_impl: Literal["full", "chunked"] = "full"
     ce_chunk_rows: int = 256  # rows of logits per chunk for ce_impl=chunked
 
 
@@ -286,17 +235,43 @@ class Config:
     # ---------------------------------------------------------------- (de)serialisation
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Every field, read or not (checkpoints and the search's own state); `to_yaml` writes `fields_read()`."""
         return dataclasses.asdict(self)
 
+    def fields_read(self) -> list[str]:
+        """Dotted names of the fields this config's model reads under its values (MODEL_FIELDS less INERT_WHEN)."""
+        inert = {name for names, when in INERT_WHEN if when(self) for name in names}
+        return [name for name in self.field_names() if self.declares(name) and not matches(name, inert)]
+
+    def label(self) -> str:
+        """What tables call this configuration: the model, and for DPG-Diff the components switched off, e.g.
+        "DPG-Diff (−DE)", or "DPG-Diff (full)" with all of them ("−G" is not listed where "−DE" already removes it)."""
+        name = MODEL_LABELS[self.model.name]
+        if self.model.name != "dpgdiff":
+            return name
+        off = [tag for dotted, tag in COMPONENT_SWITCHES if not _get(self, dotted)
+               and not (tag == "−G" and not self.model.disentangled_encoder)]
+        return f"{name} ({', '.join(off) if off else 'full'})"
+
+    def to_file_dict(self) -> dict[str, dict[str, Any]]:
+        """`to_dict` restricted to `fields_read()`: what a config file for this model lists."""
+        data: dict[str, dict[str, Any]] = {}
+        for dotted in self.fields_read():
+            section, key = dotted.split(".")
+            data.setdefault(section, {})[key] = getattr(getattr(self, section), key)
+        return data
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, source: str = "config") -> "Config":
-        """Build and validate a config from nested dicts; unknown keys are errors."""
+    def from_dict(cls, data: dict[str, Any] | None, source: str = "config", saved: bool = False) -> "Config":
+        """Build and validate a config from nested dicts; unknown keys are errors.
+
+        A field the chosen model never reads (MODEL_FIELDS) is refused, naming the field and the model. saved=True
+        is for what an earlier version wrote (checkpoints, a search's state, its runs' config.yaml): those list
+        every field, so the unread ones are dropped, as are retired fields that only shaped training (RETIRED)."""
         data = data or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
-        sections = {}
-        for f in dataclasses.fields(cls):
-            sections[f.name] = f.default_factory()  # type: ignore[misc]
+        sections = {f.name: f.default_factory() for f in dataclasses.fields(cls)}  # type: ignore[misc]
         for section_name, values in data.items():
             if section_name not in sections:
                 raise ConfigError(
@@ -307,28 +282,61 @@ class Config:
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
             for key, value in values.items():
-                _set_field(sections[section_name], f"{section_name}.{key}", key, value, source)
+                dotted = f"{section_name}.{key}"
+                if dotted in RETIRED and drop_retired(dotted, value, source, saved):
+                    continue
+                if _hashable(value) and (dotted, value) in RETIRED_VALUES:
+                    value = retired_value(dotted, value, source, saved)
+                _set_field(sections[section_name], dotted, key, value, source)
         config = cls(**sections)
+        given = [f"{section}.{key}" for section, values in data.items() if values for key in values]
+        if saved:  # fields the model never read had no effect: back to their defaults
+            config = cls.from_dict({s: {k: v for k, v in vals.items() if config.declares(f"{s}.{k}")}
+                                    for s, vals in config.to_dict().items()}, source)
+        else:
+            config.check_declared([name for name in given if name not in RETIRED], source)
         config.validate(source)
         return config
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "Config":
-        data, _ = read_yaml(path, "config", ConfigError)
-        return cls.from_dict(data, source=str(path))
+    def from_saved(cls, data: dict[str, Any] | None, source: str = "config") -> "Config":
+        """`from_dict(saved=True)`: a config an earlier version wrote (every field listed)."""
+        return cls.from_dict(data, source, saved=True)
 
-    def to_yaml(self, path: str | os.PathLike) -> None:
-        """Write atomically (temp file + rename), so a crash never leaves half a config."""
-        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, saved: bool = False) -> "Config":
+        data, _ = read_yaml(path, "config", ConfigError)
+        return cls.from_dict(data, source=str(path), saved=saved)
+
+    def to_yaml(self, path: str | os.PathLike, header: str = "") -> None:
+        """Write the fields the model reads (`to_file_dict`) atomically, after `header` (comment lines)."""
+        atomic_write_text(Path(path), header + yaml.safe_dump(self.to_file_dict(), sort_keys=False))
+
+    def declares(self, dotted: str) -> bool:
+        """Whether this config's model reads `dotted` under some values of the other fields (MODEL_FIELDS)."""
+        return model_reads(self.model.name, dotted)
+
+    def check_declared(self, names: list[str], source: str) -> None:
+        """Refuse setting a field the model never reads: it would look like a setting and do nothing."""
+        unread = [name for name in names if not self.declares(name)]
+        if unread:
+            raise ConfigError(
+                f"{source}: model.name={self.model.name!r} does not read {', '.join(unread)}; remove "
+                f"{'it' if len(unread) == 1 else 'them'} (config.MODEL_FIELDS lists what each model reads)"
+            )
 
     def with_overrides(self, assignments: list[str] | dict[str, Any], source: str = "--set") -> "Config":
         """Return a copy with `section.key=value` assignments applied (values parsed as YAML)."""
         data = self.to_dict()
-        items = assignments.items() if isinstance(assignments, dict) else [
+        items = list(assignments.items() if isinstance(assignments, dict) else [
             parse_assignment(a, source) for a in assignments
-        ]
+        ])
         for dotted, value in items:
             section, _, key = dotted.partition(".")
+            if dotted in RETIRED:
+                drop_retired(dotted, value, source, saved=False)  # raises: a retired field cannot be set
+            if _hashable(value) and (dotted, value) in RETIRED_VALUES:
+                retired_value(dotted, value, source, saved=False)  # raises likewise
             if not key or section not in data:
                 raise ConfigError(
                     f"{source}: {dotted!r} is not a config field; expected section.key with "
@@ -339,14 +347,15 @@ class Config:
                     f"{source}: unknown field {dotted!r}; {section} has {sorted(data[section])}"
                 )
             data[section][key] = value
-        return Config.from_dict(data, source=source)
+        config = Config.from_dict(data, source=source, saved=True)
+        config.check_declared([dotted for dotted, _ in items], source)
+        return config
 
     def with_inference_overrides(self, assignments: list[str] | dict[str, Any], source: str = "--set") -> "Config":
         """`with_overrides` restricted to INFERENCE_KEYS: what may change on a trained checkpoint."""
-        items = assignments.items() if isinstance(assignments, dict) else [
+        items = list(assignments.items() if isinstance(assignments, dict) else [
             parse_assignment(a, source) for a in assignments
-        ]
-        items = list(items)
+        ])
         for dotted, _ in items:
             if dotted not in INFERENCE_KEYS:
                 raise ConfigError(
@@ -402,31 +411,13 @@ class Config:
                     f"under diffusion.terminal_snr='as_is': x_T would be far from the N(0, I) noise that sampling "
                     f"starts from. Use diffusion.terminal_snr=zero, more steps, or a larger beta_scale"
                 )
-        need(d.n_samples >= 1, "diffusion.n_samples", ">= 1")
-        if d.start == "guidance":
-            need(d.start_step is not None and 0 <= d.start_step < d.steps, "diffusion.start_step",
-                 f"0..diffusion.steps-1={d.steps - 1} with diffusion.start=guidance (the t0 the chain starts at)")
-            for name in ("infer_steps", "val_infer_steps"):
-                need(getattr(d, name) is None or getattr(d, name) <= d.start_step + 1, f"diffusion.{name}",
-                     f"null or <= diffusion.start_step + 1 = {d.start_step + 1} with diffusion.start=guidance")
-            need(m.disentangled_encoder, "diffusion.start",
-                 "noise or zero without model.disentangled_encoder (start=guidance needs the guidance ĝ_{d*})")
-        else:
-            need(d.start_step is None, "diffusion.start_step", "null unless diffusion.start=guidance")
         need(d.sigma_data is None or (d.sigma_data > 0 and math.isfinite(d.sigma_data)), "diffusion.sigma_data",
              "null or a finite number > 0")
-        need(not (m.query_init == "xt_plus_last" and m.xt_injection != "concat_token"), "model.query_init",
-             "noise with model.xt_injection=add (xt_plus_last needs the Encoder_c state of the last item)")
         need(0.0 <= d.cfg_p < 1.0, "diffusion.cfg_p", "0 <= p < 1")
         need(d.cfg_w >= 0.0, "diffusion.cfg_w", ">= 0")
-        for name in ("lambda_diff", "lambda_diff_rank", "lambda_rec", "lambda_s", "lambda_mix", "lambda_cl"):
+        for name in ("lambda_diff", "lambda_rec", "lambda_s", "lambda_cl"):
             need(getattr(lo, name) >= 0.0 and math.isfinite(getattr(lo, name)), f"loss.{name}", "a finite number >= 0")
         need(lo.cl_tau > 0, "loss.cl_tau", "> 0")
-        need(lo.ce_negatives >= 1, "loss.ce_negatives", ">= 1 (and below the smaller domain's item count, "
-             "checked when the model is built)")
-        need(0.0 <= lo.ce_popularity_alpha <= 1.0, "loss.ce_popularity_alpha", "0 <= alpha <= 1")
-        need(not (m.name == "diffurec" and m.diffurec_variant == "faithful" and lo.ce_impl != "full"),
-             "loss.ce_impl", "full with model.name=diffurec, diffurec_variant=faithful (DiffuRec's full softmax)")
         need(lo.ce_chunk_rows >= 1, "loss.ce_chunk_rows", ">= 1")
         need(0.0 < a.crop_eta <= 1.0, "augment.crop_eta", "0 < eta <= 1")
         for name in ("mask_gamma", "reorder_beta", "substitute_rho", "insert_rho"):
@@ -456,62 +447,39 @@ class Config:
 # process's noise at evaluation (the scorer's generator).
 INFERENCE_KEYS = (
     "diffusion.sampler", "diffusion.infer_steps", "diffusion.ddpm_variance", "diffusion.val_sampler",
-    "diffusion.val_infer_steps", "diffusion.n_samples", "diffusion.start", "diffusion.start_step",
-    "diffusion.cfg_w", "model.score_alpha", "model.score_softmax", "model.lambda_infer", "train.seed",
+    "diffusion.val_infer_steps", "diffusion.cfg_w", "model.score_alpha", "model.score_softmax", "model.lambda_infer", "train.seed",
     *(f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)),
 )
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None)))
+
+
+def retired_value(dotted: str, value: Any, source: str, saved: bool) -> Any:
+    """The value a retired value of a kept field loads as (saved configs only); otherwise a ConfigError."""
+    if saved:
+        return RETIRED_VALUES[dotted, value]
+    raise ConfigError(f"{source}: {dotted}={value!r} was retired (issue 37: tried and not kept; BENCHMARKS.md has "
+                      f"its verdict). Commit {RETIRED_AT} is the last that has it")
+
+
+def drop_retired(dotted: str, value: Any, source: str, saved: bool) -> bool:
+    """True if a retired field may be dropped: saved by an earlier version at the value that is today's behaviour,
+    or one that only shaped training. Otherwise a ConfigError names the field and the commit that still has it."""
+    today, train_only = RETIRED[dotted]
+    if saved and (value == today or train_only):
+        return True
+    raise ConfigError(
+        f"{source}: {dotted} was retired (issue 37: tried and not kept; BENCHMARKS.md has its verdict); "
+        + (f"{value!r} is not today's behaviour ({today!r}). " if value != today else "remove it. ")
+        + f"Commit {RETIRED_AT} is the last that has it"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def read_yaml(path: str | os.PathLike, what: str, error: type[Exception]) -> tuple[Any, str]:
-    """(safe_load'ed data, raw text) of a YAML file; unreadable or invalid files raise `error` naming the file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise error(f"{path}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
-                    f"save the {what} as UTF-8") from None
-    return parse_yaml(text, str(path), error), text
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a mapping with the same key twice (plain PyYAML keeps the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: SafeLoader's own error says so
-                break
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first defined on line {first})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-def parse_yaml(text: str, source: str, error: type[Exception]) -> Any:
-    """safe_load'ed `text` (duplicate keys refused); invalid YAML raises `error` naming `source` (a file, or
-    where the text came from) and the line."""
-    try:
-        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        if mark is None:
-            raise error(f"{source}: not valid YAML: {exc}") from exc
-        problem = ", ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None))))
-        raise error(f"{source}: not valid YAML, line {mark.line + 1} column {mark.column + 1}: {problem}") from exc
 
 
 def _get(config: Config, dotted: str) -> Any:

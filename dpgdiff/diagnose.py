@@ -140,8 +140,7 @@ def diagnose(
     out = DiffusionDiagnostics(
         model=config.model.name, steps=T, schedule=config.diffusion.schedule,
         terminal_snr=config.diffusion.terminal_snr, n_cases=len(pick),
-        x0_norm="none" if config.model.name == "diffurec" and config.model.diffurec_variant == "faithful"
-        else config.model.x0_norm,
+        x0_norm="none" if config.model.name == "diffurec" else config.model.x0_norm,
         table_rms={k: float(v.pow(2).mean().sqrt()) for k, v in tables.items()},
         table_row_norm={k: float(v.norm(dim=1).mean()) for k, v in tables.items()},
         x0_rms=math.sqrt(x0_power), which=which,

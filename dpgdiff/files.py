@@ -1,4 +1,5 @@
-"""Atomic files and folders: a reader never sees half a file, a crash never leaves one.
+"""Files in and out: atomic writes (a reader never sees half a file, a crash never leaves one) and YAML reads
+that name the file and line of every error.
 
 Every file the package writes (configs, metrics, checkpoints, cached candidates) goes through
 `atomic_write`: the content is written to a temp file in the destination folder, then renamed over
@@ -12,7 +13,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
+
+import yaml
 
 
 def user_cache_root() -> Path:
@@ -60,3 +63,50 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def read_yaml(path: str | os.PathLike, what: str, error: type[Exception]) -> tuple[Any, str]:
+    """(safe_load'ed data, raw text) of a YAML file; unreadable or invalid files raise `error` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+                    f"save the {what} as UTF-8") from None
+    return parse_yaml(text, str(path), error), text
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (plain PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first defined on line {first})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str, error: type[Exception]) -> Any:
+    """safe_load'ed `text` (duplicate keys refused); invalid YAML raises `error` naming `source` (a file, or
+    where the text came from) and the line."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        if mark is None:
+            raise error(f"{source}: not valid YAML: {exc}") from exc
+        problem = ", ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None))))
+        raise error(f"{source}: not valid YAML, line {mark.line + 1} column {mark.column + 1}: {problem}") from exc

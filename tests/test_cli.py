@@ -123,20 +123,21 @@ def test_evaluate_bad_arguments(trained, synthetic_data_dir, tmp_path, capsys):
 
 
 def test_evaluate_set_changes_inference_only(trained, synthetic_data_dir, tmp_path, capsys):
-    """--set on evaluate: inference-only fields of the checkpoint's config (issue 23: posterior mean, x_T = 0)."""
+    """--set on evaluate: inference-only fields of the checkpoint's config (K, Eq. 15's α and softmax, ...)."""
     base = ["evaluate", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(synthetic_data_dir)]
     report = tmp_path / "r.json"
     assert main([*base, "--json", str(report)]) == 0
     plain = json.loads(report.read_text())[0]
-    assert main([*base, "--set", "diffusion.n_samples=3", "--set", "diffusion.start=zero", "--json", str(report)]) == 0
+    assert main([*base, "--set", "diffusion.sampler=ddpm", "--set", "model.score_softmax=literal",
+                 "--json", str(report)]) == 0
     (record,) = json.loads(report.read_text())
-    assert record["set"] == ["diffusion.n_samples=3", "diffusion.start=zero"]
-    assert record["metrics"] != plain["metrics"]  # another x_T: other scores
+    assert record["set"] == ["diffusion.sampler=ddpm", "model.score_softmax=literal"]
+    assert record["metrics"] != plain["metrics"]  # another chain and Eq. 15 as printed: other scores
     capsys.readouterr()
     assert main([*base, "--set", "model.dim=8"]) == 2
     assert "'model.dim' cannot change on a trained model" in capsys.readouterr().err
-    assert main([*base, "--set", "diffusion.start=guidance", "--set", "diffusion.start_step=3", "--infer-steps", "8"]) == 2
-    assert "--infer-steps 8: must be in 1..4 (diffusion.start_step + 1" in capsys.readouterr().err
+    assert main([*base, "--set", "diffusion.n_samples=3"]) == 2  # retired (issue 37)
+    assert "'diffusion.n_samples' cannot change on a trained model" in capsys.readouterr().err
     assert main(["diagnose", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(synthetic_data_dir),
                  "--set", "loss.lambda_diff=0"]) == 2
     assert "cannot change on a trained model" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from dpgdiff.config import Config, ConfigError
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y, ItemSpace
-from dpgdiff.models import DiffuRec, DiffuRecHarness, build_model
+from dpgdiff.models import DiffuRec, DPGDiff, build_model
 from dpgdiff.models.denoiser import inject_additive
 from dpgdiff.models.layers import self_attention_mask
 
@@ -194,7 +194,7 @@ def test_full_ddpm_chain_uses_diffurec_fixed_large_variance():
 
 
 def test_score_restricts_to_the_target_domain_and_is_seeded():
-    model = tiny(**{"diffusion.n_samples": 2})
+    model = tiny()
     history = torch.tensor([[0, 2, 5], [3, 1, 4]])
     s = [model.score(history, DOMAIN_Y, generator=torch.Generator().manual_seed(k)) for k in (0, 0, 1)]
     assert s[0].shape == (2, ITEMS.n_items_y) and torch.equal(s[0], s[1]) and not torch.equal(s[0], s[2])
@@ -204,15 +204,14 @@ def test_score_restricts_to_the_target_domain_and_is_seeded():
 
 
 def test_config_defaults_and_validation():
-    assert Config().model.diffurec_variant == "faithful"
-    with pytest.raises(ConfigError, match="loss.ce_impl"):
-        Config().with_overrides({"model.name": "diffurec", "loss.ce_impl": "sampled"})
-    Config().with_overrides({"model.name": "diffurec", "model.diffurec_variant": "harness", "loss.ce_impl": "sampled"})
+    # DiffuRec has its own CE over the joint table: the loss section is not its to set.
+    with pytest.raises(ConfigError, match="model.name='diffurec' does not read loss.ce_impl"):
+        Config().with_overrides({"model.name": "diffurec", "loss.ce_impl": "chunked"})
     with pytest.raises(ConfigError, match="lambda_infer"):
         Config().with_overrides({"model.lambda_infer": "fixed"})
     cfg = Config.from_yaml(ROOT / "configs" / "diffurec.yaml")
     m, d = cfg.model, cfg.diffusion
-    assert (m.name, m.diffurec_variant, m.lambda_infer, m.item_init_std) == ("diffurec", "faithful", "sample", 1.0)
+    assert (m.name, m.lambda_infer, m.item_init_std) == ("diffurec", "sample", 1.0)
     assert (d.sampler, d.infer_steps, d.val_procedure()) == ("ddpm", None, ("ddpm", None))  # every step, val too
     assert (d.terminal_snr, d.ddpm_variance) == ("as_is", "fixed_large")  # DiffuRec's schedule and variance
 
@@ -226,14 +225,36 @@ def test_train_one_epoch_from_the_shipped_config(synthetic_dataset, tmp_path):
          "train.device": "cpu"})
     result = train(cfg, synthetic_dataset, out_dir=tmp_path)
     assert result.best_epoch == 1 and math.isfinite(result.test["test_mrr_sum"])
-    model = build_model(cfg, synthetic_dataset)
-    assert type(model) is DiffuRec
-    harness = build_model(cfg.with_overrides({"model.diffurec_variant": "harness"}), synthetic_dataset)
-    assert type(harness) is DiffuRecHarness
+    assert type(build_model(cfg, synthetic_dataset)) is DiffuRec
+
+
+def test_a_harness_variant_checkpoint_loads_as_dpgdiff_with_its_switches_off(synthetic_dataset, tmp_path):
+    """model.diffurec_variant: harness (retired, issue 37) was DPG-Diff with DE, G and Tri-CL off and the additive
+    x_t injection; a checkpoint of it loads as that DPG-Diff, with the same weights and scores."""
+    from dpgdiff.data.ref import DatasetRef
+    from dpgdiff.training.checkpoints import cpu_state, load_model, save_best
+
+    base = {"model.dim": 16, "model.n_heads": 2, "model.n_c_layers": 1, "diffusion.steps": 8}
+    cfg = Config().with_overrides({**base, "model.disentangled_encoder": False, "model.guidance": False,
+                                   "model.tri_cl": False, "model.xt_injection": "add"})
+    torch.manual_seed(0)
+    model = build_model(cfg, synthetic_dataset).eval()
+    saved = cfg.to_dict()
+    saved["model"].update(name="diffurec", diffurec_variant="harness", disentangled_encoder=True, guidance=True,
+                          tri_cl=True, xt_injection="concat_token")  # a harness config kept the DPG-Diff defaults
+    save_best(tmp_path / "best.pt", cpu_state(model), cfg, DatasetRef.identity(synthetic_dataset), 1, {})
+    obj = torch.load(tmp_path / "best.pt", weights_only=True)
+    torch.save({**obj, "config": saved}, tmp_path / "best.pt")  # as the old version wrote it
+    loaded, loaded_cfg, _ = load_model(tmp_path / "best.pt", synthetic_dataset)
+    assert type(loaded) is DPGDiff and loaded_cfg.model.xt_injection == "add" and loaded.encoder is None
+    hist = torch.as_tensor(synthetic_dataset.test.history[:8])
+    kw = dict(sampler="ddim", infer_steps=2)
+    want = model.score(hist, DOMAIN_Y, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(loaded.score(hist, DOMAIN_Y, generator=torch.Generator().manual_seed(1), **kw), want)
 
 
 def test_dpgdiff_add_injection_uses_the_diffurec_form(synthetic_dataset):
-    """DPG-Diff / harness with xt_injection=add: Encoder_c(h + λ·(x_t + temb + e_dom)), λ drawn per lambda_infer."""
+    """DPG-Diff with xt_injection=add: Encoder_c(h + λ·(x_t + temb + e_dom)), λ drawn per lambda_infer."""
     base = {"model.dim": 16, "model.n_heads": 2, "model.n_c_layers": 1, "diffusion.steps": 8,
             "diffusion.schedule": "cosine", "model.xt_injection": "add", "model.lambda_u": 0.3}
     torch.manual_seed(0)

@@ -1,6 +1,5 @@
-"""Issue 23's levers: the −Diffusion control, inference options (posterior mean, start), EDM preconditioning,
-Eq. 6's reduction, the ranking term on L_diff's pass, query init, self-conditioning, train.init_from (tiny dims,
-CPU, synthetic data)."""
+"""Issue 23's kept levers: the −Diffusion control, Eq. 15's literal softmax, the CE on the terminal pass, EDM
+preconditioning, train.init_from; and the retired ones refused by name (issue 37). Tiny dims, CPU, synthetic data."""
 
 from __future__ import annotations
 
@@ -9,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpgdiff.config import Config, ConfigError
+from dpgdiff.config import RETIRED_AT, Config, ConfigError, model_reads
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y
 from dpgdiff.models import build_model
 from dpgdiff.models.diffusion import EDMPreconditioning, NoiseSchedule
 from dpgdiff.models.encoder import trim_padding
-from dpgdiff.models.losses import in_batch_rank_loss
 
 torch.set_num_threads(1)
 
@@ -23,7 +21,9 @@ TINY = {"model.dim": 16, "model.n_heads": 2, "model.n_c_layers": 1, "diffusion.s
 
 
 def config(**overrides) -> Config:
-    return Config().with_overrides({**TINY, **overrides})
+    """TINY (the fields the chosen model reads) + overrides."""
+    name = overrides.get("model.name", "dpgdiff")
+    return Config().with_overrides({**{k: v for k, v in TINY.items() if model_reads(name, k)}, **overrides})
 
 
 def make(cfg: Config, dataset, seed: int = 0):
@@ -95,27 +95,12 @@ def test_minus_diffusion_variant_applies_to_the_committed_config(synthetic_datas
     assert model.denoiser.time_emb is None and not model.use_diffusion
 
 
-# ------------------------------------------------------------------ B. inference: posterior mean, x_T = 0, guidance start
+# ------------------------------------------------------------------ B. Eq. 15 as printed; config errors
 
 
-def test_n_samples_scores_the_mean_x0_of_independent_chains(synthetic_dataset, hist):
-    model = make(config(**{"diffusion.sampler": "ddpm", "diffusion.infer_steps": 3}), synthetic_dataset).eval()
-    many = make(config(**{"diffusion.sampler": "ddpm", "diffusion.infer_steps": 3, "diffusion.n_samples": 4}),
-                synthetic_dataset).eval()
-    # Four chains drawn one after another from one generator: the scores are linear in x̂_0 (items softmax),
-    # so scoring the mean x̂_0 equals the mean of the four one-chain scores.
-    gen = torch.Generator().manual_seed(5)
-    singles = torch.stack([model.score(hist, DOMAIN_Y, generator=gen) for _ in range(4)])
-    assert torch.allclose(scores(many, hist, 5), singles.mean(0), atol=1e-4)
-    # A posterior-mean estimate: its spread over seeds is well below one chain's.
-    spread = {n: torch.stack([scores(m, hist, s) for s in range(6)]).std(0).mean()
-              for n, m in ((1, model), (4, many))}
-    assert spread[4] < 0.7 * spread[1], spread
-
-
-def test_literal_softmax_averages_x0_before_the_softmax(synthetic_dataset, hist):
-    """score_softmax=literal is nonlinear in x̂_0: n_samples must average x̂_0, not the scores."""
-    cfg = config(**{"model.score_softmax": "literal", "diffusion.n_samples": 3, "diffusion.infer_steps": 1})
+def test_literal_softmax_is_taken_over_the_d_dims_of_the_scored_sum(synthetic_dataset, hist):
+    """score_softmax=literal: softmax(x̂_0 + α·ĝ) over the d dims, then the dot product with E_{d*} (K = 1)."""
+    cfg = config(**{"model.score_softmax": "literal", "diffusion.infer_steps": 1})
     model = make(cfg, synthetic_dataset).eval()
     got = scores(model, hist, 7)
     with torch.no_grad():
@@ -123,71 +108,49 @@ def test_literal_softmax_averages_x0_before_the_softmax(synthetic_dataset, hist)
         td = torch.full((hist.shape[0],), DOMAIN_Y)
         g_y = model.predict_x0(hist, td, torch.zeros(hist.shape[0], 16), torch.zeros_like(td))[1]
         t_last = torch.full_like(td, cfg.diffusion.steps - 1)
-        x0s = [model.predict_x0(hist, td, torch.randn(hist.shape[0], 16, generator=gen), t_last)[0] for _ in range(3)]
-        rep = torch.softmax(torch.stack(x0s).mean(0) + g_y, -1)
+        x0 = model.predict_x0(hist, td, torch.randn(hist.shape[0], 16, generator=gen), t_last)[0]
+        rep = torch.softmax(x0 + g_y, -1)
     assert torch.allclose(got, rep @ model.embedding.table(DOMAIN_Y).t(), atol=1e-5)
 
 
-def test_start_zero_is_deterministic_and_differs_from_noise(synthetic_dataset, hist):
-    model = make(config(**{"diffusion.sampler": "ddim", "diffusion.infer_steps": 2, "diffusion.start": "zero"}),
-                 synthetic_dataset).eval()
-    assert torch.equal(scores(model, hist, 1), scores(model, hist, 2))
-    noise = make(config(**{"diffusion.sampler": "ddim", "diffusion.infer_steps": 2}), synthetic_dataset).eval()
-    assert not torch.allclose(scores(noise, hist, 1), scores(model, hist, 1))
-
-
-def test_guidance_start_runs_k_steps_from_t0(synthetic_dataset, hist):
-    schedule = NoiseSchedule(32, "trunc_lin")
-    assert schedule.timesteps(4, start=9) == [9, 6, 3, 0]
-    assert schedule.timesteps(None, start=3) == [3, 2, 1, 0]
-    assert schedule.timesteps(32, start=3) == [3, 2, 1, 0]  # "every step" from t0
-    assert schedule.timesteps(1) == [31]  # default unchanged
-    cfg = config(**{"diffusion.start": "guidance", "diffusion.start_step": 0, "diffusion.infer_steps": 1,
-                    "diffusion.sampler": "ddim"})
-    model = make(cfg, synthetic_dataset).eval()
-    got = scores(model, hist, 3)
-    # K = 1 from t0 = 0: x_0 = sqrt(ᾱ_0)·ĝ + sqrt(1 - ᾱ_0)·ε, one denoiser call at t = 0.
-    with torch.no_grad():
-        td = torch.full((hist.shape[0],), DOMAIN_Y)
-        _, g_y = model.predict_x0(hist, td, torch.zeros(hist.shape[0], 16), torch.zeros_like(td))
-        eps = torch.randn(hist.shape[0], 16, generator=torch.Generator().manual_seed(3))
-        x_t0 = model.schedule.add_noise(g_y, eps, torch.zeros_like(td))
-        x0_hat, _ = model.predict_x0(hist, td, x_t0, torch.zeros_like(td))
-        expected = (x0_hat + g_y) @ model.embedding.table(DOMAIN_Y).t()
-    assert torch.allclose(got, expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("overrides,message", [
-    ({"diffusion.start": "guidance"}, "diffusion.start_step"),
-    ({"diffusion.start": "guidance", "diffusion.start_step": 8}, "diffusion.start_step"),
-    ({"diffusion.start": "guidance", "diffusion.start_step": 2, "diffusion.infer_steps": 4}, "diffusion.infer_steps"),
-    ({"diffusion.start": "guidance", "diffusion.start_step": 2, "model.disentangled_encoder": False}, "diffusion.start"),
-    ({"diffusion.start_step": 2}, "diffusion.start_step"),
-    ({"model.query_init": "xt_plus_last", "model.xt_injection": "add"}, "model.query_init"),
-    ({"diffusion.sigma_data": 0.0}, "diffusion.sigma_data"),
-    ({"loss.lambda_diff_rank": -1.0}, "loss.lambda_diff_rank"),
-])
-def test_lever_config_errors_name_the_field(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        config(**overrides)
+def test_lever_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="diffusion.sigma_data"):
+        config(**{"diffusion.sigma_data": 0.0})
 
 
 def test_inference_overrides_refuse_training_fields():
     cfg = config()
-    assert cfg.with_inference_overrides(["diffusion.n_samples=16", "diffusion.start=zero"]).diffusion.n_samples == 16
+    assert cfg.with_inference_overrides(["diffusion.infer_steps=2", "model.score_alpha=0"]).diffusion.infer_steps == 2
     with pytest.raises(ConfigError, match="model.dim.*cannot change on a trained model"):
         cfg.with_inference_overrides(["model.dim=8"])
 
 
-# ------------------------------------------------------------------ C. train what is scored; the query's start
+@pytest.mark.parametrize("field,value", [
+    ("model.query_init", "xt_plus_last"), ("diffusion.n_samples", 4), ("diffusion.start", "zero"),
+    ("diffusion.self_cond", True), ("diffusion.target_detach", True), ("loss.lambda_diff_rank", 0.3),
+    ("loss.diff_reduction", "sum"), ("loss.lambda_mix", 0.5), ("loss.ce_negatives", 256),
+    ("loss.rec_timestep", "rollout"), ("loss.ce_impl", "sampled"),
+])
+def test_retired_levers_are_refused_by_name_with_the_commit_that_has_them(field, value):
+    with pytest.raises(ConfigError, match=rf"{field}.*retired.*Commit {RETIRED_AT}"):
+        config(**{field: value})
+    section, key = field.split(".")
+    with pytest.raises(ConfigError, match=rf"{field}.*retired"):
+        Config.from_dict({section: {key: value}}, source="old.yaml")
 
 
-def test_lambda_mix_trains_the_eq15_sum(synthetic_dataset, batch):
-    model = make(config(**{"loss.lambda_mix": 0.5, "loss.lambda_s": 0.3, "model.score_alpha": 0.7}), synthetic_dataset)
-    out = loss_of(model, batch)
-    assert out["rec"] == pytest.approx(float(out["rec_c"] + 0.3 * out["rec_s"] + 0.5 * out["rec_mix"]), rel=1e-5)
-    plain = loss_of(make(config(**{"loss.lambda_s": 0.3, "model.score_alpha": 0.7}), synthetic_dataset), batch)
-    assert "rec_mix" not in plain and torch.equal(plain["rec_c"], out["rec_c"])
+def test_saved_configs_drop_retired_fields_that_only_shaped_training():
+    """What an earlier version saved loads: training-only retired settings are dropped (scoring is the same),
+    an inference-time one at today's behaviour is dropped, and one that changed scoring is refused."""
+    saved = {"model": {"query_init": "noise"}, "diffusion": {"n_samples": 1, "self_cond": False, "target_detach": True},
+             "loss": {"lambda_mix": 0.5, "ce_impl": "sampled", "ce_negatives": 64, "rec_timestep": "rollout"}}
+    cfg = Config.from_saved(saved)
+    assert cfg.loss.ce_impl == "full" and cfg.loss.rec_timestep == "terminal"
+    with pytest.raises(ConfigError, match="diffusion.n_samples.*retired.*4 is not today's behaviour"):
+        Config.from_saved({"diffusion": {"n_samples": 4}})
+
+
+# ------------------------------------------------------------------ C. train what is scored
 
 
 def record_denoise(model, monkeypatch) -> list:
@@ -227,103 +190,7 @@ def test_terminal_rec_timestep_trains_the_ce_on_the_pure_noise_pass(synthetic_da
     assert len(calls) == 1 and len(set(calls[0][0].tolist())) > 1  # the default: one pass at the sampled t
 
 
-def test_in_batch_rank_loss_ranks_against_the_other_targets_of_the_same_domain():
-    torch.manual_seed(0)
-    x0_hat, x0 = torch.randn(5, 4), torch.randn(5, 4)
-    target = torch.tensor([3, 4, 3, 7, 9])
-    domain = torch.tensor([DOMAIN_X, DOMAIN_X, DOMAIN_X, DOMAIN_Y, DOMAIN_Y])
-    got = in_batch_rank_loss(x0_hat, x0, target, domain, scale=0.5)
-    logits = 0.5 * x0_hat @ x0.T
-    # row 0 (item 3): row 2 is the same item, rows 3-4 the other domain -> only row 1 is a negative
-    candidates = {0: [0, 1], 1: [1, 0, 2], 2: [2, 1], 3: [3, 4], 4: [4, 3]}
-    want = torch.stack([-torch.log_softmax(logits[i, c], 0)[0] for i, c in candidates.items()]).mean()
-    assert float(got) == pytest.approx(float(want), rel=1e-6)
-
-
-def test_lambda_diff_rank_ranks_the_sampled_t_pass_beside_the_terminal_ce(synthetic_dataset, batch, monkeypatch):
-    """loss.lambda_diff_rank > 0 keeps L_diff's sampled-t pass even with lambda_diff = 0 under terminal, and that
-    pass gets the in-batch ranking term (it gets no gradient without it)."""
-    base = {"loss.lambda_diff": 0.0, "loss.lambda_cl": 0.0, "loss.rec_timestep": "terminal"}
-    model = make(config(**base, **{"loss.lambda_diff_rank": 0.7}), synthetic_dataset)
-    calls = record_denoise(model, monkeypatch)
-    out = loss_of(model, batch)
-    assert len(calls) == 2 and len(set(calls[0][0].tolist())) > 1
-    assert bool((calls[1][0] == model.schedule.steps - 1).all())
-    assert float(out["total"].detach()) == pytest.approx(float(out["rec"] + 0.7 * out["diff_rank"]), rel=1e-5)
-    (grad,) = torch.autograd.grad(out["total"], [calls[0][2]])
-    assert float(grad.abs().sum()) > 0
-    plain = make(config(**base), synthetic_dataset)
-    assert "diff_rank" not in loss_of(plain, batch)
-
-
-@pytest.mark.parametrize("detach", [False, True])
-def test_target_detach_keeps_the_ranking_term_off_the_target_rows(synthetic_dataset, batch, detach):
-    """diffusion.target_detach: the ranking term (like L_diff) then reaches the item table only through the history."""
-    only_rank = {"loss.lambda_rec": 0.0, "loss.lambda_cl": 0.0, "loss.lambda_diff": 0.0,
-                 "loss.lambda_diff_rank": 1.0, "diffusion.target_detach": detach}
-    model = make(config(**only_rank), synthetic_dataset)
-    out = loss_of(model, batch)
-    out["total"].backward()
-    history, target, domain = batch
-    local = model.target_local(target, domain)
-    seen = set(history.flatten().tolist())
-    rows = {DOMAIN_X: [], DOMAIN_Y: []}
-    for item, row, d in zip(target.tolist(), local.tolist(), domain.tolist()):
-        if item not in seen:
-            rows[d].append(row)
-    assert rows[DOMAIN_X] and rows[DOMAIN_Y]
-    emb = model.embedding
-    grad = torch.cat([emb.item_x.grad[rows[DOMAIN_X]], emb.item_y.grad[rows[DOMAIN_Y]]])
-    assert (float(grad.abs().sum()) == 0.0) == detach
-
-
-def test_rollout_trains_the_second_reverse_step_on_half_the_rows(synthetic_dataset, batch, monkeypatch):
-    """loss.rec_timestep=rollout: after the terminal pass, one DDIM step from its (detached) x̂_0 to t < T-1 and a
-    third pass there; about half of the rows' CE reads that pass, the rest the terminal one."""
-    model = make(config(**{"loss.lambda_diff": 0.5, "loss.lambda_cl": 0.0, "loss.rec_timestep": "rollout"}),
-                 synthetic_dataset)
-    calls = record_denoise(model, monkeypatch)
-    picked = []
-    real_where = torch.where
-    monkeypatch.setattr(torch, "where", lambda c, a, b: picked.append(c.squeeze(-1).clone()) or real_where(c, a, b))
-    out = loss_of(model, batch)
-    assert len(calls) == 3 and torch.isfinite(out["total"])
-    last = model.schedule.steps - 1
-    (_, x_last, first), (t2, x2, _) = calls[1], calls[2]
-    assert bool((calls[1][0] == last).all()) and bool((t2 < last).all()) and len(set(t2.tolist())) > 1
-    ab = model.schedule.alphas_cumprod.float()
-    eps = (x_last - ab[last].sqrt() * first.detach()) / (1 - ab[last]).sqrt()
-    expected = ab[t2].sqrt()[:, None] * first.detach() + (1 - ab[t2]).sqrt()[:, None] * eps
-    assert torch.allclose(x2, expected, atol=1e-5)  # the DDIM step `score` takes from t = T-1 to t2
-    share = float(picked[-1].float().mean())
-    assert 0.25 < share < 0.75
-
-
-def test_query_init_xt_plus_last_reads_the_last_history_state(synthetic_dataset, hist):
-    """Cached inference equals an uncached pass over [history; x_t + cond + last state], and differs from noise init."""
-    model = make(config(**{"model.query_init": "xt_plus_last"}), synthetic_dataset).eval()
-    td = torch.full((hist.shape[0],), DOMAIN_X)
-    x_t = torch.randn(hist.shape[0], 16, generator=torch.Generator().manual_seed(0))
-    t = torch.full_like(td, 5)
-    with torch.no_grad():
-        fast, _ = model.predict_x0(hist, td, x_t, t)
-        h_trim = trim_padding(hist)
-        h, valid = model.embedding.sequence(h_trim)
-        g = model.encoder(model.embedding, h_trim, model.embedding.lookup(h_trim), td)
-        ref = model.denoiser.reference_forward(h, valid, x_t, t, td, model.memory(g))
-        model.denoiser.query_init = "noise"
-        other, _ = model.predict_x0(hist, td, x_t, t)
-    assert torch.allclose(fast, ref, atol=1e-5)
-    assert not torch.allclose(fast, other, atol=1e-3)
-
-
-# ------------------------------------------------------------------ D. Eq. 6's reduction; EDM preconditioning
-
-
-def test_diff_reduction_sum_is_d_times_mean(synthetic_dataset, batch):
-    mean = loss_of(make(config(), synthetic_dataset), batch)["diff"]
-    total = loss_of(make(config(**{"loss.diff_reduction": "sum"}), synthetic_dataset), batch)["diff"]
-    assert float(total) == pytest.approx(16 * float(mean), rel=1e-5)
+# ------------------------------------------------------------------ D. EDM preconditioning
 
 
 def test_edm_coefficients_give_unit_variance_input_and_target_at_every_t():
@@ -371,31 +238,7 @@ def test_edm_precond_trains_and_scores_on_the_tables_scale(synthetic_dataset, ba
     assert fixed.sigma_data(td).eq(1.0).all()
 
 
-# ------------------------------------------------------------------ E. self-conditioning
-
-
-def test_self_conditioning_feeds_the_previous_x0_back(synthetic_dataset, batch, hist):
-    model = make(config(**{"diffusion.self_cond": True, "diffusion.infer_steps": 3}), synthetic_dataset)
-    proj = model.denoiser.self_cond_proj
-    assert proj is not None and torch.count_nonzero(proj.weight) == 0  # starts as the model without it
-    plain = make(config(**{"diffusion.infer_steps": 3}), synthetic_dataset)
-    # Training: both branches (p = 0.5 per batch) give a finite loss and a gradient to the projection when taken.
-    grads = []
-    for seed in range(6):
-        model.zero_grad()
-        loss_of(model, batch, seed)["total"].backward()
-        grads.append(0.0 if proj.weight.grad is None else float(proj.weight.grad.abs().sum()))
-    assert any(g > 0 for g in grads) and any(g == 0 for g in grads), grads
-    model.eval(), plain.eval()
-    with torch.no_grad():
-        proj.weight.copy_(torch.eye(16))
-    k1 = {"infer_steps": 1}
-    # K = 1: nothing to feed back; K = 3: the later steps see x̂_0 of the step before.
-    assert torch.allclose(scores(model, hist, 0, **k1), scores(plain, hist, 0, **k1), atol=1e-6)
-    assert not torch.allclose(scores(model, hist, 0), scores(plain, hist, 0), atol=1e-4)
-
-
-# ------------------------------------------------------------------ F. train.init_from (embedding pretraining)
+# ------------------------------------------------------------------ E. train.init_from (embedding pretraining)
 
 
 def _donor(tmp_path, dataset, **overrides) -> Path:
@@ -449,28 +292,3 @@ def test_train_init_from_starts_from_the_donor(synthetic_dataset, tmp_path, caps
     assert "train.init_from: copied" in capsys.readouterr().err
 
 
-def test_the_commented_lever_entries_of_the_cpu_space_parse_when_uncommented():
-    """search_spaces/food_kitchen-cpu.yaml carries issue 23's levers commented out; uncommented they form a valid
-    space, and the configs at its corners validate."""
-    import re
-
-    import yaml
-
-    from tune.space import load_space, parse_space
-
-    path = REPO / "search_spaces/food_kitchen-cpu.yaml"
-    text = path.read_text()
-    keys = ("loss.lambda_mix", "model.query_init", "diffusion.self_cond", "loss.diff_reduction")
-    entries = [line for line in text.splitlines()
-               if re.match(r"\s*#\s*(" + "|".join(re.escape(k) for k in keys) + "):", line)]
-    assert len(entries) == len(keys), entries
-    assert not set(keys) & set(load_space(path).params)  # the committed space is unchanged
-    uncommented = text
-    for line in entries:
-        uncommented = uncommented.replace(line, re.sub(r"^(\s*)#\s*", r"\1", line), 1)
-    space = parse_space(yaml.safe_load(uncommented), source=f"{path} (uncommented)", text=uncommented)
-    assert set(keys) <= set(space.params)
-    for corner in (0, -1):
-        values = {k: (space.params[k].values[corner] if space.params[k].values
-                      else (space.params[k].low, space.params[k].high)[corner]) for k in keys}
-        Config().with_overrides({**space.fixed, **values})

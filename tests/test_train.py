@@ -11,7 +11,7 @@ import torch
 
 import dpgdiff
 from dpgdiff.baselines import PopularityScorer
-from dpgdiff.config import Config, ConfigError
+from dpgdiff.config import Config, ConfigError, model_reads
 from dpgdiff.evaluation import Evaluator
 from dpgdiff.training import TrainingDivergedError, load_model, train
 from dpgdiff.training import loop as train_mod  # the loop's module, for monkeypatching
@@ -30,7 +30,8 @@ def tiny(**overrides) -> Config:
         "train.device": "cpu", "train.num_threads": 1, "train.seed": 3, "train.mode": "last",
     }
     base.update(overrides)
-    return Config().with_overrides(base)
+    name = base.get("model.name", "dpgdiff")
+    return Config().with_overrides({k: v for k, v in base.items() if k in overrides or model_reads(name, k)})
 
 
 def strip_timing(history: list[dict]) -> list[dict]:
@@ -246,8 +247,8 @@ def test_example_configs_are_valid():
     assert {p.name for p in configs} >= {"paper.yaml", "cpu-small.yaml"}
     # the study's committed configurations (tune/confirm.py --write-configs): one per model, at CPU size
     study = {p.stem: Config.from_yaml(p) for p in configs if p.parent.name == "food_kitchen-cpu"}
-    assert set(study) == {"dpgdiff", "sasrec", "sasrec_single", "diffurec"}
-    assert all(c.model.name == name and c.model.dim == 64 for name, c in study.items())
+    assert set(study) == {"dpgdiff", "dpgdiff-full", "sasrec", "sasrec_single", "diffurec"}
+    assert all(c.model.name == name.removesuffix("-full") and c.model.dim == 64 for name, c in study.items())
     for path in configs:
         Config.from_yaml(path)
     paper = Config.from_yaml(configs[0].with_name("paper.yaml"))

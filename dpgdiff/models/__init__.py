@@ -5,13 +5,12 @@ from __future__ import annotations
 from dpgdiff.config import Config, ConfigError
 from dpgdiff.models.augmentations import item_similarity
 from dpgdiff.models.base import Recommender
-from dpgdiff.models.diffurec import DiffuRec, DiffuRecHarness, build_diffurec
+from dpgdiff.models.diffurec import DiffuRec
 from dpgdiff.models.dpgdiff import DPGDiff
-from dpgdiff.models.negatives import NegativeSampler
 from dpgdiff.models.sasrec import SASRec, SASRecSingle
 
 __all__ = [
-    "build_model", "Recommender", "DPGDiff", "SASRec", "SASRecSingle", "DiffuRec", "DiffuRecHarness", "item_similarity",
+    "build_model", "Recommender", "DPGDiff", "SASRec", "SASRecSingle", "DiffuRec", "item_similarity",
 ]
 
 
@@ -20,10 +19,9 @@ def build_model(config: Config, dataset, from_checkpoint: bool = False) -> Recom
 
     The positional table covers max(config.model.max_len, dataset.max_len) positions. The ItemCF map
     for the augmentations is computed here (once) only when Tri-CL is on with augment.sim_model=itemcf, and
-    model.item_bias=popularity sets the bias from dataset.item_counts() here, as loss.ce_impl=sampled its
-    NegativeSampler (the popularity source draws by those counts). from_checkpoint=True (load_model): the
-    saved weights replace the bias next and nothing trains, so neither reads the counts, and a dataset
-    without them (the id-map shell that `Recommender.load` serves from) builds the model."""
+    model.item_bias=popularity sets the bias from dataset.item_counts() here. from_checkpoint=True (load_model):
+    the saved weights replace the bias next, so the counts are not read, and a dataset without them (the
+    id-map shell that `Recommender.load` serves from) builds the model."""
     m = config.model
     max_len = max(int(m.max_len), int(dataset.max_len))
     if m.name == "sasrec":
@@ -31,7 +29,7 @@ def build_model(config: Config, dataset, from_checkpoint: bool = False) -> Recom
     elif m.name == "sasrec_single":
         model = SASRecSingle(config, dataset.items, max_len)
     elif m.name == "diffurec":
-        model = build_diffurec(config, dataset.items, max_len)
+        model = DiffuRec(config, dataset.items, max_len)
     elif m.name == "dpgdiff":
         similar = None
         if m.tri_cl and config.augment.sim_model == "itemcf":
@@ -45,6 +43,4 @@ def build_model(config: Config, dataset, from_checkpoint: bool = False) -> Recom
         return model
     if m.item_bias == "popularity":
         model.init_item_bias(dataset.item_counts())
-    if config.loss.ce_impl == "sampled":  # the popularity source draws by the training counts
-        model.negatives = NegativeSampler.from_config(config.loss, dataset.items, dataset.item_counts())
     return model

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y, ItemSpace
-from dpgdiff.models.negatives import NegativeSampler
 
 
 class Recommender(nn.Module):
@@ -20,7 +19,6 @@ class Recommender(nn.Module):
     score returns (B, n_items(domain)) with column j = local item j of that domain (higher = better)."""
 
     items: ItemSpace
-    negatives: Optional[NegativeSampler] = None  # loss.ce_impl=sampled; build_model sets it (with the counts)
 
     def logit_scale(self, dim: int, mode: str) -> float:
         """s in s·h·E^T: 1, or 1/sqrt(d) for unit-variance tables at large d (spec §2.1)."""
@@ -46,16 +44,6 @@ class Recommender(nn.Module):
     def biases(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(b_x, b_y) for domain_cross_entropy."""
         return self.bias(DOMAIN_X), self.bias(DOMAIN_Y)
-
-    def negative_sampler(self) -> Optional[NegativeSampler]:
-        """The NegativeSampler of loss.ce_impl=sampled (None otherwise): the one build_model attached, or
-        one built here without the training counts (enough for the uniform and mixed sources)."""
-        loss = self.config.loss
-        if loss.ce_impl != "sampled":
-            return None
-        if self.negatives is None:
-            self.negatives = NegativeSampler.from_config(loss, self.items)
-        return self.negatives
 
     @torch.no_grad()
     def init_item_bias(self, item_counts: np.ndarray) -> None:

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from dpgdiff.config import Config
 from dpgdiff.models.diffusion import randn_like
 from dpgdiff.models.layers import KV, AttnMode, CausalTransformer, CrossAttentionBlock, TimestepEmbedding
 
@@ -42,105 +43,68 @@ class Memory:
 
 @dataclass
 class HistoryCache:
-    """What `encode_history` computes once per case: Encoder_c K/V per layer, key validity, last history state."""
+    """What `encode_history` computes once per case: Encoder_c K/V per layer and key validity."""
 
     kv: list[KV]
     valid: torch.Tensor  # (B, L) bool
-    # (B, d) Encoder_c state of the most recent history item: the query's start under model.query_init=xt_plus_last
-    # (zeros with xt_injection=add, which has no history pass of its own)
-    last: torch.Tensor
     h: torch.Tensor  # (B, L, d) embedded history (needed by xt_injection = add only)
 
 
 class DPGDenoiser(nn.Module):
     """Encoder_c (n_c_layers causal blocks) + decoder (n_dec_layers cross-attention blocks) -> x̂_0 (Eq. 9)."""
 
-    def __init__(
-        self,
-        dim: int,
-        steps: int,
-        n_c_layers: int,
-        n_dec_layers: int,
-        n_heads: int,
-        dropout: float,
-        use_memory: bool,
-        xt_injection: str = "concat_token",
-        lambda_u: float = 0.001,
-        lambda_infer: str = "sample",
-        attn_mode: AttnMode = "causal",
-        cfg: bool = False,
-        timestep: bool = True,
-        query_init: str = "noise",
-        self_cond: bool = False,
-        out_head: bool = False,
-    ) -> None:
+    # Causal throughout: the history's K/V then do not depend on x_t (encode_history runs once per case).
+    attn_mode: AttnMode = "causal"
+
+    def __init__(self, config: Config, use_memory: bool) -> None:
+        """The DPG-Diff `config` sizes it (model.dim, n_c_layers, n_dec_layers, n_heads, dropout, xt_injection with
+        lambda_u / lambda_infer, diffusion.steps); use_memory: a guidance memory to cross-attend to (the encoder on).
+        model.diffusion=false (the −Diffusion control) builds no timestep embedding; diffusion.precond=edm an output
+        layer; diffusion.cfg_p > 0 with a memory the classifier-free-guidance null token."""
         super().__init__()
-        if query_init not in ("noise", "xt_plus_last"):
-            raise ValueError(f"unknown query_init {query_init!r}; expected noise or xt_plus_last")
-        if query_init == "xt_plus_last" and xt_injection != "concat_token":
-            raise ValueError("query_init='xt_plus_last' needs xt_injection='concat_token'")
-        self.query_init = query_init
-        if xt_injection not in ("concat_token", "add"):
-            raise ValueError(f"unknown xt_injection {xt_injection!r}; expected concat_token or add")
-        if attn_mode != "causal" and xt_injection == "concat_token":
-            raise ValueError("attn_mode='diffurec' (bidirectional) needs xt_injection='add'")
-        self.xt_injection = xt_injection
-        if lambda_infer not in ("sample", "mean"):
-            raise ValueError(f"unknown lambda_infer {lambda_infer!r}; expected sample or mean")
-        self.lambda_u = lambda_u
-        self.lambda_infer = lambda_infer
-        self.attn_mode = attn_mode
+        m, dc = config.model, config.diffusion
+        dim, n_heads, dropout = m.dim, m.n_heads, m.dropout
+        if m.xt_injection not in ("concat_token", "add"):
+            raise ValueError(f"unknown xt_injection {m.xt_injection!r}; expected concat_token or add")
+        self.xt_injection = m.xt_injection
+        if m.lambda_infer not in ("sample", "mean"):
+            raise ValueError(f"unknown lambda_infer {m.lambda_infer!r}; expected sample or mean")
+        self.lambda_u = m.lambda_u
+        self.lambda_infer = m.lambda_infer
         self.use_memory = use_memory
-        # timestep=False (model.diffusion=false, the −Diffusion control): no timestep embedding at all.
-        self.time_emb = TimestepEmbedding(dim, steps) if timestep else None
+        self.time_emb = TimestepEmbedding(dim, dc.steps) if m.diffusion else None
         self.dom_emb = nn.Embedding(2, dim)  # tells x̂_0 which table it must land in (spec §3.5)
         nn.init.normal_(self.dom_emb.weight, std=0.02)
-        self.encoder_c = CausalTransformer(dim, n_c_layers, n_heads, dropout)
+        self.encoder_c = CausalTransformer(dim, m.n_c_layers, n_heads, dropout)
         self.decoder = nn.ModuleList(
-            CrossAttentionBlock(dim, n_heads, dropout, cross=use_memory) for _ in range(n_dec_layers)
+            CrossAttentionBlock(dim, n_heads, dropout, cross=use_memory) for _ in range(m.n_dec_layers)
         )
         self.dec_norm = nn.LayerNorm(dim)
         # out_head (diffusion.precond=edm): F = Linear(LN(q)). EDM's F must be free in scale: at high t its best
         # value E[F* | history] is far smaller than unit RMS, which a LayerNorm output alone cannot reach.
-        self.out_proj = nn.Linear(dim, dim) if out_head else None
+        self.out_proj = nn.Linear(dim, dim) if (dc.precond == "edm" and m.diffusion) else None
         # Classifier-free guidance: a learned null memory token (DreamRec `none_embedding`; spec §3.5).
-        self.null_memory = nn.Parameter(torch.randn(dim) * 0.02) if (cfg and use_memory) else None
-        # Self-conditioning (Analog Bits): W·x̃_0 added to the x_t token, i.e. [x_t; x̃_0] through one linear map.
-        # Zero init: the model starts as the one without self-conditioning.
-        self.self_cond_proj = nn.Linear(dim, dim, bias=False) if self_cond else None
-        if self.self_cond_proj is not None:
-            nn.init.zeros_(self.self_cond_proj.weight)
+        self.null_memory = nn.Parameter(torch.randn(dim) * 0.02) if (dc.cfg_p > 0 and use_memory) else None
 
     # ---------------------------------------------------------------- pieces
 
     def encode_history(self, h: torch.Tensor, valid: torch.Tensor) -> HistoryCache:
         """h (B, L, d) embedded mixed history -> HistoryCache (one Encoder_c pass, causal)."""
         if self.xt_injection == "add":
-            return HistoryCache([], valid, h.new_zeros(h.shape[0], h.shape[2]), h)
-        states, kv = self.encoder_c(h, valid, self.attn_mode)
-        return HistoryCache(kv, valid, states[:, -1], h)
+            return HistoryCache([], valid, h)
+        _, kv = self.encoder_c(h, valid, self.attn_mode)
+        return HistoryCache(kv, valid, h)
 
     def condition(self, t: torch.Tensor, target_domain: torch.Tensor) -> torch.Tensor:
         """temb(t) + e_dom[d*], (B, d); e_dom[d*] alone without a timestep embedding."""
         dom = self.dom_emb(target_domain)
         return dom if self.time_emb is None else self.time_emb(t) + dom
 
-    def query(self, cache: HistoryCache, x_t: torch.Tensor, cond: torch.Tensor,
-              self_cond: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The x_t token's input (B, d): x_t + cond [+ last history state, model.query_init] [+ W·x̃_0, self_cond]."""
-        tok = x_t + cond
-        if self.query_init == "xt_plus_last":
-            tok = tok + cache.last
-        if self_cond is not None and self.self_cond_proj is not None:
-            tok = tok + self.self_cond_proj(self_cond)
-        return tok
-
     def token_state(
         self, cache: HistoryCache, x_t: torch.Tensor, cond: torch.Tensor, generator: Optional[torch.Generator] = None,
-        self_cond: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Encoder_c output for the x_t token (B, d); self_cond (B, d): the previous x̂_0, or None."""
-        tok = self.query(cache, x_t, cond, self_cond)
+        """Encoder_c output for the x_t token (B, d), whose input is x_t + cond."""
+        tok = x_t + cond
         if self.xt_injection == "concat_token":
             return self.encoder_c.extend(tok, cache.kv, cache.valid)
         # DiffuRec: h + λ·(x_t + temb) at every position; e_dom (in `cond`) rides with temb.
@@ -178,13 +142,11 @@ class DPGDenoiser(nn.Module):
         memory: Optional[Memory],
         drop_memory: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
-        self_cond: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x̂_0 = Decoder(Encoder_c([s_c; x_t]), memory) (Eq. 9), (B, d).
 
-        drop_memory (B,) bool: rows whose memory is replaced by the CFG null token (training, cfg_p).
-        self_cond (B, d): the x̃_0 fed back (diffusion.self_cond), or None."""
-        q = self.token_state(cache, x_t, self.condition(t, target_domain), generator, self_cond)
+        drop_memory (B,) bool: rows whose memory is replaced by the CFG null token (training, cfg_p)."""
+        q = self.token_state(cache, x_t, self.condition(t, target_domain), generator)
         valid = None
         if self.use_memory:
             tokens, valid = memory.tokens, memory.valid
@@ -204,8 +166,6 @@ class DPGDenoiser(nn.Module):
     ) -> torch.Tensor:
         """Uncached x̂_0: one causal pass over the concatenated [history; x_t] tokens (for tests)."""
         tok = x_t + self.condition(t, target_domain)
-        if self.query_init == "xt_plus_last":
-            tok = tok + self.encoder_c(h, valid, self.attn_mode)[0][:, -1]
         seq = torch.cat([h, tok[:, None, :]], 1)
         seq_valid = torch.cat([valid, torch.ones_like(valid[:, :1])], 1)
         states, _ = self.encoder_c(seq, seq_valid, self.attn_mode)

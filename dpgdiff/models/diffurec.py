@@ -1,8 +1,6 @@
 """DiffuRec baseline (spec §7.2): single-sequence diffusion over the mixed history s_c, λ-additive x_t injection.
 
-model.diffurec_variant selects the model (config.py has the full list of differences):
-
-faithful (default): WHUIR/DiffuRec's `Att_Diffuse_model` + `DiffuRec` + `Diffu_xstart` (src/model.py,
+WHUIR/DiffuRec's `Att_Diffuse_model` + `DiffuRec` + `Diffu_xstart` (src/model.py,
 src/diffurec.py) on the cross-domain data with the joint item table E = [PAD; E_x; E_y]:
     h     = LN(Dropout(E[s_c]))                          no positions; PAD is a learned row of E
     x_0   = E[target]                                    raw row: no dropout, no LN
@@ -19,14 +17,13 @@ Not reproduced (block internals shared with every model here, `layers.SelfAttent
 dropout on each block's output and inside the FFN (ours: on the FFN output), its fixed 4 heads
 (ours: model.n_heads; configs/diffurec.yaml sets 4), xavier init, LN eps 1e-12 inside the blocks.
 
-harness: Table 3's "Diff" in the DPG-Diff harness: DPG-Diff with the Disentangled Encoder, guidance
-and Tri-CL switched off and xt_injection = add (causal mask, positions, e_dom, decoder + LN, zero PAD,
-CE over d*'s items, λ_diff·L_diff).
+DiffuRec's λ-injection inside the DPG-Diff harness (causal mask, positions, e_dom, decoder, CE over d*'s items
+plus λ_diff·L_diff) is DPG-Diff with model.disentangled_encoder, guidance and tri_cl off and xt_injection = add
+(it was `model.diffurec_variant: harness`; such checkpoints load as that DPG-Diff).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
@@ -37,8 +34,7 @@ from dpgdiff.config import Config
 from dpgdiff.data.dataset import DOMAIN_X, ItemSpace
 from dpgdiff.models.base import Recommender
 from dpgdiff.models.denoiser import inject_additive
-from dpgdiff.models.diffusion import NoiseSchedule, randn_like
-from dpgdiff.models.dpgdiff import DPGDiff
+from dpgdiff.models.diffusion import NoiseSchedule, randn_like, reverse_chain
 from dpgdiff.models.layers import Dropout, SelfAttentionBlock, TimestepEmbedding, self_attention_mask
 
 DIFFUREC_LN_EPS = 1e-12  # DiffuRec's TF-style LayerNorm (src/model.py, src/diffurec.py)
@@ -71,7 +67,7 @@ class DiffuRecDenoiser(nn.Module):
 
 
 class DiffuRec(Recommender):
-    """Faithful DiffuRec (module docstring) behind the Recommender interface (loss / score)."""
+    """DiffuRec (module docstring) behind the Recommender interface (loss / score)."""
 
     def __init__(self, config: Config, items: ItemSpace, max_len: int) -> None:
         super().__init__()
@@ -143,41 +139,14 @@ class DiffuRec(Recommender):
 
         sampler / infer_steps default to diffusion.sampler / infer_steps (DiffuRec: DDPM over all T)."""
         dc = self.config.diffusion
-        sampler = sampler or dc.sampler
-        steps = self.schedule.timesteps(infer_steps if infer_steps is not None else dc.infer_steps)
         h, valid = self.embed(history)
         b, device = h.shape[0], h.device
-        table, bias = self.table(int(target_domain)), self.bias(int(target_domain))
-        x0_sum = None  # diffusion.n_samples: score the mean x̂_0 of the chains (posterior-mean estimate)
-        for _ in range(dc.n_samples):
-            x = randn_like(h.new_empty(b, h.shape[2]), generator)
-            for i, t in enumerate(steps):
-                x0_hat = self.denoiser(h, valid, x, torch.full((b,), t, device=device), generator)
-                t_prev = steps[i + 1] if i + 1 < len(steps) else -1
-                x = self.schedule.step(x0_hat, t, t_prev, x, sampler, generator) if t_prev >= 0 else x0_hat
-            x0_sum = x if x0_sum is None else x0_sum + x
-        x0_mean = x0_sum if dc.n_samples == 1 else x0_sum / dc.n_samples
-        return self.item_scores(x0_mean, table, self.scale, bias)
 
+        def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
+            return self.denoiser(h, valid, x, torch.full((b,), t, device=device), generator)
 
-def harness_config(config: Config) -> Config:
-    """The DPG-Diff config that realises the harness variant (switches off everything DiffuRec lacks)."""
-    m = dataclasses.replace(
-        config.model, disentangled_encoder=False, guidance=False, tri_cl=False, xt_injection="add"
-    )
-    d = dataclasses.replace(config.diffusion, cfg_p=0.0, cfg_w=0.0)
-    return dataclasses.replace(config, model=m, diffusion=d)
-
-
-class DiffuRecHarness(DPGDiff):
-    """diffurec_variant = harness: Table 3's "Diff" in the DPG-Diff harness (same loss/score interface)."""
-
-    def __init__(self, config: Config, items: ItemSpace, max_len: int) -> None:
-        super().__init__(harness_config(config), items, max_len, None)
-
-
-def build_diffurec(config: Config, items: ItemSpace, max_len: int) -> Recommender:
-    """The DiffuRec model of model.diffurec_variant."""
-    if config.model.diffurec_variant == "harness":
-        return DiffuRecHarness(config, items, max_len)
-    return DiffuRec(config, items, max_len)
+        x0_hat = reverse_chain(self.schedule, denoise, h.new_empty(b, h.shape[2]),
+                               infer_steps if infer_steps is not None else dc.infer_steps, sampler or dc.sampler,
+                               generator)
+        d = int(target_domain)
+        return self.item_scores(x0_hat, self.table(d), self.scale, self.bias(d))

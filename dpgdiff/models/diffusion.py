@@ -1,6 +1,7 @@
-"""Noise schedule, forward noising q(x_t | x_0) and reverse steps (DDPM / DDIM), in the style of diffusers schedulers.
+"""Noise schedule, forward noising q(x_t | x_0), reverse steps (DDPM / DDIM) and the one reverse chain.
 
-Eq. 1-5 of the paper with ᾱ_t (the paper's Eq. 3 writes α_t, a typo; spec §3.2). Timesteps are
+In the style of diffusers: the schedule object has `add_noise` and `step`, and the loop over the steps
+(`reverse_chain`) is outside the models, which hand it their denoiser. Eq. 1-5 of the paper with ᾱ_t (the paper's Eq. 3 writes α_t, a typo; spec §3.2). Timesteps are
 0-based: t in {0..T-1}, ᾱ_t = prod_{s<=t} (1 - β_s). All coefficients are float64 buffers, cast to
 the data's dtype only when used.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -135,19 +136,13 @@ class NoiseSchedule(nn.Module):
 
     # ---------------------------------------------------------------- inference
 
-    def timesteps(self, infer_steps: Optional[int] = None, start: Optional[int] = None) -> list[int]:
-        """K evenly spaced timesteps from `start` (default T-1) down to 0 (K = T: every step, as DiffuRec).
-
-        With a `start` t0 < T-1 (diffusion.start=guidance) K is at most t0 + 1, and infer_steps None = t0 + 1."""
-        first = self.steps - 1 if start is None else int(start)
-        if not 0 <= first < self.steps:
-            raise ValueError(f"start step {first} must be in 0..T-1={self.steps - 1}")
-        k = first + 1 if infer_steps is None else int(infer_steps)
-        if start is not None and infer_steps is not None and k > first + 1:
-            k = first + 1  # "every step" requests (evaluate's default K = T) run every step from t0
-        if not 1 <= k <= first + 1:
-            raise ValueError(f"infer_steps={k} must be in 1..{first + 1} (reverse steps from t={first})")
-        ts = np.unique(np.round(np.linspace(first, 0, k)).astype(np.int64))  # K = 1 -> [first]
+    def timesteps(self, infer_steps: Optional[int] = None) -> list[int]:
+        """K = infer_steps evenly spaced timesteps from T-1 down to 0 (None: K = T, every step, as DiffuRec)."""
+        first = self.steps - 1
+        k = self.steps if infer_steps is None else int(infer_steps)
+        if not 1 <= k <= self.steps:
+            raise ValueError(f"infer_steps={k} must be in 1..{self.steps} (reverse steps from t={first})")
+        ts = np.unique(np.round(np.linspace(first, 0, k)).astype(np.int64))  # K = 1 -> [T-1]
         return [int(t) for t in ts[::-1]]
 
     def implied_noise(self, x_t: torch.Tensor, x0_hat: torch.Tensor, t: int) -> torch.Tensor:
@@ -226,10 +221,38 @@ class EDMPreconditioning:
         c_out = sd * (1.0 - ab).sqrt() * var.rsqrt()
         return c_skip * x_t + c_out * model_output
 
+    def wrap(self, network: Callable[[torch.Tensor], torch.Tensor], x_t: torch.Tensor, t: torch.Tensor,
+             sigma_data) -> torch.Tensor:
+        """x̂_0 = c_skip·x_t + c_out·F(c_in·x_t) (B, d): the network F (its t and conditioning bound) preconditioned."""
+        return self.precondition_outputs(x_t, network(self.precondition_inputs(x_t, t, sigma_data)), t, sigma_data)
+
     def loss_weight(self, t: torch.Tensor, sigma_data, like: torch.Tensor) -> torch.Tensor:
         """1 / c_out² (B,): the per-example weight of ||x̂_0 - x_0||² in L_diff."""
         ab, sd, var = self._terms(t, sigma_data, like)
         return (var / (sd**2 * (1.0 - ab).clamp_min(1e-12)))[:, 0]
+
+
+def reverse_chain(
+    schedule: NoiseSchedule,
+    denoise: Callable[[torch.Tensor, int], torch.Tensor],
+    like: torch.Tensor,
+    infer_steps: Optional[int],
+    sampler: Literal["ddpm", "ddim"],
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """x̂_0 (B, d) of the reverse process (Eq. 5; Alg. 2 of DDPM, or DDIM with η = 0) from x_T ~ N(0, I).
+
+    denoise(x_t (B, d), t) -> x̂_0 (B, d) is the model's f_θ with its conditioning (and EDM wrap) bound; `like`
+    (B, d) gives x_T's shape, dtype and device. K = infer_steps timesteps (`NoiseSchedule.timesteps`); each step
+    feeds x̂_0 to `NoiseSchedule.step`, and the last one returns its x̂_0 (K = 1: one denoiser call on pure noise)."""
+    steps = schedule.timesteps(infer_steps)
+    x = randn_like(like, generator)
+    for i, t in enumerate(steps):
+        x0_hat = denoise(x, t)
+        if i + 1 == len(steps):
+            return x0_hat
+        x = schedule.step(x0_hat, t, steps[i + 1], x, sampler, generator)
+    raise AssertionError("unreachable: timesteps() returns at least one step")
 
 
 def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -4,8 +4,7 @@
 softmax over items (monotone, so raw scores rank). Table 3's ablations are config switches
 (model.disentangled_encoder, model.guidance, model.tri_cl); a disabled component is not built.
 model.diffusion=false is the `−Diffusion` control: the same network, x_t ≡ 0, no timestep embedding, no L_diff.
-The levers of issue 23 (config.py documents each): diffusion.precond (EDM), diffusion.self_cond,
-diffusion.start / start_step / n_samples (inference), model.query_init, loss.diff_reduction.
+Kept from issue 23's levers (config.py documents each): diffusion.precond (EDM), loss.rec_timestep, model.item_bias.
 """
 
 from __future__ import annotations
@@ -22,25 +21,15 @@ from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y, ItemSpace
 from dpgdiff.models.augmentations import Augmenter
 from dpgdiff.models.base import Recommender
 from dpgdiff.models.denoiser import DPGDenoiser, HistoryCache, Memory
-from dpgdiff.models.diffusion import EDMPreconditioning, NoiseSchedule, randn_like
+from dpgdiff.models.diffusion import EDMPreconditioning, NoiseSchedule, randn_like, reverse_chain
 from dpgdiff.models.encoder import DisentangledEncoder, Guidance, ItemEmbedding, trim_padding
-from dpgdiff.models.layers import AttnMode
-from dpgdiff.models.losses import diffusion_loss, domain_cross_entropy, in_batch_rank_loss, tri_view_cl
+from dpgdiff.models.losses import diffusion_loss, domain_cross_entropy, tri_view_cl
 
 
 class DPGDiff(Recommender):
     """DPG-Diff recommender. Built by `dpgdiff.models.build_model`; `similar` = ItemCF map for the augmentations."""
 
-    def __init__(
-        self,
-        config: Config,
-        items: ItemSpace,
-        max_len: int,
-        similar: Optional[np.ndarray] = None,
-        *,
-        attn_mode: AttnMode = "causal",
-        use_positions: bool = True,
-    ) -> None:
+    def __init__(self, config: Config, items: ItemSpace, max_len: int, similar: Optional[np.ndarray] = None) -> None:
         super().__init__()
         m, dc = config.model, config.diffusion
         self.config = config
@@ -48,7 +37,7 @@ class DPGDiff(Recommender):
         self.dim = m.dim
         self.scale = self.logit_scale(m.dim, m.logit_scale)
         self.embedding = ItemEmbedding(
-            items, m.dim, max_len, m.position if use_positions else None, m.emb_dropout, m.item_init_std,
+            items, m.dim, max_len, m.position, m.emb_dropout, m.item_init_std,
             m.item_bias != "none",
         )
         # DE: Encoder_x / Encoder_y + fusion (Eq. 8). Off = "Diff": no guidance at all.
@@ -62,14 +51,7 @@ class DPGDiff(Recommender):
         else:
             self.memory_mode = m.guidance_memory if m.guidance else "single"
         self.use_diffusion = m.diffusion
-        self.denoiser = DPGDenoiser(
-            m.dim, dc.steps, m.n_c_layers, m.n_dec_layers, m.n_heads, m.dropout,
-            use_memory=self.memory_mode is not None, xt_injection=m.xt_injection, lambda_u=m.lambda_u,
-            lambda_infer=m.lambda_infer,
-            attn_mode=attn_mode, cfg=dc.cfg_p > 0,
-            timestep=m.diffusion, query_init=m.query_init, self_cond=dc.self_cond and m.diffusion,
-            out_head=dc.precond == "edm" and m.diffusion,
-        )
+        self.denoiser = DPGDenoiser(config, use_memory=self.memory_mode is not None)
         if dc.cfg_w > 0 and not (dc.cfg_p > 0 and self.memory_mode is not None):
             raise ConfigError(
                 f"diffusion.cfg_w={dc.cfg_w} needs diffusion.cfg_p > 0 and a guidance memory "
@@ -112,7 +94,7 @@ class DPGDiff(Recommender):
         """x_0 = E_{d*}[target] (spec §3.1; given as looked-up vectors), optionally rescaled to norm sqrt(d)."""
         if self.config.model.x0_norm == "l2_sqrt_d":
             x0 = F.normalize(x0, dim=-1) * math.sqrt(self.dim)
-        return x0.detach() if self.config.diffusion.target_detach else x0
+        return x0
 
     def sigma_data(self, target_domain: torch.Tensor) -> Optional[torch.Tensor]:
         """σ_d (B,) of diffusion.precond=edm for each row's target domain; None without preconditioning.
@@ -132,15 +114,14 @@ class DPGDiff(Recommender):
     def denoise(
         self, cache: HistoryCache, x_t: torch.Tensor, t: torch.Tensor, target_domain: torch.Tensor,
         memory: Optional[Memory], drop: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-        self_cond: Optional[torch.Tensor] = None, sigma: Optional[torch.Tensor] = None,
+        sigma: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x̂_0 (B, d) = f_θ(x_t, t, s_c, memory) (Eq. 9), through EDM's c_in / c_skip / c_out under
         diffusion.precond=edm (sigma = `sigma_data(target_domain)`)."""
-        if self.precond is None:
-            return self.denoiser(cache, x_t, t, target_domain, memory, drop, generator, self_cond)
-        x_in = self.precond.precondition_inputs(x_t, t, sigma)
-        out = self.denoiser(cache, x_in, t, target_domain, memory, drop, generator, self_cond)
-        return self.precond.precondition_outputs(x_t, out, t, sigma)
+        def network(x: torch.Tensor) -> torch.Tensor:
+            return self.denoiser(cache, x, t, target_domain, memory, drop, generator)
+
+        return network(x_t) if self.precond is None else self.precond.wrap(network, x_t, t, sigma)
 
     # ---------------------------------------------------------------- training (Algorithm 1)
 
@@ -151,9 +132,7 @@ class DPGDiff(Recommender):
         target_domain: torch.Tensor,
         generator: Optional[torch.Generator] = None,
     ) -> dict[str, torch.Tensor]:
-        """Eq. 14 for a batch -> {"total", "diff", "diff_rank", "rec", "rec_c", "rec_s", "rec_mix", "cl"}.
-
-        Every entry but "total" is detached."""
+        """Eq. 14 for a batch -> {"total", "diff", "rec", "rec_c", "rec_s", "cl"}; every entry but "total" is detached."""
         lc, dc = self.config.loss, self.config.diffusion
         target_domain = target_domain.long()
         target_local = self.target_local(target, target_domain)
@@ -181,61 +160,30 @@ class DPGDiff(Recommender):
             x0, t = None, torch.zeros(b, dtype=torch.long, device=device)
             x_t = h.new_zeros(b, self.dim)
         cache = self.denoiser.encode_history(h, valid)
-        gen_device = generator.device if generator is not None else device
         drop = None
         if dc.cfg_p > 0 and self.training and memory is not None:
+            gen_device = generator.device if generator is not None else device
             drop = (torch.rand(b, generator=generator, device=gen_device) < dc.cfg_p).to(device)
         sigma = self.sigma_data(target_domain)
-        terminal = lc.rec_timestep != "sampled" and self.use_diffusion
+        terminal = lc.rec_timestep == "terminal" and self.use_diffusion
         x0_hat = None
-        sampled_pass = not terminal or lc.lambda_diff > 0 or lc.lambda_diff_rank > 0
-        if sampled_pass:  # the sampled-t pass feeds L_diff and its ranking term, and the CE unless terminal
-            self_cond = None
-            if self.denoiser.self_cond_proj is not None and self.training:
-                # Analog Bits §3: with p = 0.5 the batch first predicts x̃_0 without gradient and feeds it back.
-                if bool(torch.rand((), generator=generator, device=gen_device) < 0.5):
-                    with torch.no_grad():
-                        self_cond = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, None, sigma)
-            x0_hat = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, self_cond, sigma)  # Eq. 9
+        if not terminal or lc.lambda_diff > 0:  # the sampled-t pass feeds L_diff, and the CE unless terminal
+            x0_hat = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, sigma)  # Eq. 9
         rec_x0_hat = x0_hat
         if terminal:  # loss.rec_timestep=terminal: the CE reads x̂_0 from x_T ~ N(0, I) at t = T-1, as K = 1 does
             t_last = torch.full((b,), self.schedule.steps - 1, dtype=torch.long, device=device)
             x_last = randn_like(h.new_empty(b, self.dim), generator)
-            rec_x0_hat = self.denoise(cache, x_last, t_last, target_domain, memory, drop, generator, None, sigma)
-            if lc.rec_timestep == "rollout":
-                rec_x0_hat = self.rollout(cache, x_last, rec_x0_hat, target_domain, memory, drop, generator, sigma)
+            rec_x0_hat = self.denoise(cache, x_last, t_last, target_domain, memory, drop, generator, sigma)
 
         out: dict[str, torch.Tensor] = {}
         total = rec_x0_hat.new_zeros(())
         if lc.lambda_diff > 0 and self.use_diffusion:
             weight = self.precond.loss_weight(t, sigma, x0) if self.precond is not None else None
-            out["diff"] = diffusion_loss(x0_hat, x0, lc.diff_reduction, weight)  # Eq. 6
+            out["diff"] = diffusion_loss(x0_hat, x0, weight)  # Eq. 6
             total = total + lc.lambda_diff * out["diff"]
-        if lc.lambda_diff_rank > 0 and self.use_diffusion:  # the same pass asked to rank (issue 23)
-            out["diff_rank"] = in_batch_rank_loss(x0_hat, x0, target, target_domain, self.scale)
-            total = total + lc.lambda_diff_rank * out["diff_rank"]
-
-        if lc.lambda_rec > 0:  # Eq. 10-12 (+ optional L^mix, spec §4.1)
-            heads, names = [rec_x0_hat], ["rec_c"]
-            if guidance is not None:
-                g_dom = guidance.domain(target_domain)
-                if lc.lambda_s > 0:
-                    heads.append(g_dom if lc.single_loss_repr == "domain" else guidance.g_d)
-                    names.append("rec_s")
-                if lc.lambda_mix > 0:
-                    heads.append(rec_x0_hat + self.config.model.score_alpha * g_dom)
-                    names.append("rec_mix")
-            ces = domain_cross_entropy(
-                heads, target_local, target_domain, self.tables(), self.scale,
-                lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows,
-                self.biases(), self.negative_sampler(),
-            )
-            weights = {"rec_c": 1.0, "rec_s": lc.lambda_s, "rec_mix": lc.lambda_mix}
-            rec = sum(weights[n] * ce for n, ce in zip(names, ces))
-            out.update(zip(names, ces))
-            out["rec"] = rec
-            total = total + lc.lambda_rec * rec
-
+        if lc.lambda_rec > 0:
+            out.update(self.rec_loss(rec_x0_hat, guidance, target_local, target_domain))
+            total = total + lc.lambda_rec * out["rec"]
         if cl:  # Eq. 13
             views = [rec_x0_hat] + ([guidance.g_d] if guidance is not None else [])
             views.append(self.augmented_view(aug, raw_aug, x_t, t, target_domain, memory, generator, sigma))
@@ -246,22 +194,20 @@ class DPGDiff(Recommender):
         result["total"] = total
         return result
 
-    def rollout(self, cache, x_last, x0_first, target_domain, memory, drop, generator, sigma) -> torch.Tensor:
-        """loss.rec_timestep=rollout: x̂_0 (B, d) for the CE, the second reverse step's for a random half of rows.
-
-        From x_{T-1} = x_last and the first estimate x0_first (both (B, d)), one DDIM step (η = 0) to t ~ U{0..T-2}
-        per row, x_t = sqrt(ᾱ_t)·x̂_0 + sqrt(1 - ᾱ_t)·ε̂ with ε̂ = (x_{T-1} - sqrt(ᾱ_{T-1})·x̂_0) / sqrt(1 - ᾱ_{T-1}),
-        exactly what `score` feeds a later step; x̂_0 is detached there (the step's input, not its target)."""
-        b, device = x_last.shape[0], x_last.device
-        gen_device = generator.device if generator is not None else device
-        last = self.schedule.steps - 1
-        t = torch.randint(0, last, (b,), generator=generator, device=gen_device).to(device)
-        refine = (torch.rand(b, generator=generator, device=gen_device) < 0.5).to(device)
-        first = x0_first.detach()
-        x_t = self.schedule.add_noise(first, self.schedule.implied_noise(x_last, first, last), t)
-        self_cond = first if self.denoiser.self_cond_proj is not None else None  # as `score`'s second step gets
-        x0_second = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, self_cond, sigma)
-        return torch.where(refine[:, None], x0_second, x0_first)
+    def rec_loss(self, x0_hat: torch.Tensor, guidance: Optional[Guidance], target_local: torch.Tensor,
+                 target_domain: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_rec = L^c + λ_s·L^s (Eq. 10-12) -> {"rec", "rec_c"[, "rec_s"]}: the CE of x̂_0 (B, d) and, with the
+        encoder, of its domain representation ĝ_{d*} (or g_d, loss.single_loss_repr) over d*'s items."""
+        lc = self.config.loss
+        heads, names = [x0_hat], ["rec_c"]
+        if guidance is not None and lc.lambda_s > 0:
+            heads.append(guidance.domain(target_domain) if lc.single_loss_repr == "domain" else guidance.g_d)
+            names.append("rec_s")
+        ces = domain_cross_entropy(heads, target_local, target_domain, self.tables(), self.scale,
+                                   lc.domain_loss_norm, lc.ce_impl, lc.ce_chunk_rows, self.biases())
+        out = dict(zip(names, ces))
+        out["rec"] = out["rec_c"] + lc.lambda_s * out["rec_s"] if "rec_s" in out else out["rec_c"]
+        return out
 
     def augmented_view(self, aug, raw_aug, x_t, t, target_domain, memory, generator, sigma=None) -> torch.Tensor:
         """h_aug = Encoder_c(s_aug) (loss.cl_aug_view: history_only | with_xt | denoiser; spec §4.2).
@@ -278,7 +224,7 @@ class DPGDiff(Recommender):
         if mode == "with_xt":
             x_in = x_t if self.precond is None else self.precond.precondition_inputs(x_t, t, sigma)
             return den.token_state(cache, x_in, den.condition(t, target_domain), generator)
-        return self.denoise(cache, x_t, t, target_domain, memory, None, generator, None, sigma)
+        return self.denoise(cache, x_t, t, target_domain, memory, None, generator, sigma)
 
     @torch.no_grad()
     def predict_x0(
@@ -312,13 +258,10 @@ class DPGDiff(Recommender):
     ) -> torch.Tensor:
         """Scores (B, n_items(d*)) = s·(x̂_0 + α·ĝ_{d*})·E_{d*}^T (Eq. 15), x̂_0 from K reverse steps.
 
-        x̂_0 is the mean over diffusion.n_samples chains (the posterior-mean estimate of E[x_0 | history]), each
-        started as diffusion.start says (noise, zero, or the noised guidance at start_step). The history
-        encodings (Encoder_x/y, guidance memory K/V, Encoder_c K/V) are computed once; each reverse step is one
-        token through Encoder_c plus the decoder. sampler / infer_steps default to diffusion.sampler /
-        diffusion.infer_steps. model.diffusion=false: one pass with x_t = 0, nothing sampled."""
+        The history encodings (Encoder_x/y, guidance memory K/V, Encoder_c K/V) are computed once; each reverse
+        step (`reverse_chain`) is one token through Encoder_c plus the decoder. sampler / infer_steps default to
+        diffusion.sampler / diffusion.infer_steps. model.diffusion=false: one pass with x_t = 0, nothing sampled."""
         dc = self.config.diffusion
-        sampler = sampler or dc.sampler
         history = trim_padding(history)
         b, device = history.shape[0], history.device
         td = torch.full((b,), int(target_domain), dtype=torch.long, device=device)
@@ -327,7 +270,6 @@ class DPGDiff(Recommender):
         valid = history != 0
         h = self.embedding.with_positions(raw, valid)
         guidance = self.encoder(self.embedding, history, raw, td) if self.encoder is not None else None
-        g_dom = None if guidance is None else guidance.domain(td)
         memory = self.memory(guidance)
         den = self.denoiser
         cache = den.encode_history(h, valid)
@@ -336,42 +278,29 @@ class DPGDiff(Recommender):
         null_kv = den.null_kv(b) if (dc.cfg_w > 0 and den.null_memory is not None) else None
         sigma = self.sigma_data(td)
 
-        def x0_hat_at(x: torch.Tensor, t: int, self_cond: Optional[torch.Tensor]) -> torch.Tensor:
+        def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
+            """f_θ(x_t = x, t) on the cached history: one token through Encoder_c, then the decoder."""
             tt = torch.full((b,), t, dtype=torch.long, device=device)
-            x_in = x if self.precond is None else self.precond.precondition_inputs(x, tt, sigma)
-            q = den.token_state(cache, x_in, conds[t], generator, self_cond)
-            out = den.decode(q, mem_kv, mem_valid)
-            if null_kv is not None:  # classifier-free guidance: (1 + w)·f(cond) - w·f(null)
-                out = (1 + dc.cfg_w) * out - dc.cfg_w * den.decode(q, null_kv, None)
-            return out if self.precond is None else self.precond.precondition_outputs(x, out, tt, sigma)
+            cond = den.condition(tt, td)
 
-        if not self.use_diffusion:  # the −Diffusion control: one pass, x_t = 0
-            conds = {0: den.condition(torch.zeros(b, dtype=torch.long, device=device), td)}
-            x0_mean = x0_hat_at(h.new_zeros(b, self.dim), 0, None)
-        else:
-            start_step = dc.start_step if dc.start == "guidance" else None
-            steps = self.schedule.timesteps(infer_steps if infer_steps is not None else dc.infer_steps, start_step)
-            conds = {t: den.condition(torch.full((b,), t, device=device), td) for t in steps}
-            x0_sum = None
-            for _ in range(dc.n_samples):
-                if dc.start == "noise":
-                    x = randn_like(h.new_empty(b, self.dim), generator)  # x_T ~ N(0, I)
-                elif dc.start == "zero":
-                    x = h.new_zeros(b, self.dim)
-                else:  # SDEdit-style: the guidance, noised to t0 by q(x_t0 | x_0 = ĝ_{d*})
-                    t0 = torch.full((b,), steps[0], dtype=torch.long, device=device)
-                    x = self.schedule.add_noise(self.x0(g_dom), randn_like(g_dom, generator), t0)
-                self_cond = None
-                for i, t in enumerate(steps):
-                    x0_hat = x0_hat_at(x, t, self_cond)
-                    self_cond = x0_hat if den.self_cond_proj is not None else None
-                    t_prev = steps[i + 1] if i + 1 < len(steps) else -1
-                    x = self.schedule.step(x0_hat, t, t_prev, x, sampler, generator) if t_prev >= 0 else x0_hat
-                x0_sum = x if x0_sum is None else x0_sum + x
-            x0_mean = x0_sum if dc.n_samples == 1 else x0_sum / dc.n_samples
+            def network(x_in: torch.Tensor) -> torch.Tensor:
+                q = den.token_state(cache, x_in, cond, generator)
+                out = den.decode(q, mem_kv, mem_valid)
+                if null_kv is not None:  # classifier-free guidance: (1 + w)·f(cond) - w·f(null)
+                    out = (1 + dc.cfg_w) * out - dc.cfg_w * den.decode(q, null_kv, None)
+                return out
+
+            return network(x) if self.precond is None else self.precond.wrap(network, x, tt, sigma)
+
+        if self.use_diffusion:
+            x0_hat = reverse_chain(self.schedule, denoise, h.new_empty(b, self.dim),
+                                   infer_steps if infer_steps is not None else dc.infer_steps,
+                                   sampler or dc.sampler, generator)
+        else:  # the −Diffusion control: one pass, x_t = 0
+            x0_hat = denoise(h.new_zeros(b, self.dim), 0)
 
         table, bias = self.embedding.table(int(target_domain)), self.bias(int(target_domain))
-        rep = x0_mean if g_dom is None else x0_mean + self.config.model.score_alpha * g_dom
+        rep = x0_hat if guidance is None else x0_hat + self.config.model.score_alpha * guidance.domain(td)
         if self.config.model.score_softmax == "literal":  # Eq. 15 as printed: softmax over the d dims
             rep = torch.softmax(rep.float(), dim=-1)
         return self.item_scores(rep, table, self.scale, bias)

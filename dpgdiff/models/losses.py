@@ -1,4 +1,4 @@
-"""Losses: L_diff (Eq. 6) and its ranking term, domain-restricted CE L_rec (Eq. 10-12), tri-view InfoNCE (Eq. 13).
+"""Losses: L_diff (Eq. 6), domain-restricted CE L_rec (Eq. 10-12), tri-view InfoNCE (Eq. 13).
 
 Logits are computed only against the target domain's table: rows are split by d* and each group
 is multiplied by its own E_{d*} (spec §4.1, §8), so no work is spent on the other domain's items.
@@ -18,41 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y
-from dpgdiff.models.negatives import NegativeSampler
 
 
-def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor, reduction: str = "mean",
-                   weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """L_diff = mean_batch [w ·] ||x̂_0 - x_0||² over the dims (Eq. 6, x_0-prediction; spec §3.4); x0_hat, x0 (B, d).
+def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """L_diff = mean_batch [w ·] mean_dims (x̂_0 - x_0)² (Eq. 6, x_0-prediction; spec §3.4); x0_hat, x0 (B, d).
 
-    reduction (loss.diff_reduction): "mean" over the d dims (F.mse_loss), or "sum" = Eq. 6 as printed (d × mean).
+    The mean over the d dims is Eq. 6's squared norm divided by d (λ_diff = 1 here is the paper's λ_diff = 1/d).
     weight (B,): per-example weights (diffusion.precond=edm's 1/c_out²), None = 1."""
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"unknown reduction {reduction!r}; expected 'mean' or 'sum'")
-    if weight is None and reduction == "mean":
+    if weight is None:
         return F.mse_loss(x0_hat, x0)
-    per_row = (x0_hat - x0).pow(2)
-    per_row = per_row.sum(-1) if reduction == "sum" else per_row.mean(-1)
-    return (per_row if weight is None else weight * per_row).mean()
-
-
-def in_batch_rank_loss(x0_hat: torch.Tensor, x0: torch.Tensor, target: torch.Tensor, target_domain: torch.Tensor,
-                       scale: float) -> torch.Tensor:
-    """Softmax CE ranking each row's x̂_0 (B, d) above the other targets of the batch in its domain (B, d) -> scalar.
-
-    loss.lambda_diff_rank (issue 23): L_diff alone trains the passes at t < T-1 to regress x_0, and `diagnose`
-    shows they then rank at random; this term asks the same sampled-t pass to rank, as PreferDiff (Liu et al.,
-    "Preference Diffusion for Recommendation", ICLR 2025) replaces the denoising MSE with a preference objective
-    against negative items. Negatives are the batch's own targets x0 (B×B logits, scale · x̂_0 · x_0ᵀ, the item
-    bias left out: in-batch negatives come in proportion to popularity, which the bias of the main CE carries);
-    rows of the other domain and repeats of the row's own item are masked. target (B,) item ids, target_domain
-    (B,) in {DOMAIN_X, DOMAIN_Y}."""
-    logits = scale * x0_hat @ x0.T
-    own = torch.eye(len(target), dtype=torch.bool, device=target.device)
-    masked = (target[:, None] == target[None, :]) & ~own
-    masked |= target_domain[:, None] != target_domain[None, :]
-    logits = logits.masked_fill(masked, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(target), device=target.device))
+    return (weight * (x0_hat - x0).pow(2).mean(-1)).mean()
 
 
 def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
@@ -202,11 +177,8 @@ def domain_cross_entropy(
     scale: float = 1.0,
     norm: str = "per_domain_mean",
     impl: str = "full",
-    n_negatives: int = 1024,
-    generator: Optional[torch.Generator] = None,
     chunk_rows: int = 256,
     biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
-    sampler: Optional[NegativeSampler] = None,
 ) -> list[torch.Tensor]:
     """CE of each head's logits s·h·E_{d*}^T (+ b_{d*}) against the target, summed over domains (Eq. 10-12).
 
@@ -216,10 +188,7 @@ def domain_cross_entropy(
     norm: per_domain_mean -> mean over X-target rows + mean over Y-target rows (Σ_d of Eq. 10);
           global_mean -> sum over all rows / B (C2DSR's weighting by domain frequency).
     impl: full softmax over the domain; `chunked`: the same loss and gradients, holding at most
-          `chunk_rows` rows of logits at a time (SoftmaxCrossEntropy); or `sampled`: the positive +
-          the negatives `sampler` draws for that domain (shared by its rows and heads; None: `n_negatives`
-          uniform ones), each logit minus its log inclusion probability (logQ correction,
-          dpgdiff/models/negatives.py); a negative equal to a row's positive is masked out of that row.
+          `chunk_rows` rows of logits at a time (SoftmaxCrossEntropy).
     Returns one scalar loss per head. The heads share one matmul per domain (stacked rows)."""
     n_heads = len(heads)
     batch = target_local.shape[0]
@@ -233,28 +202,13 @@ def domain_cross_entropy(
         tgt = target_local.index_select(0, rows)
         table = tables[domain]
         bias = biases[domain] if biases is not None else None
-        if impl in ("full", "chunked"):
-            hs = h * scale if scale != 1.0 else h  # s·(h·E^T) = (s·h)·E^T: scale the small side
-            if bias is not None:  # [s·h, 1]·[E, b]^T = s·h·E^T + b: the bias rides in the same matmul
-                hs = torch.cat([hs, hs.new_ones(hs.shape[0], 1)], 1)
-                table = torch.cat([table, bias[:, None].to(table.dtype)], 1)
-            per_row = softmax_cross_entropy(hs, table, tgt.repeat(n_heads), None if impl == "full" else chunk_rows)
-        elif impl == "sampled":
-            if sampler is None:
-                sampler = NegativeSampler("uniform", n_negatives)
-            neg, log_pi = sampler.draw(domain, table.shape[0], tgt, generator)  # (M,), (M,)
-            pos_logit = (h * table.index_select(0, tgt).repeat(n_heads, 1)).sum(-1, keepdim=True)
-            neg_logit = h @ table.index_select(0, neg).t()  # (H·n, M)
-            hit = (neg[None, :] == tgt[:, None]).repeat(n_heads, 1)
-            logits = torch.cat([pos_logit, neg_logit], 1) * scale
-            if bias is not None:
-                logits = logits + torch.cat([bias.index_select(0, tgt).repeat(n_heads)[:, None],
-                                             bias.index_select(0, neg)[None, :].expand(len(h), -1)], 1)
-            logits[:, 1:] -= log_pi.to(logits.dtype)
-            logits[:, 1:].masked_fill_(hit, float("-inf"))
-            per_row = F.cross_entropy(logits, torch.zeros_like(tgt).repeat(n_heads), reduction="none")
-        else:
-            raise ValueError(f"unknown ce_impl {impl!r}; expected 'full', 'chunked' or 'sampled'")
+        if impl not in ("full", "chunked"):
+            raise ValueError(f"unknown ce_impl {impl!r}; expected 'full' or 'chunked'")
+        hs = h * scale if scale != 1.0 else h  # s·(h·E^T) = (s·h)·E^T: scale the small side
+        if bias is not None:  # [s·h, 1]·[E, b]^T = s·h·E^T + b: the bias rides in the same matmul
+            hs = torch.cat([hs, hs.new_ones(hs.shape[0], 1)], 1)
+            table = torch.cat([table, bias[:, None].to(table.dtype)], 1)
+        per_row = softmax_cross_entropy(hs, table, tgt.repeat(n_heads), None if impl == "full" else chunk_rows)
         per_row = per_row.view(n_heads, n)
         denom = n if norm == "per_domain_mean" else batch
         for i in range(n_heads):

@@ -39,15 +39,14 @@ class SASRec(Recommender):
         return self.embedding.bias(domain)
 
     def loss(self, history, target, target_domain, generator: Optional[torch.Generator] = None):
-        """Full-softmax (or sampled) CE of u·E_{d*}^T, rows split by target domain (loss.ce_impl, domain_loss_norm)."""
+        """Full-softmax CE of u·E_{d*}^T, rows split by target domain (loss.ce_impl, domain_loss_norm)."""
         lc = self.config.loss
         target_domain = target_domain.long()
         local = self.target_local(target, target_domain)
         tables = (self.embedding.table(DOMAIN_X), self.embedding.table(DOMAIN_Y))
         (ce,) = domain_cross_entropy(
             [self.represent(history)], local, target_domain, tables, self.scale,
-            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows, self.biases(),
-            self.negative_sampler(),
+            lc.domain_loss_norm, lc.ce_impl, lc.ce_chunk_rows, self.biases(),
         )
         return {"total": ce, "rec": ce.detach()}
 
@@ -103,8 +102,7 @@ class SASRecSingle(Recommender):
             rep = rep.index_copy(0, rows, u)
         (ce,) = domain_cross_entropy(
             [rep], local, target_domain, (self.table(DOMAIN_X), self.table(DOMAIN_Y)), self.scale,
-            lc.domain_loss_norm, lc.ce_impl, lc.ce_negatives, generator, lc.ce_chunk_rows, self.biases(),
-            self.negative_sampler(),
+            lc.domain_loss_norm, lc.ce_impl, lc.ce_chunk_rows, self.biases(),
         )
         return {"total": ce, "rec": ce.detach()}
 

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from dpgdiff.config import Config, ConfigError
+from dpgdiff.config import RETIRED, RETIRED_AT, RETIRED_VALUES, Config, ConfigError
 from dpgdiff.files import atomic_write, replace_dir
 from dpgdiff.models import build_model
 from dpgdiff.training.reproducibility import capture_rng, restore_rng
@@ -144,13 +144,13 @@ def load_model(
 
     info has "dataset" (identity dict) and "epoch". With `dataset`, its fingerprint must match.
     overrides: `section.key=value` assignments of inference-only fields (config.INFERENCE_KEYS, e.g.
-    diffusion.n_samples=16, diffusion.start=zero) applied to the saved config before the model is built.
+    diffusion.infer_steps=4, diffusion.sampler=ddim) applied to the saved config before the model is built.
     """
     file = checkpoint_file(path)
     obj = torch_load(file, "model checkpoint")
     if obj["format"] not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
         raise CheckpointError(f"{file}: unknown checkpoint format {obj['format']!r}")
-    config = Config.from_dict(upgrade_saved_config(obj["config"]), source=f"{file} (config)")
+    config = Config.from_saved(upgrade_saved_config(obj["config"]), source=f"{file} (config)")
     if overrides:
         config = config.with_inference_overrides(overrides)
     info = {"dataset": obj["dataset"], "epoch": obj.get("epoch"), "val": obj.get("val", {})}
@@ -211,15 +211,19 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
 
     Checkpoints store every field, so a missing one means the checkpoint predates it: it then gets the
     behaviour the model was trained with, not today's default (a schedule as named with DiffuRec's
-    fixed-large DDPM variance, validation with DDIM-4). `model.diffurec_faithful` became
-    `model.diffurec_variant`; the old model is the `harness` variant. `model.item_bias` was a bool: False is
-    `none`, True a zero-initialised bias (`zero`)."""
+    fixed-large DDPM variance, validation with DDIM-4). DiffuRec's `harness` variant (`model.diffurec_variant`,
+    and every DiffuRec saved with `model.diffurec_faithful`) was DPG-Diff with the encoder, guidance and Tri-CL off and the
+    additive x_t injection: it loads as that DPG-Diff (the same module names). `model.item_bias` was a bool:
+    False is `none`, True a zero-initialised bias (`zero`). Retired and unread fields: `Config.from_saved`."""
     data = {section: dict(values or {}) for section, values in saved.items()}
     model, diffusion = data.setdefault("model", {}), data.setdefault("diffusion", {})
-    if "diffurec_faithful" in model:
+    if "diffurec_faithful" in model:  # before the faithful DiffuRec, model.name=diffurec was the harness
         model.pop("diffurec_faithful")
         if model.get("name") == "diffurec":
             model.setdefault("diffurec_variant", "harness")
+    if model.get("name") == "diffurec" and model.pop("diffurec_variant", "faithful") == "harness":
+        model.update(name="dpgdiff", disentangled_encoder=False, guidance=False, tri_cl=False, xt_injection="add")
+        diffusion.update(cfg_p=0.0, cfg_w=0.0)
     if isinstance(model.get("item_bias"), bool):
         model["item_bias"] = "zero" if model["item_bias"] else "none"
     if diffusion and "terminal_snr" not in diffusion:
@@ -246,7 +250,15 @@ def load_model_and_data(
 
 
 def check_resume_config(saved: dict[str, Any], config: Config, source: str) -> None:
-    now, saved = config.to_dict(), upgrade_saved_config(saved)
+    """Refuse to resume with a config that trains differently from the checkpoint's (_RESUME_MAY_DIFFER aside)."""
+    retired = [f"{section}.{key}={value!r}" for section, values in saved.items() for key, value in (values or {}).items()
+               if (f"{section}.{key}" in RETIRED and RETIRED[f"{section}.{key}"][0] != value)
+               or (isinstance(value, str) and (f"{section}.{key}", value) in RETIRED_VALUES)]
+    if retired:
+        raise ConfigError(f"{source}: cannot resume: the run trained with {', '.join(retired)}, retired since "
+                          f"(commit {RETIRED_AT} is the last that has it); its best.pt still loads and evaluates")
+    now = config.to_dict()
+    saved = Config.from_saved(upgrade_saved_config(saved), source).to_dict()
     diffs = [
         f"{section}.{key}: checkpoint {value!r} vs given {now[section].get(key)!r}"
         for section, values in saved.items()
