@@ -16,9 +16,11 @@ losses (Eq. 6, 10-13), augmentations, DPG-Diff itself (Alg. 1, Eq. 15), and the 
 and DiffuRec baselines, all built by `build_model(config, dataset)`; `dpgdiff/optim.py` builds the
 optimiser and the learning-rate schedule.
 
-`dpgdiff/evaluation.py` owns the metrics: the shared `Evaluator` with its saved candidate lists,
-sampled and full-ranking metrics, and the RQ3 noise injection; `dpgdiff/baselines.py` holds the
-popularity and random scorers; `dpgdiff/significance.py` the paired tests on per-case metrics; and
+`dpgdiff/evaluation/` owns the metrics, one module per idea: `evaluator.py` the shared `Evaluator`
+every model and baseline is scored by, `candidates.py` its saved candidate lists (the sampled 1 + 999
+and what full ranking leaves out), `metrics.py` the sampled and full-ranking metrics (`EvalResult`),
+and `noise.py` the RQ3 noise injection; `dpgdiff/baselines.py` holds the popularity and random
+scorers; `dpgdiff/significance.py` the paired tests on per-case metrics; and
 `dpgdiff/diagnose.py` the diagnostics of the diffusion part (does x̂_0 depend on x_t, does K matter).
 
 `dpgdiff/training/` owns training: `loop.py` is the function `dpgdiff.train` (epochs, validation,

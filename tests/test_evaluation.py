@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from dpgdiff import evaluation
 from dpgdiff.config import EvalConfig
 from dpgdiff.data import CrossDomainDataset, EvalCases, ItemSpace
 from dpgdiff.data.dataset import DOMAIN_NONE, DOMAIN_X, DOMAIN_Y, PAD
+from dpgdiff.evaluation import candidates as candidates_mod  # the modules that read what tests patch
+from dpgdiff.evaluation import evaluator as evaluator_mod
 from dpgdiff.evaluation import (
     METRICS,
     Evaluator,
@@ -188,7 +189,7 @@ def test_torch_ranking_path_matches_numpy(synthetic_dataset, monkeypatch):
     scores = {d: torch.randint(0, 50, (len(ev), synthetic_dataset.items.n_items(d)), generator=g).float()
               for d in (DOMAIN_X, DOMAIN_Y)}  # many ties
     ref = ev.evaluate(scores)
-    monkeypatch.setattr(evaluation, "_use_numpy", lambda s: False)
+    monkeypatch.setattr(evaluator_mod, "_use_numpy", lambda s: False)
     assert ev.evaluate(scores).flat("t") == pytest.approx(ref.flat("t"))
     scores[DOMAIN_X][:, 5] = float("nan")  # every row: some of them are X cases
     with pytest.raises(NaNScoresError):
@@ -262,7 +263,7 @@ def check_candidate_rules(cand: np.ndarray, c: EvalCases, items: ItemSpace, n_ne
 @pytest.fixture(params=["rejection", "dense"])
 def draw_method(request, monkeypatch):
     """Run a test with each of the two drawing methods forced (each is uniform over the allowed subsets)."""
-    monkeypatch.setattr(evaluation, "DENSE_DRAW_FACTOR", 0 if request.param == "rejection" else 10**9)
+    monkeypatch.setattr(candidates_mod, "DENSE_DRAW_FACTOR", 0 if request.param == "rejection" else 10**9)
     return request.param
 
 
@@ -332,7 +333,7 @@ def test_candidates_deterministic_and_cached(tmp_path, monkeypatch, draw_method)
     def no_draw(*args, **kwargs):
         raise AssertionError("candidates were drawn again although a valid file exists")
 
-    monkeypatch.setattr(evaluation, "draw_candidates", no_draw)
+    monkeypatch.setattr(candidates_mod, "draw_candidates", no_draw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again, _ = load_or_draw_candidates(ds, "test", 99, 5)
