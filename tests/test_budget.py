@@ -63,10 +63,11 @@ def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback
 def test_outcome_counts_name_what_the_budget_stopped_or_left_unstarted():
     from types import SimpleNamespace
 
-    from tune.driver import BUDGET_STOPPED, outcome_counts
+    from tune.driver import outcome_counts
+    from tune.names import TrialStatus
 
-    rows = [{"trial_id": "a", "status": "FINISHED"}, {"trial_id": "b", "status": BUDGET_STOPPED},
-            {"trial_id": "c", "status": "NOT RUN"}]
+    rows = [{"trial_id": "a", "status": TrialStatus.FINISHED}, {"trial_id": "b", "status": TrialStatus.STOPPED_BY_BUDGET},
+            {"trial_id": "c", "status": TrialStatus.NOT_RUN}]
     saved = [SimpleNamespace(trial_id=t, status="TERMINATED") for t in "abc"]
     assert outcome_counts(rows, saved, planned=5, ended_by_budget=True) == {
         "finished": 1, "stopped early by ASHA": 0, "failed": 0, "stopped by the time budget": 1,

@@ -305,7 +305,7 @@ def test_after_random_kills_every_trial_finishes_and_is_counted_once(killed_and_
     assert not [c for c in children if c.info.status == "RUNNING"], plan
     trial_runs = [c for c in children if c.data.tags[tracking.ROLE_TAG] == "trial"]
     assert sorted(c.data.tags[tracking.TRIAL_TAG] for c in trial_runs) == sorted(t.trial_id for t in trials), plan
-    lost = [c for c in children if c.data.tags[tracking.ROLE_TAG] == tracking.LOST_ROLE]
+    lost = [c for c in children if c.data.tags[tracking.ROLE_TAG] == tracking.ROLE_LOST]
     assert len(children) == len(trial_runs) + len(lost), plan
     by_id = {c.info.run_id: c for c in trial_runs}
     for run_ in lost:

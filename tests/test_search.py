@@ -179,7 +179,7 @@ def test_search_registers_the_best_model_as_dpgdiff_dataset_at_its_search_alias(
     import mlflow
     import pandas as pd
 
-    from tune.serving import PROTOCOL_TAG, STANDARD_TAG
+    from tune.names import PROTOCOL_TAG, STANDARD_TAG
 
     parent, _ = mlflow_runs(tmp, NAME)
     client = mlflow.MlflowClient(tracking_uri(tmp))

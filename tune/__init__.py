@@ -22,6 +22,10 @@ define-by-run function.
 `tune/tracking.py` owns MLflow: one parent run per search, one child run per trial found by tag, so
 that a resumed search never duplicates runs.
 
+`tune/names.py` holds the names the layer shares, each spelled once: the `TrialStatus` a trial ends with
+(FINISHED, STOPPED_EARLY, STOPPED_BY_BUDGET, NOT_RUN, ERROR), every MLflow tag name and value a search writes
+or reads, and the exit codes.
+
 `tune/budget.py` owns `--time-budget`: the clock that counts the search's time across drivers, the stopper
 that ends the trials when it is spent, and what the search prints about it.
 

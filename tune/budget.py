@@ -30,8 +30,9 @@ from typing import Any, Optional
 
 from ray import tune
 
+from tune.names import TUNE_ENDED
+
 UNTIL_BUDGET = -1  # num_samples of a search with --time-budget and no --num-samples: trials start until it is spent
-STOPPED_BY = "time_budget"  # the value of tune/tracking.py's dpgdiff.stopped_by on a trial the budget stopped
 
 
 def margin_s(budget_s: float) -> float:
@@ -133,7 +134,7 @@ class BudgetCallback(tune.Callback):
         clock = _CLOCK
         if clock is None or clock.stopping or not clock.expired():
             return
-        live = frozenset(t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR"))
+        live = frozenset(t.trial_id for t in trials if t.status not in TUNE_ENDED)
         clock.stopped_ids, clock.stopping = live, True
         print(f"\ntime budget {clock_text(clock.budget_s)} spent: no new trial starts; stopping {len(live)} live "
               "trial(s), each keeping its checkpoints", flush=True)

@@ -34,6 +34,34 @@ from ray.tune.search.optuna import OptunaSearch
 import dpgdiff
 from tune import budget, leftovers, ray_internals, tracking
 from tune import study as optuna_study
+from tune.names import (
+    BEST_RUN_TAG,
+    BEST_TRIAL_TAG,
+    DATASET_TAG,
+    ERROR_TAG,
+    EXIT_ALL_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    FINGERPRINT_TAG,
+    GIT_COMMIT_TAG,
+    INPUTS_LOGGED_TAG,
+    LOST_TAG,
+    PARETO_TAG,
+    ROLE_SEARCH,
+    ROLE_TAG,
+    SEARCH_DONE_TAG,
+    SEARCH_TAG,
+    SEED_TAG,
+    SELECTED_TAG,
+    SOURCE_COMMIT_TAG,
+    STOPPED_BY_TAG,
+    STOPPED_BY_TIME_BUDGET,
+    STOPPED_EARLY_TAG,
+    TUNE_ENDED,
+    UNFINISHED_TAG,
+    WARM_START_TAG,
+    TrialStatus,
+)
 from tune.progress import ProgressReporter
 from tune.results import (
     METRIC,
@@ -50,14 +78,10 @@ from tune.serving import publish_best_model
 from tune.settings import STATE_FILE, SearchError, SearchSettings, record_driver, search_wall_s, write_text
 from tune.space import SearchSpace
 from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY, TrialSpec, run_trial
-from tune.warmstart import WARM_START_ATTR, enqueue
+from tune.warmstart import enqueue
 
-EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
 UI_PORT = 5000  # `mlflow ui`'s default port: the printed links assume it
-INPUTS_LOGGED_TAG = "dpgdiff.inputs_logged"  # parent: its params and input artifacts are all logged
-SEARCH_DONE_TAG = "dpgdiff.search_done"  # parent: every step of the search's end is done (resume: nothing to do)
-UNFINISHED_TAG = "dpgdiff.unfinished"  # parent: "1" while trials are left to run (cleared when the search completes)
 
 
 class NumberedOptunaSearch(OptunaSearch):
@@ -74,7 +98,7 @@ class NumberedOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if not isinstance(config, dict) or ot_trial is None:
             return config
-        origin = ot_trial.user_attrs.get(WARM_START_ATTR)
+        origin = ot_trial.user_attrs.get(WARM_START_TAG)
         return {**config, OPTUNA_TRIAL_KEY: int(ot_trial.number), **({WARM_START_KEY: origin} if origin else {})}
 
     # With the study in its RDB (tune/study.py), a driver killed after a trial's outcome reached the study but
@@ -162,7 +186,7 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
                     parent.tracker.reconcile(tune_trials(settings.path))
                 except Exception:  # noqa: BLE001  the parent's status below still says what happened
                     pass
-            parent.client.set_tag(parent.run_id, tracking.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+            parent.client.set_tag(parent.run_id, ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
             parent.client.set_terminated(parent.run_id, status=status)
             if ray_internals.experiment_state_saved(settings.path):  # after the traceback's cause is fixed
                 print(f"\nSearch {settings.name!r} stopped on {type(exc).__name__}; its state is saved. Resume it "
@@ -202,7 +226,7 @@ def finished_already(settings: SearchSettings) -> Optional[str]:
         client = tracking.client_for(uri)
         experiment = client.get_experiment_by_name(settings.experiment)
         runs = experiment and tracking.find_runs(client, experiment.experiment_id,
-                                                 {tracking.SEARCH_TAG: settings.name, tracking.ROLE_TAG: "search"})
+                                                 {SEARCH_TAG: settings.name, ROLE_TAG: ROLE_SEARCH})
     except Exception:  # noqa: BLE001  see the docstring
         return None
     if not runs or runs[0].info.status != "FINISHED" or runs[0].data.tags.get(SEARCH_DONE_TAG) != "1":
@@ -325,8 +349,8 @@ def open_parent_run(settings: SearchSettings, space: SearchSpace, card: Any) -> 
     client = tracking.client_for(uri)
     exp_id = tracking.ensure_experiment(client, settings.experiment, tracking.artifact_root_for(uri))
     commit = settings.git_commit or "unknown"
-    tags = {"dataset": settings.dataset.name, "dataset.fingerprint": settings.fingerprint or "", "git_commit": commit,
-            "seed": str(settings.seed), "mlflow.source.git.commit": commit.split("+")[0]}
+    tags = {DATASET_TAG: settings.dataset.name, FINGERPRINT_TAG: settings.fingerprint or "", GIT_COMMIT_TAG: commit,
+            SEED_TAG: str(settings.seed), SOURCE_COMMIT_TAG: commit.split("+")[0]}
     run_id, reopened = tracking.start_parent_run(client, exp_id, settings.name, tags)
     # once, and again after a driver killed before they were all logged (the same values: MLflow accepts that)
     if not reopened or INPUTS_LOGGED_TAG not in client.get_run(run_id).data.tags:
@@ -479,26 +503,26 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     trials = tune_trials(settings.path)
     parent.tracker.reconcile(trials)  # nothing stays RUNNING, whatever happened to the callbacks
     for row in rows:  # --time-budget: trials it stopped are a result, like finished ones (tune/budget.py)
-        if row["status"] == "STOPPED" and budget.stopped_by_budget(row["trial_id"]):
-            row["status"] = BUDGET_STOPPED
+        if row["status"] == TrialStatus.STOPPED_EARLY and budget.stopped_by_budget(row["trial_id"]):
+            row["status"] = TrialStatus.STOPPED_BY_BUDGET
     if settings.optuna_storage:  # the study agrees with Tune: a trial asked before a kill and lost is FAIL there
         report_study(settings, trials, rows)
     run_ids = {t.trial_id: parent.tracker.run_id(t, create=False) for t in trials}
     for row in rows:
         row["run_id"] = run_ids.get(row["trial_id"])
-    done = [r for r in rows if r["status"] == "FINISHED"]
-    failed = [r for r in rows if r["status"] == "ERROR"]
+    done = [r for r in rows if r["status"] == TrialStatus.FINISHED]
+    failed = [r for r in rows if r["status"] == TrialStatus.ERROR]
     ended_by_budget = budget.budget_ended()
     counts = outcome_counts(rows, trials, settings.num_samples, ended_by_budget)
     until_budget = settings.num_samples == budget.UNTIL_BUDGET  # no count: the budget decided how many ran
     print(f"\n{len(rows) if until_budget else settings.num_samples} trial(s): "
           + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in DONE_OUTCOMES)
-          + (f" (FINISHED in MLflow, tagged {tracking.STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
-          + (f" ({tracking.STOPPED_BY_TAG}={budget.STOPPED_BY})" if counts.get("stopped by the time budget") else "")
+          + (f" (FINISHED in MLflow, tagged {STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
+          + (f" ({STOPPED_BY_TAG}={STOPPED_BY_TIME_BUDGET})" if counts.get("stopped by the time budget") else "")
           + f"; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
-    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    unfinished = [t for t in trials if t.status not in TUNE_ENDED]
     # A search bounded by its budget only is complete when the budget ended it, whatever the count.
     short = until_budget or len(trials) < settings.num_samples
     if unfinished or (short and not ended_by_budget):
@@ -511,21 +535,21 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
               file=sys.stderr)
         return EXIT_INTERRUPTED
     # Every trial ended: what an interrupted session said of the parent no longer holds.
-    stale = [k for k in (UNFINISHED_TAG, tracking.ERROR_TAG) if k in client.get_run(run_id).data.tags]
+    stale = [k for k in (UNFINISHED_TAG, ERROR_TAG) if k in client.get_run(run_id).data.tags]
     for key in stale:
         client.delete_tag(run_id, key)
 
-    if not done and not any(r["status"] in ("STOPPED", BUDGET_STOPPED) for r in rows):
+    if not done and not any(r["status"] in (TrialStatus.STOPPED_EARLY, TrialStatus.STOPPED_BY_BUDGET) for r in rows):
         first = failed[0] if failed else None
         text = first.get("error", "") if first else "no trial reported a result"
-        client.set_tag(run_id, tracking.ERROR_TAG, text[:5000])
+        client.set_tag(run_id, ERROR_TAG, text[:5000])
         client.set_terminated(run_id, status="FAILED")
         print(f"\nerror: every trial failed. First error (trial {first['trial_id'] if first else '-'}):\n"
               f"{tracking.first_error_line(text)}\n\n{text[-3000:]}", file=sys.stderr)
         return EXIT_ALL_FAILED
 
     # a trial the budget stopped competes with the finished ones, at its best epoch so far
-    candidates = done + [r for r in rows if r["status"] == BUDGET_STOPPED and r.get(METRIC) is not None]
+    candidates = done + [r for r in rows if r["status"] == TrialStatus.STOPPED_BY_BUDGET and r.get(METRIC) is not None]
     best = max(candidates or rows, key=lambda r: r.get(METRIC, float("-inf")))
     test_ranks = None
     if not best.get("test"):  # selection was on validation; now, and only for this trial, the test set
@@ -551,7 +575,7 @@ def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[st
     lost = optuna_study.close_lost_trials(settings.optuna_storage, settings.name, numbers)
     if lost:
         print(f"Optuna study: trial(s) {', '.join(map(str, lost))} were asked before the driver was killed and "
-              f"Tune lost them: FAIL, with user attribute {optuna_study.LOST_ATTR}", flush=True)
+              f"Tune lost them: FAIL, with user attribute {LOST_TAG}", flush=True)
     url = optuna_study.shown(settings.optuna_storage)
     print(f"Optuna study {settings.name!r} in {url}; browse with:\n    optuna-dashboard {url}", flush=True)
 
@@ -580,7 +604,7 @@ def runs_list_query(search: str) -> str:
 
 def search_filter(search: str) -> str:
     """The MLflow search filter matching a search's parent and child runs (the UI link and tests use it)."""
-    return f"tags.`{tracking.SEARCH_TAG}` = '{search}'"
+    return f"tags.`{SEARCH_TAG}` = '{search}'"
 
 
 def evaluate_selected_trial(best: dict[str, Any], dataset: Any) -> tuple[dict[str, float], Any]:
@@ -611,10 +635,10 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
     for r in front:
         r["pareto"] = True
         if r.get("run_id"):
-            parent.client.set_tag(r["run_id"], tracking.PARETO_TAG, "1")
+            parent.client.set_tag(r["run_id"], PARETO_TAG, "1")
     width = max(len(o) for o in objectives)
     versus = " vs ".join(f"{o} ({OBJECTIVES[o]})" for o in objectives)
-    print(f"\nPareto front ({len(front)} of {len(rows)} trials; {versus}; tagged {tracking.PARETO_TAG}=1 in MLflow):")
+    print(f"\nPareto front ({len(front)} of {len(rows)} trials; {versus}; tagged {PARETO_TAG}=1 in MLflow):")
     print("| optuna trial | trial | " + " | ".join(f"{o:>{width}}" for o in objectives) + " | MLflow run |")
     print("|---:|---|" + "---:|" * len(objectives) + "---|")
     for r in front:
@@ -626,7 +650,6 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
 
 DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed")  # what a resume does not run again
 BUDGET_OUTCOMES = ("stopped by the time budget", "not started (time budget)")  # done too, when --time-budget ended it
-BUDGET_STOPPED = "STOPPED_BY_BUDGET"  # a trial row's status when --time-budget stopped it (tune/budget.py)
 
 
 def planned_text(num_samples: int) -> str:
@@ -645,16 +668,16 @@ def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
                             "not started"), 0)
     for row in rows:
         status = saved.get(row["trial_id"])
-        if status not in ("TERMINATED", "ERROR"):
+        if status not in TUNE_ENDED:
             counts["interrupted"] += 1
-        elif status == "ERROR" or row["status"] == "ERROR":
+        elif status == "ERROR" or row["status"] == TrialStatus.ERROR:
             counts["failed"] += 1
-        elif row["status"] == BUDGET_STOPPED:
+        elif row["status"] == TrialStatus.STOPPED_BY_BUDGET:
             counts["stopped by the time budget"] += 1
-        elif row["status"] == "NOT RUN" and ended_by_budget:
+        elif row["status"] == TrialStatus.NOT_RUN and ended_by_budget:
             counts["not started (time budget)"] += 1
         else:
-            counts["finished" if row["status"] == "FINISHED" else "stopped early by ASHA"] += 1
+            counts["finished" if row["status"] == TrialStatus.FINISHED else "stopped early by ASHA"] += 1
     counts["not started (time budget)" if ended_by_budget else "not started"] += max(0, planned - len(rows))
     return counts
 
@@ -684,16 +707,16 @@ def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any
     summary = {"search_best_" + k: v for k, v in {**best.get("best_val", {}), **test}.items()}
     if best.get("infer_ms") is not None:
         summary["search_best_infer_ms"] = best["infer_ms"]
-    summary.update(search_n_trials=len(rows), search_n_finished=sum(r["status"] == "FINISHED" for r in rows),
-                   search_n_stopped_early=sum(r["status"] == "STOPPED" for r in rows),
-                   search_n_stopped_by_budget=sum(r["status"] == BUDGET_STOPPED for r in rows),
-                   search_n_failed=sum(r["status"] == "ERROR" for r in rows), search_wall_s=wall)
+    summary.update(search_n_trials=len(rows), search_n_finished=sum(r["status"] == TrialStatus.FINISHED for r in rows),
+                   search_n_stopped_early=sum(r["status"] == TrialStatus.STOPPED_EARLY for r in rows),
+                   search_n_stopped_by_budget=sum(r["status"] == TrialStatus.STOPPED_BY_BUDGET for r in rows),
+                   search_n_failed=sum(r["status"] == TrialStatus.ERROR for r in rows), search_wall_s=wall)
     if len(settings.objectives) > 1:
         summary["search_n_pareto"] = n_pareto
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
-    client.set_tag(run_id, "best_trial_id", best["trial_id"])
+    client.set_tag(run_id, BEST_TRIAL_TAG, best["trial_id"])
     if best.get("run_id"):
-        client.set_tag(run_id, "best_run_id", best["run_id"])
-        client.set_tag(best["run_id"], "dpgdiff.selected", "1")  # the search's pick: the one tested run
+        client.set_tag(run_id, BEST_RUN_TAG, best["run_id"])
+        client.set_tag(best["run_id"], SELECTED_TAG, "1")  # the search's pick: the one tested run
     client.set_tag(run_id, SEARCH_DONE_TAG, "1")  # the last step: a resume has nothing left to do
     client.set_terminated(run_id, status="FINISHED")

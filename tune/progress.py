@@ -3,8 +3,8 @@ the running trials are inside their epochs.
 
 Status column: Tune's TERMINATED is split into FINISHED (trained to its last epoch: a final result),
 STOPPED_EARLY (ASHA stopped it), STOPPED_BY_BUDGET (the search's --time-budget stopped it, tune/budget.py) and
-NOT_RUN (`shown_status`). Location column: blank for a trial whose last result came from an earlier driver
-session (a resumed search), whose worker is gone, until it reports again.
+NOT_RUN (`shown_status`; tune/names.py's `TrialStatus`). Location column: blank for a trial whose last result came
+from an earlier driver session (a resumed search), whose worker is gone, until it reports again.
 
 The line under the table also counts a --time-budget down (tune/budget.py: `progress_note`).
 
@@ -26,8 +26,8 @@ from ray import tune
 
 from tune import budget
 from tune.budget import clock_text
+from tune.names import TUNE_ENDED, TrialStatus
 
-FINISHED = ("TERMINATED", "ERROR")
 IN_EPOCH_SHOWN = 4  # running trials named on the in-epoch progress line; the rest are counted
 
 
@@ -55,7 +55,7 @@ def estimate_seconds_left(trials: Iterable[Any], max_epochs: int, num_samples: i
         return None
     epoch = statistics.median(per_epoch)
     left = sum(max(0.0, max(0, max_epochs - c.epochs) * epoch - c.since_result)
-               for c in clocks if c.status not in FINISHED)
+               for c in clocks if c.status not in TUNE_ENDED)
     left += max(0, num_samples - len(clocks)) * max_epochs * epoch
     return left / max(1, concurrency)
 
@@ -225,12 +225,12 @@ def shown_status(trial: Any) -> str:
     if trial.status != "TERMINATED":
         return trial.status
     if (trial.last_result or {}).get("final"):
-        return "FINISHED"
+        return TrialStatus.FINISHED
     if budget.stopped_by_budget(trial.trial_id):
-        return "STOPPED_BY_BUDGET"
+        return TrialStatus.STOPPED_BY_BUDGET
     if not (trial.last_result or {}).get("epoch"):  # ended before it reported (e.g. a PENDING trial at the end)
-        return "NOT_RUN"
-    return "STOPPED_EARLY"
+        return TrialStatus.NOT_RUN
+    return TrialStatus.STOPPED_EARLY
 
 
 def relabel_statuses(text: str, labels: dict[str, str]) -> str:
