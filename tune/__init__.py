@@ -46,8 +46,9 @@ it: the best configuration of finished searches rerun with N seeds (and ablation
 tracked as confirmation children of each search's parent run with their per-case test ranks.
 
 `tune/ray_internals.py` is the one place that uses Ray names outside its public API (the local temp
-dir, the local-only mode that keeps a local Ray on 127.0.0.1, and the flag that makes Tune save its
-state when a trial is added), checked so that a Ray upgrade that drops them fails loudly.
+dir, the local-only mode that keeps a local Ray on 127.0.0.1, the flag that makes Tune save its
+state when a trial is added, and the logger of Ray's token-auth notice), checked so that a Ray upgrade
+that drops them fails loudly.
 
 `tune/leftovers.py` owns what a killed driver leaves behind: it marks each local Ray temp folder with
 the driver's PID, and the next search stops that Ray's processes by PID and removes the folder.

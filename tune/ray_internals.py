@@ -15,6 +15,10 @@ Ray's local-only mode, its default on macOS and Windows (ray_constants.ENABLE_RA
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), makes the node address 127.0.0.1, and every one of those
 servers then binds 127.0.0.1 (tests/test_local_ray.py lists the sockets). `init_local_ray` turns it
 on for the Ray it starts and checks that the node came up on 127.0.0.1.
+
+Importing this module does not import Ray: tune/console.py takes Ray's logger name from here while a
+command line is being checked, before the search sets Ray's auth mode, which Ray reads once, when it is
+first imported. The two schedulers below, which subclass Tune's, are therefore defined on first use.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
 TEMP_DIR_KEYWORD = "_temp_dir"  # ray.init's keyword for the root temp dir of a local Ray
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode (node address 127.0.0.1)
 LOOPBACK = "127.0.0.1"
+# The logger of Ray's "Token authentication is enabled for this Ray cluster" notice (tune/console.py drops it)
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"  # Tune's saved experiment state (one per driver session)
@@ -174,41 +178,57 @@ def save_trial_this_step(tune_controller: Any, trial: Any) -> None:
     save_state_this_step(tune_controller)
 
 
-class SnapshotASHAScheduler(ASHAScheduler):
-    """ASHA that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
-    status; it never stops a trial at its last epoch (max_t)."""
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_add(tune_controller, trial)
-        save_state_this_step(tune_controller)
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        """ASHA's decision (its rungs record the result as usual), except at max_t: there a cut saves no
-        training, but Tune would stop the trial before its final report (best epoch, test metrics, best.pt)
-        arrived whenever that report is slower than Tune's reaction (a race the DiffuRec search's trials lost);
-        the trial then looked stopped early although it trained every epoch."""
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == self.STOP and result.get(self._time_attr, 0) >= self._max_t:
-            self._num_stopped -= 1
-            return self.CONTINUE
-        return action
-
-    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_error(tune_controller, trial)
-        save_trial_this_step(tune_controller, trial)
+SCHEDULERS = ("SnapshotASHAScheduler", "SnapshotFIFOScheduler")
 
 
-class SnapshotFIFOScheduler(FIFOScheduler):
-    """FIFO that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
-    status."""
+def __getattr__(name: str) -> Any:
+    """The schedulers of SCHEDULERS, defined when first asked for (PEP 562): they subclass Tune's schedulers, and
+    defining them imports Ray (see the module's docstring). A search's scheduler is pickled with Tune's state by its
+    name in this module, as before, so a resume finds it here."""
+    if name not in SCHEDULERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _define_schedulers()
+    return globals()[name]
 
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_add(tune_controller, trial)
-        save_state_this_step(tune_controller)
 
-    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_error(tune_controller, trial)
-        save_trial_this_step(tune_controller, trial)
+def _define_schedulers() -> None:
+    global SnapshotASHAScheduler, SnapshotFIFOScheduler  # module-level classes (their __qualname__ is their name)
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    class SnapshotASHAScheduler(ASHAScheduler):
+        """ASHA that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
+        status; it never stops a trial at its last epoch (max_t)."""
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_add(tune_controller, trial)
+            save_state_this_step(tune_controller)
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            """ASHA's decision (its rungs record the result as usual), except at max_t: there a cut saves no
+            training, but Tune would stop the trial before its final report (best epoch, test metrics, best.pt)
+            arrived whenever that report is slower than Tune's reaction (a race the DiffuRec search's trials lost);
+            the trial then looked stopped early although it trained every epoch."""
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == self.STOP and result.get(self._time_attr, 0) >= self._max_t:
+                self._num_stopped -= 1
+                return self.CONTINUE
+            return action
+
+        def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_error(tune_controller, trial)
+            save_trial_this_step(tune_controller, trial)
+
+    class SnapshotFIFOScheduler(FIFOScheduler):
+        """FIFO that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
+        status."""
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_add(tune_controller, trial)
+            save_state_this_step(tune_controller)
+
+        def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_error(tune_controller, trial)
+            save_trial_this_step(tune_controller, trial)
 
 
 # ------------------------------------------------------------------------------------- in-epoch progress
