@@ -44,6 +44,8 @@ from tune.names import (
     CONFIRMATION_SEED_TAG,
     CONFIRMS_TAG,
     DATASET_TAG,
+    EXIT_OK,
+    EXIT_USAGE,
     INTERRUPTED_TAG,
     MODEL_TAG,
     OPTUNA_TAG,
@@ -98,10 +100,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         text, out = build_report(uri, args.experiment, args.name, args.top, args.out, args.trial, args.variant)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(text)
     print(f"\nwritten to {out}")
-    return 0
+    return EXIT_OK
 
 
 def build_report(uri: str, experiment: str, names: list[str], top: int, out: Optional[str],
