@@ -220,7 +220,7 @@ def test_resuming_a_finished_search_changes_nothing(search):
     assert {k: len(client.get_metric_history(parent.info.run_id, k)) for k in after.data.metrics} == history
     assert sorted(c.info.run_id for c in children_after) == sorted(c.info.run_id for c in children)
     assert [c.info.status for c in children_after] == [c.info.status for c in children]
-    from tune.settings import read_drivers
+    from tune.budget import read_drivers
 
     drivers = read_drivers(str(tmp / "ray_results" / NAME))
     assert len(drivers) == 1 and parent.data.metrics["search_wall_s"] == pytest.approx(drivers[0]["wall_s"])

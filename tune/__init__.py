@@ -26,8 +26,10 @@ that a resumed search never duplicates runs.
 (FINISHED, STOPPED_EARLY, STOPPED_BY_BUDGET, NOT_RUN, ERROR), every MLflow tag name and value a search writes
 or reads, and the exit codes.
 
-`tune/budget.py` owns `--time-budget`: the clock that counts the search's time across drivers, the stopper
-that ends the trials when it is spent, and what the search prints about it.
+`tune/budget.py` owns `--time-budget`: the clock that counts the search's time across drivers (each driver
+makes its own and hands it to the hooks that read it), the record of each driver's time, the stopper that
+ends the trials when it is spent, what a budgeted search ends with, and what the search prints about it;
+`tune/storage.py` reads and writes the small files kept beside Tune's state, locally or at a storage URI.
 
 `tune/study.py` owns the search's Optuna study in its database (`mlruns/optuna.db` by default), which a
 resume continues and `optuna-dashboard` opens; `tune/warmstart.py` owns `--warm-start`: the best
@@ -47,8 +49,8 @@ tracked as confirmation children of each search's parent run with their per-case
 
 `tune/ray_internals.py` is the one place that uses Ray names outside its public API (the local temp
 dir, the local-only mode that keeps a local Ray on 127.0.0.1, the flag that makes Tune save its
-state when a trial is added, and the logger of Ray's token-auth notice), checked so that a Ray upgrade
-that drops them fails loudly.
+state when a trial is added, the stopper a resumed Tuner keeps, and the logger of Ray's token-auth
+notice), checked so that a Ray upgrade that drops them fails loudly.
 
 `tune/leftovers.py` owns what a killed driver leaves behind: it marks each local Ray temp folder with
 the driver's PID, and the next search stops that Ray's processes by PID and removes the folder.

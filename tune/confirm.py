@@ -29,7 +29,8 @@ try:
     from dpgdiff.config import ConfigError
     from dpgdiff.data import DataError
     from tune.names import EXIT_INTERRUPTED, EXIT_USAGE
-    from tune.settings import RunOptions, SearchError, SearchSettings, read_text, write_text
+    from tune.settings import RunOptions, SearchError, SearchSettings
+    from tune.storage import read_text, write_text
 except ModuleNotFoundError as exc:
     if not str(exc.name).startswith(("dpgdiff", "tune")):
         raise

@@ -47,7 +47,8 @@ from tune.names import (
     VARIANT_TAG,
 )
 from tune.progress import ProgressReporter
-from tune.settings import RunOptions, SearchError, SearchSettings, write_text
+from tune.settings import RunOptions, SearchError, SearchSettings
+from tune.storage import write_text
 from tune.trainable import FINAL_MARKER, TrialSpec, run_trial
 
 CONFIRM_STATE = "dpgdiff_confirm.json"  # beside Tune's experiment state: the jobs, for --resume

@@ -75,8 +75,9 @@ from tune.results import (
     write_parent_artifacts,
 )
 from tune.serving import publish_best_model
-from tune.settings import STATE_FILE, SearchError, SearchSettings, record_driver, search_wall_s, write_text
+from tune.settings import STATE_FILE, SearchError, SearchSettings
 from tune.space import SearchSpace
+from tune.storage import write_text
 from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY, TrialSpec, run_trial
 from tune.warmstart import enqueue
 
@@ -171,14 +172,18 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
         parent = open_parent_run(settings, space, card)  # 4. MLflow parent run (reopened on resume)
         try:  # 5. Tune
             tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train, slots=slots)
-            print(f"\nsearch {settings.name!r}: {planned_text(settings.num_samples)}, results in {settings.path}"
-                  + (" (resumed)" if settings.run.resuming else ""), flush=True)
+            print(f"\nsearch {settings.name!r}: {budget.planned_text(settings.num_samples)}, results in "
+                  f"{settings.path}" + (" (resumed)" if settings.run.resuming else ""), flush=True)
             t_fit = time.time()
-            record_driver(settings.path, t_fit)  # search_wall_s sums the drivers' times (a resume's included)
-            start_budget(settings, spent_before=search_wall_s(settings.path))
-            results = tuner.fit()
-            record_driver(settings.path, t_fit, time.time() - t_fit)
-            wall = search_wall_s(settings.path)
+            budget.record_driver(settings.path, t_fit)  # search_wall_s sums the drivers' times (a resume's included)
+            spent = budget.search_wall_s(settings.path)
+            clock = budget.start_clock(settings.time_budget_s, spent, settings.run.started)  # None without a budget
+            # to the hooks Tune runs (a resume's, unpickled from the first driver's tuner.pkl) and the driver's tracker
+            budget.give_clock(clock, ray_internals.run_config(tuner), parent.tracker)
+            with ray_internals.run_config_stopper_kept():  # a resume's stopper too: the one handed the clock
+                results = tuner.fit()
+            budget.record_driver(settings.path, t_fit, time.time() - t_fit)
+            wall = budget.search_wall_s(settings.path)
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             if ray_internals.experiment_state_saved(settings.path):
@@ -193,7 +198,7 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
                       f"with:\n    python tune/search.py --name {settings.name} --storage-path "
                       f"{settings.run.storage} --resume", file=sys.stderr, flush=True)
             raise
-        return finish(results, settings, space, parent, wall, dataset)
+        return finish(results, settings, space, parent, wall, dataset, clock)
     finally:
         ray.shutdown()
         if temp_dir is not None:
@@ -237,19 +242,6 @@ def finished_already(settings: SearchSettings) -> Optional[str]:
     return (f"search {settings.name!r} finished already (MLflow parent run {runs[0].info.run_id} is FINISHED"
             + ("; --retry-errored: no trial ended in ERROR" if settings.run.retry_errored else "")
             + "): nothing to resume, nothing changed. Start a new search with another --name.")
-
-
-def start_budget(settings: SearchSettings, spent_before: float) -> None:
-    """Start this driver's --time-budget clock (tune/budget.py) and say when the search stops and ends."""
-    clock = budget.start_clock(settings.time_budget_s, spent_before, settings.run.started)
-    if clock is None:
-        return
-    margin = budget.margin_s(clock.budget_s)
-    earlier = f"; {budget.clock_text(spent_before)} spent by earlier drivers" if spent_before else ""
-    print(f"time budget {budget.clock_text(clock.budget_s)}{earlier}: trials stop in "
-          f"{budget.clock_text(clock.left())}; selecting, testing and registering the best trial may take a margin of "
-          f"{budget.clock_text(margin)}, so the search ends within {budget.clock_text(clock.budget_s + margin)} "
-          "of its start", flush=True)
 
 
 def restore_saved_state(settings: SearchSettings) -> bool:
@@ -497,22 +489,23 @@ def _progress(settings: SearchSettings, space: SearchSpace, slots: int = 1) -> O
 
 
 def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: ParentRun, wall: float,
-           dataset: Any) -> int:
-    """Reconcile MLflow with Tune, print the outcome, attach artifacts and summary metrics -> exit code."""
+           dataset: Any, clock: Optional[budget.BudgetClock]) -> int:
+    """Reconcile MLflow with Tune, print the outcome, attach artifacts and summary metrics -> exit code.
+    clock: this driver's --time-budget clock (None without a budget)."""
     rows = trial_rows(results)
     trials = tune_trials(settings.path)
     parent.tracker.reconcile(trials)  # nothing stays RUNNING, whatever happened to the callbacks
     for row in rows:  # --time-budget: trials it stopped are a result, like finished ones (tune/budget.py)
-        if row["status"] == TrialStatus.STOPPED_EARLY and budget.stopped_by_budget(row["trial_id"]):
+        if row["status"] == TrialStatus.STOPPED_EARLY and budget.stopped_by_budget(clock, row["trial_id"]):
             row["status"] = TrialStatus.STOPPED_BY_BUDGET
+    ended_by_budget = budget.budget_ended(clock)
     if settings.optuna_storage:  # the study agrees with Tune: a trial asked before a kill and lost is FAIL there
-        report_study(settings, trials, rows)
+        report_study(settings, trials, rows, ended_by_budget)
     run_ids = {t.trial_id: parent.tracker.run_id(t, create=False) for t in trials}
     for row in rows:
         row["run_id"] = run_ids.get(row["trial_id"])
     done = [r for r in rows if r["status"] == TrialStatus.FINISHED]
     failed = [r for r in rows if r["status"] == TrialStatus.ERROR]
-    ended_by_budget = budget.budget_ended()
     counts = outcome_counts(rows, trials, settings.num_samples, ended_by_budget)
     until_budget = settings.num_samples == budget.UNTIL_BUDGET  # no count: the budget decided how many ran
     print(f"\n{len(rows) if until_budget else settings.num_samples} trial(s): "
@@ -528,9 +521,9 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     if unfinished or (short and not ended_by_budget):
         client.set_tag(run_id, UNFINISHED_TAG, "1")
         client.set_terminated(run_id, status="KILLED")
-        done_count = sum(counts.get(k, 0) for k in (*DONE_OUTCOMES, *BUDGET_OUTCOMES))
+        done_count = sum(counts.get(k, 0) for k in (*DONE_OUTCOMES, *budget.BUDGET_OUTCOMES))
         print(f"\nSearch {settings.name!r} is UNFINISHED ({done_count} of "
-              f"{planned_text(settings.num_samples)} done). Resume it with:\n"
+              f"{budget.planned_text(settings.num_samples)} done). Resume it with:\n"
               f"    python tune/search.py --name {settings.name} --storage-path {settings.run.storage} --resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -563,12 +556,14 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     return EXIT_OK
 
 
-def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[str, Any]]) -> None:
-    """Close the study's trials that Tune lost or the time budget stopped (tune/study.py); say where it is."""
+def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[str, Any]],
+                 ended_by_budget: bool = False) -> None:
+    """Close the study's trials that Tune lost or the time budget stopped (tune/study.py; ended_by_budget: the
+    --time-budget ended the search); say where it is."""
     from tune.trainable import OPTUNA_TRIAL_KEY
 
     numbers = [int(t.config[OPTUNA_TRIAL_KEY]) for t in trials if (t.config or {}).get(OPTUNA_TRIAL_KEY) is not None]
-    if budget.budget_ended():  # Tune stops these without telling the searcher: the study gets their last values
+    if ended_by_budget:  # Tune stops these without telling the searcher: the study gets their last values
         last = {r["optuna_trial"]: [r.get(o, (r["result"].metrics or {}).get(o)) for o in settings.objectives]
                 for r in rows if r.get("optuna_trial") is not None}  # val_mrr_sum: its best epoch's, as selected
         optuna_study.close_budget_stopped(settings.optuna_storage, settings.name, last)
@@ -649,12 +644,6 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
 
 
 DONE_OUTCOMES = ("finished", "stopped early by ASHA", "failed")  # what a resume does not run again
-BUDGET_OUTCOMES = ("stopped by the time budget", "not started (time budget)")  # done too, when --time-budget ended it
-
-
-def planned_text(num_samples: int) -> str:
-    """'8 trials', or 'trials until the time budget is spent' (UNTIL_BUDGET)."""
-    return "trials until the time budget is spent" if num_samples == budget.UNTIL_BUDGET else f"{num_samples} trials"
 
 
 def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
@@ -664,7 +653,7 @@ def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
     UNFINISHED line count alike. ended_by_budget: the --time-budget ended the search, so the trials it left
     unstarted (and those it stopped before their first result) are done too."""
     saved = {t.trial_id: t.status for t in trials}
-    counts = dict.fromkeys((*DONE_OUTCOMES, *(BUDGET_OUTCOMES if ended_by_budget else ()), "interrupted",
+    counts = dict.fromkeys((*DONE_OUTCOMES, *(budget.BUDGET_OUTCOMES if ended_by_budget else ()), "interrupted",
                             "not started"), 0)
     for row in rows:
         status = saved.get(row["trial_id"])

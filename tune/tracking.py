@@ -33,7 +33,7 @@ from typing import Any, Iterable, Optional
 
 from ray import tune
 
-from tune.budget import stopped_by_budget
+from tune.budget import NeedsClock, stopped_by_budget
 from tune.names import (
     BEST_EPOCH_TAG,
     ERROR_TAG,
@@ -199,8 +199,9 @@ def _timed(hook: Any) -> Any:
     return wrapper
 
 
-class MLflowTrialTracker(tune.Callback):
-    """Tune callback (driver side) keeping one MLflow child run per trial, found by tag."""
+class MLflowTrialTracker(NeedsClock, tune.Callback):
+    """Tune callback (driver side) keeping one MLflow child run per trial, found by tag. With a --time-budget, its
+    `clock` (tune/budget.py) tells the trials the budget stopped from those ASHA stopped."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, search: str,
                  space: Any, extra_tags: Optional[dict[str, str]] = None, role: str = ROLE_TRIAL) -> None:
@@ -357,7 +358,7 @@ class MLflowTrialTracker(tune.Callback):
         """Tags and description of a trial the scheduler (ASHA), or the search's --time-budget, stopped: FINISHED,
         but not trained to the end."""
         epoch = (trial.last_result or {}).get("epoch", "?")
-        if stopped_by_budget(trial.trial_id):  # not an early stop: the search's time was up (tune/budget.py)
+        if stopped_by_budget(self.clock, trial.trial_id):  # not an early stop: the search's time was up
             self.client.set_tag(run_id, STOPPED_BY_TAG, STOPPED_BY_TIME_BUDGET)
             if not (trial.last_result or {}).get("epoch"):
                 self.client.set_tag(run_id, NOTE_TAG, "Stopped by the search's --time-budget before its first "
@@ -410,7 +411,7 @@ class MLflowTrialTracker(tune.Callback):
                 # A trial whose final result arrived before the stop, but whose end Tune had not yet processed, did
                 # train to the end: FINISHED. (Tune's saved state still has it running, so a resume replays its final
                 # report from the final checkpoint, tune/trainable.py, without retraining; the run stays FINISHED.)
-                done = stopped_by_budget(trial.trial_id) or (trial.last_result or {}).get("final")
+                done = stopped_by_budget(self.clock, trial.trial_id) or (trial.last_result or {}).get("final")
                 want = "FINISHED" if done else "KILLED"
             if status == "RUNNING" or (want == "FAILED" and status != "FAILED"):
                 if want == "KILLED":
