@@ -210,7 +210,7 @@ def test_interrupted_search_summary_and_unfinished_line_count_alike():
     saved as RUNNING (or never saved) is interrupted, not 'stopped early' (the two lines used to disagree)."""
     from types import SimpleNamespace
 
-    from tune.driver import DONE_OUTCOMES, outcome_counts
+    from tune.finish import DONE_OUTCOMES, outcome_counts
     from tune.names import TrialStatus
 
     rows = [{"trial_id": t, "status": s} for t, s in (

@@ -74,7 +74,7 @@ def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback
 def test_outcome_counts_name_what_the_budget_stopped_or_left_unstarted():
     from types import SimpleNamespace
 
-    from tune.driver import outcome_counts
+    from tune.finish import outcome_counts
     from tune.names import TrialStatus
 
     rows = [{"trial_id": "a", "status": TrialStatus.FINISHED}, {"trial_id": "b", "status": TrialStatus.STOPPED_BY_BUDGET},

@@ -321,7 +321,7 @@ def test_after_random_kills_every_trial_finishes_and_is_counted_once(killed_and_
         assert run_.info.status == "FINISHED", plan
         steps = sorted(m.step for m in client.get_metric_history(run_.info.run_id, "val_mrr_sum"))
         assert steps == list(range(1, EPOCHS + 1)), f"each epoch logged once: {steps}\n{plan}"
-        # only the selected trial is tested (tune/driver.py), and its test metrics are logged once
+        # only the selected trial is tested (tune/finish.py), and its test metrics are logged once
         selected = run_.data.tags.get("dpgdiff.selected") == "1"
         assert len(client.get_metric_history(run_.info.run_id, "test_mrr_sum")) == int(selected), f"once\n{plan}"
         assert len(client.get_metric_history(run_.info.run_id, "best_epoch")) == 1, f"final metrics once\n{plan}"

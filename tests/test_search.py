@@ -363,7 +363,7 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
     import urllib.request
 
     from tests.test_search_helpers import free_port, kill_session, start_http_server
-    from tune.driver import search_filter
+    from tune.parent_run import search_filter
 
     tmp, result = search
     assert result.returncode == 0, _explain(result)
@@ -392,7 +392,7 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
         link = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
         assert link in result.stdout, result.stdout[-3000:]
         # the list link: MLflow 3's runs route (the only one whose query the UI honours), this search's filter
-        from tune.driver import runs_list_query
+        from tune.parent_run import runs_list_query
 
         assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?{runs_list_query(NAME)}" in result.stdout
         experiment = call("experiments/get", experiment_id=exp_id)["experiment"]

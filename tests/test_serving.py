@@ -190,7 +190,7 @@ def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
 
 def test_a_resumed_search_does_not_register_its_best_model_again(registry, capsys):
     """A driver killed after registering the model, before closing its parent run: the resumed search's end
-    adopts that version (tune/driver.py runs publish_best_model again), and logs no second model."""
+    adopts that version (tune/finish.py runs publish_best_model again), and logs no second model."""
     from tune.serving import publish_best_model, registered_from
 
     before = registered_from(registry["uri"], registry["parent"])

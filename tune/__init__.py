@@ -7,8 +7,11 @@ parses the flags into a `SearchSettings` and calls `run_search`.
 from the resume file saved beside Tune's state, and the `RunOptions` of this one invocation.
 
 `tune/driver.py` owns running a search: `run_search(settings, train_fn=...)` loads the data, starts
-or joins Ray, checks resources, opens the MLflow parent run, builds or restores the Tuner, fits it
-and reports the outcome.
+or joins Ray and checks that a trial fits on a node (`tune/ray_start.py`), opens the MLflow parent run
+(`tune/parent_run.py`, which also makes the `mlflow ui` links), builds or restores the Tuner
+(`tune/tuner.py`: the searcher, the scheduler, the callbacks and the trial table), fits it, and ends
+the search (`tune/finish.py`: the trials counted by outcome, the selected trial tested, the parent
+run's artifacts, summary metrics and tags, the exit code).
 
 `tune/progress.py` owns what the user sees while a search runs: the trial table with the elapsed time and
 an estimate of the time left.

@@ -141,7 +141,7 @@ def give_clock(clock: Optional[BudgetClock], run_config: Any, *more: Any) -> Non
 class BudgetStopper(NeedsClock, tune.Stopper):
     """Stops the whole experiment once BudgetCallback has found the budget spent (no clock: never). Tune then
     starts no new trial and stops the live ones at once (TERMINATED, their checkpoints kept), without its
-    per-trial completion hooks: tune/tracking.py and tune/driver.py record them as stopped by the budget."""
+    per-trial completion hooks: tune/tracking.py and tune/finish.py record them as stopped by the budget."""
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False  # no single trial is stopped for its own sake; stop_all ends them together

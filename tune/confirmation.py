@@ -28,7 +28,6 @@ import dpgdiff
 from dpgdiff.config import Config, parse_assignment
 from dpgdiff.training.loop import RANKS_FILE
 from tune import tracking
-from tune.driver import check_resources, restore_saved_state, start_ray
 from tune.names import (
     BEST_RUN_TAG,
     CONFIRMATION_SEED_TAG,
@@ -47,9 +46,11 @@ from tune.names import (
     VARIANT_TAG,
 )
 from tune.progress import ProgressReporter
+from tune.ray_start import check_resources, start_ray
 from tune.settings import RunOptions, SearchError, SearchSettings
 from tune.storage import write_text
 from tune.trainable import FINAL_MARKER, TrialSpec, run_trial
+from tune.tuner import restore_saved_state
 
 CONFIRM_STATE = "dpgdiff_confirm.json"  # beside Tune's experiment state: the jobs, for --resume
 BEST = "best"  # the variant that is the best configuration itself

@@ -60,7 +60,7 @@ def trial_rows(results: Any) -> list[dict[str, Any]]:
         if final is not None and len(final):
             last = final.iloc[-1]
             test = {k: float(v) for k, v in last.items() if str(k).startswith("test_") and v == v}
-            if test:  # a search's trials are not tested: only the trial it selects (tune/driver.py)
+            if test:  # a search's trials are not tested: only the trial it selects (tune/finish.py)
                 row["test"] = test
             if "infer_ms" in last and last["infer_ms"] == last["infer_ms"]:
                 row["infer_ms"] = float(last["infer_ms"])

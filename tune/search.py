@@ -124,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: Optional[Callable[..., 
     """Parse the command line, run (or resume) the search -> exit code. train_fn: see `run_search`."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # tune's CLIReporter trial table
     # Tune's default loggers include TensorBoard (about 0.1 s per trial); the CSV and JSON ones
-    # (what ResultGrid reads) are added back explicitly in tune.driver.build_tuner.
+    # (what ResultGrid reads) are added back explicitly in tune.tuner.build_tuner.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # A checkpoint every epoch with num_to_keep=2 forces frequent experiment snapshots (what keeps a
     # resume consistent); Tune warns about that on short epochs, which is noise here.

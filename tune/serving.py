@@ -277,7 +277,7 @@ def registered_from(tracking_uri: str, run_id: str) -> list[str]:
 def publish_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, dataset: Any,
                        metric_value: Optional[float], *, metric: str = DEFAULT_METRIC,
                        search: Optional[str] = None) -> Optional[LoggedModel]:
-    """The end of a search (tune/driver.py): log + register the best trial's checkpoint folder (once per parent
+    """The end of a search (tune/finish.py): log + register the best trial's checkpoint folder (once per parent
     run: a resumed search adopts what a killed driver registered) and say what happened, with the commands to
     use it and which alias they serve. A failure here is reported, not raised: the search's results are already
     stored, and the model can be logged again by calling log_best_model."""

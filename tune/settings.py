@@ -209,7 +209,7 @@ def _saved_settings(name: str, run: RunOptions, args: argparse.Namespace) -> Opt
             raise SearchError(f"{path} holds a Tune experiment but no {STATE_FILE}: not a tune/search.py search")
         return None
     # With the settings saved but no Tune state (a driver killed in its first seconds), the search is resumed
-    # all the same: tune.driver.build_tuner then starts its trials anew under the same name, and says so.
+    # all the same: tune.tuner.build_tuner then starts its trials anew under the same name, and says so.
     settings = SearchSettings.from_saved(json.loads(text), dataclasses.replace(run, resuming=True),
                                          f"{path}/{STATE_FILE}")
     if args.tracking_uri:

@@ -395,7 +395,7 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
 
     def reconcile(self, trials: Iterable[Any], ended_by_hooks: bool = False) -> None:
         """Make every child run's status match its trial's; runs of unfinished trials become KILLED, runs of
-        trials Tune lost are closed (`close_lost_runs`). trials: Tune's saved state (tune/driver.py), or, with
+        trials Tune lost are closed (`close_lost_runs`). trials: Tune's saved state (tune/finish.py), or, with
         `ended_by_hooks`, Tune's in-memory trials at the end of the experiment: then a trial whose end no hook
         reported this session was stopped by the search stopping, whatever its in-memory status says."""
         trials = list(trials)
