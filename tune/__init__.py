@@ -20,7 +20,8 @@ an estimate of the time left.
 dataset once per process and calls the train function with a reporter that forwards to Tune.
 
 `tune/space.py` owns search spaces: the YAML schema, its validation against `Config`, and Optuna's
-define-by-run function.
+define-by-run function; `tune/space_choice.py` picks the space a search uses without `--space` and
+sizes a dataset-agnostic one from the dataset card.
 
 `tune/tracking.py` owns MLflow: one parent run per search, one child run per trial found by tag, so
 that a resumed search never duplicates runs.

@@ -28,7 +28,8 @@ from urllib.parse import urlparse
 from dpgdiff.config import parse_assignment
 from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
 from tune import study as optuna_study
-from tune.space import SearchSpace, card_sizing, default_space, load_space, space_from_text
+from tune.space import SearchSpace, load_space, space_from_text
+from tune.space_choice import card_sizing, default_space
 from tune.storage import read_text
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: git commit and display paths
@@ -91,7 +92,8 @@ class SearchSettings:
     fingerprint: Optional[str] = None  # the dataset's, once the driver has loaded it
     # What Optuna optimises (tune.results.OBJECTIVES): val_mrr_sum alone, or val_mrr_sum,infer_ms (FIFO then)
     objectives: tuple[str, ...] = ("val_mrr_sum",)
-    # The space is a dataset-agnostic default: the driver fixes what the dataset card decides (tune.space.card_sizing)
+    # The space is a dataset-agnostic default: the driver fixes what the dataset card decides
+    # (tune.space_choice.card_sizing)
     size_from_card: bool = False
     # The Optuna study's RDB (tune/study.py; the study is named as the search); None = in Ray's searcher pickle only
     # (searches saved before it existed)
@@ -143,7 +145,7 @@ class SearchSettings:
         return new
 
     def sized_from_card(self, card: Any) -> "SearchSettings":
-        """A new search on a dataset-agnostic space: the card's sizes (tune.space.card_sizing) added to `fixed`,
+        """A new search on a dataset-agnostic space: the card's sizes (tune.space_choice.card_sizing) added to `fixed`,
         except where the space or the command line sets the field already; prints what and why."""
         if not self.size_from_card or self.run.resuming:  # a resume has them in its saved `fixed`
             return self
