@@ -7,7 +7,7 @@ It builds a small MLflow store the way a search does (tune/tracking.py's tracker
 run per trial, with validation metrics), plus a second search whose runs must NOT show, starts
 `mlflow server` on 127.0.0.1 (a free port), and loads in headless Chromium:
 
-  1. the "its trials (a list)" link (`tune.driver.ui_links`): the rendered page (`--dump-dom`) must name every
+  1. the "its trials (a list)" link (`tune.parent_run.ui_links`): the rendered page (`--dump-dom`) must name every
      trial run of the search and its parent, and none of the other search's runs; a screenshot is saved;
   2. the same query under the experiment's own route (`#/experiments/<id>?...`, the links before issue 25),
      for comparison: MLflow 3.17 ignores that route's query;
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="ui-links-"))
     out.mkdir(parents=True, exist_ok=True)
     from tune.console import quiet_known_noise
-    from tune.driver import runs_list_query, ui_links
+    from tune.parent_run import runs_list_query, ui_links
 
     quiet_known_noise()
 

@@ -210,11 +210,12 @@ def test_interrupted_search_summary_and_unfinished_line_count_alike():
     saved as RUNNING (or never saved) is interrupted, not 'stopped early' (the two lines used to disagree)."""
     from types import SimpleNamespace
 
-    from tune.driver import DONE_OUTCOMES, outcome_counts
+    from tune.finish import DONE_OUTCOMES, outcome_counts
+    from tune.names import TrialStatus
 
-    rows = [{"trial_id": "a", "status": "STOPPED"}, {"trial_id": "b", "status": "STOPPED"},
-            {"trial_id": "c", "status": "ERROR"}, {"trial_id": "d", "status": "FINISHED"},
-            {"trial_id": "e", "status": "STOPPED"}, {"trial_id": "f", "status": "NOT RUN"}]
+    rows = [{"trial_id": t, "status": s} for t, s in (
+        ("a", TrialStatus.STOPPED_EARLY), ("b", TrialStatus.STOPPED_EARLY), ("c", TrialStatus.ERROR),
+        ("d", TrialStatus.FINISHED), ("e", TrialStatus.STOPPED_EARLY), ("f", TrialStatus.NOT_RUN))]
     saved = [SimpleNamespace(trial_id=t, status=s) for t, s in
              (("a", "TERMINATED"), ("b", "RUNNING"), ("c", "ERROR"), ("d", "TERMINATED"), ("f", "PENDING"))]
     counts = outcome_counts(rows, saved, planned=8)

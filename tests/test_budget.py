@@ -40,33 +40,45 @@ def test_margin_and_what_fits():
     assert "52 epoch(s) in all (2 trial(s) at once): about 17 trial(s) to all 3 epochs" in text
 
 
-def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback():
+def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback(capsys):
+    import pickle
+    from types import SimpleNamespace
+
     clock = budget.start_clock(100.0, spent_before=40.0, started=time.time() - 50.0)
-    try:
-        assert 9 < clock.left() < 11 and not clock.expired() and "time budget: 0:00:1" in budget.progress_note()
-        stopper, callback = budget.BudgetStopper(), budget.BudgetCallback(epochs=3, num_samples=4, concurrency=1)
-        clock.started -= 20  # spent
-        assert clock.expired() and not stopper.stop_all(), "the callback decides, with the live trials in hand"
+    assert "time budget 0:01:40; 0:00:40 spent by earlier drivers: trials stop in 0:00:1" in capsys.readouterr().out
+    assert 9 < clock.left() < 11 and not clock.expired() and "time budget: 0:00:1" in budget.progress_note(clock)
+    stopper, callback = budget.BudgetStopper(), budget.BudgetCallback(epochs=3, num_samples=4, concurrency=1)
+    other = SimpleNamespace()  # a hook that reads no clock (e.g. Tune's CSV logger) is left alone
+    budget.give_clock(clock, SimpleNamespace(callbacks=[callback, other], stop=stopper, progress_reporter=None))
+    assert stopper.clock is clock and callback.clock is clock and not hasattr(other, "clock")
+    clock.started -= 20  # spent
+    assert clock.expired() and not stopper.stop_all(), "the callback decides, with the live trials in hand"
 
-        class T:
-            def __init__(self, tid, status):
-                self.trial_id, self.status = tid, status
+    class T:
+        def __init__(self, tid, status):
+            self.trial_id, self.status = tid, status
 
-        callback.on_step_begin(0, [T("a", "RUNNING"), T("b", "TERMINATED"), T("c", "PENDING")])
-        assert stopper.stop_all() and budget.budget_ended()
-        assert budget.stopped_by_budget("a") and budget.stopped_by_budget("c") and not budget.stopped_by_budget("b")
-    finally:
-        budget.start_clock(None, 0.0, 0.0)
-    assert not budget.stopped_by_budget("a") and budget.progress_note() == ""
+    callback.on_step_begin(0, [T("a", "RUNNING"), T("b", "TERMINATED"), T("c", "PENDING")])
+    assert stopper.stop_all() and budget.budget_ended(clock)
+    assert "spent: no new trial starts; stopping 2 live trial(s)" in capsys.readouterr().out
+    assert budget.stopped_by_budget(clock, "a") and budget.stopped_by_budget(clock, "c")
+    assert not budget.stopped_by_budget(clock, "b")
+    # the clock is this driver's: a hook pickled into tuner.pkl and unpickled by a resume comes back without it
+    for hook in (stopper, callback):
+        assert pickle.loads(pickle.dumps(hook)).clock is None
+    assert not pickle.loads(pickle.dumps(stopper)).stop_all()
+    assert budget.start_clock(None, 0.0, 0.0) is None and not capsys.readouterr().out
+    assert not budget.stopped_by_budget(None, "a") and budget.progress_note(None) == ""
 
 
 def test_outcome_counts_name_what_the_budget_stopped_or_left_unstarted():
     from types import SimpleNamespace
 
-    from tune.driver import BUDGET_STOPPED, outcome_counts
+    from tune.finish import outcome_counts
+    from tune.names import TrialStatus
 
-    rows = [{"trial_id": "a", "status": "FINISHED"}, {"trial_id": "b", "status": BUDGET_STOPPED},
-            {"trial_id": "c", "status": "NOT RUN"}]
+    rows = [{"trial_id": "a", "status": TrialStatus.FINISHED}, {"trial_id": "b", "status": TrialStatus.STOPPED_BY_BUDGET},
+            {"trial_id": "c", "status": TrialStatus.NOT_RUN}]
     saved = [SimpleNamespace(trial_id=t, status="TERMINATED") for t in "abc"]
     assert outcome_counts(rows, saved, planned=5, ended_by_budget=True) == {
         "finished": 1, "stopped early by ASHA": 0, "failed": 0, "stopped by the time budget": 1,
@@ -140,7 +152,7 @@ def test_a_budget_only_search_runs_trials_until_it_is_spent_and_a_resume_continu
     import signal
 
     from tests.test_search_helpers import run, trial_results
-    from tune.settings import read_drivers
+    from tune.budget import read_drivers
 
     name, budget_s = "until-spent", 60
     args = search_args(tmp_path, name, "--epochs", "1", "--max-concurrent", "1", "--scheduler", "fifo",

@@ -68,7 +68,7 @@ class _FakeRay:
 def test_resources_the_cluster_lacks_are_an_error_before_trials(cpu, gpu, ok, capsys):
     from types import SimpleNamespace
 
-    from tune.driver import check_resources as _check_resources
+    from tune.ray_start import check_resources as _check_resources
     from tune.settings import SearchError
 
     state = SimpleNamespace(cpus_per_trial=cpu, gpus_per_trial=gpu)  # the SearchSettings fields it reads

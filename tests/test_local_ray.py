@@ -305,7 +305,7 @@ def test_after_random_kills_every_trial_finishes_and_is_counted_once(killed_and_
     assert not [c for c in children if c.info.status == "RUNNING"], plan
     trial_runs = [c for c in children if c.data.tags[tracking.ROLE_TAG] == "trial"]
     assert sorted(c.data.tags[tracking.TRIAL_TAG] for c in trial_runs) == sorted(t.trial_id for t in trials), plan
-    lost = [c for c in children if c.data.tags[tracking.ROLE_TAG] == tracking.LOST_ROLE]
+    lost = [c for c in children if c.data.tags[tracking.ROLE_TAG] == tracking.ROLE_LOST]
     assert len(children) == len(trial_runs) + len(lost), plan
     by_id = {c.info.run_id: c for c in trial_runs}
     for run_ in lost:
@@ -321,7 +321,7 @@ def test_after_random_kills_every_trial_finishes_and_is_counted_once(killed_and_
         assert run_.info.status == "FINISHED", plan
         steps = sorted(m.step for m in client.get_metric_history(run_.info.run_id, "val_mrr_sum"))
         assert steps == list(range(1, EPOCHS + 1)), f"each epoch logged once: {steps}\n{plan}"
-        # only the selected trial is tested (tune/driver.py), and its test metrics are logged once
+        # only the selected trial is tested (tune/finish.py), and its test metrics are logged once
         selected = run_.data.tags.get("dpgdiff.selected") == "1"
         assert len(client.get_metric_history(run_.info.run_id, "test_mrr_sum")) == int(selected), f"once\n{plan}"
         assert len(client.get_metric_history(run_.info.run_id, "best_epoch")) == 1, f"final metrics once\n{plan}"

@@ -33,7 +33,8 @@ def test_a_lost_trials_run_is_closed_and_points_at_its_replacement(store):  # no
 
     trial_runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(client, exp, parent)}
     assert sorted(trial_runs) == ["again", "kept"], "one trial run per trial Tune holds"
-    lost_runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(client, exp, parent, tracking.LOST_ROLE)}
+    lost_runs = {r.data.tags[tracking.TRIAL_TAG]: r
+                 for r in tracking.child_runs(client, exp, parent, tracking.ROLE_LOST)}
     assert sorted(lost_runs) == ["gone", "lost"]
     assert all(r.info.status == "KILLED" for r in lost_runs.values()), "no run stays RUNNING"
     assert lost_runs["lost"].data.tags[tracking.REPLACED_BY_TAG] == trial_runs["again"].info.run_id

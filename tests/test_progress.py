@@ -206,7 +206,7 @@ def test_the_best_trial_line_survives_a_parameter_column_the_best_trial_lacks(mo
     reporter = ProgressReporter(max_epochs=3, num_samples=4, metric="val_mrr_sum", mode="max",
                                 metric_columns={"val_mrr_sum": "val MRR sum"},
                                 parameter_columns={"model.dim": "dim", "warm_start": "warm start"},
-                                max_column_length=40)  # as tune/driver.py builds it
+                                max_column_length=40)  # as tune/tuner.py builds it
     warm_config = {"model.dim": 16, "warm_start": "configs/food_kitchen-cpu/dpgdiff.yaml"}
     warm = _trial("w", "RUNNING", epoch=1, val_mrr_sum=0.10, timestamp=2001, config=warm_config)
     warm.config = warm_config

@@ -13,7 +13,7 @@ import pytest
 from dpgdiff.evaluation import EvalResult, metrics_from_ranks
 from dpgdiff.significance import paired_test
 from tune import report, tracking
-from tune.confirmation import ROLE, SEED_TAG, VARIANT_TAG
+from tune.names import CONFIRMATION_SEED_TAG, ROLE_CONFIRMATION, VARIANT_TAG
 
 N_CASES = 400
 
@@ -29,8 +29,9 @@ def _ranks(rng: np.random.Generator, shift: float) -> dict[str, np.ndarray]:
 def _log_run(client, exp_id: str, parent_id: str, model: str, variant: str, seed: int, ranks: dict, tmp) -> str:
     from mlflow.entities import Metric
 
-    run = client.create_run(exp_id, tags={tracking.PARENT_TAG: parent_id, tracking.ROLE_TAG: ROLE,
-                                          tracking.MODEL_TAG: model, VARIANT_TAG: variant, SEED_TAG: str(seed)})
+    run = client.create_run(exp_id, tags={tracking.PARENT_TAG: parent_id, tracking.ROLE_TAG: ROLE_CONFIRMATION,
+                                          tracking.MODEL_TAG: model, VARIANT_TAG: variant,
+                                          CONFIRMATION_SEED_TAG: str(seed)})
     result = EvalResult(per_domain={}, mrr_sum=0.0, n_cases={}, n_candidates=0, n_items={},
                         ranks={d: ranks[d] for d in ("x", "y")}, full_ranks={d: ranks[f"full_{d}"] for d in ("x", "y")})
     path = tmp / run.info.run_id / "test_ranks.npz"
@@ -65,8 +66,9 @@ def store(mlflow_store, tmp_path):
         ranks[("a", "-G", seed)] = _ranks(rng, 3.0)
         _log_run(client, exp_id, parents["a"], "dpgdiff", "-G", seed, ranks[("a", "-G", seed)], tmp_path)
     # an unfinished run and a search trial are not confirmation results
-    stray = client.create_run(exp_id, tags={tracking.PARENT_TAG: parents["a"], tracking.ROLE_TAG: ROLE,
-                                            tracking.MODEL_TAG: "dpgdiff", VARIANT_TAG: "best", SEED_TAG: "9"})
+    stray = client.create_run(exp_id, tags={tracking.PARENT_TAG: parents["a"], tracking.ROLE_TAG: ROLE_CONFIRMATION,
+                                            tracking.MODEL_TAG: "dpgdiff", VARIANT_TAG: "best",
+                                            CONFIRMATION_SEED_TAG: "9"})
     assert stray.info.status == "RUNNING"
     return client, exp_id, [client.get_run(parents[s]) for s in "abc"], ranks
 

@@ -159,7 +159,7 @@ def test_ctrl_c_then_resume(tmp_path):
     assert f"trials: {N_TRIALS} FINISHED\n" in report.stdout, report.stdout[:3000]
     assert (tmp_path / "mlruns" / "reports" / f"{NAME}-table1.md").is_file() and not list(elsewhere.iterdir())
     # issue 27 §2: search_wall_s is the sum over both drivers, not the last one's time
-    from tune.settings import read_drivers
+    from tune.budget import read_drivers
 
     drivers = read_drivers(str(tmp_path / "ray_results" / NAME))
     assert len(drivers) == 2 and all(d["wall_s"] > 0 for d in drivers), drivers

@@ -179,7 +179,7 @@ def test_search_registers_the_best_model_as_dpgdiff_dataset_at_its_search_alias(
     import mlflow
     import pandas as pd
 
-    from tune.serving import PROTOCOL_TAG, STANDARD_TAG
+    from tune.names import PROTOCOL_TAG, STANDARD_TAG
 
     parent, _ = mlflow_runs(tmp, NAME)
     client = mlflow.MlflowClient(tracking_uri(tmp))
@@ -220,7 +220,7 @@ def test_resuming_a_finished_search_changes_nothing(search):
     assert {k: len(client.get_metric_history(parent.info.run_id, k)) for k in after.data.metrics} == history
     assert sorted(c.info.run_id for c in children_after) == sorted(c.info.run_id for c in children)
     assert [c.info.status for c in children_after] == [c.info.status for c in children]
-    from tune.settings import read_drivers
+    from tune.budget import read_drivers
 
     drivers = read_drivers(str(tmp / "ray_results" / NAME))
     assert len(drivers) == 1 and parent.data.metrics["search_wall_s"] == pytest.approx(drivers[0]["wall_s"])
@@ -363,7 +363,7 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
     import urllib.request
 
     from tests.test_search_helpers import free_port, kill_session, start_http_server
-    from tune.driver import search_filter
+    from tune.parent_run import search_filter
 
     tmp, result = search
     assert result.returncode == 0, _explain(result)
@@ -392,7 +392,7 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
         link = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
         assert link in result.stdout, result.stdout[-3000:]
         # the list link: MLflow 3's runs route (the only one whose query the UI honours), this search's filter
-        from tune.driver import runs_list_query
+        from tune.parent_run import runs_list_query
 
         assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?{runs_list_query(NAME)}" in result.stdout
         experiment = call("experiments/get", experiment_id=exp_id)["experiment"]

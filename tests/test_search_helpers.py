@@ -144,13 +144,13 @@ def assert_study_agrees_with_mlflow(tmp: Path, search: str) -> set[int]:
 
     import optuna
 
-    from tune.study import LOST_ATTR
+    from tune.names import LOST_TAG
 
     study = optuna.load_study(study_name=search, storage=f"sqlite:///{tmp / 'mlruns' / 'optuna.db'}")
     _, children = mlflow_runs(tmp, search)
     runs = {int(c.data.tags["dpgdiff.optuna_trial"]): c for c in children}
     trials = {t.number: t for t in study.get_trials()}
-    lost = {n for n, t in trials.items() if LOST_ATTR in t.user_attrs}
+    lost = {n for n, t in trials.items() if LOST_TAG in t.user_attrs}
     assert all(trials[n].state == optuna.trial.TrialState.FAIL for n in lost)
     # a trial --time-budget stopped before it reported: PRUNED, and no run if it never started
     lost |= {n for n, t in trials.items() if n not in runs and t.state == optuna.trial.TrialState.PRUNED

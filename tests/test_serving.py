@@ -18,7 +18,8 @@ from dpgdiff.config import Config  # noqa: E402
 from dpgdiff import train  # noqa: E402
 from tests.test_search_helpers import free_port, kill_session, start_http_server, tracking_uri  # noqa: E402
 from tune import tracking  # noqa: E402
-from tune.serving import BEST_ALIAS, VALUE_TAG, log_best_model, registered_name  # noqa: E402
+from tune.names import VALUE_TAG  # noqa: E402
+from tune.serving import BEST_ALIAS, log_best_model, registered_name  # noqa: E402
 
 TINY = ["model.dim=16", "model.n_c_layers=1", "train.epochs=1", "train.mode=last", "train.batch_size=256",
         "train.num_threads=1", "train.device=cpu", "diffusion.sampler=ddim", "diffusion.infer_steps=2",
@@ -120,7 +121,8 @@ def test_best_stays_on_the_standard_protocol_model_whatever_the_order(order, reg
     """Issue 27 §1: a smoke search (99 negatives, a higher val_mrr_sum) and a default search (999 negatives) into
     one store, in either order: @best holds the default search's model; each search's alias holds its own model,
     every version is tagged with its protocol, and each search prints which alias its serve command uses."""
-    from tune.serving import PROTOCOL_TAG, SPLIT_TAG, STANDARD_PROTOCOL, STANDARD_TAG, publish_best_model
+    from tune.names import PROTOCOL_TAG, SPLIT_TAG, STANDARD_TAG
+    from tune.serving import STANDARD_PROTOCOL, publish_best_model
 
     client = tracking.client_for(mlflow_store)
     exp = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(mlflow_store))
@@ -188,7 +190,7 @@ def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
 
 def test_a_resumed_search_does_not_register_its_best_model_again(registry, capsys):
     """A driver killed after registering the model, before closing its parent run: the resumed search's end
-    adopts that version (tune/driver.py runs publish_best_model again), and logs no second model."""
+    adopts that version (tune/finish.py runs publish_best_model again), and logs no second model."""
     from tune.serving import publish_best_model, registered_from
 
     before = registered_from(registry["uri"], registry["parent"])
@@ -234,7 +236,8 @@ def test_a_driver_killed_during_registration_leaves_one_model_and_version_once_r
 
     from tests.conftest import SYNTHETIC_TEST_OPTIONS
     from tests.test_search_helpers import env
-    from tune.serving import SOURCE_RUN_TAG, publish_best_model, registered_from
+    from tune.names import SOURCE_RUN_TAG
+    from tune.serving import publish_best_model, registered_from
 
     parent = _new_parent(registry)
     script = KILLED_PUBLISH.replace("{options}", repr(SYNTHETIC_TEST_OPTIONS))

@@ -163,6 +163,27 @@ def test_asha_cuts_at_lower_rungs_but_never_at_the_last_epoch():
     assert sched._num_stopped == 1
 
 
+def test_a_resumed_tune_controller_keeps_the_stopper_it_was_built_with(monkeypatch):
+    """TuneController.resume restores `_stopper` from the saved experiment state; within run_config_stopper_kept the
+    controller keeps the RunConfig's stopper (the one tune/budget.py hands this driver's clock), and only there."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    from tune import ray_internals
+
+    monkeypatch.setattr(TuneController, "_create_checkpoint_manager", lambda self: None)  # no storage here
+
+    def resumed() -> TuneController:
+        controller = TuneController.__new__(TuneController)
+        controller._stopper = "built with"
+        controller.__setstate__({"_session_str": "s", "_start_time": 0.0, "_stopper": "saved", "_iteration": 7})
+        assert controller._iteration == 7  # the rest of the saved state is restored as before
+        return controller
+
+    with ray_internals.run_config_stopper_kept():
+        assert resumed()._stopper == "built with"
+    assert resumed()._stopper == "saved", "Tune's own __setstate__ again outside it"
+
+
 def test_saving_a_failed_trials_state_fails_loudly_when_ray_changes():
     from types import SimpleNamespace
 

@@ -125,7 +125,7 @@ def test_define_by_run_conditionals_fixed_and_resolve():
 
 
 def test_cpu_space_searches_the_diffusion_knobs_and_is_the_no_gpu_default():
-    from tune.space import default_space
+    from tune.space_choice import default_space
 
     space = load_space(SPACES / "food_kitchen-cpu.yaml")
     for key in ("diffusion.steps", "diffusion.schedule", "diffusion.infer_steps", "model.x0_norm",
@@ -158,7 +158,7 @@ def test_every_dpgdiff_cpu_space_searches_the_issue_23_levers_with_the_wide_lr(n
 def test_a_log_or_unknown_dataset_gets_the_dataset_agnostic_space_and_no_gpu_never_a_gpu_space(tmp_path):
     """A CSV log (whatever its name), a C2DSR folder or an unknown name: default-cpu.yaml / default-gpu.yaml, sized
     from the card; without a GPU, no dataset name whatever gets a space whose `hardware:` is gpu."""
-    from tune.space import default_space, space_hardware
+    from tune.space_choice import default_space, space_hardware
 
     for dataset in ("my_log.csv", "logs/food_kitchen.csv", "x.parquet", str(tmp_path), "no_such_pair"):
         for gpu in (False, True):
@@ -191,7 +191,7 @@ def test_hardware_must_be_cpu_or_gpu():
 def test_card_sizing_follows_examples_per_epoch_and_items():
     from types import SimpleNamespace
 
-    from tune.space import card_sizing
+    from tune.space_choice import card_sizing
 
     small = SimpleNamespace(train_examples_prefix=90_000, train_examples_last=16_000, items_x=600, items_y=5000,
                             max_len=15)

@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from tune import study as optuna_study
+from tune.names import LOST_TAG
 
 
 def test_default_storage_sits_beside_a_local_mlflow_store_and_urls_are_checked(tmp_path, monkeypatch):
@@ -42,7 +43,7 @@ def test_running_trials_tune_does_not_hold_are_closed_as_lost(tmp_path):
     study.tell(done, 0.5)
     assert optuna_study.close_lost_trials(url, "s", known_numbers=[kept.number, done.number]) == [lost.number]
     trials = {t.number: t for t in optuna_study.load(url, "s").get_trials()}
-    assert trials[lost.number].state == optuna.trial.TrialState.FAIL and optuna_study.LOST_ATTR in \
+    assert trials[lost.number].state == optuna.trial.TrialState.FAIL and LOST_TAG in \
         trials[lost.number].user_attrs
     assert trials[kept.number].state == optuna.trial.TrialState.RUNNING
     assert trials[done.number].state == optuna.trial.TrialState.COMPLETE

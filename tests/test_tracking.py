@@ -217,7 +217,7 @@ def test_printed_links_use_mlflow_3s_runs_route_and_the_experiment_is_model_trai
     `#/experiments/<id>/runs?...` it lists the search's runs flat, sorted as asked."""
     from urllib.parse import parse_qs, urlsplit
 
-    from tune.driver import search_filter, ui_links
+    from tune.parent_run import search_filter, ui_links
 
     uri, client, exp, parent = store
     assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -88,7 +88,7 @@ def test_a_restored_searcher_runs_the_warm_starts_once(tmp_path):
 
     import optuna
 
-    from tune.driver import _searcher
+    from tune.tuner import _searcher
     from tune.trainable import OPTUNA_TRIAL_KEY, WARM_START_KEY
 
     space = load_space(REPO / "search_spaces" / "smoke.yaml")

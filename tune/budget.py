@@ -3,8 +3,8 @@
     python tune/search.py --dataset food_kitchen --time-budget 45m
 
 The budget counts this driver's time from the start of its command (RunOptions.started) plus the time every
-earlier driver of the search spent in Tune (a resumed search continues the count: tune/settings.py's
-DRIVERS_FILE records each driver's time; an earlier driver's start-up, before Tune, is not in it).
+earlier driver of the search spent in Tune (a resumed search continues the count: `record_driver` keeps each
+driver's time in DRIVERS_FILE beside Tune's state; an earlier driver's start-up, before Tune, is not in it).
 When it is spent, `BudgetStopper` has Tune stop: no new trial starts, and the trials still running stop
 with their checkpoints (the best two by validation, tune.CheckpointConfig), so that they can be selected
 like any finished trial. They are TERMINATED in Tune, FINISHED in MLflow with the tag
@@ -18,20 +18,32 @@ until the budget is spent, and the budget ending it is its normal, complete end.
 Once the first epoch has been timed, `BudgetCallback` prints how many trials of how many epochs fit in
 what is left, and the progress line (tune/progress.py) shows the budget left.
 
-The stopper is pickled into Tune's tuner.pkl and unpickled by a resume, so it keeps no clock of its own:
-it asks this process's `BudgetClock` (set by the driver with `start_clock`).
+Each driver makes its own `BudgetClock` (`start_clock`) and hands it to what reads it: the stopper and the
+callback, the MLflow tracker (tune/tracking.py), the trial table (tune/progress.py) and the search's end
+(tune/finish.py). Those Tune hooks are `NeedsClock`: Tune pickles them into tuner.pkl and a resume unpickles
+them from there, so the clock, which is this driver's (its start, what earlier drivers spent), is never pickled
+with them, and `give_clock` hands the restored hooks the clock of the driver that resumes (Tune also saves the
+stopper with its experiment state: tune/ray_internals.py's `run_config_stopper_kept` has a resumed search stop by
+the one handed the clock). Trials never see it: the budget stops them from the driver.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Iterable, Optional
 
 from ray import tune
 
+from tune.names import TUNE_ENDED
+from tune.storage import read_text, write_text
+
 UNTIL_BUDGET = -1  # num_samples of a search with --time-budget and no --num-samples: trials start until it is spent
-STOPPED_BY = "time_budget"  # the value of tune/tracking.py's dpgdiff.stopped_by on a trial the budget stopped
+DRIVERS_FILE = "dpgdiff_drivers.json"  # beside Tune's state: when each driver of the search ran Tune, and for how long
+# What a budgeted search ends with besides tune/finish.py's DONE_OUTCOMES; done too, when the budget ended the search
+BUDGET_OUTCOMES = ("stopped by the time budget", "not started (time budget)")
 
 
 def margin_s(budget_s: float) -> float:
@@ -46,6 +58,11 @@ def clock_text(seconds: float) -> str:
     minutes, sec = divmod(int(round(max(0.0, seconds))), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{sec:02d}"
+
+
+def planned_text(num_samples: int) -> str:
+    """'8 trials', or 'trials until the time budget is spent' (UNTIL_BUDGET)."""
+    return "trials until the time budget is spent" if num_samples == UNTIL_BUDGET else f"{num_samples} trials"
 
 
 @dataclass
@@ -69,53 +86,71 @@ class BudgetClock:
         return self.left(now) <= 0
 
 
-_CLOCK: Optional[BudgetClock] = None  # this process's search (one search per driver process)
-
-
 def start_clock(budget_s: Optional[float], spent_before: float, started: float) -> Optional[BudgetClock]:
-    """Set (or, without a budget, clear) this process's budget clock -> it."""
-    global _CLOCK
-    _CLOCK = BudgetClock(budget_s, spent_before, started) if budget_s else None
-    return _CLOCK
+    """This driver's clock (None without a budget); says when the trials stop and when the search ends."""
+    if not budget_s:
+        return None
+    clock = BudgetClock(budget_s, spent_before, started)
+    margin = margin_s(budget_s)
+    earlier = f"; {clock_text(spent_before)} spent by earlier drivers" if spent_before else ""
+    print(f"time budget {clock_text(budget_s)}{earlier}: trials stop in {clock_text(clock.left())}; selecting, "
+          f"testing and registering the best trial may take a margin of {clock_text(margin)}, so the search ends "
+          f"within {clock_text(budget_s + margin)} of its start", flush=True)
+    return clock
 
 
-def active_clock() -> Optional[BudgetClock]:
-    return _CLOCK
-
-
-def stopped_by_budget(trial_id: str) -> bool:
+def stopped_by_budget(clock: Optional[BudgetClock], trial_id: str) -> bool:
     """Whether the budget stopped this trial (it was live when the budget was spent), in this driver."""
-    clock = _CLOCK
     return clock is not None and clock.stopping and trial_id in clock.stopped_ids
 
 
-def budget_ended() -> bool:
+def budget_ended(clock: Optional[BudgetClock]) -> bool:
     """Whether this driver's search ended because its budget was spent."""
-    return _CLOCK is not None and _CLOCK.stopping
+    return clock is not None and clock.stopping
 
 
-def progress_note() -> str:
+def progress_note(clock: Optional[BudgetClock]) -> str:
     """"; time budget left M:SS" for the progress line (empty without a budget)."""
-    clock = _CLOCK
     if clock is None:
         return ""
     left = clock.left()
     return f"; time budget: {clock_text(left)} left" if left > 0 else "; time budget spent: stopping"
 
 
-class BudgetStopper(tune.Stopper):
+class NeedsClock:
+    """A Tune hook (callback, stopper, progress reporter) that reads the search's BudgetClock as `self.clock`.
+
+    The clock is this driver's, never pickled with the hook: a hook Tune unpickles on resume has none (this class's
+    None) until `give_clock` hands it the resuming driver's. A hook with its own __getstate__ leaves it out too."""
+
+    clock: Optional[BudgetClock] = None  # no budget, or not handed yet
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "clock"}
+
+
+def give_clock(clock: Optional[BudgetClock], run_config: Any, *more: Any) -> None:
+    """Hand this driver's clock to the hooks of the RunConfig that Tuner.fit uses (tune.ray_internals.run_config:
+    those of a restored Tuner are the ones its first driver saved) and to `more` (the driver's own tracker)."""
+    hooks: Iterable[Any] = (*(run_config.callbacks or ()), run_config.stop, run_config.progress_reporter, *more)
+    for hook in hooks:
+        if isinstance(hook, NeedsClock):
+            hook.clock = clock
+
+
+class BudgetStopper(NeedsClock, tune.Stopper):
     """Stops the whole experiment once BudgetCallback has found the budget spent (no clock: never). Tune then
     starts no new trial and stops the live ones at once (TERMINATED, their checkpoints kept), without its
-    per-trial completion hooks: tune/tracking.py and tune/driver.py record them as stopped by the budget."""
+    per-trial completion hooks: tune/tracking.py and tune/finish.py record them as stopped by the budget."""
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False  # no single trial is stopped for its own sake; stop_all ends them together
 
     def stop_all(self) -> bool:
-        return budget_ended()
+        return budget_ended(self.clock)
 
 
-class BudgetCallback(tune.Callback):
+class BudgetCallback(NeedsClock, tune.Callback):
     """Once the first epoch has been timed: how many trials of how many epochs fit in the budget left."""
 
     def __init__(self, epochs: int, num_samples: int, concurrency: int) -> None:
@@ -130,16 +165,16 @@ class BudgetCallback(tune.Callback):
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         """At the start of Tune's step in which the budget is found spent: which trials are live, then stop."""
-        clock = _CLOCK
+        clock = self.clock
         if clock is None or clock.stopping or not clock.expired():
             return
-        live = frozenset(t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR"))
+        live = frozenset(t.trial_id for t in trials if t.status not in TUNE_ENDED)
         clock.stopped_ids, clock.stopping = live, True
         print(f"\ntime budget {clock_text(clock.budget_s)} spent: no new trial starts; stopping {len(live)} live "
               "trial(s), each keeping its checkpoints", flush=True)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        clock = _CLOCK
+        clock = self.clock
         seconds = result.get("time_this_iter_s")
         if self._said or clock is None or result.get("final") or not seconds:
             return
@@ -164,3 +199,47 @@ def fit_message(epoch_s: float, left_s: float, epochs: int, num_samples: int, co
         text += (f", or all {num_samples} at about {min(per_trial, epochs)} epoch(s) each (--epochs "
                  f"{min(per_trial, epochs)}); ASHA stops weak trials early, so more of them start")
     return text
+
+
+# ------------------------------------------------------------------------------------- drivers
+
+
+def record_driver(path: str, started: float, wall_s: Optional[float] = None) -> None:
+    """Record in DRIVERS_FILE that the driver which started Tune at `started` (epoch seconds) is running
+    (wall_s None) or ran it for `wall_s` seconds. A driver killed before recording its time is given one when the
+    next driver starts: the time from its start to the last file it wrote in the experiment folder (local
+    storage; 0 elsewhere), marked estimated."""
+    drivers = read_drivers(path)
+    if wall_s is None:
+        for d in drivers:
+            if d.get("wall_s") is None:
+                last = _last_write(path)
+                d.update(wall_s=max(0.0, last - float(d["started"])) if last else 0.0, estimated=True)
+        drivers.append({"started": started, "wall_s": None})
+    else:
+        for d in drivers:
+            if d.get("started") == started:
+                d["wall_s"] = float(wall_s)
+    write_text(f"{path}/{DRIVERS_FILE}", json.dumps(drivers, indent=1))
+
+
+def read_drivers(path: str) -> list[dict[str, Any]]:
+    """DRIVERS_FILE's entries ([] when there is none or it cannot be read)."""
+    try:
+        drivers = json.loads(read_text(f"{path}/{DRIVERS_FILE}") or "[]")
+    except ValueError:
+        return []
+    return [d for d in drivers if isinstance(d, dict) and "started" in d] if isinstance(drivers, list) else []
+
+
+def search_wall_s(path: str) -> float:
+    """The search's wall time: the sum of every driver's time in Tune (issue 27 §2), this one's included once
+    it is recorded."""
+    return sum(float(d.get("wall_s") or 0.0) for d in read_drivers(path))
+
+
+def _last_write(path: str) -> Optional[float]:
+    if "://" in path or not Path(path).is_dir():
+        return None
+    times = [f.stat().st_mtime for f in Path(path).rglob("*") if f.is_file() and f.name != DRIVERS_FILE]
+    return max(times, default=None)

@@ -28,7 +28,9 @@ from typing import Optional, Sequence
 try:
     from dpgdiff.config import ConfigError
     from dpgdiff.data import DataError
-    from tune.settings import RunOptions, SearchError, SearchSettings, read_text, write_text
+    from tune.names import EXIT_INTERRUPTED, EXIT_USAGE
+    from tune.settings import RunOptions, SearchError, SearchSettings
+    from tune.storage import read_text, write_text
 except ModuleNotFoundError as exc:
     if not str(exc.name).startswith(("dpgdiff", "tune")):
         raise
@@ -80,10 +82,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _main(args, argv)
     except (SearchError, ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted; continue with: python tune/confirm.py --confirm-name NAME --resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _main(args: argparse.Namespace, argv: list[str]) -> int:

@@ -28,16 +28,31 @@ import dpgdiff
 from dpgdiff.config import Config, parse_assignment
 from dpgdiff.training.loop import RANKS_FILE
 from tune import tracking
-from tune.driver import (EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK, check_resources, restore_saved_state,
-                         start_ray)
+from tune.names import (
+    BEST_RUN_TAG,
+    CONFIRMATION_SEED_TAG,
+    CONFIRMATION_TAG,
+    CONFIRMS_TAG,
+    EXIT_ALL_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    OPTUNA_TAG,
+    ROLE_CONFIRMATION,
+    ROLE_SEARCH,
+    ROLE_TAG,
+    SAMPLED_TAG,
+    SEARCH_TAG,
+    TRIAL_TAG,
+    VARIANT_TAG,
+)
 from tune.progress import ProgressReporter
-from tune.settings import RunOptions, SearchError, SearchSettings, write_text
+from tune.ray_start import check_resources, start_ray
+from tune.settings import RunOptions, SearchError, SearchSettings
+from tune.storage import write_text
 from tune.trainable import FINAL_MARKER, TrialSpec, run_trial
+from tune.tuner import restore_saved_state
 
 CONFIRM_STATE = "dpgdiff_confirm.json"  # beside Tune's experiment state: the jobs, for --resume
-ROLE = "confirmation"
-VARIANT_TAG, SEED_TAG, OF_TAG = "dpgdiff.variant", "dpgdiff.seed", "dpgdiff.confirms_run"
-CONFIRMATION_TAG = "dpgdiff.confirmation"  # the confirmation (Tune experiment) name that ran the run
 BEST = "best"  # the variant that is the best configuration itself
 # Table 3 (the paper's ablations) at the best configuration; a switched-off component is not built.
 ABLATIONS = {
@@ -110,10 +125,10 @@ def parse_trial(text: str) -> tuple[str, str]:
 
 def trial_run_id(client: Any, experiment_id: str, parent: Any, trial: str) -> str:
     """The MLflow run id of one trial of the search `parent`: `trial` is its Optuna number, Tune trial id or run id."""
-    search = parent.data.tags.get(tracking.SEARCH_TAG)
+    search = parent.data.tags.get(SEARCH_TAG)
     found = [r for r in tracking.child_runs(client, experiment_id, parent.info.run_id)
-             if trial in (r.info.run_id, r.data.tags.get(tracking.TRIAL_TAG))
-             or (trial.isdigit() and r.data.tags.get(tracking.OPTUNA_TAG) == str(int(trial)))]
+             if trial in (r.info.run_id, r.data.tags.get(TRIAL_TAG))
+             or (trial.isdigit() and r.data.tags.get(OPTUNA_TAG) == str(int(trial)))]
     if len(found) != 1:
         raise SearchError(f"--trial {search}:{trial}: {len(found) or 'no'} trial runs of search {search!r} match; give "
                           "the Optuna trial number (trial_015_... in the run name: 15), the Tune trial id or the run id")
@@ -127,11 +142,11 @@ def best_configuration(client: Any, experiment_id: str, search: str, data_dir: O
                        trial: Optional[str] = None) -> tuple[SearchSettings, Any, str, Config]:
     """(the search's settings, its parent run, the confirmed trial's run id, its resolved Config): the trial the
     search selected on validation, or `trial` (--trial: a configuration chosen otherwise, e.g. the one committed)."""
-    parents = tracking.find_runs(client, experiment_id, {tracking.SEARCH_TAG: search, tracking.ROLE_TAG: "search"})
+    parents = tracking.find_runs(client, experiment_id, {SEARCH_TAG: search, ROLE_TAG: ROLE_SEARCH})
     if not parents:
         raise SearchError(f"--name {search!r}: no such search in this MLflow store")
     parent = parents[0]
-    run_id = parent.data.tags.get("best_run_id")
+    run_id = parent.data.tags.get(BEST_RUN_TAG)
     if parent.info.status != "FINISHED" or not run_id:
         raise SearchError(f"search {search!r} has not finished (parent run {parent.info.run_id} is "
                           f"{parent.info.status}); finish it with tune/search.py --name {search} --resume")
@@ -143,7 +158,7 @@ def best_configuration(client: Any, experiment_id: str, search: str, data_dir: O
                                          f"MLflow run {parent.info.run_id}: search_settings.json")
     if data_dir:  # the data may live elsewhere on this machine than where the search ran
         settings = settings.replace(dataset=dataclasses.replace(settings.dataset, data_dir=str(Path(data_dir).resolve())))
-    sampled = json.loads(client.get_run(run_id).data.tags.get("dpgdiff.sampled", "{}"))
+    sampled = json.loads(client.get_run(run_id).data.tags.get(SAMPLED_TAG, "{}"))
     config = settings.space.resolve(sampled, source=f"search {search!r}, run {run_id}")
     return settings, parent, run_id, config
 
@@ -166,9 +181,9 @@ def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Seq
         own = dict(variants)
         if ablations and best.model.name == "dpgdiff":
             own.update(ABLATIONS)
-        done = {(r.data.tags.get(VARIANT_TAG), r.data.tags.get(SEED_TAG))
-                for r in tracking.child_runs(client, experiment_id, parent.info.run_id, role=ROLE)
-                if r.info.status == "FINISHED" and r.data.tags.get(OF_TAG) == run_id}
+        done = {(r.data.tags.get(VARIANT_TAG), r.data.tags.get(CONFIRMATION_SEED_TAG))
+                for r in tracking.child_runs(client, experiment_id, parent.info.run_id, role=ROLE_CONFIRMATION)
+                if r.info.status == "FINISHED" and r.data.tags.get(CONFIRMS_TAG) == run_id}
         for label, overrides in {BEST: {}, **own}.items():
             config = best.with_overrides(dict(overrides), source=f"--variant {label}") if overrides else best
             for seed in seeds:
@@ -212,7 +227,7 @@ class ConfirmationTracker(tune.Callback):
         # CONFIRMATION_TAG tells this confirmation's runs from other confirmations under the same parent.
         self.trackers = {j.parent_run_id: tracking.MLflowTrialTracker(
             tracking_uri, experiment_id, j.parent_run_id, j.search, space, extra_tags={CONFIRMATION_TAG: confirmation},
-            role=ROLE) for j in jobs}
+            role=ROLE_CONFIRMATION) for j in jobs}
 
     def _tracker(self, trial: Any) -> tracking.MLflowTrialTracker:
         return self.trackers[self.jobs[trial.config["job"]][0]]
@@ -222,7 +237,7 @@ class ConfirmationTracker(tune.Callback):
         tracker.on_trial_start(iteration, trials, trial, **info)
         _, best_run, variant, seed = self.jobs[trial.config["job"]]
         run_id = tracker.run_id(trial)
-        for key, value in ((VARIANT_TAG, variant), (SEED_TAG, str(seed)), (OF_TAG, best_run)):
+        for key, value in ((VARIANT_TAG, variant), (CONFIRMATION_SEED_TAG, str(seed)), (CONFIRMS_TAG, best_run)):
             tracker.client.set_tag(run_id, key, value)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -252,7 +267,7 @@ class ConfirmationTracker(tune.Callback):
 
 
 def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_id: str) -> int:
-    """Run (or resume) the confirmation trials -> exit code (tune.driver's EXIT_*)."""
+    """Run (or resume) the confirmation trials -> exit code (tune/names.py's EXIT_*)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     dataset = settings.dataset.load()

@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import os
 
-RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+from tune.ray_internals import RAY_AUTH_LOGGER  # a private Ray name (importing it does not import Ray)
+
 # logger name -> the starts of the messages dropped from it
 NOISE: dict[str, tuple[str, ...]] = {
     "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database tables"),

@@ -3,10 +3,11 @@ the running trials are inside their epochs.
 
 Status column: Tune's TERMINATED is split into FINISHED (trained to its last epoch: a final result),
 STOPPED_EARLY (ASHA stopped it), STOPPED_BY_BUDGET (the search's --time-budget stopped it, tune/budget.py) and
-NOT_RUN (`shown_status`). Location column: blank for a trial whose last result came from an earlier driver
-session (a resumed search), whose worker is gone, until it reports again.
+NOT_RUN (`shown_status`; tune/names.py's `TrialStatus`). Location column: blank for a trial whose last result came
+from an earlier driver session (a resumed search), whose worker is gone, until it reports again.
 
-The line under the table also counts a --time-budget down (tune/budget.py: `progress_note`).
+The line under the table also counts a --time-budget down (tune/budget.py: `progress_note`), from the clock the
+driver hands the reporter (`clock`, never pickled with it).
 
 Time left (`estimate_seconds_left`): every unfinished trial runs to the last epoch (ASHA only shortens it), at
 the median seconds per epoch seen so far, `concurrency` trials at once. Before any epoch is timed, the seconds
@@ -25,9 +26,9 @@ from typing import Any, Iterable, Optional
 from ray import tune
 
 from tune import budget
-from tune.budget import clock_text
+from tune.budget import NeedsClock, clock_text
+from tune.names import TUNE_ENDED, TrialStatus
 
-FINISHED = ("TERMINATED", "ERROR")
 IN_EPOCH_SHOWN = 4  # running trials named on the in-epoch progress line; the rest are counted
 
 
@@ -55,7 +56,7 @@ def estimate_seconds_left(trials: Iterable[Any], max_epochs: int, num_samples: i
         return None
     epoch = statistics.median(per_epoch)
     left = sum(max(0.0, max(0, max_epochs - c.epochs) * epoch - c.since_result)
-               for c in clocks if c.status not in FINISHED)
+               for c in clocks if c.status not in TUNE_ENDED)
     left += max(0, num_samples - len(clocks)) * max_epochs * epoch
     return left / max(1, concurrency)
 
@@ -77,7 +78,7 @@ class _ShownTrial:
         return str(self._trial)
 
 
-class ProgressReporter(tune.CLIReporter):
+class ProgressReporter(NeedsClock, tune.CLIReporter):
     """Ray Tune's CLIReporter with FINISHED / STOPPED_EARLY statuses, plus lines: elapsed time and the time
     left, and how far the running trials are in their epochs (examples/s, fraction of the epoch)."""
 
@@ -99,7 +100,7 @@ class ProgressReporter(tune.CLIReporter):
     # restored reporter is built afresh: new fields exist, and the elapsed time counts from this driver's
     # start (not the interrupted one's, which would add the time the search was not running).
     def __getstate__(self) -> dict[str, Any]:
-        return {"init_args": self._init_args} if self._init_args is not None else self.__dict__
+        return {"init_args": self._init_args} if self._init_args is not None else super().__getstate__()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "init_args" in state:
@@ -121,7 +122,7 @@ class ProgressReporter(tune.CLIReporter):
         now = time.time()
         self._note_results(trials, now)
         text = self._progress_str([self._shown(t) for t in trials], done, *sys_info)
-        self._print(relabel_statuses(text, {str(t): shown_status(t) for t in trials}))
+        self._print(relabel_statuses(text, {str(t): shown_status(t, self.clock) for t in trials}))
         self._concurrency = max(self._concurrency, sum(t.status == "RUNNING" for t in trials))
         progress = self._read_progress([t.trial_id for t in trials if t.status == "RUNNING"])
         for line in self.status_lines(trials, progress, now):
@@ -144,7 +145,7 @@ class ProgressReporter(tune.CLIReporter):
                         "from the first epoch's progress, validation not timed yet)")
         else:
             estimate = f"time left: at most about {clock_text(left)} (every trial to the last epoch{self._caveat})"
-        lines = [f"elapsed {clock_text(now - self._start)}; {estimate}{budget.progress_note()}"]
+        lines = [f"elapsed {clock_text(now - self._start)}; {estimate}{budget.progress_note(self.clock)}"]
         parts = []
         for t in trials:
             p = current.get(t.trial_id)
@@ -218,19 +219,19 @@ class ProgressReporter(tune.CLIReporter):
         return _ShownTrial(trial, result, state)
 
 
-def shown_status(trial: Any) -> str:
+def shown_status(trial: Any, clock: Optional[budget.BudgetClock] = None) -> str:
     """Tune's status, with TERMINATED told apart: FINISHED (trained to its last epoch: it sent its final result),
-    STOPPED_EARLY (the scheduler stopped it), STOPPED_BY_BUDGET (tune/budget.py) or NOT_RUN (ended before its
-    first result)."""
+    STOPPED_EARLY (the scheduler stopped it), STOPPED_BY_BUDGET (the budget of `clock` stopped it, tune/budget.py)
+    or NOT_RUN (ended before its first result)."""
     if trial.status != "TERMINATED":
         return trial.status
     if (trial.last_result or {}).get("final"):
-        return "FINISHED"
-    if budget.stopped_by_budget(trial.trial_id):
-        return "STOPPED_BY_BUDGET"
+        return TrialStatus.FINISHED
+    if budget.stopped_by_budget(clock, trial.trial_id):
+        return TrialStatus.STOPPED_BY_BUDGET
     if not (trial.last_result or {}).get("epoch"):  # ended before it reported (e.g. a PENDING trial at the end)
-        return "NOT_RUN"
-    return "STOPPED_EARLY"
+        return TrialStatus.NOT_RUN
+    return TrialStatus.STOPPED_EARLY
 
 
 def relabel_statuses(text: str, labels: dict[str, str]) -> str:

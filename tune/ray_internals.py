@@ -15,19 +15,24 @@ Ray's local-only mode, its default on macOS and Windows (ray_constants.ENABLE_RA
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), makes the node address 127.0.0.1, and every one of those
 servers then binds 127.0.0.1 (tests/test_local_ray.py lists the sockets). `init_local_ray` turns it
 on for the Ray it starts and checks that the node came up on 127.0.0.1.
+
+Importing this module does not import Ray: tune/console.py takes Ray's logger name from here while a
+command line is being checked, before the search sets Ray's auth mode, which Ray reads once, when it is
+first imported. The two schedulers below, which subclass Tune's, are therefore defined on first use.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
-
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from typing import Any, Iterator, Optional
 
 TEMP_DIR_KEYWORD = "_temp_dir"  # ray.init's keyword for the root temp dir of a local Ray
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode (node address 127.0.0.1)
 LOOPBACK = "127.0.0.1"
+# The logger of Ray's "Token authentication is enabled for this Ray cluster" notice (tune/console.py drops it)
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"  # Tune's saved experiment state (one per driver session)
@@ -80,19 +85,59 @@ class RayInternalsChanged(RuntimeError):
     """The installed Ray no longer honours an internal name this project relies on."""
 
 
-def set_progress_output(tuner: Any, verbose: int, progress_reporter: Any) -> None:
-    """Give a restored Tuner this invocation's output settings. `Tuner.restore` brings back the run config saved
-    by the first driver, --quiet or not, and takes no run config; its TunerInternal's RunConfig is the one fit()
-    uses (Tuner._local_tuner.get_run_config())."""
+def run_config(tuner: Any) -> Any:
+    """The RunConfig a Tuner's fit() uses: its TunerInternal's (Tuner._local_tuner.get_run_config()). `Tuner.restore`
+    brings back the one saved by the first driver and takes none, so this is how a resume reaches it."""
     local = getattr(tuner, "_local_tuner", None)
-    run_config = local.get_run_config() if local is not None and hasattr(local, "get_run_config") else None
-    if run_config is None or not hasattr(run_config, "verbose") or not hasattr(run_config, "progress_reporter"):
+    config = local.get_run_config() if local is not None and hasattr(local, "get_run_config") else None
+    if config is None or not all(hasattr(config, a) for a in ("verbose", "progress_reporter", "callbacks", "stop")):
         import ray
 
-        raise RayInternalsChanged(f"ray {ray.__version__}: a restored Tuner has no _local_tuner.get_run_config() "
-                                  "with verbose and progress_reporter; update tune/ray_internals.py")
-    run_config.verbose = verbose
-    run_config.progress_reporter = progress_reporter
+        raise RayInternalsChanged(f"ray {ray.__version__}: a Tuner has no _local_tuner.get_run_config() with verbose, "
+                                  "progress_reporter, callbacks and stop; update tune/ray_internals.py")
+    return config
+
+
+STOPPER_ATTR = "_stopper"  # TuneController's experiment stopper: RunConfig.stop, and also part of its saved state
+
+
+@contextmanager
+def run_config_stopper_kept() -> Iterator[None]:
+    """Within it, a resumed Tuner stops by the stopper of its RunConfig, as a new one does.
+
+    TuneController.resume sets the controller's attributes from the experiment state the earlier driver saved
+    (`__setstate__`), `_stopper` among them: the stopper pickled then replaces the one the controller was built with
+    (RunConfig.stop). A --time-budget's stopper reads this driver's clock, which tune/budget.py hands to the
+    RunConfig's hooks and never pickles: the saved copy, without it, would never stop a resumed search. Tune's own
+    stoppers keep their state in the stopper object itself, so for them the two are the same."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    restore = TuneController.__dict__.get("__setstate__")
+    if restore is None:
+        import ray
+
+        raise RayInternalsChanged(f"ray {ray.__version__}: TuneController has no __setstate__ of its own; "
+                                  "update tune/ray_internals.py")
+
+    def keep_stopper(controller: Any, state: dict[str, Any]) -> None:
+        built_with = controller.__dict__.get(STOPPER_ATTR)
+        restore(controller, state)
+        if built_with is not None:
+            setattr(controller, STOPPER_ATTR, built_with)
+
+    TuneController.__setstate__ = keep_stopper
+    try:
+        yield
+    finally:
+        TuneController.__setstate__ = restore
+
+
+def set_progress_output(tuner: Any, verbose: int, progress_reporter: Any) -> None:
+    """Give a restored Tuner this invocation's output settings (its saved run config has the first driver's,
+    --quiet or not)."""
+    config = run_config(tuner)
+    config.verbose = verbose
+    config.progress_reporter = progress_reporter
 
 
 def session_dir(temp_dir: str) -> Path:
@@ -174,41 +219,57 @@ def save_trial_this_step(tune_controller: Any, trial: Any) -> None:
     save_state_this_step(tune_controller)
 
 
-class SnapshotASHAScheduler(ASHAScheduler):
-    """ASHA that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
-    status; it never stops a trial at its last epoch (max_t)."""
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_add(tune_controller, trial)
-        save_state_this_step(tune_controller)
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        """ASHA's decision (its rungs record the result as usual), except at max_t: there a cut saves no
-        training, but Tune would stop the trial before its final report (best epoch, test metrics, best.pt)
-        arrived whenever that report is slower than Tune's reaction (a race the DiffuRec search's trials lost);
-        the trial then looked stopped early although it trained every epoch."""
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == self.STOP and result.get(self._time_attr, 0) >= self._max_t:
-            self._num_stopped -= 1
-            return self.CONTINUE
-        return action
-
-    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_error(tune_controller, trial)
-        save_trial_this_step(tune_controller, trial)
+SCHEDULERS = ("SnapshotASHAScheduler", "SnapshotFIFOScheduler")
 
 
-class SnapshotFIFOScheduler(FIFOScheduler):
-    """FIFO that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
-    status."""
+def __getattr__(name: str) -> Any:
+    """The schedulers of SCHEDULERS, defined when first asked for (PEP 562): they subclass Tune's schedulers, and
+    defining them imports Ray (see the module's docstring). A search's scheduler is pickled with Tune's state by its
+    name in this module, as before, so a resume finds it here."""
+    if name not in SCHEDULERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _define_schedulers()
+    return globals()[name]
 
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_add(tune_controller, trial)
-        save_state_this_step(tune_controller)
 
-    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_error(tune_controller, trial)
-        save_trial_this_step(tune_controller, trial)
+def _define_schedulers() -> None:
+    global SnapshotASHAScheduler, SnapshotFIFOScheduler  # module-level classes (their __qualname__ is their name)
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    class SnapshotASHAScheduler(ASHAScheduler):
+        """ASHA that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
+        status; it never stops a trial at its last epoch (max_t)."""
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_add(tune_controller, trial)
+            save_state_this_step(tune_controller)
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            """ASHA's decision (its rungs record the result as usual), except at max_t: there a cut saves no
+            training, but Tune would stop the trial before its final report (best epoch, test metrics, best.pt)
+            arrived whenever that report is slower than Tune's reaction (a race the DiffuRec search's trials lost);
+            the trial then looked stopped early although it trained every epoch."""
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == self.STOP and result.get(self._time_attr, 0) >= self._max_t:
+                self._num_stopped -= 1
+                return self.CONTINUE
+            return action
+
+        def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_error(tune_controller, trial)
+            save_trial_this_step(tune_controller, trial)
+
+    class SnapshotFIFOScheduler(FIFOScheduler):
+        """FIFO that has Tune save its experiment state in the step that adds a trial, and with a failed trial's
+        status."""
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_add(tune_controller, trial)
+            save_state_this_step(tune_controller)
+
+        def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_error(tune_controller, trial)
+            save_trial_this_step(tune_controller, trial)
 
 
 # ------------------------------------------------------------------------------------- in-epoch progress

@@ -38,6 +38,26 @@ from typing import Any, Optional, Sequence
 
 from dpgdiff.files import atomic_write_text
 from tune import tracking
+from tune.names import (
+    BEST_EPOCH_TAG,
+    BEST_RUN_TAG,
+    CONFIRMATION_SEED_TAG,
+    CONFIRMS_TAG,
+    DATASET_TAG,
+    EXIT_OK,
+    EXIT_USAGE,
+    INTERRUPTED_TAG,
+    MODEL_TAG,
+    OPTUNA_TAG,
+    ROLE_CONFIRMATION,
+    ROLE_SEARCH,
+    ROLE_TAG,
+    SAMPLED_TAG,
+    SEARCH_TAG,
+    STOPPED_EARLY_TAG,
+    TRIAL_TAG,
+    VARIANT_TAG,
+)
 from tune.results import METRIC
 
 # Table 1 rows: (label, metric key); MRR is untruncated (spec §5, A2), ×100 like the paper.
@@ -80,10 +100,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         text, out = build_report(uri, args.experiment, args.name, args.top, args.out, args.trial, args.variant)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(text)
     print(f"\nwritten to {out}")
-    return 0
+    return EXIT_OK
 
 
 def build_report(uri: str, experiment: str, names: list[str], top: int, out: Optional[str],
@@ -106,7 +126,7 @@ def build_report(uri: str, experiment: str, names: list[str], top: int, out: Opt
     if confirmed:
         table += "\n\n" + confirmed
     text = "\n\n".join(sections + [table])
-    label = "+".join(p.data.tags.get(tracking.SEARCH_TAG, p.info.run_id) for p in parents)
+    label = "+".join(p.data.tags.get(SEARCH_TAG, p.info.run_id) for p in parents)
     path = Path(out) if out else reports_dir(uri) / f"{label}-table1.md"
     atomic_write_text(path, table + "\n")
     return text, path
@@ -130,16 +150,16 @@ def reports_dir(tracking_uri: str) -> Path:
 
 def _parents(client: Any, experiment_id: str, names: list[str]) -> list[Any]:
     if not names:
-        runs = tracking.find_runs(client, experiment_id, {tracking.ROLE_TAG: "search"})
+        runs = tracking.find_runs(client, experiment_id, {ROLE_TAG: ROLE_SEARCH})
         if not runs:
             raise ReportError("no searches in this MLflow store")
         return [max(runs, key=lambda r: r.info.start_time)]
     parents = []
     for name in names:
-        runs = tracking.find_runs(client, experiment_id, {tracking.SEARCH_TAG: name, tracking.ROLE_TAG: "search"})
+        runs = tracking.find_runs(client, experiment_id, {SEARCH_TAG: name, ROLE_TAG: ROLE_SEARCH})
         if not runs:
-            known = sorted({r.data.tags.get(tracking.SEARCH_TAG) for r in
-                            tracking.find_runs(client, experiment_id, {tracking.ROLE_TAG: "search"})} - {None})
+            known = sorted({r.data.tags.get(SEARCH_TAG) for r in
+                            tracking.find_runs(client, experiment_id, {ROLE_TAG: ROLE_SEARCH})} - {None})
             raise ReportError(f"no search named {name!r}; known: {', '.join(known) or 'none'}")
         parents.append(runs[0])
     return parents
@@ -150,22 +170,22 @@ def _best_val(run: Any) -> float:
 
 
 def _best_trials_section(parent: Any, children: list[Any], top: int) -> str:
-    name = parent.data.tags.get(tracking.SEARCH_TAG, parent.info.run_id)
+    name = parent.data.tags.get(SEARCH_TAG, parent.info.run_id)
     counts: dict[str, int] = {}
     for c in children:
         counts[_status(c)] = counts.get(_status(c), 0) + 1
-    lines = [f"## Search {name} (dataset {parent.data.tags.get('dataset', '?')}, parent run {parent.info.run_id}, "
+    lines = [f"## Search {name} (dataset {parent.data.tags.get(DATASET_TAG, '?')}, parent run {parent.info.run_id}, "
              f"{parent.info.status})",
              "", "trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials", "",
              "| # | model | trial | status | best epoch | val MRR sum | test MRR sum | sampled | run id |",
              "|---:|---|---|---|---:|---:|---:|---|---|"]  # test: only the trial the search selected and tested
     ranked = sorted(children, key=_best_val, reverse=True)[:top]
     for i, c in enumerate(ranked, 1):
-        sampled = json.loads(c.data.tags.get("dpgdiff.sampled", "{}") or "{}")
+        sampled = json.loads(c.data.tags.get(SAMPLED_TAG, "{}") or "{}")
         short = ", ".join(f"{k.split('.', 1)[-1]}={_fmt(v)}" for k, v in sampled.items())
         test = c.data.metrics.get("test_mrr_sum")
-        lines.append(f"| {i} | {c.data.tags.get(tracking.MODEL_TAG, '?')} | {_trial_label(c)} | "
-                     f"{_status(c)} | {c.data.tags.get('best_epoch', '')} | {_num(_best_val(c))} | {_num(test)} | "
+        lines.append(f"| {i} | {c.data.tags.get(MODEL_TAG, '?')} | {_trial_label(c)} | "
+                     f"{_status(c)} | {c.data.tags.get(BEST_EPOCH_TAG, '')} | {_num(_best_val(c))} | {_num(test)} | "
                      f"{short} | {c.info.run_id} |")
     return "\n".join(lines)
 
@@ -173,17 +193,17 @@ def _best_trials_section(parent: Any, children: list[Any], top: int) -> str:
 def _status(run: Any) -> str:
     """The run's MLflow status, as the UI shows it, with "(stopped early)" for a trial ASHA stopped and
     "(interrupted)" for one the search left unfinished (a resume continues it)."""
-    if run.data.tags.get(tracking.STOPPED_EARLY_TAG) == "1":
+    if run.data.tags.get(STOPPED_EARLY_TAG) == "1":
         return f"{run.info.status} (stopped early)"
-    if run.data.tags.get(tracking.INTERRUPTED_TAG) == "1":
+    if run.data.tags.get(INTERRUPTED_TAG) == "1":
         return f"{run.info.status} (interrupted)"
     return run.info.status
 
 
 def _trial_label(run: Any) -> str:
     """Optuna trial number (as in Optuna's plots) and Tune trial id."""
-    number = run.data.tags.get(tracking.OPTUNA_TAG)
-    tid = run.data.tags.get(tracking.TRIAL_TAG)
+    number = run.data.tags.get(OPTUNA_TAG)
+    tid = run.data.tags.get(TRIAL_TAG)
     return f"{number} ({tid})" if number is not None else str(tid)
 
 
@@ -193,13 +213,13 @@ def comparison_table(pairs: list[tuple[Any, Any]]) -> str:
     for parent, run in pairs:
         if run.info.status != "FINISHED" or "test_mrr_sum" not in run.data.metrics:
             continue
-        model = run.data.tags.get(tracking.MODEL_TAG) or "?"
+        model = run.data.tags.get(MODEL_TAG) or "?"
         if model not in best or _best_val(run) > _best_val(best[model][1]):
             best[model] = (parent, run)
     if not best:
         return "## Model comparison\n\nno finished trial with test metrics yet"
     models = [m for m in MODEL_ORDER if m in best] + sorted(m for m in best if m not in MODEL_ORDER)
-    datasets = {p.data.tags.get("dataset", "") for p, _ in best.values()}
+    datasets = {p.data.tags.get(DATASET_TAG, "") for p, _ in best.values()}
     dataset = datasets.pop() if len(datasets) == 1 else ""
     domains = DOMAIN_NAMES.get(dataset, ("X", "Y"))
     ours = OURS in best and len(best) > 1
@@ -226,8 +246,8 @@ def comparison_table(pairs: list[tuple[Any, Any]]) -> str:
     for i, m in enumerate(models, 1):
         parent, run = best[m]
         lines.append(f"[{i}] {MODEL_LABELS.get(m, m)}: run {run.info.run_id} (search "
-                     f"{parent.data.tags.get(tracking.SEARCH_TAG)}, trial {run.data.tags.get(tracking.TRIAL_TAG)}, "
-                     f"best epoch {run.data.tags.get('best_epoch', '?')}, val MRR sum {_num(_best_val(run))})")
+                     f"{parent.data.tags.get(SEARCH_TAG)}, trial {run.data.tags.get(TRIAL_TAG)}, "
+                     f"best epoch {run.data.tags.get(BEST_EPOCH_TAG, '?')}, val MRR sum {_num(_best_val(run))})")
     return "\n".join(lines)
 
 
@@ -279,7 +299,7 @@ def _confirmed_trials(client: Any, exp: Any, parents: list[Any], trials: Sequenc
     from tune.confirmation import parse_trial, trial_run_id
     from tune.settings import SearchError
 
-    by_search = {p.data.tags.get(tracking.SEARCH_TAG): p for p in parents}
+    by_search = {p.data.tags.get(SEARCH_TAG): p for p in parents}
     chosen = {}
     try:
         for text in trials:
@@ -294,7 +314,7 @@ def _confirmed_trials(client: Any, exp: Any, parents: list[Any], trials: Sequenc
 
 def _table1_variants(parents: list[Any], variants: Sequence[str]) -> dict[str, str]:
     """--variant SEARCH=VARIANT values -> {search: variant}; the search must be reported."""
-    searches = {p.data.tags.get(tracking.SEARCH_TAG) for p in parents}
+    searches = {p.data.tags.get(SEARCH_TAG) for p in parents}
     chosen = {}
     for text in variants:
         search, sep, variant = (part.strip() for part in text.partition("="))
@@ -310,21 +330,21 @@ def confirmed_groups(client: Any, experiment_id: str, parents: list[Any],
                      trials: Optional[dict[str, tuple[str, str]]] = None) -> list[Confirmed]:
     """Finished confirmation runs of the parents, grouped by (search, variant), in search order: those of each
     search's best trial, or of the trial `trials` names for it ({search: (trial, run id)})."""
-    from tune.confirmation import BEST, OF_TAG, ROLE, SEED_TAG, VARIANT_TAG
+    from tune.confirmation import BEST
 
     groups: dict[tuple[str, str], Confirmed] = {}
     for parent in parents:
-        search = parent.data.tags.get(tracking.SEARCH_TAG, parent.info.run_id)
-        trial, of = (trials or {}).get(search, (None, parent.data.tags.get("best_run_id")))
-        for run in tracking.child_runs(client, experiment_id, parent.info.run_id, role=ROLE):
+        search = parent.data.tags.get(SEARCH_TAG, parent.info.run_id)
+        trial, of = (trials or {}).get(search, (None, parent.data.tags.get(BEST_RUN_TAG)))
+        for run in tracking.child_runs(client, experiment_id, parent.info.run_id, role=ROLE_CONFIRMATION):
             if run.info.status != "FINISHED" or "test_mrr_sum" not in run.data.metrics:
                 continue
-            if run.data.tags.get(OF_TAG, of) != of:  # another trial's confirmation (tune/confirm.py --trial)
+            if run.data.tags.get(CONFIRMS_TAG, of) != of:  # another trial's confirmation (tune/confirm.py --trial)
                 continue
             variant = run.data.tags.get(VARIANT_TAG, BEST)
-            group = groups.setdefault((search, variant), Confirmed(search, run.data.tags.get(tracking.MODEL_TAG, "?"),
+            group = groups.setdefault((search, variant), Confirmed(search, run.data.tags.get(MODEL_TAG, "?"),
                                                                    variant, {}, trial))
-            group.runs[int(run.data.tags.get(SEED_TAG, len(group.runs)))] = run
+            group.runs[int(run.data.tags.get(CONFIRMATION_SEED_TAG, len(group.runs)))] = run
     return list(groups.values())
 
 
@@ -397,7 +417,7 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
     groups = sorted(groups, key=lambda g: order.get(g.model, -1))
     ours = next((g for g in groups if g.model == OURS), None)
     others = [g for g in groups if g is not ours]
-    dataset = parents[0].data.tags.get("dataset", "")
+    dataset = parents[0].data.tags.get(DATASET_TAG, "")
     domains = DOMAIN_NAMES.get(dataset, ("X", "Y"))
     seeds = sorted({s for g in groups for s in g.runs})
     header = ["Data", "Metric"] + [f"{_column_label(g, groups)} [{i}]" for i, g in enumerate(groups, 1)]

@@ -2,7 +2,7 @@
 
 `trial_rows` reads Tune's ResultGrid (public API): one dict per trial with its best validation epoch
 from the trial's history, its Optuna trial number, its final report's `infer_ms` (and test metrics
-when the trial computed them) and a status (FINISHED, STOPPED by ASHA, ERROR, NOT RUN). The rest
+when the trial computed them) and a status (`TrialStatus`: FINISHED, STOPPED_EARLY by ASHA, ERROR, NOT_RUN). The rest
 turns rows into what a person reads: the per-domain table (`domain_table`), Markdown tables
 (`markdown_table`, also used by tune/report.py), the Pareto front of a multi-objective search
 (`pareto_front`), and the artifacts attached to the MLflow parent run (trials.csv/.md, best/ with
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dpgdiff.files import atomic_write_text
+from tune.names import STOPPED_BY_TIME_BUDGET, TrialStatus
 from tune.space import SearchSpace
 
 METRIC, MODE = "val_mrr_sum", "max"  # what the search maximises: validation MRR_X + MRR_Y (spec §5.4)
@@ -29,9 +30,10 @@ OBJECTIVES = {METRIC: "max", "infer_ms": "min"}
 # Optuna's fANOVA importances fit a random forest to the trials: on a handful of trials they are noise that
 # reads as a finding (and importing scikit-learn for them takes seconds).
 MIN_TRIALS_FOR_IMPORTANCES = 10
-# Tune status of a row -> (run status shown by MLflow, stopped early?)
-_SHOWN_STATUS = {"FINISHED": ("FINISHED", 0), "STOPPED": ("FINISHED", 1), "ERROR": ("FAILED", 0),
-                 "STOPPED_BY_BUDGET": ("FINISHED", 0)}  # tune/driver.py: --time-budget stopped it (tagged so)
+# Status of a row -> (run status shown by MLflow, stopped early?); a NOT_RUN row keeps its own word
+_SHOWN_STATUS = {TrialStatus.FINISHED: ("FINISHED", 0), TrialStatus.STOPPED_EARLY: ("FINISHED", 1),
+                 TrialStatus.ERROR: ("FAILED", 0),
+                 TrialStatus.STOPPED_BY_BUDGET: ("FINISHED", 0)}  # --time-budget stopped it (tagged so)
 DOMAIN_METRICS = ("mrr", "mrr10", "ndcg5", "ndcg10", "hr1", "hr5", "hr10")
 
 
@@ -44,8 +46,7 @@ def trial_rows(results: Any) -> list[dict[str, Any]]:
         df = r.metrics_dataframe
         metrics = r.metrics or {}
         trial_id = metrics.get("trial_id") or Path(r.path).name.replace("trial_", "")
-        row: dict[str, Any] = {"trial_id": trial_id, "status": "ERROR" if r.error else "?",
-                               "config": sampled_params(dict(r.config or {})),
+        row: dict[str, Any] = {"trial_id": trial_id, "config": sampled_params(dict(r.config or {})),
                                "optuna_trial": (r.config or {}).get(OPTUNA_TRIAL_KEY), "path": r.path, "result": r,
                                "warm_start": (r.config or {}).get(WARM_START_KEY)}
         epochs = df[df["final"] != 1] if df is not None and "final" in df.columns else df
@@ -59,14 +60,16 @@ def trial_rows(results: Any) -> list[dict[str, Any]]:
         if final is not None and len(final):
             last = final.iloc[-1]
             test = {k: float(v) for k, v in last.items() if str(k).startswith("test_") and v == v}
-            if test:  # a search's trials are not tested: only the trial it selects (tune/driver.py)
+            if test:  # a search's trials are not tested: only the trial it selects (tune/finish.py)
                 row["test"] = test
             if "infer_ms" in last and last["infer_ms"] == last["infer_ms"]:
                 row["infer_ms"] = float(last["infer_ms"])
             row["best_epoch"] = int(last.get("best_epoch", row.get("best_epoch", 0)))
-            row["status"] = "FINISHED"
-        elif not r.error:
-            row["status"] = "STOPPED" if row.get("epochs_run") else "NOT RUN"
+            row["status"] = TrialStatus.FINISHED
+        elif r.error:
+            row["status"] = TrialStatus.ERROR
+        else:
+            row["status"] = TrialStatus.STOPPED_EARLY if row.get("epochs_run") else TrialStatus.NOT_RUN
         if r.error:
             row["error"] = str(r.error)
         rows.append(row)
@@ -108,12 +111,12 @@ def write_parent_artifacts(out: Path, rows: list[dict[str, Any]], best: dict[str
     keys = sorted({k for r in rows for k in r["config"]})
     table = []
     for r in rows:
-        shown, stopped = _SHOWN_STATUS.get(r["status"], (r["status"], 0))
+        shown, stopped = _SHOWN_STATUS.get(r["status"], (str(r["status"]), 0))
         rec = {"optuna_trial": r.get("optuna_trial"), "trial_id": r["trial_id"], "status": shown,
                "stopped_early": stopped, "run_id": r.get("run_id"),
                "epochs_run": r.get("epochs_run"), "best_epoch": r.get("best_epoch"), METRIC: r.get(METRIC)}
-        if any(x["status"] == "STOPPED_BY_BUDGET" for x in rows):  # --time-budget: which trials it stopped
-            rec["stopped_by"] = "time_budget" if r["status"] == "STOPPED_BY_BUDGET" else ""
+        if any(x["status"] == TrialStatus.STOPPED_BY_BUDGET for x in rows):  # --time-budget: which trials it stopped
+            rec["stopped_by"] = STOPPED_BY_TIME_BUDGET if r["status"] == TrialStatus.STOPPED_BY_BUDGET else ""
         if any(x.get("warm_start") for x in rows):  # --warm-start: the earlier search a trial's configuration is from
             rec["warm_start"] = r.get("warm_start") or ""
         if any("infer_ms" in x for x in rows):
@@ -173,7 +176,7 @@ def optuna_study(rows: list[dict[str, Any]], space: SearchSpace, objectives: tup
 def pareto_front(rows: list[dict[str, Any]], space: SearchSpace, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
     """The rows of the finished trials on the Pareto front of `objectives` (Optuna's `best_trials`), by
     Optuna trial number. Only trials trained to the end take part (a multi-objective search runs FIFO)."""
-    done = [r for r in rows if r["status"] == "FINISHED"]
+    done = [r for r in rows if r["status"] == TrialStatus.FINISHED]
     by_id = {r["trial_id"]: r for r in done}
     study = optuna_study(done, space, objectives)
     front = [by_id[t.user_attrs["trial_id"]] for t in study.best_trials]

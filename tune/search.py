@@ -31,6 +31,7 @@ try:  # `python tune/search.py` imports the installed packages: say so when they
     from dpgdiff.data.ref import add_dataset_args
     from tune.console import quiet_known_noise
     from tune.leftovers import clean_leftovers
+    from tune.names import EXIT_INTERRUPTED, EXIT_USAGE, WARM_START_TAG
     from tune.settings import SYNTHETIC_DEFAULT_OPTIONS, SearchError, settings_from_args
     from tune.space import SpaceError
     from tune.warmstart import DEFAULT_K as WARM_START_K
@@ -38,8 +39,6 @@ except ModuleNotFoundError as exc:
     if not str(exc.name).startswith(("dpgdiff", "tune")):
         raise
     sys.exit(f"error: cannot import {exc.name!r}: install this checkout first (pip install -e .)")
-
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130  # the driver's other codes: tune.driver.EXIT_*
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -75,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "store; any dataset), or of training config files (a name ending in .yaml, e.g. "
                         "configs/food_kitchen-cpu/dpgdiff.yaml): keys this space does not sample are skipped, "
                         "numbers outside its ranges clipped, and the search says so. Tagged "
-                        "dpgdiff.warm_start=<search or file> in MLflow")
+                        f"{WARM_START_TAG}=<search or file> in MLflow")
     g.add_argument("--warm-start-k", type=int, default=WARM_START_K, metavar="K",
                    help=f"how many of each --warm-start search's best configurations (default {WARM_START_K})")
     g.add_argument("--startup-trials", type=int, default=None,
@@ -125,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: Optional[Callable[..., 
     """Parse the command line, run (or resume) the search -> exit code. train_fn: see `run_search`."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # tune's CLIReporter trial table
     # Tune's default loggers include TensorBoard (about 0.1 s per trial); the CSV and JSON ones
-    # (what ResultGrid reads) are added back explicitly in tune.driver.build_tuner.
+    # (what ResultGrid reads) are added back explicitly in tune.tuner.build_tuner.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # A checkpoint every epoch with num_to_keep=2 forces frequent experiment snapshots (what keeps a
     # resume consistent); Tune warns about that on short epochs, which is noise here.

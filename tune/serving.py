@@ -55,9 +55,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 BEST_ALIAS = "best"
-METRIC_TAG, VALUE_TAG, FINGERPRINT_TAG = "dpgdiff.metric", "dpgdiff.metric_value", "dataset.fingerprint"
-SPLIT_TAG, SOURCE_RUN_TAG, SEARCH_NAME_TAG = "dataset.split", "source_run_id", "dpgdiff.search"
-PROTOCOL_TAG, STANDARD_TAG = "dpgdiff.eval_protocol", "dpgdiff.standard_protocol"
+# The versions' tag names are tune/names.py's. This file is also the served model's code (models from code: loading
+# the model runs it, with only dpgdiff shipped beside it), so it imports nothing of `tune` at module level: the
+# functions that tag versions, which run in the search, import the names.
 MODEL_NAME_PREFIX = "dpgdiff-"
 SEARCH_ALIAS_PREFIX = "search-"
 DEFAULT_METRIC = "val_mrr_sum"
@@ -150,6 +150,8 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, d
     import mlflow
 
     from dpgdiff.recommend import Recommender
+    from tune.names import (FINGERPRINT_TAG, METRIC_TAG, PROTOCOL_TAG, SEARCH_TAG, SOURCE_RUN_TAG, SPLIT_TAG,
+                            STANDARD_TAG, VALUE_TAG)
 
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint, config = checkpoint_dir / "best.pt", checkpoint_dir / "config.yaml"
@@ -170,7 +172,7 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, d
     tags = {METRIC_TAG: metric, VALUE_TAG: repr(float(metric_value)), FINGERPRINT_TAG: fingerprint,
             SPLIT_TAG: str(rec.info["dataset"].get("split")), PROTOCOL_TAG: protocol,
             STANDARD_TAG: "1" if protocol == STANDARD_PROTOCOL else "0", SOURCE_RUN_TAG: run_id,
-            **({SEARCH_NAME_TAG: search} if search else {}), **(extra_tags or {})}
+            **({SEARCH_TAG: search} if search else {}), **(extra_tags or {})}
     tags = {k: str(v) for k, v in tags.items()}
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -275,7 +277,7 @@ def registered_from(tracking_uri: str, run_id: str) -> list[str]:
 def publish_best_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, dataset: Any,
                        metric_value: Optional[float], *, metric: str = DEFAULT_METRIC,
                        search: Optional[str] = None) -> Optional[LoggedModel]:
-    """The end of a search (tune/driver.py): log + register the best trial's checkpoint folder (once per parent
+    """The end of a search (tune/finish.py): log + register the best trial's checkpoint folder (once per parent
     run: a resumed search adopts what a killed driver registered) and say what happened, with the commands to
     use it and which alias they serve. A failure here is reported, not raised: the search's results are already
     stored, and the model can be logged again by calling log_best_model."""
@@ -315,6 +317,8 @@ def describe_registration(logged: LoggedModel, search: Optional[str] = None) -> 
 def _should_move_alias(client: Any, name: str, version: str, tags: dict[str, str]) -> tuple[bool, str]:
     """(move @best to `version`?, why), from the new version's `tags` and those of the version holding @best."""
     from mlflow.exceptions import MlflowException
+
+    from tune.names import FINGERPRINT_TAG, METRIC_TAG, PROTOCOL_TAG, SPLIT_TAG, VALUE_TAG
 
     if tags[PROTOCOL_TAG] != STANDARD_PROTOCOL:
         return False, (f"measured with {tags[PROTOCOL_TAG]}, not the standard {STANDARD_PROTOCOL}: scores not "

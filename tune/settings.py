@@ -27,13 +27,13 @@ from urllib.parse import urlparse
 
 from dpgdiff.config import parse_assignment
 from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
-from dpgdiff.files import atomic_write_text
 from tune import study as optuna_study
-from tune.space import SearchSpace, card_sizing, default_space, load_space, space_from_text
+from tune.space import SearchSpace, load_space, space_from_text
+from tune.space_choice import card_sizing, default_space
+from tune.storage import read_text
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: git commit and display paths
 STATE_FILE = "dpgdiff_search.json"  # beside Tune's experiment state: what a resume needs
-DRIVERS_FILE = "dpgdiff_drivers.json"  # beside it: when each driver of the search ran Tune, and for how long
 # A search name is a folder under --storage-path, an MLflow run name and tag value, and part of a model alias.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 100
@@ -92,7 +92,8 @@ class SearchSettings:
     fingerprint: Optional[str] = None  # the dataset's, once the driver has loaded it
     # What Optuna optimises (tune.results.OBJECTIVES): val_mrr_sum alone, or val_mrr_sum,infer_ms (FIFO then)
     objectives: tuple[str, ...] = ("val_mrr_sum",)
-    # The space is a dataset-agnostic default: the driver fixes what the dataset card decides (tune.space.card_sizing)
+    # The space is a dataset-agnostic default: the driver fixes what the dataset card decides
+    # (tune.space_choice.card_sizing)
     size_from_card: bool = False
     # The Optuna study's RDB (tune/study.py; the study is named as the search); None = in Ray's searcher pickle only
     # (searches saved before it existed)
@@ -144,7 +145,7 @@ class SearchSettings:
         return new
 
     def sized_from_card(self, card: Any) -> "SearchSettings":
-        """A new search on a dataset-agnostic space: the card's sizes (tune.space.card_sizing) added to `fixed`,
+        """A new search on a dataset-agnostic space: the card's sizes (tune.space_choice.card_sizing) added to `fixed`,
         except where the space or the command line sets the field already; prints what and why."""
         if not self.size_from_card or self.run.resuming:  # a resume has them in its saved `fixed`
             return self
@@ -210,7 +211,7 @@ def _saved_settings(name: str, run: RunOptions, args: argparse.Namespace) -> Opt
             raise SearchError(f"{path} holds a Tune experiment but no {STATE_FILE}: not a tune/search.py search")
         return None
     # With the settings saved but no Tune state (a driver killed in its first seconds), the search is resumed
-    # all the same: tune.driver.build_tuner then starts its trials anew under the same name, and says so.
+    # all the same: tune.tuner.build_tuner then starts its trials anew under the same name, and says so.
     settings = SearchSettings.from_saved(json.loads(text), dataclasses.replace(run, resuming=True),
                                          f"{path}/{STATE_FILE}")
     if args.tracking_uri:
@@ -545,74 +546,3 @@ def _display_path(path: Path) -> str:
         return str(path.resolve().relative_to(REPO))
     except ValueError:
         return str(path)
-
-
-def write_text(uri: str, text: str) -> None:
-    """Write a small text file to a local path (atomically) or a pyarrow filesystem URI (s3://...)."""
-    if "://" not in uri:
-        atomic_write_text(Path(uri), text)
-        return
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
-
-
-def read_text(uri: str) -> Optional[str]:
-    """The text of a local path or URI; None when it does not exist."""
-    if "://" not in uri:
-        p = Path(uri)
-        return p.read_text() if p.exists() else None
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.readall().decode()
-
-
-# ------------------------------------------------------------------------------------- drivers
-
-
-def record_driver(path: str, started: float, wall_s: Optional[float] = None) -> None:
-    """Record in DRIVERS_FILE that the driver which started Tune at `started` (epoch seconds) is running
-    (wall_s None) or ran it for `wall_s` seconds. A driver killed before recording its time is given one when the
-    next driver starts: the time from its start to the last file it wrote in the experiment folder (local
-    storage; 0 elsewhere), marked estimated."""
-    drivers = read_drivers(path)
-    if wall_s is None:
-        for d in drivers:
-            if d.get("wall_s") is None:
-                last = _last_write(path)
-                d.update(wall_s=max(0.0, last - float(d["started"])) if last else 0.0, estimated=True)
-        drivers.append({"started": started, "wall_s": None})
-    else:
-        for d in drivers:
-            if d.get("started") == started:
-                d["wall_s"] = float(wall_s)
-    write_text(f"{path}/{DRIVERS_FILE}", json.dumps(drivers, indent=1))
-
-
-def read_drivers(path: str) -> list[dict[str, Any]]:
-    """DRIVERS_FILE's entries ([] when there is none or it cannot be read)."""
-    try:
-        drivers = json.loads(read_text(f"{path}/{DRIVERS_FILE}") or "[]")
-    except ValueError:
-        return []
-    return [d for d in drivers if isinstance(d, dict) and "started" in d] if isinstance(drivers, list) else []
-
-
-def search_wall_s(path: str) -> float:
-    """The search's wall time: the sum of every driver's time in Tune (issue 27 §2), this one's included once
-    it is recorded."""
-    return sum(float(d.get("wall_s") or 0.0) for d in read_drivers(path))
-
-
-def _last_write(path: str) -> Optional[float]:
-    if "://" in path or not Path(path).is_dir():
-        return None
-    times = [f.stat().st_mtime for f in Path(path).rglob("*") if f.is_file() and f.name != DRIVERS_FILE]
-    return max(times, default=None)

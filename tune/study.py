@@ -9,7 +9,7 @@ RDBStorage takes) puts it elsewhere. Ray's OptunaSearch pickles its study with t
 pickle holds only the URL and a cache of trials that Optuna re-reads from the database, so after a restore
 the database is the one source of truth for what was sampled. What a kill can still leave there is a trial
 asked after Tune's last experiment snapshot: the restored search never hears of it (its MLflow run is closed
-as lost, tune/tracking.py), and `close_lost_trials` marks it FAIL with the user attribute LOST_ATTR.
+as lost, tune/tracking.py), and `close_lost_trials` marks it FAIL with the user attribute LOST_TAG (tune/names.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import urlparse
 
+from tune.names import LOST_TAG, STOPPED_BY_TAG, STOPPED_BY_TIME_BUDGET
+
 DB_NAME = "optuna.db"
-LOST_ATTR = "dpgdiff.lost"  # user attribute of a study trial that Tune's restored state does not hold
 # SQLAlchemy dialects Optuna's RDBStorage is tested with (a URL may add a driver: postgresql+psycopg2://)
 DIALECTS = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 
@@ -95,7 +96,7 @@ def prepare_new_study(url: str, name: str, starting_anew: bool) -> Any:
 
 
 def close_lost_trials(url: str, name: str, known_numbers: Iterable[int]) -> list[int]:
-    """Mark FAIL (user attribute LOST_ATTR) the RUNNING study trials that Tune does not hold -> their numbers.
+    """Mark FAIL (user attribute LOST_TAG) the RUNNING study trials that Tune does not hold -> their numbers.
     known_numbers: the Optuna trial numbers in Tune's trials' configs (tune.trainable.OPTUNA_TRIAL_KEY)."""
     import optuna
 
@@ -105,7 +106,7 @@ def close_lost_trials(url: str, name: str, known_numbers: Iterable[int]) -> list
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.number in known:
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, "asked before the driver was killed; "
+        study._storage.set_trial_user_attr(trial._trial_id, LOST_TAG, "asked before the driver was killed; "
                                            "Tune's restored state does not hold it")
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         lost.append(trial.number)
@@ -123,7 +124,7 @@ def close_budget_stopped(url: str, name: str, last_values: dict[int, list[Option
         if trial.number not in last_values:
             continue
         values = last_values[trial.number]
-        study._storage.set_trial_user_attr(trial._trial_id, "dpgdiff.stopped_by", "time_budget")
+        study._storage.set_trial_user_attr(trial._trial_id, STOPPED_BY_TAG, STOPPED_BY_TIME_BUDGET)
         if values and all(v is not None and math.isfinite(v) for v in values):
             study.tell(trial.number, values if len(values) > 1 else values[0])
         else:

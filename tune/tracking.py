@@ -33,25 +33,34 @@ from typing import Any, Iterable, Optional
 
 from ray import tune
 
-from tune.budget import STOPPED_BY as BUDGET_STOPPED_BY
-from tune.budget import stopped_by_budget
+from tune.budget import NeedsClock, stopped_by_budget
+from tune.names import (
+    BEST_EPOCH_TAG,
+    ERROR_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    INTERRUPTED_TAG,
+    LOST_TAG,
+    MODEL_TAG,
+    NOTE_TAG,
+    OPTUNA_TAG,
+    PARENT_TAG,
+    REPLACED_BY_TAG,
+    RETRIES_TAG,
+    ROLE_LOST,
+    ROLE_SEARCH,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    SAMPLED_TAG,
+    SEARCH_TAG,
+    STOPPED_BY_SCHEDULER,
+    STOPPED_BY_TAG,
+    STOPPED_BY_TIME_BUDGET,
+    STOPPED_EARLY_TAG,
+    TRIAL_TAG,
+    WARM_START_TAG,
+)
 
-SEARCH_TAG = "dpgdiff.search"  # parent: the search name
-ROLE_TAG = "dpgdiff.role"  # "search" (parent) | "trial" (child) | "confirmation" (child: tune/confirm.py)
-TRIAL_TAG = "dpgdiff.trial_id"
-PARENT_TAG = "mlflow.parentRunId"
-MODEL_TAG = "model.name"
-ERROR_TAG = "error"
-OPTUNA_TAG = "dpgdiff.optuna_trial"  # child: the trial's Optuna trial number (Optuna's plots number trials so)
-WARM_START_TAG = "dpgdiff.warm_start"  # child: the earlier search whose configuration the trial runs (--warm-start)
-STOPPED_EARLY_TAG = "dpgdiff.stopped_early"  # child: "1" when ASHA stopped it (the run is FINISHED)
-STOPPED_BY_TAG = "dpgdiff.stopped_by"
-INTERRUPTED_TAG = "dpgdiff.interrupted"  # child: "1" when the search stopped (Ctrl-C) before the trial ended (KILLED)
-PARETO_TAG = "dpgdiff.pareto"  # child: "1" on the Pareto front of a multi-objective search
-NOTE_TAG = "mlflow.note.content"  # the run description shown in the MLflow UI
-LOST_ROLE = "lost"  # ROLE_TAG of a run whose trial Tune lost on resume (`MLflowTrialTracker.close_lost_runs`)
-REPLACED_BY_TAG = "dpgdiff.replaced_by"  # on a lost trial's run: the run of the trial that ran its configuration
-RETRIES_TAG = "dpgdiff.retries"  # child: how often Tune restarted the trial from its checkpoint (--max-failures)
 # How a run ended last time: removed when a resume reopens it (its trial goes on; how it ends now decides them).
 STALE_TAGS = (STOPPED_EARLY_TAG, STOPPED_BY_TAG, INTERRUPTED_TAG, NOTE_TAG, ERROR_TAG)
 _METRIC_PREFIXES = ("train_", "val_", "test_")
@@ -111,15 +120,11 @@ def create_sqlite_store(tracking_uri: str) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-# The experiment's type, as MLflow 3's UI records it (its "Experiment type" setting writes this tag): model
-# training, not GenAI. MLflow 3.17.2's UI still opens an experiment on the view the browser last used (a fresh
-# one: GenAI); the printed links choose the view themselves (tune/driver.py `ui_links`).
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-
-
 def ensure_experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
     """The experiment's id, creating it (with our artifact location) when missing; marked as model training
-    (EXPERIMENT_KIND_TAG) unless it already has a kind (one a user chose in the UI stays)."""
+    (EXPERIMENT_KIND_TAG) unless it already has a kind (one a user chose in the UI stays). MLflow 3.17.2's UI still
+    opens an experiment on the view the browser last used (a fresh one: GenAI); the printed links choose the view
+    themselves (tune/parent_run.py `ui_links`)."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -146,18 +151,18 @@ def find_runs(client: Any, experiment_id: str, tags: dict[str, str], max_results
 
 def start_parent_run(client: Any, experiment_id: str, search: str, tags: dict[str, str]) -> tuple[str, bool]:
     """(run_id, resumed): the search's parent run, reopened when it exists (resume)."""
-    runs = find_runs(client, experiment_id, {SEARCH_TAG: search, ROLE_TAG: "search"})
+    runs = find_runs(client, experiment_id, {SEARCH_TAG: search, ROLE_TAG: ROLE_SEARCH})
     if runs:
         run_id = runs[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id, True
     run = client.create_run(experiment_id, run_name=search,
-                            tags={**tags, SEARCH_TAG: search, ROLE_TAG: "search"})
+                            tags={**tags, SEARCH_TAG: search, ROLE_TAG: ROLE_SEARCH})
     return run.info.run_id, False
 
 
-def child_runs(client: Any, experiment_id: str, parent_run_id: str, role: str = "trial") -> list[Any]:
-    """The parent's child runs of one role: "trial" (the search's trials) or "confirmation" (reruns)."""
+def child_runs(client: Any, experiment_id: str, parent_run_id: str, role: str = ROLE_TRIAL) -> list[Any]:
+    """The parent's child runs of one role: ROLE_TRIAL (the search's trials) or ROLE_CONFIRMATION (reruns)."""
     return find_runs(client, experiment_id, {PARENT_TAG: parent_run_id, ROLE_TAG: role}, max_results=50000)
 
 
@@ -194,18 +199,19 @@ def _timed(hook: Any) -> Any:
     return wrapper
 
 
-class MLflowTrialTracker(tune.Callback):
-    """Tune callback (driver side) keeping one MLflow child run per trial, found by tag."""
+class MLflowTrialTracker(NeedsClock, tune.Callback):
+    """Tune callback (driver side) keeping one MLflow child run per trial, found by tag. With a --time-budget, its
+    `clock` (tune/budget.py) tells the trials the budget stopped from those ASHA stopped."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, search: str,
-                 space: Any, extra_tags: Optional[dict[str, str]] = None, role: str = "trial") -> None:
+                 space: Any, extra_tags: Optional[dict[str, str]] = None, role: str = ROLE_TRIAL) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.search = search
         self.space = space  # tune.space.SearchSpace: resolves a trial's full config for its params
         self.extra_tags = dict(extra_tags or {})
-        self.role = role  # ROLE_TAG of the child runs: "trial", or "confirmation" for tune/confirm.py's reruns
+        self.role = role  # ROLE_TAG of the child runs: ROLE_TRIAL, or ROLE_CONFIRMATION for tune/confirm.py's reruns
         self._client: Any = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id (a cache; the tag is the truth)
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> epochs already logged (resume)
@@ -276,7 +282,7 @@ class MLflowTrialTracker(tune.Callback):
                 TRIAL_TAG: tid,
                 SEARCH_TAG: self.search,
                 MODEL_TAG: model_name,
-                "dpgdiff.sampled": json.dumps(sampled, sort_keys=True, default=str)[:_MAX_TAG],
+                SAMPLED_TAG: json.dumps(sampled, sort_keys=True, default=str)[:_MAX_TAG],
                 **({OPTUNA_TAG: str(number)} if number is not None else {}),
                 **({WARM_START_TAG: str(trial.config[WARM_START_KEY])} if trial.config.get(WARM_START_KEY) else {}),
             }
@@ -315,7 +321,7 @@ class MLflowTrialTracker(tune.Callback):
             self._final_logged.add(run_id)
             step = int(result.get("best_epoch", epoch))
             keep = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "best_epoch"}
-            self.client.set_tag(run_id, "best_epoch", str(step))
+            self.client.set_tag(run_id, BEST_EPOCH_TAG, str(step))
         else:
             if epoch in self._logged_steps.setdefault(run_id, set()):
                 return  # already logged before a driver restart
@@ -352,8 +358,8 @@ class MLflowTrialTracker(tune.Callback):
         """Tags and description of a trial the scheduler (ASHA), or the search's --time-budget, stopped: FINISHED,
         but not trained to the end."""
         epoch = (trial.last_result or {}).get("epoch", "?")
-        if stopped_by_budget(trial.trial_id):  # not an early stop: the search's time was up (tune/budget.py)
-            self.client.set_tag(run_id, STOPPED_BY_TAG, BUDGET_STOPPED_BY)
+        if stopped_by_budget(self.clock, trial.trial_id):  # not an early stop: the search's time was up
+            self.client.set_tag(run_id, STOPPED_BY_TAG, STOPPED_BY_TIME_BUDGET)
             if not (trial.last_result or {}).get("epoch"):
                 self.client.set_tag(run_id, NOTE_TAG, "Stopped by the search's --time-budget before its first "
                                     "epoch ended: no result, nothing to select. Not a failure and not an early stop.")
@@ -362,7 +368,7 @@ class MLflowTrialTracker(tune.Callback):
                                 "the budget was spent while it trained. Not a failure and not an early stop; its "
                                 "checkpoints are kept and it can be selected like a finished trial.")
             return
-        self.client.set_tag(run_id, STOPPED_BY_TAG, "scheduler")
+        self.client.set_tag(run_id, STOPPED_BY_TAG, STOPPED_BY_SCHEDULER)
         self.client.set_tag(run_id, STOPPED_EARLY_TAG, "1")
         self.client.set_tag(run_id, NOTE_TAG, f"Stopped early by the ASHA scheduler after epoch {epoch}: its "
                             "validation MRR sum was below the cut at that rung. Not a failure; its metrics are "
@@ -389,7 +395,7 @@ class MLflowTrialTracker(tune.Callback):
 
     def reconcile(self, trials: Iterable[Any], ended_by_hooks: bool = False) -> None:
         """Make every child run's status match its trial's; runs of unfinished trials become KILLED, runs of
-        trials Tune lost are closed (`close_lost_runs`). trials: Tune's saved state (tune/driver.py), or, with
+        trials Tune lost are closed (`close_lost_runs`). trials: Tune's saved state (tune/finish.py), or, with
         `ended_by_hooks`, Tune's in-memory trials at the end of the experiment: then a trial whose end no hook
         reported this session was stopped by the search stopping, whatever its in-memory status says."""
         trials = list(trials)
@@ -405,7 +411,7 @@ class MLflowTrialTracker(tune.Callback):
                 # A trial whose final result arrived before the stop, but whose end Tune had not yet processed, did
                 # train to the end: FINISHED. (Tune's saved state still has it running, so a resume replays its final
                 # report from the final checkpoint, tune/trainable.py, without retraining; the run stays FINISHED.)
-                done = stopped_by_budget(trial.trial_id) or (trial.last_result or {}).get("final")
+                done = stopped_by_budget(self.clock, trial.trial_id) or (trial.last_result or {}).get("final")
                 want = "FINISHED" if done else "KILLED"
             if status == "RUNNING" or (want == "FAILED" and status != "FAILED"):
                 if want == "KILLED":
@@ -432,7 +438,7 @@ class MLflowTrialTracker(tune.Callback):
         A driver killed after a trial started but before Tune's next experiment snapshot leaves that
         trial's run in MLflow, while the resumed search never hears of the trial again: its searcher,
         restored from the same snapshot, proposes the configuration anew under a new trial id. Such a
-        run ends KILLED, its role becomes LOST_ROLE (so reports and counts skip it: one run per trial),
+        run ends KILLED, its role becomes ROLE_LOST (so reports and counts skip it: one run per trial),
         and REPLACED_BY_TAG names the run of the trial with the same sampled configuration, if any."""
         known = {t.trial_id for t in trials}
         # Only this Tune experiment's runs: several confirmations (extra_tags names each) share a parent and role.
@@ -441,19 +447,19 @@ class MLflowTrialTracker(tune.Callback):
         replacement = {}  # sampled configuration (its tag) -> run of a trial Tune holds
         for run in runs:
             if run.data.tags.get(TRIAL_TAG) in known:
-                replacement.setdefault(run.data.tags.get("dpgdiff.sampled"), run.info.run_id)
+                replacement.setdefault(run.data.tags.get(SAMPLED_TAG), run.info.run_id)
         lost = []
         for run in runs:
             tid = run.data.tags.get(TRIAL_TAG)
             if tid in known:
                 continue
-            by = replacement.get(run.data.tags.get("dpgdiff.sampled"))
+            by = replacement.get(run.data.tags.get(SAMPLED_TAG))
             why = (f"trial {tid} started, but the driver was killed before Tune saved it; the resumed search "
                    f"does not hold it" + (f" and ran its configuration again as run {by}" if by else ""))
-            self.client.set_tag(run.info.run_id, "dpgdiff.lost", why)
+            self.client.set_tag(run.info.run_id, LOST_TAG, why)
             if by:
                 self.client.set_tag(run.info.run_id, REPLACED_BY_TAG, by)
-            self.client.set_tag(run.info.run_id, ROLE_TAG, LOST_ROLE)
+            self.client.set_tag(run.info.run_id, ROLE_TAG, ROLE_LOST)
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, status="KILLED")
             lost.append(run.info.run_id)

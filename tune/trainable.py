@@ -9,13 +9,13 @@ Reports: one per validation pass, `{"epoch", "node_id", "train_loss", ..., "val_
 checkpoint folder (resume: `tune.get_checkpoint()` -> `train(resume_from=...)`), then one final
 report `{"final": 1, "best_epoch", best "val_*", "infer_ms", last "train_loss"}` whose checkpoint holds `best.pt`
 (the model `python -m dpgdiff evaluate` loads), `config.yaml` and `final.json`. A search's trials are
-not tested (the driver tests only the trial it selects, tune/driver.py); with
+not tested (the driver tests only the trial it selects, tune/finish.py); with
 `TrialSpec.evaluate_test` (tune/confirm.py's reruns) the final report also has `test_*` and the
 checkpoint `test_ranks.npz` (per-case test ranks). `infer_ms` is the last validation pass's
 ms per 1,000 cases (dpgdiff/training/loop.py), the second objective of `--objectives`. Inside an epoch
 the trial also publishes how far it is (`TuneReporter.progress`) for the driver's status line.
 
-The trial config may carry `OPTUNA_TRIAL_KEY` (tune/driver.py's searcher adds the Optuna trial
+The trial config may carry `OPTUNA_TRIAL_KEY` (tune/tuner.py's searcher adds the Optuna trial
 number, so that it is saved with the trial and survives a resume) and `WARM_START_KEY` (the earlier
 search a warm-start trial's configuration comes from, tune/warmstart.py); `sampled_params` drops both.
 """
@@ -107,7 +107,7 @@ def _node_id() -> str:
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
-    """Train one sampled config; `spec` is the same for every trial of a search (see tune/driver.py)."""
+    """Train one sampled config; `spec` is the same for every trial of a search (see tune/tuner.py)."""
     # One "Checkpoint successfully created" line per epoch per trial drowns the trial table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     context = tune.get_context()

@@ -9,7 +9,7 @@ space's parameters. Keys the new space does not sample are skipped, and named; a
 range is clipped to it (onto its step grid), a category the new space lacks is skipped, and both are said.
 The points are saved with the search's settings; the driver enqueues them in the Optuna study once, when the
 searcher is built (`enqueue`), so a resumed search, whose searcher comes back from Tune's saved state, never
-enqueues them again. Each enqueued trial carries the user attribute WARM_START_ATTR, which the searcher
+enqueues them again. Each enqueued trial carries the user attribute WARM_START_TAG (tune/names.py), which the searcher
 copies into the trial's config (tune.trainable.WARM_START_KEY): MLflow tags its run dpgdiff.warm_start=<search>
 and the trial table shows the search's name.
 
@@ -30,10 +30,10 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from tune.names import ROLE_SEARCH, ROLE_TAG, SAMPLED_TAG, SEARCH_TAG, WARM_START_TAG
 from tune.space import SearchSpace, flatten
 
 SCORE = "best_val_mrr_sum"  # what ranks an earlier search's trial runs (tune/tracking.py logs it)
-WARM_START_ATTR = "dpgdiff.warm_start"  # Optuna user attribute (and MLflow tag) of a warm-start trial
 DEFAULT_K = 3
 
 
@@ -67,7 +67,7 @@ def warm_start_points(names: Sequence[str], k: int, space: SearchSpace, tracking
             if is_new(point["params"]):
                 points.append(point)
             continue
-        wanted = {tracking.SEARCH_TAG: name, tracking.ROLE_TAG: "search"}
+        wanted = {SEARCH_TAG: name, ROLE_TAG: ROLE_SEARCH}
         parents = tracking.find_runs(client, exp.experiment_id, wanted) if exp is not None else []
         if not parents:
             raise WarmStartError(f"--warm-start {name}: no search {name!r} in the MLflow store {tracking_uri} "
@@ -166,7 +166,7 @@ def map_onto_space(config: dict[str, Any], sampled: Sequence[str], space: Search
 def _run_config(client: Any, run: Any) -> tuple[dict[str, Any], list[str]]:
     """A trial run's (flat config, the keys its search sampled): the config is its config.yaml artifact (the
     full resolved config), else its sampled parameters (tag dpgdiff.sampled)."""
-    sampled = json.loads(run.data.tags.get("dpgdiff.sampled") or "{}")
+    sampled = json.loads(run.data.tags.get(SAMPLED_TAG) or "{}")
     config: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -185,4 +185,4 @@ def _finite(value: Optional[float]) -> bool:
 def enqueue(searcher: Any, points: Sequence[dict[str, Any]]) -> None:
     """Put the warm-start points first in the searcher's Optuna study (once: a new searcher only)."""
     for point in points:
-        searcher._ot_study.enqueue_trial(dict(point["params"]), user_attrs={WARM_START_ATTR: point["search"]})
+        searcher._ot_study.enqueue_trial(dict(point["params"]), user_attrs={WARM_START_TAG: point["search"]})

@@ -1,0 +1,86 @@
+"""Ray for a search: start a local Ray of its own (or join a cluster) and check that a trial fits on a node."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+
+import dpgdiff
+from tune import leftovers, ray_internals
+from tune.settings import SearchError, SearchSettings
+
+
+TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
+
+
+def start_ray(settings: SearchSettings) -> Optional[str]:
+    """Start a local Ray (returns its temp dir, for removal at the end) or join `run.address` (None)."""
+    run = settings.run
+    runtime_env: dict[str, Any] = {}
+    if run.ship_code:
+        runtime_env["py_modules"] = [str(Path(dpgdiff.__file__).parent), str(TUNE_PACKAGE_DIR)]
+    if run.address is not None and run.address != "local":
+        ray.init(address=run.address, logging_level="WARNING", runtime_env=runtime_env or None)
+        _tighten_auth_token()
+        return None
+    # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
+    # A temp folder of our own is marked with this driver's PID: if it is killed, the next search cleans up.
+    temp_dir = run.ray_temp_dir or leftovers.new_temp_dir()
+    # No dashboard; every other local service binds 127.0.0.1 (tune/ray_internals.py).
+    session = ray_internals.init_local_ray(temp_dir, num_cpus=run.num_cpus or os.cpu_count(),
+                                           include_dashboard=False, dashboard_host="127.0.0.1",
+                                           logging_level="WARNING", runtime_env=runtime_env or None)
+    print_ray_processes(session)
+    _tighten_auth_token()  # a local Ray with token auth writes one when there is none
+    return None if run.ray_temp_dir else temp_dir
+
+
+def _tighten_auth_token() -> None:
+    note = ray_internals.tighten_auth_token()
+    if note:
+        print(f"note: {note}", flush=True)
+
+
+def print_ray_processes(session: Path) -> None:
+    """Log the local Ray's session folder and the processes this driver started (so a supervisor can stop
+    them by PID)."""
+    pids = _descendant_pids(os.getpid())
+    print(f"ray session {session} pids {' '.join(map(str, pids)) or '-'}", flush=True)
+
+
+def _descendant_pids(root: int) -> list[int]:
+    """PIDs of every process below `root` (children, grandchildren, ...), read from /proc (Linux)."""
+    parent_of: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent_of[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])  # field 4: the ppid
+    found, frontier = [], {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent_of.items() if ppid in frontier}
+        found += frontier
+    return sorted(found)
+
+
+def check_resources(ray_api: Any, settings: SearchSettings) -> int:
+    """A trial must fit on one node, or it would stay PENDING forever (search-notes) -> how many trials fit at
+    once."""
+    cpu, gpu = settings.cpus_per_trial, settings.gpus_per_trial
+    nodes = [n.get("Resources", {}) for n in ray_api.nodes() if n.get("Alive")]
+    total = ray_api.cluster_resources()
+    fits = [n for n in nodes if n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu]
+    if not fits:
+        have = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes))
+        raise SearchError(f"each trial asks for {cpu:g} CPU and {gpu:g} GPU, but no node of the cluster has that "
+                          f"({have or 'no live nodes'}; total {total.get('CPU', 0):g} CPU, "
+                          f"{total.get('GPU', 0):g} GPU); lower --cpus-per-trial/--gpus-per-trial")
+    slots = sum(int(min(n.get("CPU", 0) // cpu, n.get("GPU", 0) // gpu if gpu else 1e9)) for n in fits)
+    print(f"Ray: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU; "
+          f"room for {slots} trial(s) at once", flush=True)
+    return slots
