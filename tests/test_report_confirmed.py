@@ -117,3 +117,24 @@ def test_no_confirmation_runs_no_tables(mlflow_store):
     exp_id = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(uri))
     parent = client.create_run(exp_id, tags={tracking.SEARCH_TAG: "s", tracking.ROLE_TAG: "search"})
     assert report.confirmation_tables(client, exp_id, [parent]) == ""
+
+
+def test_columns_are_labelled_by_the_configuration_not_only_the_model():
+    """A −DE DPG-Diff is "DPG-Diff (−DE)" in the tables (its runs' dpgdiff.label tag, `Config.label()`); its
+    variants add their names to it; runs from before the tag fall back to the model's name."""
+    from types import SimpleNamespace
+
+    from tune.names import LABEL_TAG
+
+    def group(search, variant, label=None, model="dpgdiff"):
+        run = SimpleNamespace(data=SimpleNamespace(tags={LABEL_TAG: label} if label else {}))
+        return report.Confirmed(search, model, variant, {1: run})
+
+    best = group("s", "best", "DPG-Diff (−DE)")
+    control = group("s", "-Diffusion", "DPG-Diff (−Diffusion, −DE)")
+    sasrec = group("b", "best", model="sasrec")
+    groups = [best, control, sasrec]
+    assert report._column_label(best, [best, sasrec]) == "DPG-Diff (−DE)"
+    assert report._column_label(control, groups) == "DPG-Diff (−DE) -Diffusion (s)"  # two DPG-Diff columns
+    assert report._column_label(control, [control, sasrec]) == "DPG-Diff (−Diffusion, −DE)"
+    assert report._column_label(sasrec, groups) == "SASRec"

@@ -289,6 +289,9 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
         assert {"test_ranks.npz", "config.yaml", "final.json"} <= names
     exported = Config.from_yaml(configs / "dpgdiff.yaml")
     assert exported.model.dim == int(best.data.params["model.dim"]) and exported.train.epochs == 2
+    # the file says which DPG-Diff it is, and lists only what the model reads
+    assert (configs / "dpgdiff.yaml").read_text().startswith(f"# variant: {exported.label()}\n")
+    assert best.data.tags["dpgdiff.label"] == exported.label()
     # the report adds the confirmed table (mean ± std over both seeds) and the variant table with paired tests
     out_file = tmp / "confirmed.md"
     assert report.main(["--name", NAME, "--tracking-uri", tracking_uri(tmp), "--out", str(out_file)]) == 0
@@ -300,7 +303,8 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
     assert report.main(["--name", NAME, "--variant", f"{NAME}=no-cl", "--tracking-uri", tracking_uri(tmp),
                         "--out", str(out_file)]) == 0
     table1 = out_file.read_text().split("## Ablations")[0]
-    assert "DPG-Diff no-cl [1]" in table1 and "variant no-cl (--variant" in table1
+    # its column says what the variant is (its runs' label), the footnote which variant it was
+    assert "DPG-Diff (−Tri-CL) [1]" in table1 and "variant no-cl (--variant" in table1
     assert all(run_id in table1 for run_id in no_cl)
     assert not [r for r in runs if r.data.tags["dpgdiff.variant"] == "best" and r.info.run_id in table1]
     for variant, message in ((f"{NAME}=nope", "no confirmed variant 'nope' (confirmed: best, no-cl"),

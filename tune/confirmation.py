@@ -90,7 +90,7 @@ class Job:
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> "Job":
-        return cls(**{**data, "config": Config.from_dict(data["config"], source=f"{CONFIRM_STATE}: {data['search']}")})
+        return cls(**{**data, "config": Config.from_saved(data["config"], source=f"{CONFIRM_STATE}: {data['search']}")})
 
 
 class ConfirmationJobs:
@@ -201,16 +201,18 @@ def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Seq
 
 def export_config(config: Config, path: Path, search: str, best_run_id: str, command: str,
                   trial: Optional[str] = None) -> None:
-    """The confirmed configuration as a `python -m dpgdiff train --config` file (machine-specific fields left out).
+    """The confirmed configuration as a `python -m dpgdiff train --config` file: the fields its model reads
+    (`Config.to_file_dict`), machine-specific ones left out, under a first line with its label (`Config.label()`).
     trial: the trial named with --trial (None: the search's best)."""
-    data = config.to_dict()
+    data = config.to_file_dict()
     for dotted in NOT_EXPORTED:
         section, key = dotted.split(".")
         data[section].pop(key, None)
     import yaml
 
     chosen = f"trial {trial}, named with tune/confirm.py --trial" if trial else "its best configuration, chosen on validation"
-    header = (f"# Search {search}, MLflow run {best_run_id}: {chosen}.\n"
+    header = (f"# variant: {config.label()}\n"
+              f"# Search {search}, MLflow run {best_run_id}: {chosen}.\n"
               f"#   {command}\n")
     write_text(str(path), header + yaml.safe_dump(data, sort_keys=False))
 

@@ -70,6 +70,7 @@ BEST_RUN_TAG = "best_run_id"  # that trial's run
 
 TRIAL_TAG = "dpgdiff.trial_id"  # its Tune trial id: how a resumed search finds the run again
 MODEL_TAG = "model.name"  # the model it trains (what tune/report.py groups Table 1 by)
+LABEL_TAG = "dpgdiff.label"  # what tables call its configuration (`Config.label()`: "DPG-Diff (−DE)", "SASRec")
 SAMPLED_TAG = "dpgdiff.sampled"  # its sampled parameters as sorted JSON (a configuration's identity)
 OPTUNA_TAG = "dpgdiff.optuna_trial"  # its Optuna trial number (Optuna's plots number trials so)
 WARM_START_TAG = "dpgdiff.warm_start"  # the earlier search whose configuration it runs; also that Optuna user attribute

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from dpgdiff.config import MODEL_LABELS
 from dpgdiff.files import atomic_write_text
 from tune import tracking
 from tune.names import (
@@ -47,6 +48,7 @@ from tune.names import (
     EXIT_OK,
     EXIT_USAGE,
     INTERRUPTED_TAG,
+    LABEL_TAG,
     MODEL_TAG,
     OPTUNA_TAG,
     ROLE_CONFIRMATION,
@@ -64,7 +66,6 @@ from tune.results import METRIC
 TABLE_METRICS = (("MRR", "mrr"), ("N@5", "ndcg5"), ("N@10", "ndcg10"), ("H@5", "hr5"), ("H@10", "hr10"))
 DOMAIN_NAMES = {"food_kitchen": ("Food", "Kitchen"), "movie_book": ("Movie", "Book")}
 MODEL_ORDER = ("sasrec", "diffurec", "dpgdiff")  # Table 1 puts the proposed model last
-MODEL_LABELS = {"sasrec": "SASRec", "sasrec_single": "SASRec-single", "diffurec": "DiffuRec", "dpgdiff": "DPG-Diff"}
 OURS = "dpgdiff"
 
 
@@ -245,7 +246,7 @@ def comparison_table(pairs: list[tuple[Any, Any]]) -> str:
     lines.append("")
     for i, m in enumerate(models, 1):
         parent, run = best[m]
-        lines.append(f"[{i}] {MODEL_LABELS.get(m, m)}: run {run.info.run_id} (search "
+        lines.append(f"[{i}] {run.data.tags.get(LABEL_TAG) or MODEL_LABELS.get(m, m)}: run {run.info.run_id} (search "
                      f"{parent.data.tags.get(SEARCH_TAG)}, trial {run.data.tags.get(TRIAL_TAG)}, "
                      f"best epoch {run.data.tags.get(BEST_EPOCH_TAG, '?')}, val MRR sum {_num(_best_val(run))})")
     return "\n".join(lines)
@@ -267,6 +268,11 @@ class Confirmed:
     variant: str
     runs: dict[int, Any]  # seed -> MLflow run
     trial: Optional[str] = None  # the trial named with --trial; None: the search's best
+
+    @property
+    def label(self) -> str:
+        """What its configuration is (`Config.label()`, tagged on its runs): "DPG-Diff (−DE)", not just the model."""
+        return next(iter(self.runs.values())).data.tags.get(LABEL_TAG) or MODEL_LABELS.get(self.model, self.model)
 
     def values(self, domain: str, key: str) -> list[float]:
         return [r.data.metrics[f"test_{domain}_{key}"] for r in self.runs.values()
@@ -404,9 +410,13 @@ def confirmation_tables(client: Any, experiment_id: str, parents: list[Any],
 
 
 def _column_label(group: Confirmed, groups: list[Confirmed]) -> str:
-    label = MODEL_LABELS.get(group.model, group.model)
+    """The configuration's label ("DPG-Diff (−DE)"); a variant's is its search's configuration's and the variant's
+    name, or, without that configuration in the table, its own tagged label."""
+    label = group.label
     if not group.is_best:
-        label += f" {group.variant}"
+        own = next((g for g in groups if g.search == group.search and g.is_best), None)
+        tagged = next(iter(group.runs.values())).data.tags.get(LABEL_TAG)
+        label = f"{own.label} {group.variant}" if own else (tagged or f"{label} {group.variant}")
     return label if sum(g.model == group.model for g in groups) == 1 else f"{label} ({group.search})"
 
 

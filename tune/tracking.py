@@ -41,6 +41,7 @@ from tune.names import (
     EXPERIMENT_KIND_TAG,
     INTERRUPTED_TAG,
     LOST_TAG,
+    LABEL_TAG,
     MODEL_TAG,
     NOTE_TAG,
     OPTUNA_TAG,
@@ -271,9 +272,10 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
             sampled = sampled_params(dict(trial.config))
             number = trial.config.get(OPTUNA_TRIAL_KEY)
             try:
-                config = self.space.resolve(sampled).to_dict()
+                resolved = self.space.resolve(sampled)
+                config, label = resolved.to_dict(), resolved.label()
             except Exception:  # invalid combination: the trial itself fails with the message
-                config = {}
+                config, label = {}, ""
             model_name = (config.get("model") or {}).get("name", "")
             tags = {
                 **self.extra_tags,
@@ -282,6 +284,7 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
                 TRIAL_TAG: tid,
                 SEARCH_TAG: self.search,
                 MODEL_TAG: model_name,
+                **({LABEL_TAG: label} if label else {}),
                 SAMPLED_TAG: json.dumps(sampled, sort_keys=True, default=str)[:_MAX_TAG],
                 **({OPTUNA_TAG: str(number)} if number is not None else {}),
                 **({WARM_START_TAG: str(trial.config[WARM_START_KEY])} if trial.config.get(WARM_START_KEY) else {}),
