@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dpgdiff.config import Config, ConfigError
-from dpgdiff.models.diffusion import SCHEDULES, NoiseSchedule, make_betas, terminal_alpha_bar
+from dpgdiff.models.diffusion import SCHEDULES, NoiseSchedule, make_betas, reverse_chain, terminal_alpha_bar
 
 
 def schedule(steps: int, name: str = "trunc_lin", beta_scale: float = 1.0, **kwargs) -> NoiseSchedule:
@@ -156,3 +156,26 @@ def test_ddim_is_deterministic_and_ddpm_is_seeded():
     assert torch.equal(p1, p2) and not torch.equal(p1, p3)
     with pytest.raises(ValueError, match="sampler"):
         s.step(x0_hat, 20, 10, x_t, "euler")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_reverse_chain_calls_the_denoiser_at_the_k_timesteps_and_returns_the_last_x0(sampler):
+    """The one reverse chain (both diffusion models call it): x_T ~ N(0, I) drawn from the generator, one denoiser
+    call per timestep from T-1 down to 0, each step's x_t from `NoiseSchedule.step`, the last call's x̂_0 back."""
+    s = NoiseSchedule(16, "cosine")
+    target = torch.full((3, 4), 0.5)
+    seen = []
+
+    def denoise(x_t, t):
+        seen.append((t, x_t.clone()))
+        return target + 0.01 * t  # a denoiser that knows the answer, up to a t-dependent offset
+
+    out = reverse_chain(s, denoise, torch.empty(3, 4), 4, sampler, torch.Generator().manual_seed(2))
+    assert [t for t, _ in seen] == s.timesteps(4) and torch.equal(out, target)  # the last step is t = 0
+    assert torch.equal(seen[0][1], torch.randn(3, 4, generator=torch.Generator().manual_seed(2)))  # x_T
+    if sampler == "ddim":  # deterministic: each x_t is exactly NoiseSchedule.step on the previous x̂_0
+        for (t, x_t), (t_next, x_next) in zip(seen, seen[1:]):
+            assert torch.allclose(x_next, s.step(target + 0.01 * t, t, t_next, x_t, "ddim"))
+    seen.clear()
+    reverse_chain(s, denoise, torch.empty(3, 4), 1, sampler)
+    assert [t for t, _ in seen] == [15]  # K = 1: one call on pure noise at t = T-1
