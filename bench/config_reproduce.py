@@ -104,7 +104,8 @@ def main() -> None:
             else:
                 results[key] = run_train(args.tree, args.tree / config, dataset, run, data_dir)
             was = before.get(key, {})
-            marks = [f"{k} was {was[k]}" for k in ("val", "test") if k in was and was[k] != results[key].get(k)]
+            marks = [f"{k} was {was[k]}" for k in ("val", "test") if k in was and k in results[key]
+                     and was[k] != results[key][k]]
             print(f"{key:60s} {json.dumps(results[key])}" + (f"   DIFFERS: {', '.join(marks)}" if marks else
                                                             ("   same" if was else "")), flush=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=1))
