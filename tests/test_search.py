@@ -163,7 +163,8 @@ def test_report_prints_best_trials_and_table1(search, capsys):
     table = out_file.read_text()
     assert "| Data | Metric | DPG-Diff [1] |" in table
     assert "| X | MRR |" in table and "| Y | MRR |" in table and "|  | H@10 |" in table
-    assert f"[1] DPG-Diff: run {best}" in table  # every cell traceable to a run id
+    # every cell traceable to a run id, and the footnote says which DPG-Diff the run is
+    assert f"[1] DPG-Diff (full): run {best}" in table
     assert report.main(["--name", "nope", "--tracking-uri", tracking_uri(tmp)]) == 2
     err = capsys.readouterr().err
     assert "no search named 'nope'" in err and NAME in err
