@@ -283,18 +283,18 @@ class Config:
                 raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
             for key, value in values.items():
                 dotted = f"{section_name}.{key}"
-                if dotted in RETIRED and drop_retired(dotted, value, source, saved):
-                    continue
-                if _hashable(value) and (dotted, value) in RETIRED_VALUES:
-                    value = retired_value(dotted, value, source, saved)
-                _set_field(sections[section_name], dotted, key, value, source)
+                keep, value = check_retired(dotted, value, source, saved)
+                if keep:
+                    _set_field(sections[section_name], dotted, key, value, source)
         config = cls(**sections)
-        given = [f"{section}.{key}" for section, values in data.items() if values for key in values]
         if saved:  # fields the model never read had no effect: back to their defaults
-            config = cls.from_dict({s: {k: v for k, v in vals.items() if config.declares(f"{s}.{k}")}
-                                    for s, vals in config.to_dict().items()}, source)
+            default = cls()
+            for dotted in cls.field_names():
+                if not config.declares(dotted):
+                    section, key = dotted.split(".")
+                    setattr(getattr(config, section), key, getattr(getattr(default, section), key))
         else:
-            config.check_declared([name for name in given if name not in RETIRED], source)
+            config.check_declared([f"{s}.{k}" for s, values in data.items() if values for k in values], source)
         config.validate(source)
         return config
 
@@ -333,10 +333,7 @@ class Config:
         ])
         for dotted, value in items:
             section, _, key = dotted.partition(".")
-            if dotted in RETIRED:
-                drop_retired(dotted, value, source, saved=False)  # raises: a retired field cannot be set
-            if _hashable(value) and (dotted, value) in RETIRED_VALUES:
-                retired_value(dotted, value, source, saved=False)  # raises likewise
+            check_retired(dotted, value, source, saved=False)  # raises: a retired lever cannot be set
             if not key or section not in data:
                 raise ConfigError(
                     f"{source}: {dotted!r} is not a config field; expected section.key with "
@@ -452,29 +449,31 @@ INFERENCE_KEYS = (
 )
 
 
-def _hashable(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool, type(None)))
+def retired_setting(dotted: str, value: Any) -> bool:
+    """`dotted: value` sets a retired lever (RETIRED, RETIRED_VALUES) to something other than today's behaviour."""
+    if dotted in RETIRED:
+        return RETIRED[dotted][0] != value
+    return isinstance(value, str) and (dotted, value) in RETIRED_VALUES  # both retired values are strings
 
 
-def retired_value(dotted: str, value: Any, source: str, saved: bool) -> Any:
-    """The value a retired value of a kept field loads as (saved configs only); otherwise a ConfigError."""
-    if saved:
-        return RETIRED_VALUES[dotted, value]
-    raise ConfigError(f"{source}: {dotted}={value!r} was retired (issue 37: tried and not kept; BENCHMARKS.md has "
-                      f"its verdict). Commit {RETIRED_AT} is the last that has it")
-
-
-def drop_retired(dotted: str, value: Any, source: str, saved: bool) -> bool:
-    """True if a retired field may be dropped: saved by an earlier version at the value that is today's behaviour,
-    or one that only shaped training. Otherwise a ConfigError names the field and the commit that still has it."""
-    today, train_only = RETIRED[dotted]
-    if saved and (value == today or train_only):
-        return True
-    raise ConfigError(
-        f"{source}: {dotted} was retired (issue 37: tried and not kept; BENCHMARKS.md has its verdict); "
-        + (f"{value!r} is not today's behaviour ({today!r}). " if value != today else "remove it. ")
-        + f"Commit {RETIRED_AT} is the last that has it"
-    )
+def check_retired(dotted: str, value: Any, source: str, saved: bool) -> tuple[bool, Any]:
+    """(keep, value) for `dotted: value` read from `source`. What an earlier version saved (`saved`) drops a retired
+    field at today's behaviour or one that only shaped training (keep False), and a retired value of a kept field
+    loads as its replacement; any other retired setting, and every one not `saved`, is a ConfigError naming the
+    field and the commit that still has it."""
+    if dotted in RETIRED:
+        today, train_only = RETIRED[dotted]
+        if saved and (value == today or train_only):
+            return False, value
+        what = f"{value!r} is not today's behaviour ({today!r}). " if value != today else "remove it. "
+    elif retired_setting(dotted, value):
+        if saved:
+            return True, RETIRED_VALUES[dotted, value]
+        what, dotted = "choose another value. ", f"{dotted}={value!r}"
+    else:
+        return True, value
+    raise ConfigError(f"{source}: {dotted} was retired (issue 37: tried and not kept; BENCHMARKS.md has its "
+                      f"verdict); {what}Commit {RETIRED_AT} is the last that has it")
 
 
 # --------------------------------------------------------------------------------------------

@@ -247,12 +247,9 @@ def reverse_chain(
     feeds x̂_0 to `NoiseSchedule.step`, and the last one returns its x̂_0 (K = 1: one denoiser call on pure noise)."""
     steps = schedule.timesteps(infer_steps)
     x = randn_like(like, generator)
-    for i, t in enumerate(steps):
-        x0_hat = denoise(x, t)
-        if i + 1 == len(steps):
-            return x0_hat
-        x = schedule.step(x0_hat, t, steps[i + 1], x, sampler, generator)
-    raise AssertionError("unreachable: timesteps() returns at least one step")
+    for t, t_next in zip(steps, steps[1:]):
+        x = schedule.step(denoise(x, t), t, t_next, x, sampler, generator)
+    return denoise(x, steps[-1])
 
 
 def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

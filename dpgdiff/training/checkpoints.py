@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from dpgdiff.config import RETIRED, RETIRED_AT, RETIRED_VALUES, Config, ConfigError
+from dpgdiff.config import RETIRED_AT, Config, ConfigError, retired_setting
 from dpgdiff.files import atomic_write, replace_dir
 from dpgdiff.models import build_model
 from dpgdiff.training.reproducibility import capture_rng, restore_rng
@@ -252,8 +252,7 @@ def load_model_and_data(
 def check_resume_config(saved: dict[str, Any], config: Config, source: str) -> None:
     """Refuse to resume with a config that trains differently from the checkpoint's (_RESUME_MAY_DIFFER aside)."""
     retired = [f"{section}.{key}={value!r}" for section, values in saved.items() for key, value in (values or {}).items()
-               if (f"{section}.{key}" in RETIRED and RETIRED[f"{section}.{key}"][0] != value)
-               or (isinstance(value, str) and (f"{section}.{key}", value) in RETIRED_VALUES)]
+               if retired_setting(f"{section}.{key}", value)]
     if retired:
         raise ConfigError(f"{source}: cannot resume: the run trained with {', '.join(retired)}, retired since "
                           f"(commit {RETIRED_AT} is the last that has it); its best.pt still loads and evaluates")
