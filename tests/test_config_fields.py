@@ -83,3 +83,30 @@ def test_labels_say_which_dpgdiff_a_configuration_is():
     for name in ("dpgdiff", "dpgdiff-full"):
         first = (root / f"{name}.yaml").read_text().splitlines()[0]
         assert first.startswith(f"# variant: {Config.from_yaml(root / f'{name}.yaml').label()[:-1]}"), first
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_search_space_resolves_trials_of_its_own_model(path):
+    """A trial's config is the space's fixed and sampled values on the defaults: defaults the model never
+    reads are not "set" by the space (a SASRec search must not be refused for DPG-Diff's defaults)."""
+    import optuna
+
+    from tune.space import load_space
+
+    space = load_space(path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):
+        trial = study.ask()
+        space(trial)
+        config = space.resolve(dict(trial.params))
+        assert config.model.name == space.base_values()["model.name"]
+
+
+def test_a_space_that_sets_a_field_its_model_never_reads_is_refused_by_name(tmp_path):
+    from tune.space import SpaceError, load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("fixed:\n  model.name: sasrec\n  diffusion.steps: 10\nparams:\n"
+                    "  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")
+    with pytest.raises(SpaceError, match=r"space.yaml: fixed.diffusion.steps: model.name='sasrec' does not read"):
+        load_space(path)

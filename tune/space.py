@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from dpgdiff.config import Config, ConfigError, coerce_value, parse_yaml, read_yaml
+from dpgdiff.config import Config, ConfigError, coerce_value, model_reads, parse_yaml, read_yaml
 
 TYPES = ("categorical", "int", "float")
 _SPEC_KEYS = {
@@ -184,7 +184,9 @@ class SearchSpace:
         unknown = [k for k in sampled if k not in self.base_values()]
         if unknown:
             raise ConfigError(f"{self.source}: {source}: unknown config field(s) {unknown}")
-        return Config().with_overrides({**self.base_values(), **sampled}, source=f"{self.source}: {source}")
+        # Only what the space sets: a default the model never reads must not count as "set" (Config.check_declared).
+        fixed = {k: v for k, v in self.base_values().items() if k in self.fixed}
+        return Config().with_overrides({**fixed, **sampled}, source=f"{self.source}: {source}")
 
     def distributions(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """Optuna distributions of the parameters present in `sampled` (the active ones)."""
@@ -271,8 +273,22 @@ def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace
         raise SpaceError(f"{source}: hardware: {hardware!r} is not one of {list(HARDWARE)}")
     space = SearchSpace(source, params, dict(fixed), str(data.get("description") or ""), text, hardware)
     _check_when_refs(space, source)
+    _check_read_by_model(space)
     _check_combinations(space)
     return space
+
+
+def _check_read_by_model(space: SearchSpace) -> None:
+    """Every fixed and sampled field is one the space's model reads (config.MODEL_FIELDS), named before Ray starts."""
+    if "model.name" in space.params:
+        return  # a space that samples the model: each trial's config is checked as it is resolved
+    model = space.base_values()["model.name"]
+    for section, names in (("fixed", space.fixed), ("params", space.params)):
+        unread = [name for name in names if not model_reads(model, name)]
+        if unread:
+            raise SpaceError(f"{space.source}: {section}.{unread[0]}: model.name={model!r} does not read "
+                             f"{', '.join(unread)}; remove {'it' if len(unread) == 1 else 'them'} "
+                             "(dpgdiff/config_fields.py MODEL_FIELDS lists what each model reads)")
 
 
 def _check_name(name: Any, fields: dict[str, Any], source: str, section: str) -> None:
