@@ -34,10 +34,10 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
 
 _ENCODER = ("model.guidance", "model.guidance_memory", "model.fusion", "model.pool", "model.n_enc_layers",
             "model.score_alpha", "loss.lambda_s", "loss.single_loss_repr", "diffusion.cfg_p", "diffusion.cfg_w")
+# The −Diffusion control keeps the output head (diffusion.precond, sigma_data and the x0_norm that sets σ_d).
 _CHAIN = ("diffusion.steps", "diffusion.schedule", "diffusion.beta_scale", "diffusion.terminal_snr",
           "diffusion.sampler", "diffusion.infer_steps", "diffusion.ddpm_variance", "diffusion.val_sampler",
-          "diffusion.val_infer_steps", "diffusion.precond", "diffusion.sigma_data", "model.x0_norm",
-          "loss.lambda_diff", "loss.rec_timestep")
+          "diffusion.val_infer_steps", "loss.lambda_diff", "loss.rec_timestep")
 _CONTRASTIVE = ("augment.*", "loss.cl_sim", "loss.cl_tau", "loss.cl_aug_view")
 # (fields, when they do nothing): declared fields that another field's value switches off.
 INERT_WHEN: tuple[tuple[tuple[str, ...], Callable[[Any], bool]], ...] = (

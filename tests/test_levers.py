@@ -85,6 +85,38 @@ def test_no_diffusion_control_has_no_timestep_no_x_t_and_no_l_diff(synthetic_dat
     assert torch.allclose(a, expected, atol=1e-5)
 
 
+def test_the_control_keeps_the_models_edm_output_head(synthetic_dataset, hist):
+    """Issue 38: under diffusion.precond=edm the control's x̂_0 is σ_d·F(x_t = 0), the head of the model's K = 1
+    pass from pure noise, so both start at one logit scale (the raw head started about 1/σ_d larger)."""
+    edm = {"diffusion.precond": "edm", "diffusion.terminal_snr": "zero", "model.disentangled_encoder": False}
+    control = make(config(**edm, **{"model.diffusion": False}), synthetic_dataset).eval()
+    model = make(config(**edm, **{"loss.rec_timestep": "terminal", "diffusion.infer_steps": 1}), synthetic_dataset).eval()
+    raw_head = make(config(**{**edm, "diffusion.precond": "none"}, **{"model.diffusion": False}), synthetic_dataset).eval()
+    with torch.no_grad():
+        h_trim = trim_padding(hist)
+        td = torch.full((hist.shape[0],), DOMAIN_Y)
+        raw = control.embedding.lookup(h_trim)
+        valid = h_trim != 0
+        cache = control.denoiser.encode_history(control.embedding.with_positions(raw, valid), valid)
+        q = control.denoiser.encoder_c.extend(control.denoiser.dom_emb(td), cache.kv, cache.valid)
+        sigma = control.sigma_data(td)
+        expected = (sigma[:, None] * control.denoiser.decode(q, None, None)) @ control.embedding.table(DOMAIN_Y).t()
+    got = scores(control, hist, 0)
+    assert torch.allclose(got, expected, atol=1e-5)
+    spread = {name: scores(m, hist, 0).std().item() for name, m in
+              (("control", control), ("model", model), ("raw", raw_head))}
+    assert 0.5 < spread["control"] / spread["model"] < 2.0, spread
+    assert spread["raw"] / spread["model"] > 4.0, spread  # what the unmatched control did
+
+
+def test_a_control_saved_before_the_matched_head_loads_with_the_raw_head():
+    from dpgdiff.training.checkpoints import upgrade_saved_config
+
+    saved = config(**{"model.diffusion": False, "diffusion.precond": "edm"}).to_dict()
+    assert upgrade_saved_config(saved, revision=1)["diffusion"]["precond"] == "none"
+    assert upgrade_saved_config(saved)["diffusion"]["precond"] == "edm"
+
+
 def test_minus_diffusion_variant_applies_to_the_committed_config(synthetic_dataset):
     from tune.confirmation import ABLATIONS
 

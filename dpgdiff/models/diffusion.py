@@ -226,6 +226,11 @@ class EDMPreconditioning:
         """x̂_0 = c_skip·x_t + c_out·F(c_in·x_t) (B, d): the network F (its t and conditioning bound) preconditioned."""
         return self.precondition_outputs(x_t, network(self.precondition_inputs(x_t, t, sigma_data)), t, sigma_data)
 
+    def terminal_output(self, model_output: torch.Tensor, sigma_data) -> torch.Tensor:
+        """x̂_0 = σ_d·F (B, d): the output head where ᾱ = 0 (c_skip = 0, c_out = σ_d), whatever the input was."""
+        sd = torch.as_tensor(sigma_data, dtype=model_output.dtype, device=model_output.device)
+        return (sd[:, None] if sd.dim() == 1 else sd) * model_output
+
     def loss_weight(self, t: torch.Tensor, sigma_data, like: torch.Tensor) -> torch.Tensor:
         """1 / c_out² (B,): the per-example weight of ||x̂_0 - x_0||² in L_diff."""
         ab, sd, var = self._terms(t, sigma_data, like)

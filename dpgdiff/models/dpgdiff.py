@@ -3,7 +3,8 @@
 `loss` is Algorithm 1 (Eq. 14: λ_diff·L_diff + λ_rec·L_rec + λ_cl·L_tri-cl); `score` is Eq. 15 with the
 softmax over items (monotone, so raw scores rank). Table 3's ablations are config switches
 (model.disentangled_encoder, model.guidance, model.tri_cl); a disabled component is not built.
-model.diffusion=false is the `−Diffusion` control: the same network, x_t ≡ 0, no timestep embedding, no L_diff.
+model.diffusion=false is the `−Diffusion` control: the same network, x_t ≡ 0, no timestep embedding, no L_diff, and
+(under diffusion.precond=edm) the same output head as the model's K = 1 pass from pure noise: σ_d·F (EDM at ᾱ = 0).
 Kept from issue 23's levers (config.py documents each): diffusion.precond (EDM), loss.rec_timestep, model.item_bias.
 """
 
@@ -58,7 +59,9 @@ class DPGDiff(Recommender):
                 f"(model.disentangled_encoder=true): classifier-free guidance has no null branch otherwise"
             )
         self.schedule = NoiseSchedule(dc.steps, dc.schedule, dc.beta_scale, dc.terminal_snr, dc.ddpm_variance)
-        self.precond = EDMPreconditioning(self.schedule) if (dc.precond == "edm" and m.diffusion) else None
+        # The control keeps the EDM head too: without it its logits start ~σ_d⁻¹ (≈17×) larger than the model's,
+        # another temperature against the item bias, and the comparison would not isolate the diffusion.
+        self.precond = EDMPreconditioning(self.schedule) if dc.precond == "edm" else None
         # Tri-CL: the augmentations exist only when the contrastive loss does.
         self.augmenter = Augmenter(items, config.augment, similar) if m.tri_cl else None
 
@@ -121,7 +124,16 @@ class DPGDiff(Recommender):
         def network(x: torch.Tensor) -> torch.Tensor:
             return self.denoiser(cache, x, t, target_domain, memory, drop, generator)
 
-        return network(x_t) if self.precond is None else self.precond.wrap(network, x_t, t, sigma)
+        return self.preconditioned(network, x_t, t, sigma)
+
+    def preconditioned(self, network, x_t: torch.Tensor, t: torch.Tensor, sigma: Optional[torch.Tensor]) -> torch.Tensor:
+        """x̂_0 (B, d) from the network F: as is, EDM-wrapped at t, or for the −Diffusion control EDM's head at
+        ᾱ = 0 (c_skip = 0, c_out = σ_d), which is what the model's terminal pass (K = 1, zero terminal SNR) uses."""
+        if self.precond is None:
+            return network(x_t)
+        if not self.use_diffusion:
+            return self.precond.terminal_output(network(x_t), sigma)
+        return self.precond.wrap(network, x_t, t, sigma)
 
     # ---------------------------------------------------------------- training (Algorithm 1)
 
@@ -290,7 +302,7 @@ class DPGDiff(Recommender):
                     out = (1 + dc.cfg_w) * out - dc.cfg_w * den.decode(q, null_kv, None)
                 return out
 
-            return network(x) if self.precond is None else self.precond.wrap(network, x, tt, sigma)
+            return self.preconditioned(network, x, tt, sigma)
 
         if self.use_diffusion:
             x0_hat = reverse_chain(self.schedule, denoise, h.new_empty(b, self.dim),

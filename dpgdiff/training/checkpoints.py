@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "dpgdiff-checkpoint/1"  # resumable training state (model.pt in a checkpoint folder)
 MODEL_FORMAT = "dpgdiff-model/1"  # best.pt: weights + resolved config + dataset identity
 CHECKPOINT_DIRNAME = "checkpoint"  # under out_dir: the latest resumable checkpoint folder
+# What the saved config means. 2: the −Diffusion control keeps the EDM output head (issue 38); a revision-1 control
+# scored the raw head, which `upgrade_saved_config` keeps by switching its (then unread) diffusion.precond off.
+CONFIG_REVISION = 2
 
 # Fields that may differ between a checkpoint's config and the config passed with `resume_from`:
 # they change how long or where the run goes on, never what a step computes.
@@ -150,7 +153,8 @@ def load_model(
     obj = torch_load(file, "model checkpoint")
     if obj["format"] not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
         raise CheckpointError(f"{file}: unknown checkpoint format {obj['format']!r}")
-    config = Config.from_saved(upgrade_saved_config(obj["config"]), source=f"{file} (config)")
+    config = Config.from_saved(upgrade_saved_config(obj["config"], obj.get("config_revision", 1)),
+                               source=f"{file} (config)")
     if overrides:
         config = config.with_inference_overrides(overrides)
     info = {"dataset": obj["dataset"], "epoch": obj.get("epoch"), "val": obj.get("val", {})}
@@ -206,7 +210,7 @@ def init_from_checkpoint(model: torch.nn.Module, path: str | Path, dataset: Any)
     return copied
 
 
-def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+def upgrade_saved_config(saved: dict[str, Any], revision: int = CONFIG_REVISION) -> dict[str, Any]:
     """A checkpoint's full config dict, written by an older version, in today's fields and meaning.
 
     Checkpoints store every field, so a missing one means the checkpoint predates it: it then gets the
@@ -214,7 +218,8 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
     fixed-large DDPM variance, validation with DDIM-4). DiffuRec's `harness` variant (`model.diffurec_variant`,
     and every DiffuRec saved with `model.diffurec_faithful`) was DPG-Diff with the encoder, guidance and Tri-CL off and the
     additive x_t injection: it loads as that DPG-Diff (the same module names). `model.item_bias` was a bool:
-    False is `none`, True a zero-initialised bias (`zero`). Retired and unread fields: `Config.from_saved`."""
+    False is `none`, True a zero-initialised bias (`zero`). Before CONFIG_REVISION 2 the −Diffusion control had no
+    output head: its diffusion.precond becomes `none`. Retired and unread fields: `Config.from_saved`."""
     data = {section: dict(values or {}) for section, values in saved.items()}
     model, diffusion = data.setdefault("model", {}), data.setdefault("diffusion", {})
     if "diffurec_faithful" in model:  # before the faithful DiffuRec, model.name=diffurec was the harness
@@ -228,6 +233,8 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
         model["item_bias"] = "zero" if model["item_bias"] else "none"
     if diffusion and "terminal_snr" not in diffusion:
         diffusion.update(terminal_snr="as_is", ddpm_variance="fixed_large")
+    if revision < 2 and model.get("diffusion") is False:
+        diffusion["precond"] = "none"
     return data
 
 
@@ -249,7 +256,7 @@ def load_model_and_data(
     return model, config, info, dataset
 
 
-def check_resume_config(saved: dict[str, Any], config: Config, source: str) -> None:
+def check_resume_config(saved: dict[str, Any], config: Config, source: str, revision: int = CONFIG_REVISION) -> None:
     """Refuse to resume with a config that trains differently from the checkpoint's (_RESUME_MAY_DIFFER aside)."""
     retired = [f"{section}.{key}={value!r}" for section, values in saved.items() for key, value in (values or {}).items()
                if retired_setting(f"{section}.{key}", value)]
@@ -257,7 +264,7 @@ def check_resume_config(saved: dict[str, Any], config: Config, source: str) -> N
         raise ConfigError(f"{source}: cannot resume: the run trained with {', '.join(retired)}, retired since "
                           f"(commit {RETIRED_AT} is the last that has it); its best.pt still loads and evaluates")
     now = config.to_dict()
-    saved = Config.from_saved(upgrade_saved_config(saved), source).to_dict()
+    saved = Config.from_saved(upgrade_saved_config(saved, revision), source).to_dict()
     diffs = [
         f"{section}.{key}: checkpoint {value!r} vs given {now[section].get(key)!r}"
         for section, values in saved.items()
@@ -283,7 +290,7 @@ def restore_training_checkpoint(resume_from: str | Path, config: Config, dataset
     if state["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{file}: format {state['format']!r} is not a resumable training checkpoint "
                               f"({CHECKPOINT_FORMAT}); best.pt holds weights only")
-    check_resume_config(state["config"], config, str(file))
+    check_resume_config(state["config"], config, str(file), state.get("config_revision", 1))
     check_dataset(state["dataset"], dataset, str(file))
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -304,7 +311,7 @@ def restore_training_checkpoint(resume_from: str | Path, config: Config, dataset
 def save_best(path: Path, weights: dict[str, torch.Tensor], config: Config, identity: dict[str, Any],
               epoch: int, val: dict[str, float]) -> None:
     """best.pt: what `load_model` and `python -m dpgdiff evaluate` need, nothing to resume from."""
-    atomic_torch_save({"format": MODEL_FORMAT, "model": weights, "config": config.to_dict(),
+    atomic_torch_save({"format": MODEL_FORMAT, "model": weights, "config": config.to_dict(), "config_revision": CONFIG_REVISION,
                        "dataset": identity, "epoch": epoch, "val": dict(val)}, path)
 
 
@@ -320,6 +327,7 @@ def save_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch.optim.O
         "lr_schedule": lr_schedule.state_dict(),
         "best_model": None if best_is_current else run.best_state,
         "config": config.to_dict(),
+        "config_revision": CONFIG_REVISION,
         "dataset": identity,
         "epoch": run.epoch,
         "run": run.to_dict(),
