@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
 
-from dpgdiff.significance import paired_test, per_case
+from dpgdiff.significance import METHODS, format_p, holm, paired_test, per_case
 
 
 def test_per_case_metrics_follow_the_rank_formulas():
@@ -23,29 +25,51 @@ def _ranks(rng, n, shift):
     return np.maximum(1.0, rng.geometric(0.08, n) - shift).astype(float)
 
 
-@pytest.mark.parametrize("method", ["t", "bootstrap"])
+def _runs(rng, n_runs, n_cases, shift):
+    """n_runs runs of the same cases; each run drifts by its own offset, as training seeds do."""
+    base = _ranks(rng, n_cases, 0)
+    return [np.maximum(1.0, base - shift - rng.integers(-2, 3)) for _ in range(n_runs)]
+
+
+@pytest.mark.parametrize("method", ["runs", "cases"])
 def test_a_real_difference_is_found_and_none_is_not(method):
     rng = np.random.default_rng(0)
-    base = [_ranks(rng, 3000, 0) for _ in range(3)]
-    better = [np.maximum(1.0, r - 3) for r in base]  # the same cases, each ranked 3 places higher
-    res = paired_test(better, base, "ndcg10", method=method, n_boot=2000)
-    floor = 1e-6 if method == "t" else 2 / 2000  # a bootstrap cannot resolve p below 2 / n_boot
-    assert res.diff > 0 and res.p_value <= floor and res.ci_low > 0 and res.n_pairs == 9000
+    base = [_ranks(rng, 3000, 0) for _ in range(5)]
+    better = [np.maximum(1.0, r - 3 - i % 2) for i, r in enumerate(base)]  # every case ranked 3-4 places higher
+    res = paired_test(better, base, "ndcg10", method=method)
+    assert res.diff > 0 and res.p_value < 0.01 and res.ci_low > 0
+    assert res.n_pairs == (5 if method == "runs" else 15000)
     noise = [r.copy() for r in base]
     for r in noise:
         rng.shuffle(r)  # same distribution, no pairing advantage
-    res = paired_test(noise, base, "ndcg10", method=method, n_boot=2000)
+    res = paired_test(noise, base, "ndcg10", method=method)
     assert res.p_value > 0.01 and res.ci_low < 0 < res.ci_high
 
 
-def test_t_matches_scipy_on_the_pooled_pairs():
+def test_runs_is_a_t_test_of_the_per_run_means_and_cases_pools_the_pairs():
     rng = np.random.default_rng(1)
-    a = [_ranks(rng, 500, 1), _ranks(rng, 500, 1)]
-    b = [_ranks(rng, 500, 0), _ranks(rng, 500, 0)]
+    a, b = _runs(rng, 4, 500, 1), _runs(rng, 4, 500, 0)
     res = paired_test(a, b, "mrr")
+    means_a, means_b = [np.mean(1 / x) for x in a], [np.mean(1 / x) for x in b]
+    assert res.p_value == pytest.approx(stats.ttest_rel(means_a, means_b).pvalue)
+    assert res.diff == pytest.approx(np.mean(means_a) - np.mean(means_b)) and res.test == METHODS["runs"]
+    pooled = paired_test(a, b, "mrr", method="cases")
     va, vb = np.concatenate([1 / x for x in a]), np.concatenate([1 / x for x in b])
-    assert res.p_value == pytest.approx(stats.ttest_rel(va, vb).pvalue)
-    assert res.diff == pytest.approx((va - vb).mean()) and res.test == "paired t-test"
+    assert pooled.p_value == pytest.approx(stats.ttest_rel(va, vb).pvalue) and pooled.diff == pytest.approx(res.diff)
+
+
+def test_one_run_has_no_run_level_test():
+    rng = np.random.default_rng(2)
+    a, b = _runs(rng, 1, 300, 2), _runs(rng, 1, 300, 0)
+    res = paired_test(a, b, "ndcg10")
+    assert np.isnan(res.p_value) and np.isnan(res.ci_low) and res.diff > 0 and format_p(res.p_value) == "n/a"
+    assert paired_test(a, b, "ndcg10", method="cases").p_value < 1  # the case-level test still runs
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    adjusted = holm([0.2, math.nan, 0.01])
+    assert adjusted[0] == pytest.approx(0.2) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
 
 
 def test_mismatched_inputs_are_errors():
@@ -53,6 +77,8 @@ def test_mismatched_inputs_are_errors():
         paired_test([np.ones(3)], [np.ones(3), np.ones(3)], "mrr")
     with pytest.raises(ValueError, match="same cases"):
         paired_test([np.ones(3)], [np.ones(4)], "mrr")
+    with pytest.raises(ValueError, match="unknown method"):
+        paired_test([np.ones(3)], [np.ones(3)], "mrr", method="t")
 
 
 def _train_folder(root, name, ranks_x, ranks_y, *, n_negatives=999, fingerprint="f" * 64, best_val=0.1):
