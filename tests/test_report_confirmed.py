@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dpgdiff.evaluation import EvalResult, metrics_from_ranks
-from dpgdiff.significance import paired_test
+from dpgdiff.significance import holm, paired_test
 from tune import report, tracking
 from tune.names import CONFIRMATION_SEED_TAG, ROLE_CONFIRMATION, VARIANT_TAG
 
@@ -77,23 +77,32 @@ def test_confirmed_table1_means_and_paired_test_against_the_strongest_rival(stor
     client, exp_id, parents, ranks = store
     text = report.confirmation_tables(client, exp_id, parents)
     lines = text.splitlines()
-    assert "| Data | Metric | SASRec [1] | DiffuRec [2] | DPG-Diff [3] | vs | Imp. | diff ×100 [95% CI] | p |" in text
-    row = next(ln for ln in lines if ln.startswith("| Food | MRR |"))
+    assert ("| Data | Metric | SASRec [1] | DiffuRec [2] | DPG-Diff [3] | vs | Imp. | diff ×100 [95% CI] | p | "
+            "p Holm |") in text
+    table = lines[lines.index(next(ln for ln in lines if ln.startswith("| Data |"))) + 2:]
+    table = table[:table.index("")]
+    assert [ln.split("|")[2].strip() for ln in table[:3]] == ["N@10 full", "H@10 full", "MRR full"]  # full leads
+    row = next(ln for ln in lines if ln.startswith("|  | MRR |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     mrr = [float(np.mean(1 / ranks[("a", "best", s)]["x"])) for s in (1, 2, 3)]
     assert cells[4] == f"**{100 * statistics.fmean(mrr):.2f} ± {100 * statistics.stdev(mrr):.2f}**"
     expected = paired_test([ranks[("a", "best", s)]["x"] for s in (1, 2, 3)],
                            [ranks[("b", "best", s)]["x"] for s in (1, 2, 3)], "mrr")
-    assert cells[5] == "SASRec" and expected.n_pairs == 3 * N_CASES
+    assert cells[5] == "SASRec" and expected.n_pairs == 3  # the training run is the unit
     assert cells[6] == f"{100 * expected.rel_diff:+.1f}%"
     assert cells[7] == f"{100 * expected.diff:+.2f} [{100 * expected.ci_low:+.2f}, {100 * expected.ci_high:+.2f}]"
     assert cells[8] == report._p(expected.p_value)
+    # Holm over every cell of the table: recompute the family from the same ranks (SASRec is the rival in each)
+    family = [paired_test([ranks[("a", "best", s)][("full_" if k.startswith("full_") else "") + d] for s in (1, 2, 3)],
+                          [ranks[("b", "best", s)][("full_" if k.startswith("full_") else "") + d] for s in (1, 2, 3)],
+                          k.removeprefix("full_")).p_value
+              for d in ("x", "y") for _, k in report.CONFIRMED_METRICS]
+    assert cells[9] == report._p(holm(family)[[k for _, k in report.CONFIRMED_METRICS].index("mrr")])
     # full-ranking rows pair the full ranks
-    row = next(ln for ln in lines if ln.startswith("|  | N@10 full |") and lines.index(ln) > lines.index(
-        next(ln for ln in lines if ln.startswith("| Kitchen |"))))
+    row = next(ln for ln in lines if ln.startswith("| Kitchen | N@10 full |"))
     full = paired_test([ranks[("a", "best", s)]["full_y"] for s in (1, 2, 3)],
                        [ranks[("b", "best", s)]["full_y"] for s in (1, 2, 3)], "ndcg10")
-    assert row.rstrip(" |").endswith(report._p(full.p_value))
+    assert row.split("|")[-3].strip() == report._p(full.p_value)
     for search in "abc":  # every column's runs are named by seed
         for seed in (1, 2, 3):
             assert f"seed {seed}: " in text
@@ -105,9 +114,9 @@ def test_ablation_table_pairs_each_variant_with_the_full_model(store):
     text = report.confirmation_tables(client, exp_id, parents)
     assert "## Ablations of search a" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| -G | 3 |"))
-    expected = paired_test([ranks[("a", "-G", s)]["y"] for s in (1, 2, 3)],
-                           [ranks[("a", "best", s)]["y"] for s in (1, 2, 3)], "ndcg10")
-    assert row.rstrip(" |").endswith(report._p(expected.p_value))
+    p = [paired_test([ranks[("a", "-G", s)][f"full_{d}"] for s in (1, 2, 3)],
+                     [ranks[("a", "best", s)][f"full_{d}"] for s in (1, 2, 3)], "ndcg10").p_value for d in ("x", "y")]
+    assert row.rstrip(" |").endswith(report._p(holm(p)[1]))  # Holm over the table's two tests
     assert "## Ablations of search b" not in text  # one variant only: no ablation table
 
 

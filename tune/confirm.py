@@ -43,7 +43,8 @@ except ModuleNotFoundError as exc:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python tune/confirm.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", action="append", default=[], help="a finished search to confirm (repeatable)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
+    p.add_argument("--seeds", type=int, default=5,
+                   help="seeds per configuration (default 5: the significance test counts training runs)")
     p.add_argument("--seed", type=int, default=1, help="first seed (default 1): seeds are SEED, SEED+1, ...")
     p.add_argument("--ablations", action="store_true",
                    help="also run Table 3's ablations (-Tri-CL, -G, -DE, Diff) and the -Diffusion control (model.diffusion=false) at each DPG-Diff search's best config")

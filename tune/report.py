@@ -15,12 +15,13 @@ best other model), with a footnote per column naming the run id, search and tria
 comes from.
 
 When the searches have confirmation runs (tune/confirm.py: the best configuration rerun with N seeds),
-two more tables follow: Table 1's layout with mean ± std over seeds and a paired significance test of
-DPG-Diff against the strongest other model in each cell, and Table 3's layout (ablation variants against
-the full model). The test is a two-sided paired t-test on per-case metric values (`dpgdiff.significance`):
-both models ranked the same test cases against the same saved candidates, seed i of one is paired with
-seed i of the other, and all (seed, case) pairs are pooled; the interval is the 95% t interval of the mean
-difference. Each column's footnote lists its runs by seed. A search's confirmed columns are those of its best
+two more tables follow: Table 1's layout with mean ± std over seeds (full ranking first, the sampled 1 + 999
+beside it) and a paired significance test of DPG-Diff against the strongest other model in each cell, and
+Table 3's layout (ablation variants against the full model). The test is `dpgdiff.significance`'s default: the
+training run is the unit (seed i of one model paired with seed i of the other, each run's mean over the same
+test cases one observation, a t-test over the seeds), with Holm's adjustment over the cells of each table.
+Each column's footnote lists its runs by seed. `--results RESULTS.md` writes the one-page summary instead
+(tune/results_page.py). A search's confirmed columns are those of its best
 trial, or of the trial named with --trial (confirmed with tune/confirm.py --trial); its Table 1 column is that
 trial's configuration itself, or the confirmed variant named with --variant (such as an ablation that was kept
 as the committed configuration).
@@ -254,9 +255,11 @@ def comparison_table(pairs: list[tuple[Any, Any]]) -> str:
 
 # ------------------------------------------------------------------------------------- confirmation runs
 
-# Rows of the confirmed Table 1: (label, metric key); "full_*" ranks against every item of the domain.
-CONFIRMED_METRICS = TABLE_METRICS + (("N@10 full", "full_ndcg10"), ("H@10 full", "full_hr10"))
-ABLATION_METRICS = (("N@10", "ndcg10"), ("H@10", "hr10"), ("N@10 full", "full_ndcg10"))
+# Rows of the confirmed Table 1: (label, metric key); "full_*" ranks against every item of the domain and leads
+# (sampled negatives reward whatever ranks popular items high: Krichene & Rendle, KDD 2020).
+FULL_METRICS = (("N@10 full", "full_ndcg10"), ("H@10 full", "full_hr10"), ("MRR full", "full_mrr"))
+CONFIRMED_METRICS = FULL_METRICS + TABLE_METRICS
+ABLATION_METRICS = (("N@10 full", "full_ndcg10"), ("N@10", "ndcg10"), ("H@10", "hr10"))
 
 
 @dataclass
@@ -423,6 +426,8 @@ def _column_label(group: Confirmed, groups: list[Confirmed]) -> str:
 def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCache) -> str:
     if not groups:
         return ""
+    from dpgdiff.significance import DEFAULT_TEST_NOTE, holm
+
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
     groups = sorted(groups, key=lambda g: order.get(g.model, -1))
     ours = next((g for g in groups if g.model == OURS), None)
@@ -432,31 +437,34 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
     seeds = sorted({s for g in groups for s in g.runs})
     header = ["Data", "Metric"] + [f"{_column_label(g, groups)} [{i}]" for i, g in enumerate(groups, 1)]
     if ours and others:
-        header += ["vs", "Imp.", "diff ×100 [95% CI]", "p"]
+        header += ["vs", "Imp.", "diff ×100 [95% CI]", "p", "p Holm"]
     named = " (or at the trial named with --trial, or its variant named with --variant: see the footnotes)" \
         if any(g.trial or not g.is_best for g in groups) else ""
-    lines = [f"## Confirmed comparison ({dataset}; test metrics ×100, mean ± std over seeds {seeds}; "
-             f"each model at its search's best configuration, chosen on validation{named})", "",
-             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    rows, tests = [], []
     for d, dname in zip(("x", "y"), domains):
         for j, (label, key) in enumerate(CONFIRMED_METRICS):
             means = [g.mean(d, key) for g in groups]
             top = max(means)
             cells = [f"**{g.cell(d, key)}**" if m == top and len(groups) > 1 else g.cell(d, key)
                      for g, m in zip(groups, means)]
-            row = [dname if j == 0 else "", label] + cells
+            rows.append([dname if j == 0 else "", label] + cells)
             if ours and others:
                 rival = max(others, key=lambda g: g.mean(d, key))  # the strongest other model in this cell
-                test = paired(ours, rival, d, key, ranks)
-                row += [MODEL_LABELS.get(rival.model, rival.model), f"{100 * test.rel_diff:+.1f}%",
-                        f"{100 * test.diff:+.2f} [{100 * test.ci_low:+.2f}, {100 * test.ci_high:+.2f}]",
-                        _p(test.p_value)]
-            lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
+                tests.append((rival, paired(ours, rival, d, key, ranks)))
+    adjusted = holm([t.p_value for _, t in tests])
+    for row, (rival, test), p_holm in zip(rows, tests, adjusted):
+        row += [_column_label(rival, groups), f"{100 * test.rel_diff:+.1f}%",
+                f"{100 * test.diff:+.2f} [{100 * test.ci_low:+.2f}, {100 * test.ci_high:+.2f}]",
+                _p(test.p_value), _p(p_holm)]
+    lines = [f"## Confirmed comparison ({dataset}; test metrics ×100, mean ± std over seeds {seeds}; "
+             f"each model at its search's best configuration, chosen on validation{named})", "",
+             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2),
+             *("| " + " | ".join(row) + " |" for row in rows), ""]
     if ours and others:
-        lines.append("Imp.: DPG-Diff's mean over the strongest other model's (\"vs\") in that cell. diff, 95% CI, p: "
-                     "two-sided paired t-test of per-case values, DPG-Diff minus that model, seed i paired with "
-                     "seed i on the same test cases and candidates, all (seed, case) pairs pooled.")
+        lines.append(f"Imp.: {ours.label}'s mean over the strongest other model's (\"vs\") in that cell. diff, 95% CI, "
+                     f"p: {DEFAULT_TEST_NOTE}, {ours.label} minus that model. p Holm: adjusted over the "
+                     f"{len(tests)} cells of this table. \"full\": ranked against every item of the domain; the "
+                     "others against 999 sampled negatives (the paper's protocol).")
         lines.append("")
     for i, g in enumerate(groups, 1):
         trial = f", trial {g.trial} (--trial; not the search's best)" if g.trial else ""
@@ -466,35 +474,43 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
     return "\n".join(lines)
 
 
-def _ablation_table(groups: list[Confirmed], ranks: RankCache) -> str:
+def _ablation_table(groups: list[Confirmed], ranks: RankCache, controls: Sequence[Confirmed] = ()) -> str:
+    """Table 3: the variants of one search against its configuration ("full"), and `controls` (other searches'
+    confirmed configurations, such as the searched −Diffusion control) against it too."""
+    from dpgdiff.significance import DEFAULT_TEST_NOTE, holm
     from tune.confirmation import ABLATIONS, BEST
 
     order = [BEST, *ABLATIONS]
     groups = sorted(groups, key=lambda g: (order.index(g.variant) if g.variant in order else len(order), g.variant))
     full = groups[0] if groups[0].variant == BEST else None
+    rows_of = [*groups, *controls]
     header = ["Variant", "seeds"] + [f"{d.upper()} {label}" for d in ("x", "y") for label, _ in ABLATION_METRICS]
-    if full:
-        header += ["p X N@10", "p Y N@10"]
+    tested = full is not None and len(rows_of) > 1
+    if tested:
+        header += ["p X N@10 full", "p Y N@10 full"]
     trial = f", trial {groups[0].trial}" if groups[0].trial else ""
     lines = [f"## Ablations of search {groups[0].search}{trial} (Table 3 layout; test ×100, mean ± std over seeds)", "",
              "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for g in groups:
-        row = [("Full (best config)" if g.variant == BEST else g.variant), str(len(g.runs))]
-        row += [g.cell(d, key) for d in ("x", "y") for _, key in ABLATION_METRICS]
-        if full:
-            row += ["" if g is full else _p(paired(g, full, d, "ndcg10", ranks).p_value) for d in ("x", "y")]
+    tests = [paired(g, full, d, "full_ndcg10", ranks).p_value
+             for g in rows_of if g is not full for d in ("x", "y")] if tested else []
+    adjusted = iter(holm(tests))
+    for g in rows_of:
+        name = "Full (best config)" if g is full else g.variant if g in groups else f"{g.label}, searched ({g.search})"
+        row = [name, str(len(g.runs))] + [g.cell(d, key) for d in ("x", "y") for _, key in ABLATION_METRICS]
+        if tested:
+            row += ["" if g is full else _p(next(adjusted)) for _ in ("x", "y")]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    if full:
-        lines.append("p: two-sided paired t-test of the variant against the full model on per-case NDCG@10, seed i "
-                     "paired with seed i (the seeds both have).")
-    for g in groups:
-        lines.append(f"- {g.variant}: {g.footnote()}")
+    if tested:
+        lines.append(f"p: {DEFAULT_TEST_NOTE}, each row against the full model on full-ranking NDCG@10 (the seeds both "
+                     f"have), Holm-adjusted over the {len(tests)} tests of this table.")
+    for g in rows_of:
+        lines.append(f"- {g.variant if g in groups else g.label + ' (' + g.search + ')'}: {g.footnote()}")
     return "\n".join(lines)
 
 
 def _p(p: float) -> str:
-    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+    return "n/a" if p != p else f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
 def _num(v: Any) -> str:
