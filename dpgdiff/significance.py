@@ -64,6 +64,11 @@ class PairedResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def missing(cls, metric: str) -> "PairedResult":
+        """No test: the ranks it needs are not there (e.g. runs evaluated without full ranking)."""
+        return cls(metric, METHODS[DEFAULT_METHOD], 0, *(math.nan,) * 7)
+
 
 def _paired_t(d: np.ndarray) -> tuple[float, float, float]:
     """(p, low, high) of a two-sided one-sample t-test of the differences d against 0, with its 95% interval."""

@@ -286,6 +286,7 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
                 if (section, key) not in (("train", "seed"), ("model", "tri_cl")):
                     assert config[section][key] == value, f"{section}.{key}"
         assert 0 <= r.data.metrics["test_mrr_sum"] <= 2
+        assert 0 <= r.data.metrics["test_k1_y_ndcg10"] <= 1  # RQ4: the test pass at K = 1 (and 2, 4, 8 <= T)
         names = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"test_ranks.npz", "config.yaml", "final.json"} <= names
     exported = Config.from_yaml(configs / "dpgdiff.yaml")

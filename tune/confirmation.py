@@ -26,7 +26,7 @@ from ray import tune
 
 import dpgdiff
 from dpgdiff.config import Config, parse_assignment
-from dpgdiff.training.loop import RANKS_FILE
+from dpgdiff.training.loop import RANKS_FILE, STEPS_CURVE
 from tune import tracking
 from tune.names import (
     BEST_RUN_TAG,
@@ -277,7 +277,8 @@ def run_confirmation(settings: SearchSettings, jobs: Sequence[Job], experiment_i
         raise SearchError(f"the data at {settings.dataset.data_dir} is not what the searches ran on (fingerprint "
                           f"{dataset.fingerprint[:12]}, searches {settings.fingerprint[:12]})")
     spec = TrialSpec(dataset=settings.dataset, fingerprint=settings.fingerprint, space=ConfirmationJobs(jobs),
-                     train_fn=dpgdiff.train, evaluate_test=True)  # test metrics and per-case ranks: what is confirmed
+                     # test metrics, per-case ranks and RQ4's test at K = 1, 2, 4, 8: what is confirmed
+                     train_fn=dpgdiff.train, evaluate_test=True, test_steps=STEPS_CURVE)
     trainable = tune.with_parameters(
         tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}), spec=spec)
     temp_dir = start_ray(settings)

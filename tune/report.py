@@ -87,6 +87,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="Table 1's confirmed column for SEARCH is this confirmed variant (tune/confirm.py --variant "
                         "or --ablations, e.g. -DE) instead of the configuration itself (repeatable)")
     p.add_argument("--top", type=int, default=5, help="best trials to list per search (default 5)")
+    p.add_argument("--results", default=None, metavar="FILE",
+                   help="write the one-page summary (verdict, Table 1, Table 3, RQ4, budgets) of the --name searches "
+                        "to FILE, e.g. RESULTS.md, instead of the search report (tune/results_page.py)")
+    p.add_argument("--proxy-name", action="append", default=[], metavar="NAME",
+                   help="with --results: the searches on the sparse proxy (bench/sparse_pair.py), its own section")
     p.add_argument("--out", default=None, help="Markdown file for the comparison (default: reports/<name>-table1.md beside the "
                         "tracking store's mlflow.db, or in the current folder for a tracking server)")
     return p.parse_args(argv)
@@ -99,12 +104,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded ranks file
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
     try:
+        if args.results:
+            return _write_results(args, uri)
         text, out = build_report(uri, args.experiment, args.name, args.top, args.out, args.trial, args.variant)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(text)
     print(f"\nwritten to {out}")
+    return EXIT_OK
+
+
+def _write_results(args: argparse.Namespace, uri: str) -> int:
+    """--results FILE: the page, named by the command that writes it (this one, as a user would type it)."""
+    import shlex
+
+    from tune.results_page import build_results_page
+    from tune.settings import git_commit
+
+    if not args.name:
+        raise ReportError("--results needs the searches to summarise (--name, repeatable)")
+    words = ["python tune/report.py", "--results", args.results]
+    words += [w for n in args.name for w in ("--name", n)] + [w for n in args.proxy_name for w in ("--proxy-name", n)]
+    if args.tracking_uri:
+        words += ["--tracking-uri", args.tracking_uri]
+    command = " ".join(shlex.quote(w) if i else w for i, w in enumerate(words))
+    text = build_results_page(uri, args.experiment, args.name, args.proxy_name, command, git_commit())
+    atomic_write_text(Path(args.results), text)
+    print(text)
+    print(f"written to {args.results} ({len(text.splitlines())} lines)")
     return EXIT_OK
 
 
@@ -375,13 +403,17 @@ class RankCache:
 
 
 def paired(a: Confirmed, b: Confirmed, domain: str, key: str, ranks: RankCache) -> Any:
-    """Paired t-test of a against b on one domain's metric `key`, over the seeds both have (seed i with seed i)."""
-    from dpgdiff.significance import paired_test
+    """The default paired test of a against b on one domain's metric `key`, over the seeds both have (seed i with
+    seed i); all nan where either lacks those ranks."""
+    from dpgdiff.significance import PairedResult, paired_test
 
     seeds = sorted(set(a.runs) & set(b.runs))
     which = f"full_{domain}" if key.startswith("full_") else domain
     metric = key.removeprefix("full_")
-    return paired_test([ranks(a.runs[s])[which] for s in seeds], [ranks(b.runs[s])[which] for s in seeds], metric)
+    pairs = [(ranks(a.runs[s]).get(which), ranks(b.runs[s]).get(which)) for s in seeds]
+    if not pairs or any(x is None or y is None for x, y in pairs):  # e.g. runs evaluated without full ranking
+        return PairedResult.missing(metric)
+    return paired_test([x for x, _ in pairs], [y for _, y in pairs], metric)
 
 
 def confirmation_tables(client: Any, experiment_id: str, parents: list[Any],
@@ -423,7 +455,7 @@ def _column_label(group: Confirmed, groups: list[Confirmed]) -> str:
     return label if sum(g.model == group.model for g in groups) == 1 else f"{label} ({group.search})"
 
 
-def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCache) -> str:
+def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCache, heading: bool = True) -> str:
     if not groups:
         return ""
     from dpgdiff.significance import DEFAULT_TEST_NOTE, holm
@@ -453,11 +485,13 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
                 tests.append((rival, paired(ours, rival, d, key, ranks)))
     adjusted = holm([t.p_value for _, t in tests])
     for row, (rival, test), p_holm in zip(rows, tests, adjusted):
-        row += [_column_label(rival, groups), f"{100 * test.rel_diff:+.1f}%",
+        row += [_column_label(rival, groups), "-" if test.rel_diff != test.rel_diff else f"{100 * test.rel_diff:+.1f}%",
+                "-" if test.diff != test.diff else
                 f"{100 * test.diff:+.2f} [{100 * test.ci_low:+.2f}, {100 * test.ci_high:+.2f}]",
                 _p(test.p_value), _p(p_holm)]
-    lines = [f"## Confirmed comparison ({dataset}; test metrics ×100, mean ± std over seeds {seeds}; "
-             f"each model at its search's best configuration, chosen on validation{named})", "",
+    title = (f"## Confirmed comparison ({dataset}; test metrics ×100, mean ± std over seeds {seeds}; "
+             f"each model at its search's best configuration, chosen on validation{named})")
+    lines = ([title, ""] if heading else []) + [
              "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2),
              *("| " + " | ".join(row) + " |" for row in rows), ""]
     if ours and others:
@@ -474,7 +508,8 @@ def _confirmed_table1(groups: list[Confirmed], parents: list[Any], ranks: RankCa
     return "\n".join(lines)
 
 
-def _ablation_table(groups: list[Confirmed], ranks: RankCache, controls: Sequence[Confirmed] = ()) -> str:
+def _ablation_table(groups: list[Confirmed], ranks: RankCache, controls: Sequence[Confirmed] = (),
+                   heading: bool = True) -> str:
     """Table 3: the variants of one search against its configuration ("full"), and `controls` (other searches'
     confirmed configurations, such as the searched −Diffusion control) against it too."""
     from dpgdiff.significance import DEFAULT_TEST_NOTE, holm
@@ -489,8 +524,8 @@ def _ablation_table(groups: list[Confirmed], ranks: RankCache, controls: Sequenc
     if tested:
         header += ["p X N@10 full", "p Y N@10 full"]
     trial = f", trial {groups[0].trial}" if groups[0].trial else ""
-    lines = [f"## Ablations of search {groups[0].search}{trial} (Table 3 layout; test ×100, mean ± std over seeds)", "",
-             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    title = f"## Ablations of search {groups[0].search}{trial} (Table 3 layout; test ×100, mean ± std over seeds)"
+    lines = ([title, ""] if heading else []) + ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     tests = [paired(g, full, d, "full_ndcg10", ranks).p_value
              for g in rows_of if g is not full for d in ("x", "y")] if tested else []
     adjusted = iter(holm(tests))

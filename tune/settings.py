@@ -433,7 +433,7 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
         reuse_actors=args.reuse_actors,
         tracking_uri=tracking_uri,
         experiment=args.experiment, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        git_commit=_git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card),
+        git_commit=git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card),
         optuna_storage=_optuna_storage(args, tracking_uri),
         warm_start=_warm_start(args, space, tracking_uri, num_samples),
         time_budget_s=parse_duration(args.time_budget) if getattr(args, "time_budget", None) else None, run=run)
@@ -522,7 +522,7 @@ def _latest_search(storage: str) -> Optional[str]:
     return found[-1].parent.name if found else None
 
 
-def _git_commit() -> Optional[str]:
+def git_commit() -> Optional[str]:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:

@@ -60,6 +60,8 @@ class TrialSpec:
     # Test the trial's best state (train(test=True)): test_* metrics and test_ranks.npz in the final
     # checkpoint. False for a search's trials: selection sees validation only (issue 13 §4).
     evaluate_test: bool = False
+    # With evaluate_test: also test the best state at these reverse-step counts K (RQ4, `steps_curve`).
+    test_steps: tuple[int, ...] = ()
 
 
 def sampled_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -128,9 +130,10 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
                 tune.report(json.loads(final.read_text()), checkpoint=checkpoint)
                 return
             _train_and_report(spec.train_fn, cfg, dataset, resume_from=Path(folder), out_dir=scratch,
-                              test=spec.evaluate_test)
+                              test=spec.evaluate_test, test_steps=spec.test_steps)
     else:
-        _train_and_report(spec.train_fn, cfg, dataset, resume_from=None, out_dir=scratch, test=spec.evaluate_test)
+        _train_and_report(spec.train_fn, cfg, dataset, resume_from=None, out_dir=scratch, test=spec.evaluate_test,
+                          test_steps=spec.test_steps)
 
 
 def _scratch_dir(context: Any) -> Path:
@@ -144,16 +147,24 @@ def _scratch_dir(context: Any) -> Path:
 
 
 def _train_and_report(train: Callable[..., Any], cfg: Any, dataset: Any, resume_from: Optional[Path],
-                      out_dir: Path, test: bool = True) -> None:
+                      out_dir: Path, test: bool = True, test_steps: tuple[int, ...] = ()) -> None:
     try:
         # test=False only when skipping: train functions without the keyword still work for test=True.
         result = train(cfg, dataset, reporter=TuneReporter(), resume_from=resume_from, out_dir=out_dir,
                        **({} if test else {"test": False}))
         last_epoch = max((int(h.get("epoch", 0)) for h in result.history), default=int(result.best_epoch))
         timed = [h["infer_ms"] for h in result.history if "infer_ms" in h]
+        curve = {}
+        if test and test_steps and result.checkpoint_path is not None and Path(result.checkpoint_path).exists():
+            from dpgdiff.training import load_model
+            from dpgdiff.training.loop import steps_curve
+
+            best, best_cfg, _ = load_model(result.checkpoint_path, dataset)
+            curve = steps_curve(best, dataset, best_cfg, test_steps)
         final = {
             **{k: v for k, v in result.best_val.items() if k.startswith("val_")},
             **(result.test if test else {}),
+            **curve,
             **({"infer_ms": float(timed[-1])} if timed else {}),  # the final validation pass
             "epoch": last_epoch,  # ASHA's time_attr must not go backwards
             # the last epoch's loss: the status table's loss column (the val_* above are the best epoch's)

@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -162,6 +162,29 @@ def evaluate_model(
         return evaluator.evaluate(scorer)
     finally:
         model.train(was_training)
+
+
+# The reverse-step counts of RQ4 (the paper's Fig. 4): test N@10 / H@10 against K.
+STEPS_CURVE = (1, 2, 4, 8)
+STEPS_CURVE_METRICS = ("ndcg10", "hr10", "full_ndcg10")
+
+
+def steps_curve(model: torch.nn.Module, dataset: Any, config: Config, steps: Sequence[int] = STEPS_CURVE,
+                evaluator: Any = None) -> dict[str, float]:
+    """RQ4: the test pass at each K in `steps` (K <= T; the model's sampler) -> {"test_k{K}_{x|y}_{metric}"}.
+
+    Empty for a model without a reverse process (SASRec, the −Diffusion control). One evaluator (and its saved
+    candidates) serves every K."""
+    uses_chain = config.model.name == "diffurec" or (config.model.name == "dpgdiff" and config.model.diffusion)
+    if not uses_chain:
+        return {}
+    evaluator = evaluator or Evaluator(dataset, "test", config.eval)
+    out = {}
+    for k in (k for k in steps if k <= config.diffusion.steps):
+        result = evaluate_model(model, dataset, "test", config, infer_steps=k, evaluator=evaluator)
+        out.update({f"test_k{k}_{d}_{m}": float(ms[m]) for d, ms in result.per_domain.items()
+                    for m in STEPS_CURVE_METRICS if m in ms})
+    return out
 
 
 # --------------------------------------------------------------------------------------------
