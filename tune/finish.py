@@ -26,6 +26,7 @@ from tune.names import (
     BEST_TRIAL_TAG,
     ERROR_TAG,
     EXIT_ALL_FAILED,
+    EXIT_BUDGET_TOO_SHORT,
     EXIT_INTERRUPTED,
     EXIT_OK,
     LOST_TAG,
@@ -103,6 +104,14 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         client.delete_tag(run_id, key)
 
     if not done and not any(r["status"] in (TrialStatus.STOPPED_EARLY, TrialStatus.STOPPED_BY_BUDGET) for r in rows):
+        if ended_by_budget and not failed:  # nothing failed: the budget was too short for a first epoch
+            pace = f" (an epoch takes about {clock.epoch_s:.0f} s here)" if clock.epoch_s else ""
+            text = (f"the time budget ended before any trial finished an epoch{pace}; try --time-budget "
+                    f"{budget.suggested_budget(clock)}")
+            client.set_tag(run_id, ERROR_TAG, text)
+            client.set_terminated(run_id, status="FAILED")
+            print(f"\nerror: {text}", file=sys.stderr)
+            return EXIT_BUDGET_TOO_SHORT
         first = failed[0] if failed else None
         text = first.get("error", "") if first else "no trial reported a result"
         client.set_tag(run_id, ERROR_TAG, text[:5000])
