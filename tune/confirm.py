@@ -98,6 +98,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
     if args.seeds < 1:
         raise SearchError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.confirm_name is not None:
+        check_search_name(args.confirm_name, "--confirm-name")  # a folder inside --storage-path, as a search's
     trials = dict(parse_trial(t) for t in args.trial)
     names = list(dict.fromkeys([*args.name, *trials]))
     if not names and not args.resume:
@@ -109,8 +111,6 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     if experiment is None:
         raise SearchError(f"{uri}: no MLflow experiment {args.experiment!r} (run tune/search.py first)")
     storage = str(Path(args.storage_path).resolve()) if "://" not in args.storage_path else args.storage_path
-    if args.confirm_name is not None:
-        check_search_name(args.confirm_name, "--confirm-name")  # a folder inside --storage-path, as a search's
     name = args.confirm_name or ("confirm-" + "+".join(f"{n}-trial-{trials[n]}" if n in trials else n for n in names)
                                  + ("-ablations" if args.ablations else ""))
     run = RunOptions(storage=storage, resuming=args.resume, address=args.address, num_cpus=args.num_cpus,

@@ -23,7 +23,9 @@ from tune.stores import check_sqlite_store, sqlite_file
 
 # MLflow's tracking store schemes ("" = a local folder), when its own table cannot be read
 TRACKING_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
-CONNECT_TIMEOUT_S = 3.0  # how long a server (MLflow, a Ray cluster's GCS) may take to accept a connection and answer
+CONNECT_TIMEOUT_S = 3.0  # how long a server (MLflow, a Ray cluster's GCS) may take to accept a connection
+# ... and an MLflow server to answer its first call (it opens its store then: seconds on a loaded machine)
+ANSWER_TIMEOUT_S = 20.0
 # A cheap call every MLflow tracking server answers with JSON (an object; an error object when auth is required)
 MLFLOW_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -78,11 +80,12 @@ def _check_tracking_target(uri: str, source: str) -> None:
         check_sqlite_store(db, "MLflow store", "--tracking-uri")
 
 
-def not_mlflow(uri: str, timeout: float = CONNECT_TIMEOUT_S) -> Optional[str]:
-    """Why the server at `uri` is not an MLflow tracking server answering within `timeout` seconds, or None."""
+def not_mlflow(uri: str, timeout: float = ANSWER_TIMEOUT_S) -> Optional[str]:
+    """Why the server at `uri` is not an MLflow tracking server that accepts a connection within CONNECT_TIMEOUT_S
+    and answers MLflow's REST API within `timeout` seconds, or None."""
     parsed = urlparse(uri)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    reason = unreachable(parsed.hostname or "", port, timeout)
+    reason = unreachable(parsed.hostname or "", port)
     if reason:
         return f"no MLflow server answers at {parsed.hostname}:{port} ({reason})"
     url = uri.rstrip("/") + MLFLOW_PROBE
