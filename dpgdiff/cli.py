@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from dpgdiff.config import ConfigError
@@ -69,6 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dpgdiff.config import Config
     from dpgdiff.training import TrainingDivergedError, train
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before the data is loaded: nothing is written
+        raise ConfigError(f"--out {args.out}: a file is there; --out names the output folder (new or existing)")
     config = Config.from_yaml(args.config) if args.config else Config()
     config = config.with_overrides(args.set)
     dataset = dataset_from_args(args)  # load_dataset records its options: checkpoints can reload it

@@ -62,7 +62,7 @@ class Recommender:
         d = config.diffusion
         self.model, self.config, self.ids = model.eval(), config, ids
         self.sampler = sampler or d.sampler
-        self.infer_steps = int(infer_steps or d.infer_steps or d.steps)
+        self.infer_steps = int(infer_steps if infer_steps is not None else (d.infer_steps or d.steps))  # 0: refused
         if self.sampler not in ("ddpm", "ddim"):
             raise RecommendError(f"sampler {self.sampler!r}: expected ddpm or ddim")
         if not 1 <= self.infer_steps <= d.steps:

@@ -189,3 +189,9 @@ def test_cli_bad_input_exits_2_without_traceback(synthetic_run, tmp_path, capsys
         assert main(base + args) == 2, args
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+def test_zero_reverse_steps_are_refused_not_taken_for_the_default(synthetic_run):
+    """Issue 42 §6: --infer-steps 0 used to fall back to the checkpoint's K silently (evaluate refuses 0)."""
+    with pytest.raises(RecommendError, match="infer_steps 0: must be in 1.."):
+        Recommender.load(synthetic_run / "best.pt", infer_steps=0)

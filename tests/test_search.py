@@ -388,6 +388,9 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
             return json.loads(response.read().decode())
 
     try:
+        from tune.endpoints import not_mlflow
+
+        assert not_mlflow(base) is None  # issue 42: the protocol check that refuses other servers takes this one
         exp_id = call("experiments/get-by-name", experiment_name="dpgdiff")["experiment"]["experiment_id"]
         # the runs list the printed link opens: the parent and every trial of this search
         found = call("runs/search", {"experiment_ids": [exp_id], "filter": search_filter(NAME), "max_results": 100})

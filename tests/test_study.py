@@ -14,6 +14,10 @@ def test_default_storage_sits_beside_a_local_mlflow_store_and_urls_are_checked(t
         f"sqlite:///{tmp_path}/mlruns/optuna.db"
     monkeypatch.chdir(tmp_path)
     assert optuna_study.default_storage("http://127.0.0.1:5000") == f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    with pytest.raises(optuna_study.StudyError, match="--optuna-storage .*the folder .*rel does not exist"):
+        optuna_study.check_storage_url("sqlite:///rel/o.db")  # issue 42: refused, not created (as --tracking-uri)
+    assert not (tmp_path / "rel").exists()
+    (tmp_path / "rel").mkdir()
     assert optuna_study.check_storage_url("sqlite:///rel/o.db") == f"sqlite:///{tmp_path}/rel/o.db"
     assert optuna_study.check_storage_url("postgresql+psycopg2://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
     assert "p@" not in optuna_study.shown("postgresql://u:secret@h/db")

@@ -30,6 +30,7 @@ the one handed the clock). Trials never see it: the budget stops them from the d
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,8 @@ class BudgetClock:
     started: float  # time.time() when this driver started
     stopping: bool = False  # the budget is spent: Tune is stopping the search (BudgetCallback decides when)
     stopped_ids: frozenset = frozenset()  # the trials that were live (not TERMINATED/ERROR) when it was spent
+    # A first epoch's length, extrapolated from a trial's in-epoch progress when it cannot fit (`first_epoch_note`)
+    epoch_s: Optional[float] = None
 
     def elapsed(self, now: Optional[float] = None) -> float:
         """The search's time so far, earlier drivers included."""
@@ -155,7 +158,8 @@ class BudgetCallback(NeedsClock, tune.Callback):
 
     def __init__(self, epochs: int, num_samples: int, concurrency: int) -> None:
         self.epochs, self.num_samples, self.concurrency = epochs, num_samples, max(1, concurrency)
-        self._said = False
+        self._said = False  # the what-fits line is printed (once the first epoch is timed, or cannot fit)
+        self._looked = 0.0  # when the first epoch's progress was last read (every PROGRESS_LOOK_S)
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: a resume says it again
         return {"epochs": self.epochs, "num_samples": self.num_samples, "concurrency": self.concurrency}
@@ -164,8 +168,15 @@ class BudgetCallback(NeedsClock, tune.Callback):
         self.__init__(**state)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        """At the start of Tune's step in which the budget is found spent: which trials are live, then stop."""
+        """At the start of Tune's step in which the budget is found spent: which trials are live, then stop.
+        Before any epoch is timed: whether the first epoch can fit at all (`first_epoch_note`)."""
         clock = self.clock
+        if clock is not None and not self._said and time.time() - self._looked >= PROGRESS_LOOK_S:
+            self._looked = time.time()
+            note = first_epoch_note(clock, trials)
+            if note:
+                self._said = True
+                print(note, flush=True)
         if clock is None or clock.stopping or not clock.expired():
             return
         live = frozenset(t.trial_id for t in trials if t.status not in TUNE_ENDED)
@@ -180,6 +191,40 @@ class BudgetCallback(NeedsClock, tune.Callback):
             return
         self._said = True
         print(fit_message(float(seconds), clock.left(), self.epochs, self.num_samples, self.concurrency), flush=True)
+
+
+PROGRESS_LOOK_S = 5.0  # how often the budget reads the first epoch's progress (Ray's key-value store)
+MIN_PROGRESS = 0.02  # the share of an epoch a trial must have done before its pace says how long the epoch takes
+
+
+def first_epoch_note(clock: BudgetClock, trials: list) -> Optional[str]:
+    """Before any trial has finished an epoch: when no running trial can finish its first one in the budget left
+    (at the pace its in-epoch progress shows), the what-fits line says so, with a budget that would fit, and the
+    clock keeps the epoch's length for the search's end (tune/finish.py). None while it may fit or cannot tell."""
+    from tune.ray_internals import read_progress
+
+    if any((t.last_result or {}).get("training_iteration") for t in trials):
+        return None  # an epoch was timed: BudgetCallback.on_trial_result says what fits
+    running = [t.trial_id for t in trials if t.status == "RUNNING"]
+    paces = [p for p in read_progress(running).values() if p.get("total") and p.get("done", 0) > 0
+             and p["done"] / p["total"] >= MIN_PROGRESS and p.get("time", 0) >= clock.started]
+    if not paces:
+        return None
+    now = time.time()
+    rest = min(p["seconds"] * (p["total"] / p["done"] - 1) - (now - p["time"]) for p in paces)
+    if rest <= clock.left(now):
+        return None
+    clock.epoch_s = min(p["seconds"] * p["total"] / p["done"] for p in paces)
+    return (f"time budget: the first epoch takes about {clock.epoch_s:.0f} s here, and the {clock_text(clock.left(now))} "
+            f"left cannot fit its remaining {rest:.0f} s: no trial will finish an epoch in this budget; "
+            f"try --time-budget {suggested_budget(clock)}")
+
+
+def suggested_budget(clock: BudgetClock) -> str:
+    """A --time-budget in which a first epoch fits: the time to the first trial's start (taken as the budget so
+    far, at most) plus two epochs at the pace seen (or twice the budget, without one), in whole minutes."""
+    need = clock.budget_s * 2 if not clock.epoch_s else min(clock.elapsed(), clock.budget_s) + 2 * clock.epoch_s
+    return f"{max(1, math.ceil(need / 60))}m"
 
 
 def fit_message(epoch_s: float, left_s: float, epochs: int, num_samples: int, concurrency: int) -> str:

@@ -29,7 +29,10 @@ try:
     from dpgdiff.config import ConfigError
     from dpgdiff.data import DataError
     from tune.names import EXIT_INTERRUPTED, EXIT_USAGE
-    from tune.settings import RunOptions, SearchError, SearchSettings
+    from tune.endpoints import check_tracking_uri, tracking_uri_source
+    from tune.errors import StoreError
+    from tune.settings import RunOptions, SearchError, SearchSettings, check_search_name
+    from tune.stores import parse_saved_json
     from tune.storage import read_text, write_text
 except ModuleNotFoundError as exc:
     if not str(exc.name).startswith(("dpgdiff", "tune")):
@@ -96,11 +99,14 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
     if args.seeds < 1:
         raise SearchError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.confirm_name is not None:
+        check_search_name(args.confirm_name, "--confirm-name")  # a folder inside --storage-path, as a search's
     trials = dict(parse_trial(t) for t in args.trial)
     names = list(dict.fromkeys([*args.name, *trials]))
     if not names and not args.resume:
         raise SearchError("name at least one finished search with --name (or a trial of one with --trial)")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
+    check_tracking_uri(uri, tracking_uri_source(bool(args.tracking_uri)))
     client = tracking.client_for(uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
@@ -115,9 +121,15 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         text = read_text(state_path)
         if text is None:
             raise SearchError(f"--resume: no confirmation {name!r} at {storage} ({state_path} missing)")
-        saved = json.loads(text)
+        saved = parse_saved_json(text, state_path)
+        if not isinstance(saved.get("settings"), dict) or not isinstance(saved.get("jobs"), list):
+            raise StoreError(f"{state_path}: expected the keys 'settings' (an object) and 'jobs' (a list)")
         settings = SearchSettings.from_saved(saved["settings"], run, state_path).replace(name=name, tracking_uri=uri)
-        jobs = [Job.from_saved(j) for j in saved["jobs"]]
+        try:
+            jobs = [Job.from_saved(j) for j in saved["jobs"]]
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{state_path}: a saved job cannot be read ({type(exc).__name__}: {exc}); restore the "
+                             "file, or run the confirmation anew under another --confirm-name") from None
     else:
         variants = dict(parse_variant(v) for v in args.variant)
         seeds = list(range(args.seed, args.seed + args.seeds))

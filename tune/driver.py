@@ -17,18 +17,20 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import ray
 
 import dpgdiff
-from tune import budget, ray_internals, tracking
+from tune import budget, ray_internals, stores, tracking
 from tune import study as optuna_study
 from tune.finish import finish
 from tune.names import ERROR_TAG, EXIT_OK
 from tune.parent_run import finished_already, open_parent_run
 from tune.ray_start import check_resources, start_ray
 from tune.results import tune_trials
+from tune.errors import StoreError
 from tune.settings import STATE_FILE, SearchError, SearchSettings
 from tune.space import SearchSpace
 from tune.storage import write_text
@@ -46,32 +48,77 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
         if finished:  # resuming a FINISHED search rewrites nothing (issue 27 §2)
             print(finished, flush=True)
             return EXIT_OK
-    space = settings.space  # 1. everything that can be wrong with the input is found before Ray starts
-    print(space.summary(), flush=True)
-    if settings.optuna_storage and not restore_saved_state(settings):  # a new searcher: a new study
-        try:
-            optuna_study.prepare_new_study(settings.optuna_storage, settings.name, starting_anew=settings.run.resuming)
-        except optuna_study.StudyError as exc:
-            raise SearchError(str(exc)) from None
-    t0 = time.time()  # 2. the dataset, once on the driver: its card goes to MLflow, its fingerprint to every trial
-    dataset = settings.dataset.load()
-    card = dataset.card()
-    print(f"\n{card}\n(loaded in {time.time() - t0:.1f} s)\n", flush=True)
-    if settings.fingerprint and settings.fingerprint != dataset.fingerprint:
-        raise SearchError(f"the dataset changed since search {settings.name!r} started (fingerprint "
-                          f"{settings.fingerprint[:12]} -> {dataset.fingerprint[:12]}); start a new search")
-    settings = settings.with_dataset(dataset).sized_from_card(card)
-    space = settings.space
-    check_negatives(space, dataset)  # every trial would fail at its first validation pass
+    hold = hold_search_folder(settings)  # one driver per search, from before it writes anything
+    try:
+        return _run_held(settings, train_fn, hold)
+    finally:
+        if hold is not None:
+            hold.release()
 
-    # A new local MLflow store takes seconds to build (its schema migrations): build it while Ray starts.
-    store_built = in_background(tracking.create_sqlite_store, settings.tracking_uri)
+
+def hold_search_folder(settings: SearchSettings) -> Optional[stores.SearchHold]:
+    """Hold the search's folder for this driver (tune/stores.py; a URI storage is not held) and check what a
+    resume reads there; StoreError (exit 2) when another driver runs the search or its state is broken."""
+    if "://" in settings.path:
+        return None
+    hold = stores.hold_search(Path(settings.path))
+    try:
+        state = Path(settings.path, STATE_FILE)
+        if not settings.run.resuming and state.exists():  # written since this command looked (another driver)
+            raise SearchError(f"search {settings.name!r} was started by another command meanwhile ({state}); run "
+                              "this command again to resume it, or pick another --name")
+        if restore_saved_state(settings):
+            stores.check_pickle(Path(settings.path, "tuner.pkl"), "Tune state (tuner.pkl)", stores.UNRESUMABLE)
+        if settings.optuna_storage:
+            optuna_study.check_storage_url(settings.optuna_storage)
+    except BaseException:
+        hold.release()
+        raise
+    return hold
+
+
+def _run_held(settings: SearchSettings, train_fn: Optional[Callable[..., Any]],
+              hold: Optional[stores.SearchHold]) -> int:
+    new = not settings.run.resuming
+    if new:  # at once: a driver killed from here on leaves a search that --resume starts anew under its name
+        save_settings(settings)
+    try:  # 1. everything that can be wrong with the input is found before Ray starts
+        space = settings.space
+        print(space.summary(), flush=True)
+        if settings.optuna_storage and not restore_saved_state(settings):  # a new searcher: a new study
+            try:
+                optuna_study.prepare_new_study(settings.optuna_storage, settings.name,
+                                               starting_anew=settings.run.resuming)
+            except optuna_study.StudyError as exc:
+                raise SearchError(str(exc)) from None
+        t0 = time.time()  # 2. the dataset, once on the driver: its card goes to MLflow, its fingerprint to every trial
+        dataset = settings.dataset.load()
+        card = dataset.card()
+        print(f"\n{card}\n(loaded in {time.time() - t0:.1f} s)\n", flush=True)
+        if settings.fingerprint and settings.fingerprint != dataset.fingerprint:
+            raise SearchError(f"the dataset changed since search {settings.name!r} started (fingerprint "
+                              f"{settings.fingerprint[:12]} -> {dataset.fingerprint[:12]}); start a new search")
+        first_save = settings.fingerprint is None  # new, or saved by a driver killed before it loaded the data
+        settings = settings.with_dataset(dataset).sized_from_card(card, sized_already=not first_save)
+        space = settings.space
+        check_negatives(space, dataset)  # every trial would fail at its first validation pass
+        if first_save:
+            save_settings(settings)  # with the dataset's fingerprint and the card's sizes
+        # A new local MLflow store takes seconds to build (its schema migrations): build it while Ray starts.
+        store_built = in_background(tracking.create_sqlite_store, settings.tracking_uri)
+    except Exception:
+        if new:
+            forget_new_search(settings, hold)
+        raise
     temp_dir = start_ray(settings)  # 3. Ray: local (no dashboard) or an existing cluster
     try:
-        slots = check_resources(ray, settings)  # a trial that cannot fit is an error now
-        if not settings.run.resuming:
-            write_text(f"{settings.path}/{STATE_FILE}", json.dumps(settings.to_saved(), indent=1))
-        store_built.result()  # its error, if any, is raised here
+        try:
+            slots = check_resources(ray, settings)  # a trial that cannot fit is an error now
+            store_built.result()  # its error, if any, is raised here
+        except Exception:
+            if new:
+                forget_new_search(settings, hold)
+            raise
         parent = open_parent_run(settings, space, card)  # 4. MLflow parent run (reopened on resume)
         try:  # 5. Tune
             tuner = build_tuner(settings, space, parent, train_fn or dpgdiff.train, slots=slots)
@@ -96,7 +143,7 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
                     pass
             parent.client.set_tag(parent.run_id, ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
             parent.client.set_terminated(parent.run_id, status=status)
-            if ray_internals.experiment_state_saved(settings.path):  # after the traceback's cause is fixed
+            if ray_internals.experiment_state_saved(settings.path) and not isinstance(exc, StoreError):
                 print(f"\nSearch {settings.name!r} stopped on {type(exc).__name__}; its state is saved. Resume it "
                       f"with:\n    python tune/search.py --name {settings.name} --storage-path "
                       f"{settings.run.storage} --resume", file=sys.stderr, flush=True)
@@ -106,6 +153,23 @@ def run_search(settings: SearchSettings, train_fn: Optional[Callable[..., Any]] 
         ray.shutdown()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def save_settings(settings: SearchSettings) -> None:
+    """The resume file (STATE_FILE) of the search, written atomically."""
+    write_text(f"{settings.path}/{STATE_FILE}", json.dumps(settings.to_saved(), indent=1))
+
+
+def forget_new_search(settings: SearchSettings, hold: Optional[stores.SearchHold]) -> None:
+    """A new search refused before it started (bad input, no room for a trial, a broken store): remove the resume
+    file it wrote, and its folder if this driver made it and nothing else is in it, so that the same command,
+    fixed, starts a new search and is not taken for a resume of this one."""
+    if hold is None:
+        return
+    Path(settings.path, STATE_FILE).unlink(missing_ok=True)
+    if hold.created and {p.name for p in Path(settings.path).iterdir()} <= {stores.DRIVER_LOCK}:
+        hold.release()
+        shutil.rmtree(settings.path, ignore_errors=True)
 
 
 def check_negatives(space: SearchSpace, dataset: Any) -> None:

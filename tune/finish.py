@@ -26,6 +26,7 @@ from tune.names import (
     BEST_TRIAL_TAG,
     ERROR_TAG,
     EXIT_ALL_FAILED,
+    EXIT_BUDGET_TOO_SHORT,
     EXIT_INTERRUPTED,
     EXIT_OK,
     LOST_TAG,
@@ -76,7 +77,8 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         row["run_id"] = run_ids.get(row["trial_id"])
     done = [r for r in rows if r["status"] == TrialStatus.FINISHED]
     failed = [r for r in rows if r["status"] == TrialStatus.ERROR]
-    counts = outcome_counts(rows, trials, settings.num_samples, ended_by_budget)
+    counts = outcome_counts(rows, trials, settings.num_samples, ended_by_budget,
+                            clock.stopped_ids if ended_by_budget else frozenset())
     until_budget = settings.num_samples == budget.UNTIL_BUDGET  # no count: the budget decided how many ran
     print(f"\n{len(rows) if until_budget else settings.num_samples} trial(s): "
           + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in DONE_OUTCOMES)
@@ -103,6 +105,14 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         client.delete_tag(run_id, key)
 
     if not done and not any(r["status"] in (TrialStatus.STOPPED_EARLY, TrialStatus.STOPPED_BY_BUDGET) for r in rows):
+        if ended_by_budget and not failed:  # nothing failed: the budget was too short for a first epoch
+            pace = f" (an epoch takes about {clock.epoch_s:.0f} s here)" if clock.epoch_s else ""
+            text = (f"the time budget ended before any trial finished an epoch{pace}; try --time-budget "
+                    f"{budget.suggested_budget(clock)}")
+            client.set_tag(run_id, ERROR_TAG, text)
+            client.set_terminated(run_id, status="FAILED")
+            print(f"\nerror: {text}", file=sys.stderr)
+            return EXIT_BUDGET_TOO_SHORT
         first = failed[0] if failed else None
         text = first.get("error", "") if first else "no trial reported a result"
         client.set_tag(run_id, ERROR_TAG, text[:5000])
@@ -187,11 +197,12 @@ def report_pareto_front(parent: ParentRun, rows: list[dict[str, Any]], space: Se
 
 
 def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
-                   ended_by_budget: bool = False) -> dict[str, int]:
+                   ended_by_budget: bool = False, budget_stopped: frozenset = frozenset()) -> dict[str, int]:
     """Trials by outcome: DONE_OUTCOMES, then interrupted (Tune's saved state has it unfinished, or does not know
     it: a resume runs it) and not started. Tune's saved state decides what is done, so the summary line and the
     UNFINISHED line count alike. ended_by_budget: the --time-budget ended the search, so the trials it left
-    unstarted (and those it stopped before their first result) are done too."""
+    unstarted (and those it stopped before their first result) are done too; budget_stopped: the trials it stopped
+    while they ran (one stopped inside its first epoch counts as stopped, not as not started)."""
     saved = {t.trial_id: t.status for t in trials}
     counts = dict.fromkeys((*DONE_OUTCOMES, *(budget.BUDGET_OUTCOMES if ended_by_budget else ()), "interrupted",
                             "not started"), 0)
@@ -201,7 +212,7 @@ def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
             counts["interrupted"] += 1
         elif status == "ERROR" or row["status"] == TrialStatus.ERROR:
             counts["failed"] += 1
-        elif row["status"] == TrialStatus.STOPPED_BY_BUDGET:
+        elif row["status"] == TrialStatus.STOPPED_BY_BUDGET or row["trial_id"] in budget_stopped:
             counts["stopped by the time budget"] += 1
         elif row["status"] == TrialStatus.NOT_RUN and ended_by_budget:
             counts["not started (time budget)"] += 1

@@ -47,6 +47,25 @@ def temp_root() -> Path:
     return Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
 
 
+# The longest Unix socket path Ray makes under its temp folder: <folder>/session_<date>_<pid>/sockets/plasma_store
+# (the date with microseconds, 26 characters; a PID of up to 7 digits; ".N" when the name is taken)
+SOCKET_TAIL = len("/session_2025-01-01_00-00-00_000000_4194304/sockets/plasma_store.9")
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket path (sun_path, with its terminating NUL: 108)
+NEW_TEMP_DIR = len(f"/{TEMP_PREFIX}") + 8  # what new_temp_dir adds to temp_root(): mkdtemp's 8 random characters
+
+
+def socket_room_error(folder: str, source: str, inside: bool) -> Optional[str]:
+    """Why Ray's socket paths under `folder` (or, `inside`, under a new temp folder in it) would be too long for
+    a Unix socket, or None. source: where the folder comes from ($RAY_TMPDIR, --ray-temp-dir)."""
+    length = len(os.fsencode(os.path.abspath(folder))) + (NEW_TEMP_DIR if inside else 0) + SOCKET_TAIL
+    if length <= MAX_SOCKET_PATH:
+        return None
+    room = MAX_SOCKET_PATH - SOCKET_TAIL - (NEW_TEMP_DIR if inside else 0)
+    return (f"{source} {folder}: Ray's socket paths under it would be {length} bytes, over the "
+            f"{MAX_SOCKET_PATH} bytes a Unix socket path may have; use a folder of at most {room} bytes "
+            f"(e.g. {source.lstrip('$') + '=' if source.startswith('$') else source + ' '}/tmp)")
+
+
 def new_temp_dir() -> str:
     """A new Ray temp folder under `temp_root()`, marked as this driver's (written before Ray starts)."""
     folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=temp_root()))

@@ -14,6 +14,8 @@ from enum import Enum
 
 # What tune/search.py and tune/confirm.py exit with: done, every trial failed, bad input (nothing ran), interrupted.
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# tune/search.py: its --time-budget ended before any trial finished an epoch (nothing failed; nothing to select)
+EXIT_BUDGET_TOO_SHORT = 3
 
 # Tune's statuses of a trial that will not run again (its others, RUNNING and PENDING, are of trials that will).
 TUNE_ENDED = ("TERMINATED", "ERROR")

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from tune import study as optuna_study
 from tune import tracking
+from tune.errors import StoreError
 from tune.names import (
     DATASET_TAG,
     FINGERPRINT_TAG,
@@ -109,6 +110,8 @@ def finished_already(settings: SearchSettings) -> Optional[str]:
         experiment = client.get_experiment_by_name(settings.experiment)
         runs = experiment and tracking.find_runs(client, experiment.experiment_id,
                                                  {SEARCH_TAG: settings.name, ROLE_TAG: ROLE_SEARCH})
+    except StoreError:  # a broken store is named now, before Ray starts
+        raise
     except Exception:  # noqa: BLE001  see the docstring
         return None
     if not runs or runs[0].info.status != "FINISHED" or runs[0].data.tags.get(SEARCH_DONE_TAG) != "1":

@@ -24,6 +24,7 @@ first imported. The two schedulers below, which subclass Tune's, are therefore d
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -174,6 +175,48 @@ def init_local_ray(temp_dir: str, **kwargs: Any) -> Path:
             f"ray {ray.__version__}: {LOCAL_ONLY_ENV}=0 no longer keeps a local Ray on {LOOPBACK} (node address "
             f"{', '.join(map(str, sorted(addresses, key=str)))}); update tune/ray_internals.py")
     return session_dir(temp_dir)
+
+
+# Ray's node start waits 30 s (hard-coded in ray._private.node.Node.__init__) for its raylet to register with the
+# GCS, then raises "The current node timed out during startup". On a loaded machine (load average 10-25 on 2
+# cores, issue 42) that is too short. Node.__init__ polls ray._private.services.get_node, which raises RuntimeError
+# while the node is not registered: `patient_node_start` has that call itself keep polling for up to `seconds`.
+NODE_START_MESSAGE = "timed out during startup"  # in the exception Ray raises when its wait is over
+
+
+@contextmanager
+def patient_node_start(seconds: float) -> Iterator[None]:
+    """Within it, a starting local Ray waits up to about `seconds` (not 30) for its node to register."""
+    from ray._private import services
+
+    original = getattr(services, "get_node", None)
+    if original is None:
+        raise RayInternalsChanged(f"ray {_ray_version()}: ray._private.services.get_node is gone; update "
+                                  "tune/ray_internals.py's patient_node_start")
+
+    deadline: list[float] = []  # set by the first poll: Ray's own 30 s are over when this wait is
+
+    def get_node(*args: Any, **kwargs: Any) -> Any:
+        deadline[:] = deadline or [time.monotonic() + seconds]
+        while True:
+            try:
+                return original(*args, **kwargs)
+            except RuntimeError:
+                if time.monotonic() > deadline[0]:
+                    raise
+                time.sleep(0.5)
+
+    services.get_node = get_node
+    try:
+        yield
+    finally:
+        services.get_node = original
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
 
 
 # ------------------------------------------------------------------------------------- experiment snapshots

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +15,8 @@ from tune.settings import SearchError, SearchSettings
 
 
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
+# How long a local Ray's node may take to start (Ray's own wait is 30 s; a loaded machine needs more); then once more
+START_WAIT_S, START_WAIT_ENV = 120.0, "DPGDIFF_RAY_START_S"
 
 
 def start_ray(settings: SearchSettings) -> Optional[str]:
@@ -29,13 +32,40 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
     # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
     # A temp folder of our own is marked with this driver's PID: if it is killed, the next search cleans up.
     temp_dir = run.ray_temp_dir or leftovers.new_temp_dir()
-    # No dashboard; every other local service binds 127.0.0.1 (tune/ray_internals.py).
-    session = ray_internals.init_local_ray(temp_dir, num_cpus=run.num_cpus or os.cpu_count(),
-                                           include_dashboard=False, dashboard_host="127.0.0.1",
-                                           logging_level="WARNING", runtime_env=runtime_env or None)
+    wait_s = float(os.environ.get(START_WAIT_ENV) or START_WAIT_S)
+    for attempt in (1, 2):
+        try:  # no dashboard; every other local service binds 127.0.0.1 (tune/ray_internals.py)
+            with ray_internals.patient_node_start(wait_s):
+                session = ray_internals.init_local_ray(temp_dir, num_cpus=run.num_cpus or os.cpu_count(),
+                                                       include_dashboard=False, dashboard_host="127.0.0.1",
+                                                       logging_level="WARNING", runtime_env=runtime_env or None)
+            break
+        except Exception as exc:  # noqa: BLE001  Ray raises a bare Exception when its node start times out
+            if ray_internals.NODE_START_MESSAGE not in str(exc):
+                raise
+            _stop_failed_start()
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            if attempt == 2:
+                if not run.ray_temp_dir:
+                    shutil.rmtree(temp_dir, ignore_errors=True)
+                raise SearchError(f"the local Ray did not start, twice: its node did not register within {wait_s:g} "
+                                  f"s (load average {load} on {os.cpu_count()} CPU(s): the machine is busy). Run the "
+                                  f"command again when it is less loaded, or give Ray longer with {START_WAIT_ENV}="
+                                  f"{2 * wait_s:g}") from None
+            print(f"note: the local Ray did not start within {wait_s:g} s (load average {load}); trying once more",
+                  flush=True)
     print_ray_processes(session)
     _tighten_auth_token()  # a local Ray with token auth writes one when there is none
     return None if run.ray_temp_dir else temp_dir
+
+
+def _stop_failed_start() -> None:
+    """After a start that timed out: Ray's own shutdown, then whatever it started that still runs (by PID)."""
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001  a half-started Ray may fail to shut down; its processes are stopped below
+        pass
+    leftovers.stop_processes(_descendant_pids(os.getpid()))
 
 
 def _tighten_auth_token() -> None:

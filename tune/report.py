@@ -40,6 +40,8 @@ from typing import Any, Optional, Sequence
 from dpgdiff.config import MODEL_LABELS
 from dpgdiff.files import atomic_write_text
 from tune import tracking
+from tune.endpoints import check_tracking_uri, tracking_uri_source
+from tune.errors import SearchError
 from tune.names import (
     BEST_EPOCH_TAG,
     BEST_RUN_TAG,
@@ -104,10 +106,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded ranks file
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
     try:
+        if args.top < 1:
+            raise ReportError(f"--top {args.top}: must be >= 1 (the best trials listed per search)")
+        check_tracking_uri(uri, tracking_uri_source(bool(args.tracking_uri)))
         if args.results:
             return _write_results(args, uri)
         text, out = build_report(uri, args.experiment, args.name, args.top, args.out, args.trial, args.variant)
-    except ReportError as exc:
+    except (ReportError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(text)
@@ -334,7 +339,6 @@ class Confirmed:
 def _confirmed_trials(client: Any, exp: Any, parents: list[Any], trials: Sequence[str]) -> dict[str, tuple[str, str]]:
     """--trial SEARCH:TRIAL values -> {search: (trial as given, its run id)}; the search must be reported."""
     from tune.confirmation import parse_trial, trial_run_id
-    from tune.settings import SearchError
 
     by_search = {p.data.tags.get(SEARCH_TAG): p for p in parents}
     chosen = {}

@@ -14,7 +14,8 @@ This module is the command line only: `main` turns the arguments into a `SearchS
     from tune.driver import run_search
     run_search(settings_from_args(build_parser().parse_args([...])), train_fn=my_train)
 
-Exit codes: 0 done, 1 every trial failed, 2 bad arguments / space / resources, 130 interrupted.
+Exit codes: 0 done, 1 every trial failed, 2 bad arguments / space / resources / stores, 3 the --time-budget
+ended before any trial finished an epoch, 130 interrupted.
 """
 
 from __future__ import annotations

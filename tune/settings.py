@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import datetime as _dt
 import functools
-import json
 import math
 import os
 import re
@@ -23,14 +22,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
-from urllib.parse import urlparse
 
 from dpgdiff.config import parse_assignment
 from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
 from tune import study as optuna_study
+from tune.endpoints import check_address, check_tracking_uri, tracking_uri_source
+from tune.errors import SearchError, StoreError
 from tune.space import SearchSpace, load_space, space_from_text
 from tune.space_choice import card_sizing, default_space
 from tune.storage import read_text
+from tune.stores import check_types, parse_saved_json
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: git commit and display paths
 STATE_FILE = "dpgdiff_search.json"  # beside Tune's experiment state: what a resume needs
@@ -40,12 +41,6 @@ MAX_NAME_LENGTH = 100
 # The no-argument search: a smaller synthetic set so it finishes in minutes on 2 CPU cores.
 SYNTHETIC_DEFAULT_OPTIONS = {"n_users": 400}
 FIXED_SOURCE = "--set/--epochs"  # how errors name the command line's fixed values
-# MLflow's tracking store schemes ("" = a local folder), when its own table cannot be read
-_TRACKING_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
-
-
-class SearchError(RuntimeError):
-    """A problem found before any trial runs (arguments, resources, resume state)."""
 
 
 @dataclass(frozen=True)
@@ -125,17 +120,24 @@ class SearchSettings:
     @classmethod
     def from_saved(cls, data: Mapping[str, Any], run: RunOptions, source: str) -> "SearchSettings":
         """Inverse of `to_saved`; also reads the flat format of searches started before it existed."""
+        if not isinstance(data, Mapping):
+            raise StoreError(f"{source}: expected a JSON object of search settings, got {type(data).__name__}")
         data = _upgrade_saved(dict(data))
         known = {f.name for f in dataclasses.fields(cls)} - {"run"}
         unknown, missing = set(data) - known, {f.name for f in dataclasses.fields(cls)
                                                if f.name in known and f.name not in data
                                                and f.default is dataclasses.MISSING}
         if unknown or missing:
-            raise SearchError(f"{source}: not a search settings file this version can read "
-                              f"(unknown keys {sorted(unknown)}, missing keys {sorted(missing)})")
-        return cls(**{**data, "dataset": DatasetRef.from_dict(data["dataset"]), "argv": tuple(data["argv"]),
-                      "objectives": tuple(data.get("objectives", ("val_mrr_sum",))),
-                      "warm_start": tuple(data.get("warm_start", ())), "run": run})
+            raise StoreError(f"{source}: not a search settings file this version can read "
+                             f"(unknown keys {sorted(unknown)}, missing keys {sorted(missing)})")
+        check_types(data, cls, source)
+        try:
+            return cls(**{**data, "dataset": DatasetRef.from_dict(data["dataset"]), "argv": tuple(data["argv"]),
+                          "objectives": tuple(data.get("objectives", ("val_mrr_sum",))),
+                          "warm_start": tuple(data.get("warm_start", ())), "run": run})
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # inside a value (the dataset's keys)
+            raise StoreError(f"{source}: a saved value cannot be read ({type(exc).__name__}: {exc}); restore the "
+                             "file, or start a new search under another --name") from None
 
     def replace(self, **changes: Any) -> "SearchSettings":
         """`dataclasses.replace` that keeps the built space when the space's inputs do not change."""
@@ -144,10 +146,12 @@ class SearchSettings:
             new.__dict__["space"] = self.__dict__["space"]
         return new
 
-    def sized_from_card(self, card: Any) -> "SearchSettings":
+    def sized_from_card(self, card: Any, sized_already: Optional[bool] = None) -> "SearchSettings":
         """A new search on a dataset-agnostic space: the card's sizes (tune.space_choice.card_sizing) added to `fixed`,
-        except where the space or the command line sets the field already; prints what and why."""
-        if not self.size_from_card or self.run.resuming:  # a resume has them in its saved `fixed`
+        except where the space or the command line sets the field already; prints what and why. sized_already:
+        the saved `fixed` has them (default: when resuming; not when the driver that saved it was killed before
+        it loaded the data)."""
+        if not self.size_from_card or (self.run.resuming if sized_already is None else sized_already):
             return self
         sized = {k: v for k, v in card_sizing(card, gpu=self.gpus_per_trial > 0).items()
                  if k not in self.space.fixed and k not in self.space.params}
@@ -212,8 +216,9 @@ def _saved_settings(name: str, run: RunOptions, args: argparse.Namespace) -> Opt
         return None
     # With the settings saved but no Tune state (a driver killed in its first seconds), the search is resumed
     # all the same: tune.tuner.build_tuner then starts its trials anew under the same name, and says so.
-    settings = SearchSettings.from_saved(json.loads(text), dataclasses.replace(run, resuming=True),
-                                         f"{path}/{STATE_FILE}")
+    source = f"{path}/{STATE_FILE}"
+    settings = SearchSettings.from_saved(parse_saved_json(text, source), dataclasses.replace(run, resuming=True),
+                                         source)
     if args.tracking_uri:
         settings = settings.replace(tracking_uri=args.tracking_uri)
     print(f"resuming search {name!r} from {path} (settings as saved; CLI search options ignored)", flush=True)
@@ -244,8 +249,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
          lambda v: v > 1),
         ("--max-concurrent", args.max_concurrent, ">= 1", lambda v: v >= 1),
     )
+    checks += (("--seed", args.seed, f"between 0 and {2**32 - 1} (Optuna's and NumPy's seed range)",
+                lambda v: 0 <= v < 2**32),)
     for flag, value, expected, ok in checks:
-        if value is not None and not (math.isfinite(value) and ok(value)):
+        if value is not None and not (ok(value) and (isinstance(value, int) or math.isfinite(value))):
             raise SearchError(f"{flag} {value}: must be {expected}")
     if args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer():
         raise SearchError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 it must be a whole number")
@@ -257,94 +264,26 @@ def _check_run_options(args: argparse.Namespace, run: RunOptions) -> None:
         raise SearchError("--retry-errored: only with --resume (it reruns the failed trials of an existing search)")
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SearchError(f"--num-cpus {args.num_cpus}: must be >= 1")
-    _check_address(args.address)
+    check_address(args.address)
+    if args.address in (None, "local") and not os.environ.get("RAY_ADDRESS"):  # a local Ray: its socket paths
+        from tune.leftovers import RAY_TMPDIR, socket_room_error, temp_root
+
+        too_long = (socket_room_error(args.ray_temp_dir, "--ray-temp-dir", inside=False) if args.ray_temp_dir
+                    else socket_room_error(str(temp_root()), f"${RAY_TMPDIR}", inside=True))
+        if too_long:
+            raise SearchError(too_long)
     if "://" not in run.storage:
         folder = Path(run.storage)
         existing = next(p for p in (folder, *folder.parents) if p.exists())
         if not existing.is_dir():
             raise SearchError(f"--storage-path {args.storage_path}: {existing} is a file, not a folder")
-
-
-def _tracking_uri_source(args: argparse.Namespace) -> str:
-    return ("--tracking-uri" if args.tracking_uri else
-            "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking URI")
-
-
-def check_tracking_uri(uri: str, source: str) -> None:
-    """Refuse a tracking URI whose scheme MLflow has no store for (MLflow itself says so only when the parent
-    run is opened, after Ray started). `source` names where the URI came from."""
-    from mlflow.exceptions import MlflowException
-
-    try:  # MLflow's own scheme table, plugins included (not public API: fall back to its documented schemes)
-        from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
-    except ImportError:
-        registry = None
-    scheme = urlparse(uri).scheme
-    known = scheme in _TRACKING_SCHEMES
-    if registry is not None and hasattr(registry, "get_store_builder"):
-        try:
-            registry.get_store_builder(uri)
-            known = True
-        except (MlflowException, KeyError):
-            known = False
-    if known:
-        _check_tracking_target(uri, source)
-        return
-    raise SearchError(f"{source} {uri}: unknown tracking URI scheme {scheme!r}; use one of "
-                      f"{', '.join(s + ':' for s in _TRACKING_SCHEMES[1:])}")
-
-
-CONNECT_TIMEOUT_S = 3.0  # how long a server (MLflow, a Ray cluster's GCS) may take to accept a connection
-
-
-def _check_tracking_target(uri: str, source: str) -> None:
-    """An MLflow server must answer, and a SQLite store's folder must exist, before Ray starts: MLflow itself
-    retries an unreachable server for minutes, and creates a missing folder (a typo then makes a new store)."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
-        # MLflow 3 refuses its file store when the store opens (inside a trial, after Ray started) unless told to
-        folder = Path(parsed.path if parsed.scheme == "file" else uri).resolve()
-        raise SearchError(f"{source} {uri}: MLflow 3 refuses a plain file store; use a SQLite store in that folder, "
-                          f"--tracking-uri sqlite:///{folder / 'mlflow.db'} (or set MLFLOW_ALLOW_FILE_STORE=true "
-                          "to keep the file store)")
-    if parsed.scheme in ("http", "https"):
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        reason = _unreachable(parsed.hostname or "", port)
-        if reason:
-            raise SearchError(f"{source} {uri}: no MLflow server answers at {parsed.hostname}:{port} ({reason}); "
-                              "start it (mlflow server --host 127.0.0.1 ...) or fix the URI")
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise SearchError(f"{source} {uri}: the folder {folder} does not exist; create it first (the store "
-                              "file itself is created)")
-
-
-def _unreachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> Optional[str]:
-    """Why a TCP connection to host:port fails within `timeout` seconds, or None when it opens."""
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except socket.timeout:
-        return f"no answer within {timeout:g} s"
-    except OSError as exc:
-        return f"{exc.strerror or exc} within {timeout:g} s"
-
-
-def _check_address(address: Optional[str]) -> None:
-    """--address HOST:PORT must accept a connection (Ray's own client waits for minutes, and may rewrite the
-    address); 'auto', 'local' and ray:// client addresses are left to Ray."""
-    if address in (None, "auto", "local") or "://" in str(address):
-        return
-    host, sep, port = str(address).rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise SearchError(f"--address {address}: expected 'auto' or HOST:PORT (a Ray cluster's GCS address)")
-    reason = _unreachable(host.strip("[]"), int(port))
-    if reason:
-        raise SearchError(f"--address {address}: no Ray cluster answers there ({reason}); start it (ray start "
-                          "--head) or fix the address")
+        try:  # made now (it is, by any search that starts): /proc, a read-only disk or a folder of another user
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            raise SearchError(f"--storage-path {args.storage_path}: cannot write there ({exc.strerror or exc}); "
+                              "pass a folder this user can write to") from None
 
 
 def check_local_cpus(settings: "SearchSettings") -> None:
@@ -420,7 +359,7 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
     name = name or f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri()
     # checked before the warm start reads the store: a bad URI fails here with its source named
-    check_tracking_uri(tracking_uri, _tracking_uri_source(args))
+    check_tracking_uri(tracking_uri, tracking_uri_source(bool(args.tracking_uri)))
     num_samples = _num_samples(args)
     settings = SearchSettings(
         name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import urlparse
 
+from tune.errors import StoreError
 from tune.names import LOST_TAG, STOPPED_BY_TAG, STOPPED_BY_TIME_BUDGET
+from tune.stores import check_sqlite_store, create_aside, sqlite_file
 
 DB_NAME = "optuna.db"
 # SQLAlchemy dialects Optuna's RDBStorage is tested with (a URL may add a driver: postgresql+psycopg2://)
@@ -36,6 +38,7 @@ def default_storage(tracking_uri: str) -> str:
         folder = Path(tracking_uri[len("sqlite:///"):]).resolve().parent
     else:
         folder = Path("mlruns").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / DB_NAME}"
 
 
@@ -50,6 +53,12 @@ def check_storage_url(url: str, flag: str = "--optuna-storage") -> str:
         path = url[len("sqlite:///"):]
         if path and path != ":memory:":
             url = f"sqlite:///{Path(path).resolve()}"
+    db = sqlite_file(url)
+    if db is not None:
+        if not db.parent.is_dir():
+            raise StudyError(f"{flag} {url}: the folder {db.parent} does not exist; create it first (the database "
+                             "file itself is created)")
+        check_sqlite_store(db, "Optuna storage", flag)
     return url
 
 
@@ -64,13 +73,22 @@ def shown(url: str) -> str:
 
 
 def open_storage(url: str) -> Any:
-    """optuna.storages.RDBStorage at `url` (created with its tables when new; its folder must exist)."""
+    """optuna.storages.RDBStorage at `url` (created with its tables when new; its folder must exist). A SQLite
+    storage is checked first and built aside (tune/stores.py): StoreError names one that is broken."""
     import optuna
 
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.storages.RDBStorage(url)
+    db = sqlite_file(url)
+    if db is None:
+        return optuna.storages.RDBStorage(url)
+    check_sqlite_store(db, "Optuna storage", "--optuna-storage")
+    create_aside(db, optuna.storages.RDBStorage)  # Optuna builds its tables in steps: aside, then linked in
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001  SQLAlchemy's or Optuna's error: named, with what to do
+        raise StoreError(f"{db}: Optuna cannot open this storage ({type(exc).__name__}: {str(exc)[:300]}); if "
+                         f"another Optuna version made it, back it up and run `optuna storage upgrade --storage "
+                         f"{url}`, or pass --optuna-storage to use another") from None
 
 
 def study_exists(storage: Any, name: str) -> bool:

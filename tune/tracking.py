@@ -33,7 +33,9 @@ from typing import Any, Iterable, Optional
 
 from ray import tune
 
+from tune import stores
 from tune.budget import NeedsClock, stopped_by_budget
+from tune.errors import StoreError
 from tune.names import (
     BEST_EPOCH_TAG,
     ERROR_TAG,
@@ -85,40 +87,39 @@ def artifact_root_for(tracking_uri: str) -> Optional[str]:
 
 
 def client_for(tracking_uri: str) -> Any:
+    """An MlflowClient of `tracking_uri`; a local SQLite store is checked (tune/stores.py) and built when new, and
+    one MLflow cannot open is a StoreError naming it (not SQLAlchemy's traceback)."""
     from mlflow.tracking import MlflowClient
 
     create_sqlite_store(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    db = stores.sqlite_file(tracking_uri)
+    if db is not None:
+        try:
+            client.search_experiments(max_results=1)  # opens the store: MLflow checks its schema here
+        except Exception as exc:  # noqa: BLE001  SQLAlchemy's or MLflow's error: named, with what to do
+            why = first_error_line(f"{type(exc).__name__}: {exc}")[:300]
+            raise StoreError(f"{db}: MLflow cannot open this store ({why}); if another MLflow version made it, "
+                             f"back it up and run `mlflow db upgrade {tracking_uri}`, or pass --tracking-uri to use "
+                             "another store") from None
+    return client
 
 
 def create_sqlite_store(tracking_uri: str) -> None:
-    """Create a local SQLite store that does not exist yet, atomically.
+    """Check a local SQLite store, and create it, atomically, when it does not exist yet (tune/stores.py).
 
     MLflow creates a new store's tables in many steps (its schema migrations). A driver killed in the middle
     (tests/test_local_ray.py's kill before the first trial hit it) left a store that every later start refused
     ("table ... already exists"). Here the store is built under a temporary name beside the target and then
-    linked to its name, which fails if another process made it first (that one wins; ours is dropped)."""
-    if not tracking_uri.startswith("sqlite:///"):
+    linked to its name; a store left half-made by an earlier version is named, with what to do."""
+    db = stores.sqlite_file(tracking_uri)
+    if db is None or not db.parent.is_dir():  # no folder: MLflow's own error names it
         return
-    db = Path(tracking_uri[len("sqlite:///"):])
-    if db.exists() or not db.parent.is_dir():  # no folder: MLflow's own error names it
-        return
-    import os
-    import tempfile
-
+    stores.check_sqlite_store(db, "MLflow store", "--tracking-uri")
     from mlflow.tracking import MlflowClient
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{db.name}.", suffix=".creating", dir=db.parent)
-    os.close(fd)
-    try:
-        os.unlink(tmp)  # MLflow creates the file itself
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # runs the migrations
-        try:
-            os.link(tmp, db)
-        except FileExistsError:
-            pass
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # search_experiments runs the migrations
+    stores.create_aside(db, lambda url: MlflowClient(tracking_uri=url).search_experiments(max_results=1))
 
 
 def ensure_experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:

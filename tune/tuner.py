@@ -3,6 +3,7 @@ on resume, the Tuner restored from Tune's saved state with this invocation's tri
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from typing import Any, Callable, Optional
 
@@ -11,9 +12,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune import budget, ray_internals
 from tune import study as optuna_study
+from tune.errors import StoreError
 from tune.names import WARM_START_TAG
 from tune.parent_run import ParentRun
 from tune.progress import ProgressReporter
+from tune.stores import UNRESUMABLE
 from tune.results import METRIC, MODE, OBJECTIVES
 from tune.settings import SearchSettings
 from tune.space import SearchSpace
@@ -77,8 +80,12 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
     if restore_saved_state(settings):
         # Searcher (Optuna study), scheduler, callbacks and run config come back from the saved state; how
         # this invocation prints (--quiet) is its own.
-        tuner = tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
-                                   resume_errored=settings.run.retry_errored, restart_errored=False)
+        try:
+            tuner = tune.Tuner.restore(settings.path, trainable, resume_unfinished=True,
+                                       resume_errored=settings.run.retry_errored, restart_errored=False)
+        except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as exc:
+            raise StoreError(f"{settings.path}/tuner.pkl: Tune cannot restore the search from it ({type(exc).__name__}: "
+                             f"{str(exc)[:300]}); {UNRESUMABLE}") from None
         ray_internals.set_progress_output(tuner, verbose=0 if settings.run.quiet else 1,
                                           progress_reporter=_progress(settings, space, slots))
         return tuner

@@ -28,7 +28,10 @@ def resolve_device(spec: str) -> torch.device:
     """`auto` -> cuda when available, else cpu; anything else as given (checked)."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {spec!r}: expected auto, cpu, cuda or cuda:N ({str(exc).splitlines()[0]})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={spec!r} but CUDA is not available on this machine")
     return device
