@@ -35,8 +35,8 @@ Departures, each for the harness's one example = (history, next item) training a
   of every training sequence as an example (with >= 1 item of each domain before it), the same supervision.
 - u_d is Enc_d's last state over the compact subsequence s_d; the official code runs Enc_d over the mixed-length
   sequence with the other domain's positions as padding (zeroed, but visible to its attention). Here padding is
-  masked out of every attention (the shared `CausalTransformer`: pre-LN blocks, a GELU 4d FFN; the official blocks
-  are SASRec-pytorch's with a ReLU d-wide FFN). A history without items of d has u_d = 0.
+  masked out of every attention (the shared `CausalTransformer`: pre-LN blocks with a d-wide GELU FFN; the official
+  blocks are SASRec-pytorch's, with a d-wide ReLU FFN). A history without items of d has u_d = 0.
 - The infomax pools over all X (Y) positions of the example's history, and its corrupted histories are drawn anew
   at every step (the official ones once, when the data loads); rows whose history lacks either domain are left out
   of L_cl. The official output layers' extra PAD logit (lin_PAD) is not built: no target is PAD.
@@ -152,7 +152,7 @@ class SequenceEncoder(nn.Module):
             self.pos.weight.normal_(0.0, init_std)  # as the items (official: both nn.Embedding's N(0, 1))
             self.pos.weight[0].zero_()
         self.drop = Dropout(emb_dropout)
-        self.transformer = CausalTransformer(dim, n_layers, n_heads, dropout_p)
+        self.transformer = CausalTransformer(dim, n_layers, n_heads, dropout_p, ffn_width=1)  # official: d-wide
 
     def forward(self, vectors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """vectors (B, L, d) item vectors (0 at padding), valid (B, L) -> states (B, L, d)."""
@@ -200,24 +200,21 @@ class C2DSR(Recommender):
         """b_d (n_items(domain),): the output layer's bias (C2DSR always has one)."""
         return self.out[domain].bias
 
-    def item_vectors(self) -> dict[str, torch.Tensor]:
-        """v = (Ẽ + E)·sqrt(d) per table (module docstring); without a GNN (gnn_layers = 0), E·sqrt(d)."""
-        scale = math.sqrt(self.dim)
-        out = {}
-        for k, table in self.tables.items():
-            if len(self.propagate[k].biases):
-                table = self.propagate[k](table, self.graphs[k].adjacency()) + table
-            out[k] = table * scale
-        return out
+    def item_vectors(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Per table, the tensors whose rows sum to v = (Ẽ + E)·sqrt(d) (module docstring): (E, Ẽ), or (E,) without
+        a GNN (gnn_layers = 0: v = E·sqrt(d)). The sum and the scale are taken after `lookup` gathers the rows: on
+        the whole tables they were a large part of a step's time."""
+        return {k: (table, self.propagate[k](table, self.graphs[k].adjacency()))
+                if len(self.propagate[k].biases) else (table,) for k, table in self.tables.items()}
 
-    @staticmethod
-    def lookup(vectors: torch.Tensor, ids: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of `vectors` for internal ids (B, L) whose row 0 is id `offset`; PAD (0) -> zeros. -> (h, valid)."""
+    def lookup(self, vectors: tuple[torch.Tensor, ...], ids: torch.Tensor, offset: int):
+        """v for internal ids (B, L), tables whose row 0 is id `offset`; PAD (0) -> zeros. -> (h (B, L, d), valid)."""
         valid = ids > 0
-        h = F.embedding((ids - offset).clamp_min(0), vectors) * valid.unsqueeze(-1).to(vectors.dtype)
-        return h, valid
+        rows = (ids - offset).clamp_min(0)
+        h = sum(F.embedding(rows, table) for table in vectors)
+        return h * (valid.unsqueeze(-1).to(h.dtype) * math.sqrt(self.dim)), valid
 
-    def encode(self, history: torch.Tensor, vectors: dict[str, torch.Tensor], n_mixed: int = 1):
+    def encode(self, history: torch.Tensor, vectors: dict[str, tuple[torch.Tensor, ...]], n_mixed: int = 1):
         """history (n_mixed·B, L): the mixed histories (the real one first, then corrupted copies) ->
         (states_c (n_mixed·B, L, d), states_x (B, Lx, d), valid_x, states_y (B, Ly, d), valid_y)."""
         h, valid = self.lookup(vectors["c"], history, 1)
@@ -286,8 +283,10 @@ class C2DSR(Recommender):
         # D_x: X-specific vs Enc_c at the Y positions, real vs X items corrupted (keep_y); D_y the other way round
         for disc, single, true, false, at in ((self.discriminators[0], r_x, real, keep_y, at_y),
                                               (self.discriminators[1], r_y, real, keep_x, at_x)):
-            pos = disc(masked_mean(true, at), single)[rows, 0]
-            neg = disc(masked_mean(false, at), single)[rows, 0]
+            # disc(a, b) = a·W·b + bias, written out: nn.Bilinear's kernel materialises a (B, d, d) tensor
+            weighted = single[rows] @ disc.weight[0].t()
+            pos = (masked_mean(true, at)[rows] * weighted).sum(-1) + disc.bias
+            neg = (masked_mean(false, at)[rows] * weighted).sum(-1) + disc.bias
             total = total + F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) \
                 + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
         return total
