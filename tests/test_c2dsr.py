@@ -167,3 +167,22 @@ def test_train_and_checkpoint_round_trip(synthetic_dataset, tmp_path):
     history = torch.as_tensor(ds.test.history[:32])
     for d in (DOMAIN_X, DOMAIN_Y):
         assert torch.equal(served.score(history, d), loaded.score(history, d))
+
+
+def test_item_bias_picks_how_the_output_bias_starts(synthetic_dataset):
+    """C2DSR's output layers always have a bias (the official nn.Linear); model.item_bias sets its start:
+    zero, or the centred log-popularity (build_model), and every score moves by exactly b_j."""
+    ds = synthetic_dataset
+    zero = build_model(tiny_config(**{"model.item_bias": "zero"}), ds)
+    assert all(torch.equal(zero.bias(d), torch.zeros_like(zero.bias(d))) for d in (DOMAIN_X, DOMAIN_Y))
+    model = build_model(tiny_config(**{"model.item_bias": "popularity"}), ds).eval()
+    counts = ds.item_counts()
+    history = torch.as_tensor(ds.test.history[:8])
+    for d in (DOMAIN_X, DOMAIN_Y):
+        lo = ds.items.offset(d)
+        prior = np.log1p(counts[lo:lo + ds.items.n_items(d)])
+        assert torch.allclose(model.bias(d).detach(), torch.as_tensor(prior - prior.mean(), dtype=torch.float32))
+        before = model.score(history, d)
+        with torch.no_grad():
+            model.bias(d).add_(1.5)
+        assert torch.allclose(model.score(history, d) - before, torch.full_like(before, 1.5), atol=1e-4)

@@ -285,6 +285,7 @@ def test_empty_domain_subsequence_uses_the_null_vector(synthetic_dataset):
     ("sasrec", {}),
     ("sasrec_single", {}),
     ("diffurec", {}),
+    ("abxi", {}),
     ("dpgdiff", {"model.disentangled_encoder": False, "model.tri_cl": False, "model.xt_injection": "add"}),
 ])
 def test_item_bias_is_learned_and_added_to_every_score(synthetic_dataset, batch, name, overrides):
@@ -318,7 +319,7 @@ def test_item_bias_is_learned_and_added_to_every_score(synthetic_dataset, batch,
         assert torch.allclose(scores() - before, bias.expand_as(before), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["dpgdiff", "sasrec", "sasrec_single", "diffurec"])
+@pytest.mark.parametrize("name", ["dpgdiff", "sasrec", "sasrec_single", "diffurec", "abxi"])
 def test_popularity_item_bias_starts_at_centred_log_counts(synthetic_dataset, name):
     import numpy as np
 
