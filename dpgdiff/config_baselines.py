@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 @dataclass
 class C2DSRConfig:
-    # GNN depth: propagation layers over the item-transition graphs (official --GNN 1). 0 = no graph (the paper's
-    # "w/o GNN" ablation): the sequence encoders read the plain item embeddings.
+    # GNN depth: propagation layers over the item-transition graphs (official --GNN 1). 0 = no graph (an ablation):
+    # the sequence encoders read the plain item embeddings.
     gnn_layers: int = 1
     # λ of the final objective (official --lambda 0.7): λ·(prediction losses) + (1 - λ)·(infomax losses).
-    # 1 = no infomax (the paper's "w/o L_cl" ablation); the prediction losses are never switched off.
+    # 1 = no infomax (an ablation); the prediction losses are never switched off.
     lambda_pred: float = 0.7
 
     def ranges(self) -> list[tuple[bool, str, str]]:
@@ -28,10 +28,10 @@ class C2DSRConfig:
 @dataclass
 class ABXIConfig:
     # LoRA ranks (official --rd / --ri, default 8; its demo.sh for Food-Kitchen: 16 and 64). 0 switches that LoRA
-    # off: rd = 0 is the paper's "V1: -dLoRA", ri = 0 its "V3: -iLoRA".
+    # off: rd = 0 is the official code's ablation "V1: -dLoRA" (its --v 1), ri = 0 its "V3: -iLoRA".
     rd: int = 8
     ri: int = 8
-    # The projectors (proj_i, proj_a, proj_b); false is the paper's "V2: -proj".
+    # The projectors (proj_i, proj_a, proj_b); false is the official code's "V2: -proj".
     proj: bool = True
     # Uniform negatives per domain for each training row (official --n_neg 128: 128 of each domain, so 256 per row);
     # 0 = the full softmax over the target domain's items instead (this harness's other models).

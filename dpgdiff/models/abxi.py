@@ -5,7 +5,9 @@ Written from the paper, with the official code (github.com/DiMarzioBian/ABXI: mo
 models/layers.py, trainer.py, main.py, demo.sh) as the reference for what the paper leaves out; no code is copied.
 Domain A of the paper is X here, B is Y; s_c is the mixed history, s_x / s_y its one-domain subsequences.
 
-Model (paper §3: shared encoder with domain LoRAs, invariant projector with invariant LoRAs, task-guided alignment):
+Model (the paper's method section: shared encoder with domain LoRAs, invariant projector with invariant LoRAs,
+task-guided alignment; equation numbers are not cited, as the full paper text was not at hand, and the formulas
+below were checked against the official code instead):
     embedding   H_s = Dropout((E[s] + P[pos(s)])·valid) for s in (s_c, s_x, s_y); one item table E for both domains,
                 positions counted from the most recent item (1 = last; official get_absolute_pos_idx)
     encoder     one causal multi-head self-attention layer shared by the three sequences, post-norm:
@@ -23,9 +25,10 @@ tables truncated N(0, 0.02) in ±0.04, LoRA A ~ N(0, 0.02) and B = 0 (so a LoRA 
 width is 8d/3 rounded down to a multiple of 8 (680 at the official d = 256).
 configs/abxi.yaml follows the official main.py and demo.sh for Food-Kitchen: d = 256, 2 heads, dropout 0.5,
 τ = 0.75, 128 negatives per domain, rd = 16, ri = 64, AdamW lr 1e-4 with weight decay 5, batch 256,
-ReduceLROnPlateau(0.3162, patience 30) on the validation MRR sum, early stop after 61 passes, 500 epochs.
+ReduceLROnPlateau(0.3162, patience 30) on the validation MRR sum, a stop after more than 61 validation passes
+without a gain, 500 epochs.
 
-Task-guided alignment (paper §3, official dataloader get_spe_seq): the domain-d sequence that meets a target in d
+Task-guided alignment (official dataloader get_spe_seq): the domain-d sequence that meets a target in d
 is d's subsequence of everything before the target. One example here is (history, next item), so h_d is the
 last state of s_d itself, in training and at test alike.
 

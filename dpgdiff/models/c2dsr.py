@@ -3,7 +3,9 @@
 Written from the paper, with the official code (github.com/cjx96/C2DSR, C2DSR_src/) as the reference for what the
 paper leaves out; no code is copied. Internal ids as everywhere here: PAD 0, X items 1..Nx, Y items Nx+1..Nx+Ny.
 
-Model (paper §3 "Graph neural network" / "Sequential attentive encoder" / "Training objectives"):
+Model (the paper's method section: graph neural network, sequential attentive encoders, training objectives;
+equation numbers are not cited, as the full paper text was not at hand, and the formulas below were checked
+against the official code instead):
     graphs      G_c over both domains' items, G_x / G_y over one domain's: an edge i -> j for every time the item j
                 directly follows i in a training sequence (G_x, G_y: in its one-domain subsequence), weighted by the
                 count and row-normalised (official utils/GraphMaker.py: duplicates add up, no self loops are added)
