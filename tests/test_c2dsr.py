@@ -15,6 +15,7 @@ from dpgdiff.config import Config, ConfigError
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y, ItemSpace
 from dpgdiff.models import C2DSR, build_model
 from dpgdiff.models.c2dsr import transition_edges, transition_graphs
+from tests.test_model import batch, fit_losses, make  # noqa: F401  (batch: the fixture)
 
 torch.set_num_threads(1)
 
@@ -129,20 +130,9 @@ def test_config_round_trip_label_and_validation(tmp_path):
         tiny_config(**{"c2dsr.gnn_layers": -1})
 
 
-def test_a_few_steps_lower_the_loss(synthetic_dataset):
-    torch.manual_seed(0)
-    model = build_model(tiny_config(**{"model.dim": 16}), synthetic_dataset)
-    ex = synthetic_dataset.training_examples("prefix")
-    history, target = torch.as_tensor(ex.history[:256]), torch.as_tensor(ex.target[:256])
-    domain = torch.as_tensor(ex.target_domain[:256]).long()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(15):
-        loss = model.loss(history, target, domain, torch.Generator().manual_seed(1))["total"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+def test_a_few_steps_lower_the_loss(synthetic_dataset, batch):
+    model = make(tiny_config(**{"model.dim": 16}), synthetic_dataset)
+    losses = fit_losses(model, batch, torch.optim.Adam(model.parameters(), lr=3e-3), 15)
     assert losses[-1] < 0.8 * losses[0], losses
 
 

@@ -59,17 +59,23 @@ def loss_of(model, batch, seed: int = 0) -> dict[str, torch.Tensor]:
     return model.loss(*batch, generator=torch.Generator().manual_seed(seed))
 
 
+def fit_losses(model, batch, optimizer, steps: int) -> list[float]:
+    """The total loss before each of `steps` optimizer steps on one batch, with the same t / noise / augmentations
+    every step (loss_of's seed): only the weights change. Also used by tests/test_c2dsr.py and test_abxi.py."""
+    losses = []
+    for _ in range(steps):
+        total = loss_of(model, batch, seed=0)["total"]
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(total.item())
+    return losses
+
+
 def test_loss_decreases(synthetic_dataset, batch):
     model = make(config(), synthetic_dataset)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        out = loss_of(model, batch, seed=0)  # same t / noise / augmentations: only the weights change
-        opt.zero_grad()
-        out["total"].backward()
-        opt.step()
-        losses.append(out["total"].item())
-    assert set(out) >= {"total", "diff", "rec", "rec_c", "rec_s", "cl"}
+    assert set(loss_of(model, batch)) >= {"total", "diff", "rec", "rec_c", "rec_s", "cl"}
+    losses = fit_losses(model, batch, torch.optim.Adam(model.parameters(), lr=3e-3), 30)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
