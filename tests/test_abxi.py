@@ -13,7 +13,7 @@ import torch
 from dpgdiff.config import Config, ConfigError
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y, ItemSpace
 from dpgdiff.models import ABXI, build_model
-from tests.test_model import batch, fit_losses, make  # noqa: F401  (batch: the fixture)
+from tests.test_model import fit_losses, make
 
 torch.set_num_threads(1)
 

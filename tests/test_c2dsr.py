@@ -15,7 +15,7 @@ from dpgdiff.config import Config, ConfigError
 from dpgdiff.data.dataset import DOMAIN_X, DOMAIN_Y, ItemSpace
 from dpgdiff.models import C2DSR, build_model
 from dpgdiff.models.c2dsr import transition_edges, transition_graphs
-from tests.test_model import batch, fit_losses, make  # noqa: F401  (batch: the fixture)
+from tests.test_model import fit_losses, make
 
 torch.set_num_threads(1)
 

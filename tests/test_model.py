@@ -37,18 +37,6 @@ def ablation(name: str, **overrides) -> Config:
     return config(**{"model.disentangled_encoder": de, "model.guidance": g, "model.tri_cl": cl}, **overrides)
 
 
-@pytest.fixture(scope="module")
-def batch(synthetic_dataset):
-    ex = synthetic_dataset.training_examples("prefix")
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(ex), generator=g)[:64]
-    return (
-        torch.as_tensor(ex.history)[idx],
-        torch.as_tensor(ex.target)[idx],
-        torch.as_tensor(ex.target_domain)[idx].long(),
-    )
-
-
 def make(cfg: Config, dataset, seed: int = 0):
     torch.manual_seed(seed)
     return build_model(cfg, dataset)

@@ -142,14 +142,10 @@ class ABXI(Recommender):
 
     def table(self, domain: int) -> torch.Tensor:
         """E_d (n_items(domain), d): the rows of that domain; row j = local item j."""
-        lo = self.items.offset(domain)
-        return self.item.weight[lo:lo + self.items.n_items(domain)]
+        return self.domain_rows(self.item.weight, domain)
 
     def bias(self, domain: int) -> Optional[torch.Tensor]:
-        if self.item_bias is None:
-            return None
-        lo = self.items.offset(domain)
-        return self.item_bias[lo:lo + self.items.n_items(domain)]
+        return None if self.item_bias is None else self.domain_rows(self.item_bias, domain)
 
     def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """history (B, L) -> (h (3, B, d): the last states of s_c, s_x, s_y after the shared layer and the dLoRA
