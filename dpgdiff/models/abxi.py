@@ -198,8 +198,8 @@ class ABXI(Recommender):
         logits = torch.einsum("bd,bkd->bk", rep, self.item(candidates)) / self.temp
         if self.item_bias is not None:
             logits = logits + self.item_bias[candidates]
-        collides = torch.cat([torch.zeros_like(target, dtype=torch.bool).unsqueeze(1), negatives == target.unsqueeze(1)], 1)
-        logits = logits.masked_fill(collides, float("-inf"))
+        collides = negatives == target.unsqueeze(1)  # such a negative is the target itself: left out of its row
+        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(collides, float("-inf"))], 1)
         per_row = -torch.log_softmax(logits, 1)[:, 0]
         total = per_row.new_zeros(())
         for d in (DOMAIN_X, DOMAIN_Y):
