@@ -1,10 +1,10 @@
 """dpgdiff: DPG-Diff and its baselines for cross-domain sequential recommendation (plain PyTorch).
 
 `dpgdiff/config.py` owns every knob: one typed `Config` (model, diffusion, loss, augment, train,
-eval sections) with defaults, YAML reading and writing, `section.key=value` overrides
-(`parse_assignment`, `coerce_value`) and the one validation, `Config.validate`;
-`dpgdiff/config_fields.py` says which fields each model reads (`MODEL_FIELDS`), which another field
-switches off (`INERT_WHEN`), and which levers were retired (`RETIRED`).
+eval sections, and the c2dsr and abxi sections of `dpgdiff/config_baselines.py`) with defaults, YAML
+reading and writing, `section.key=value` overrides (`parse_assignment`, `coerce_value`) and the one
+validation, `Config.validate`; `dpgdiff/config_fields.py` says which fields each model reads
+(`MODEL_FIELDS`), which another field switches off (`INERT_WHEN`), and which levers were retired (`RETIRED`).
 
 `dpgdiff/files.py` owns files in and out: `atomic_write` (temp file in the same folder, then a
 rename) and `replace_dir` for checkpoint folders, through which every file the package writes goes,
@@ -15,9 +15,9 @@ synthetic generator, the dataset card and fingerprint, and `DatasetRef` (`ref.py
 says which dataset to load, with the dataset flags both command lines share.
 
 `dpgdiff/models/` owns the networks: layers, encoder (Eq. 8), diffusion (Eq. 1-5, with the one reverse chain), denoiser (Eq. 9),
-losses (Eq. 6, 10-13), augmentations, DPG-Diff itself (Alg. 1, Eq. 15), and the SASRec, SASRec-single
-and DiffuRec baselines, all built by `build_model(config, dataset)`; `dpgdiff/optim.py` builds the
-optimiser and the learning-rate schedule.
+losses (Eq. 6, 10-13), augmentations, DPG-Diff itself (Alg. 1, Eq. 15), and the SASRec, SASRec-single,
+DiffuRec, C2DSR and ABXI baselines, all built by `build_model(config, dataset)`; `dpgdiff/optim.py` builds
+the optimiser and the learning-rate schedule.
 
 `dpgdiff/evaluation/` owns the metrics, one module per idea: `evaluator.py` the shared `Evaluator`
 every model and baseline is scored by, `candidates.py` its saved candidate lists (the sampled 1 + 999

@@ -29,6 +29,7 @@ from dpgdiff.config_fields import (  # noqa: F401  (MODEL_FIELDS, MODEL_LABELS, 
     COMPONENT_SWITCHES, INERT_WHEN, MODEL_FIELDS, MODEL_LABELS, RETIRED, RETIRED_AT, RETIRED_VALUES, matches,
     model_reads,
 )
+from dpgdiff.config_baselines import ABXIConfig, C2DSRConfig
 from dpgdiff.files import atomic_write_text, parse_yaml, read_yaml  # noqa: F401  (read_yaml, parse_yaml re-exported)
 
 
@@ -49,8 +50,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     # Which model the harness trains: DPG-Diff, or one of the baselines in the same harness (MODEL_FIELDS says
     # which fields each reads). sasrec_single: spec §7.1's per-domain SASRec of Table 1 (one tower per domain,
-    # reads s_{d*} only); diffurec: WHUIR/DiffuRec (spec §7.2; Table 3's "Diff" is DPG-Diff with its switches off).
-    name: Literal["dpgdiff", "sasrec", "sasrec_single", "diffurec"] = "dpgdiff"
+    # reads s_{d*} only); diffurec: WHUIR/DiffuRec (spec §7.2; Table 3's "Diff" is DPG-Diff with its switches off);
+    # c2dsr, abxi: the cross-domain baselines of Table 1 (issue 39; their own sections `c2dsr` and `abxi`,
+    # dpgdiff/config_baselines.py).
+    name: Literal["dpgdiff", "sasrec", "sasrec_single", "diffurec", "c2dsr", "abxi"] = "dpgdiff"
     # Embedding = hidden size. Paper: 512; 128 keeps CPU runs practical (spec §8).
     dim: int = 128
     # Sizes the positional table only: build_model uses max(max_len, dataset.max_len) positions. The history
@@ -231,6 +234,8 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    c2dsr: C2DSRConfig = field(default_factory=C2DSRConfig)
+    abxi: ABXIConfig = field(default_factory=ABXIConfig)
 
     # ---------------------------------------------------------------- (de)serialisation
 
@@ -437,6 +442,8 @@ class Config:
         need(e.n_negatives >= 1, "eval.n_negatives", ">= 1")
         need(e.batch_size >= 1, "eval.batch_size", ">= 1")
         need(0.0 <= e.noise_rate <= 1.0, "eval.noise_rate", "0 <= rate <= 1")
+        for ok, name, allowed in (*self.c2dsr.ranges(), *self.abxi.ranges()):
+            need(ok, name, allowed)
 
 
 # Fields that only change how a trained model scores (no parameter depends on them): `evaluate`, `diagnose`

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 # What tables call each model; `Config.label()` adds the DPG-Diff components that are switched off.
-MODEL_LABELS = {"dpgdiff": "DPG-Diff", "sasrec": "SASRec", "sasrec_single": "SASRec-single", "diffurec": "DiffuRec"}
+MODEL_LABELS = {"dpgdiff": "DPG-Diff", "sasrec": "SASRec", "sasrec_single": "SASRec-single", "diffurec": "DiffuRec",
+                "c2dsr": "C2DSR", "abxi": "ABXI"}
 # Table 3's switches (and issue 23's control), in the order a label lists them.
 COMPONENT_SWITCHES = (("model.diffusion", "−Diffusion"), ("model.disentangled_encoder", "−DE"),
                       ("model.guidance", "−G"), ("model.tri_cl", "−Tri-CL"))
@@ -30,6 +31,13 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "diffurec": (*_BACKBONE, "model.lambda_u", "model.lambda_infer", "diffusion.steps", "diffusion.schedule",
                  "diffusion.beta_scale", "diffusion.terminal_snr", "diffusion.sampler", "diffusion.infer_steps",
                  "diffusion.ddpm_variance", "diffusion.val_sampler", "diffusion.val_infer_steps", *_TRAINING),
+    # C2DSR (dpgdiff/models/c2dsr.py): SASRec's backbone fields less logit_scale (its output layers are linear
+    # maps with a bias, not the item tables), its CE, and its own section. Positions are always absolute.
+    "c2dsr": (*(f for f in _BACKBONE if f != "model.logit_scale"), "c2dsr.*", "loss.domain_loss_norm",
+              "loss.ce_impl", "loss.ce_chunk_rows", *_TRAINING),
+    # ABXI (dpgdiff/models/abxi.py): one shared attention layer, one dropout rate, its own init and loss.
+    "abxi": ("model.name", "model.dim", "model.max_len", "model.n_heads", "model.dropout", "model.item_bias",
+             "abxi.*", *_TRAINING),
 }
 
 _ENCODER = ("model.guidance", "model.guidance_memory", "model.fusion", "model.pool", "model.n_enc_layers",

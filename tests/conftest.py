@@ -88,6 +88,21 @@ def synthetic_dataset(synthetic_data_dir: Path) -> CrossDomainDataset:
     return load_dataset("synthetic", data_dir=synthetic_data_dir, **SYNTHETIC_TEST_OPTIONS)
 
 
+@pytest.fixture(scope="module")
+def batch(synthetic_dataset):
+    """64 random `prefix` training examples of the synthetic set: (history, target, target_domain) tensors."""
+    import torch
+
+    ex = synthetic_dataset.training_examples("prefix")
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(ex), generator=g)[:64]
+    return (
+        torch.as_tensor(ex.history)[idx],
+        torch.as_tensor(ex.target)[idx],
+        torch.as_tensor(ex.target_domain)[idx].long(),
+    )
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The folder named by env DPGDIFF_DATA_DIR (holding Food-Kitchen/); skips when unset."""

@@ -37,18 +37,6 @@ def ablation(name: str, **overrides) -> Config:
     return config(**{"model.disentangled_encoder": de, "model.guidance": g, "model.tri_cl": cl}, **overrides)
 
 
-@pytest.fixture(scope="module")
-def batch(synthetic_dataset):
-    ex = synthetic_dataset.training_examples("prefix")
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(ex), generator=g)[:64]
-    return (
-        torch.as_tensor(ex.history)[idx],
-        torch.as_tensor(ex.target)[idx],
-        torch.as_tensor(ex.target_domain)[idx].long(),
-    )
-
-
 def make(cfg: Config, dataset, seed: int = 0):
     torch.manual_seed(seed)
     return build_model(cfg, dataset)
@@ -59,17 +47,23 @@ def loss_of(model, batch, seed: int = 0) -> dict[str, torch.Tensor]:
     return model.loss(*batch, generator=torch.Generator().manual_seed(seed))
 
 
+def fit_losses(model, batch, optimizer, steps: int) -> list[float]:
+    """The total loss before each of `steps` optimizer steps on one batch, with the same t / noise / augmentations
+    every step (loss_of's seed): only the weights change. Also used by tests/test_c2dsr.py and test_abxi.py."""
+    losses = []
+    for _ in range(steps):
+        total = loss_of(model, batch, seed=0)["total"]
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(total.item())
+    return losses
+
+
 def test_loss_decreases(synthetic_dataset, batch):
     model = make(config(), synthetic_dataset)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        out = loss_of(model, batch, seed=0)  # same t / noise / augmentations: only the weights change
-        opt.zero_grad()
-        out["total"].backward()
-        opt.step()
-        losses.append(out["total"].item())
-    assert set(out) >= {"total", "diff", "rec", "rec_c", "rec_s", "cl"}
+    assert set(loss_of(model, batch)) >= {"total", "diff", "rec", "rec_c", "rec_s", "cl"}
+    losses = fit_losses(model, batch, torch.optim.Adam(model.parameters(), lr=3e-3), 30)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
@@ -285,6 +279,7 @@ def test_empty_domain_subsequence_uses_the_null_vector(synthetic_dataset):
     ("sasrec", {}),
     ("sasrec_single", {}),
     ("diffurec", {}),
+    ("abxi", {}),
     ("dpgdiff", {"model.disentangled_encoder": False, "model.tri_cl": False, "model.xt_injection": "add"}),
 ])
 def test_item_bias_is_learned_and_added_to_every_score(synthetic_dataset, batch, name, overrides):
@@ -318,7 +313,7 @@ def test_item_bias_is_learned_and_added_to_every_score(synthetic_dataset, batch,
         assert torch.allclose(scores() - before, bias.expand_as(before), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["dpgdiff", "sasrec", "sasrec_single", "diffurec"])
+@pytest.mark.parametrize("name", ["dpgdiff", "sasrec", "sasrec_single", "diffurec", "abxi"])
 def test_popularity_item_bias_starts_at_centred_log_counts(synthetic_dataset, name):
     import numpy as np
 

@@ -138,7 +138,7 @@ def test_a_checkpoint_with_a_popularity_bias_serves(synthetic_dataset, tmp_path)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     served, saved = rec.model.state_dict(), best["model"]
     assert served.keys() == saved.keys() and all(torch.equal(served[k], saved[k]) for k in saved)
-    fresh = build_model(Config.from_dict(best["config"]), synthetic_dataset)  # the popularity start, untrained
+    fresh = build_model(Config.from_saved(best["config"]), synthetic_dataset)  # the popularity start, untrained
     assert not torch.equal(rec.model.bias(0), fresh.bias(0)) and rec.model.bias(0).abs().sum() > 0
     top = rec.recommend([[12, 55, 301]], domain="x", k=5)[0]
     assert len(top.items) == 5 and top.scores == sorted(top.scores, reverse=True)

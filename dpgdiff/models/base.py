@@ -57,6 +57,12 @@ class Recommender(nn.Module):
             prior = torch.log1p(torch.as_tensor(item_counts[start:start + self.items.n_items(domain)], dtype=torch.float64))
             bias.copy_((prior - prior.mean()).to(bias.dtype))
 
+    def domain_rows(self, by_id: torch.Tensor, domain: int) -> torch.Tensor:
+        """The rows of `domain`'s items in a tensor indexed by internal id (a joint table with a PAD row 0, or its
+        bias): a view, row j = local item j."""
+        start = self.items.offset(domain)
+        return by_id[start:start + self.items.n_items(domain)]
+
     def target_local(self, target: torch.Tensor, target_domain: torch.Tensor) -> torch.Tensor:
         """Internal target ids -> local index within d*'s table; a clear error if a target is not in d*."""
         nx, ny = self.items.n_items_x, self.items.n_items_y

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpgdiff.config import Config
-from dpgdiff.data.dataset import DOMAIN_X, ItemSpace
+from dpgdiff.data.dataset import ItemSpace
 from dpgdiff.models.base import Recommender
 from dpgdiff.models.denoiser import inject_additive
 from dpgdiff.models.diffusion import NoiseSchedule, randn_like, reverse_chain
@@ -89,15 +89,11 @@ class DiffuRec(Recommender):
 
     def table(self, domain: int) -> torch.Tensor:
         """E_d (n_items(domain), d): the joint table's rows of that domain; row j = local item j."""
-        nx, ny = self.items.n_items_x, self.items.n_items_y
-        return self.item.weight[1:1 + nx] if domain == DOMAIN_X else self.item.weight[1 + nx:1 + nx + ny]
+        return self.domain_rows(self.item.weight, domain)
 
     def bias(self, domain: int) -> Optional[torch.Tensor]:
         """b_d (n_items(domain),) of model.item_bias, the rows of `table(domain)`; None without it."""
-        if self.item_bias is None:
-            return None
-        nx, ny = self.items.n_items_x, self.items.n_items_y
-        return self.item_bias[1:1 + nx] if domain == DOMAIN_X else self.item_bias[1 + nx:1 + nx + ny]
+        return None if self.item_bias is None else self.domain_rows(self.item_bias, domain)
 
     def embed(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) left-padded ids -> (h = LN(Dropout(E[s])) (B, max_len, d), valid (B, max_len)).

@@ -104,15 +104,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
 
 
 class FeedForward(nn.Module):
-    """Position-wise FFN d -> 4d -> d with GELU (DiffuRec `PositionwiseFeedForward`), dropout on the output.
+    """Position-wise FFN d -> width·d -> d with GELU (width 4: DiffuRec `PositionwiseFeedForward`; 1: C2DSR's
+    d-wide FFN), dropout on the output.
 
     Dropout only on the d-wide output, as nanoGPT's MLP: a second dropout on the 4d hidden layer
     was the largest non-matmul cost of a CPU training step (random masks over B·L·4d values)."""
 
-    def __init__(self, dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, dropout: float, width: int = 4) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
+        self.fc1 = nn.Linear(dim, width * dim)
+        self.fc2 = nn.Linear(width * dim, dim)
         self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +154,7 @@ def self_attention_mask(valid: torch.Tensor, mode: AttnMode = "causal") -> torch
 class SelfAttentionBlock(nn.Module):
     """Pre-LN transformer block: x + SA(LN(x)), then x + FFN(LN(x)) (spec §2.2); returns its K/V for caching."""
 
-    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, n_heads: int, dropout: float, ffn_width: int = 4) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.dropout = dropout
@@ -161,7 +162,7 @@ class SelfAttentionBlock(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, dropout)
+        self.ffn = FeedForward(dim, dropout, ffn_width)
         self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, past: Optional[KV] = None) -> tuple[torch.Tensor, KV]:
@@ -180,9 +181,9 @@ class SelfAttentionBlock(nn.Module):
 class CausalTransformer(nn.Module):
     """A stack of SelfAttentionBlocks + final LN, with a cached one-token `extend` for inference (spec §8)."""
 
-    def __init__(self, dim: int, n_layers: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, n_layers: int, n_heads: int, dropout: float, ffn_width: int = 4) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(SelfAttentionBlock(dim, n_heads, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(SelfAttentionBlock(dim, n_heads, dropout, ffn_width) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor, mode: AttnMode = "causal") -> tuple[torch.Tensor, list[KV]]:
