@@ -266,6 +266,25 @@ def train_step(
     return values
 
 
+# train.freeze_items_epochs: the per-item tensors that stay frozen (those model.item_bias does not build are absent).
+ITEM_TABLES = ("embedding.item_x", "embedding.item_y", "embedding.bias_x", "embedding.bias_y")
+
+
+def freeze_item_tables(model: torch.nn.Module, frozen: bool) -> list[str]:
+    """Freeze (or thaw) the model's item tables, ITEM_TABLES, in place -> the names of those it has.
+
+    A frozen table gets no gradient: the optimizer skips it (Adam creates no state for it, weight decay does not
+    touch it) and the CE's backward pass skips its table-sized gradient, so the table stays bit-for-bit as
+    train.init_from left it; once thawed, Adam starts its moments from zero, as for a new parameter."""
+    params = dict(model.named_parameters())
+    names = [name for name in ITEM_TABLES if name in params]
+    if not names:
+        raise ValueError(f"train.freeze_items_epochs: {type(model).__name__} has none of {', '.join(ITEM_TABLES)}")
+    for name in names:
+        params[name].requires_grad_(not frozen)
+    return names
+
+
 def _train(config: Config, dataset: Any, device: torch.device, reporter: Optional[Reporter],
            resume_from: str | Path | None, out: Optional[Path], ckpt_root: Optional[Path],
            progress: bool, run_test: bool = True) -> TrainResult:
@@ -307,6 +326,10 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
     model.train()
     while run.epoch < t.epochs and not run.stopped_early:
         epoch = run.epoch + 1
+        if t.freeze_items_epochs > 0:  # ADRec's stages b (frozen tables) and c (all trained), by epoch: resumable
+            frozen = freeze_item_tables(model, epoch <= t.freeze_items_epochs)
+            log.info("epoch %d: item tables %s (%s)", epoch,
+                     "frozen" if epoch <= t.freeze_items_epochs else "trained", ", ".join(frozen))
         start = last_progress = time.perf_counter()
         sums: dict[str, float] = {}
         order = torch.randperm(n, generator=shuffle_gen).to(hist_all.device)
