@@ -220,7 +220,7 @@ class TrainConfig:
     # checkpoint (best.pt, e.g. SASRec's on the same data) into the new model; the copied tensors are logged.
     # null = none. Ignored when a run resumes (the checkpoint has the weights).
     init_from: Optional[str] = None
-    # ADRec's staged training (Chen, Xu & Jiang, KDD 2025, arXiv 2505.19544; README "Staged training"): with
+    # ADRec's staged training (Chen, Xu & Jiang, KDD 2025, arXiv 2505.19544; README, "Issue 40's two options"): with
     # train.init_from, the item tables (E_x, E_y and model.item_bias's b_x, b_y) stay frozen for the first
     # freeze_items_epochs epochs, while everything else aligns to them (ADRec's stage 2), then all train (stage 3).
     # 0 = never frozen. A frozen table gets no gradient and no optimizer state until it thaws.

@@ -53,7 +53,9 @@ def test_preference_loss_by_hand():
     got = preference_loss(err_pos, err_neg, has, gamma, lam)
     assert got.item() == pytest.approx(want, rel=1e-6)
     # The positive reconstructed better than its negative lowers the loss; worse raises it.
-    assert preference_loss(err_pos - 0.1, err_neg, has, gamma, lam) < got < preference_loss(err_pos, err_neg - 0.1, has, gamma, lam)
+    better = preference_loss(err_pos - 0.1, err_neg, has, gamma, lam)
+    worse = preference_loss(err_pos, err_neg - 0.1, has, gamma, lam)
+    assert better < got < worse
 
 
 def test_the_models_term_contrasts_passes_at_the_same_t(synthetic_dataset, batch, monkeypatch):  # noqa: F811

@@ -1,4 +1,4 @@
-"""Losses: L_diff (Eq. 6), domain-restricted CE L_rec (Eq. 10-12), tri-view InfoNCE (Eq. 13), PreferDiff's preference loss.
+"""Losses: L_diff (Eq. 6), domain-restricted CE L_rec (Eq. 10-12), tri-view InfoNCE (Eq. 13), PreferDiff's loss.
 
 Logits are computed only against the target domain's table: rows are split by d* and each group
 is multiplied by its own E_{d*} (spec §4.1, §8), so no work is spent on the other domain's items.
@@ -36,7 +36,8 @@ def cosine_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(pred, target, dim=-1)).pow(2)
 
 
-def negative_centroids(x0: torch.Tensor, target: torch.Tensor, target_domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def negative_centroids(x0: torch.Tensor, target: torch.Tensor,
+                       target_domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """PreferDiff's in-batch negatives, one centroid per row -> (centroids (B, d), has_negative (B,) bool).
 
     x0 (B, d) the rows' diffused targets, target (B,) their item ids, target_domain (B,). Row i's negatives are the
