@@ -32,7 +32,7 @@ def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor, weight: Optional[torc
 
 def cosine_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(1 − cos(pred, target))² per row, (B,); pred, target (B, d). PreferDiff's reconstruction error: blind to
-    scale, as the ranking (a dot product with the item table, up to the row's norm) is to x̂_0's norm."""
+    scale, as the ranking by x̂_0·Eᵀ is (without an item bias) to x̂_0's norm."""
     return (1.0 - F.cosine_similarity(pred, target, dim=-1)).pow(2)
 
 

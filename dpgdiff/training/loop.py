@@ -16,6 +16,9 @@ Every validation pass is timed: `infer_ms` is its wall time in milliseconds per 
 cases (model scoring at the validation sampler and K, plus ranking the candidates), the inference
 cost a multi-objective search trades against accuracy (tune/search.py --objectives).
 
+With train.init_from and train.freeze_items_epochs = N (ADRec's staged training) the item tables are frozen for
+epochs 1..N and trained after (`freeze_item_tables`); the state follows the epoch number, so a resumed run agrees.
+
 After every validation pass the loop writes a checkpoint folder (training/checkpoints.py) that
 holds everything a resumed run needs to continue exactly as an uninterrupted one: model and
 optimizer state, every RNG state (training/reproducibility.py) and the `LoopState`.
