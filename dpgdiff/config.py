@@ -171,6 +171,16 @@ class LossConfig:
     # logits at a time (recomputed in the backward pass: less memory, one more matmul).
     ce_impl: Literal["full", "chunked"] = "full"
     ce_chunk_rows: int = 256  # rows of logits per chunk for ce_impl=chunked
+    # PreferDiff's preference loss (Liu et al., "Preference Diffusion for Recommendation", ICLR 2025,
+    # arXiv 2410.13117), one more term of Eq. 14: λ_prefer·[−(1−λ)·log σ(−γ·(err⁺ − err⁻)) + λ·err⁺]. err is the
+    # cosine error (1 − cos(x̂_0, x_0))²; err⁺ that of the positive's own sampled-t pass (the one L_diff reads),
+    # err⁻ that of the centroid of the row's in-batch negatives (the other rows' targets in the same domain, other
+    # items), noised at the same t and denoised from the same history. Unlike a ranking loss on x̂_0, every t is
+    # trained to tell the target from the negatives at its own noise level (models/losses.py: preference_loss).
+    # 0 = off (nothing computed); the −Diffusion control has no x_t and does not read it.
+    lambda_prefer: float = 0.0
+    prefer_gamma: float = 1.0  # γ: the preference margin's scale inside the sigmoid
+    prefer_lambda: float = 0.5  # λ in [0, 1]: the generative share (cosine err⁺) against the preference share
 
 
 @dataclass
@@ -213,6 +223,11 @@ class TrainConfig:
     # checkpoint (best.pt, e.g. SASRec's on the same data) into the new model; the copied tensors are logged.
     # null = none. Ignored when a run resumes (the checkpoint has the weights).
     init_from: Optional[str] = None
+    # ADRec's staged training (Chen, Xu & Jiang, KDD 2025, arXiv 2505.19544; README, "Issue 40's two options"): with
+    # train.init_from, the item tables (E_x, E_y and model.item_bias's b_x, b_y) stay frozen for the first
+    # freeze_items_epochs epochs, while everything else aligns to them (ADRec's stage 2), then all train (stage 3).
+    # 0 = never frozen. A frozen table gets no gradient and no optimizer state until it thaws.
+    freeze_items_epochs: int = 0
 
 
 @dataclass
@@ -421,6 +436,9 @@ class Config:
             need(getattr(lo, name) >= 0.0 and math.isfinite(getattr(lo, name)), f"loss.{name}", "a finite number >= 0")
         need(lo.cl_tau > 0, "loss.cl_tau", "> 0")
         need(lo.ce_chunk_rows >= 1, "loss.ce_chunk_rows", ">= 1")
+        need(lo.lambda_prefer >= 0.0 and math.isfinite(lo.lambda_prefer), "loss.lambda_prefer", "a finite number >= 0")
+        need(lo.prefer_gamma > 0.0 and math.isfinite(lo.prefer_gamma), "loss.prefer_gamma", "a finite number > 0")
+        need(0.0 <= lo.prefer_lambda <= 1.0, "loss.prefer_lambda", "0 <= lambda <= 1")
         need(0.0 < a.crop_eta <= 1.0, "augment.crop_eta", "0 < eta <= 1")
         for name in ("mask_gamma", "reorder_beta", "substitute_rho", "insert_rho"):
             need(0.0 <= getattr(a, name) <= 1.0, f"augment.{name}", "0 <= rate <= 1")
@@ -436,6 +454,13 @@ class Config:
         need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "null or > 0")
         need(t.eval_every >= 1, "train.eval_every", ">= 1")
         need(t.patience >= 0, "train.patience", ">= 0")
+        need(t.freeze_items_epochs >= 0, "train.freeze_items_epochs", ">= 0")
+        if t.freeze_items_epochs > 0 and t.init_from is None:
+            raise ConfigError(
+                f"{source}: train.freeze_items_epochs={t.freeze_items_epochs} freezes the item tables that "
+                f"train.init_from copies, but train.init_from is null; set it to a trained checkpoint (stage a, "
+                f"e.g. a SASRec's best.pt) or set train.freeze_items_epochs=0"
+            )
         need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
              "auto, cpu, cuda or cuda:N")
         need(t.num_threads is None or t.num_threads >= 1, "train.num_threads", "null or >= 1")

@@ -42,10 +42,12 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
 
 _ENCODER = ("model.guidance", "model.guidance_memory", "model.fusion", "model.pool", "model.n_enc_layers",
             "model.score_alpha", "loss.lambda_s", "loss.single_loss_repr", "diffusion.cfg_p", "diffusion.cfg_w")
+# PreferDiff's preference loss (loss.lambda_prefer): its γ and λ do nothing while it is off.
+_PREFER = ("loss.lambda_prefer", "loss.prefer_gamma", "loss.prefer_lambda")
 # The −Diffusion control keeps the output head (diffusion.precond, sigma_data and the x0_norm that sets σ_d).
 _CHAIN = ("diffusion.steps", "diffusion.schedule", "diffusion.beta_scale", "diffusion.terminal_snr",
           "diffusion.sampler", "diffusion.infer_steps", "diffusion.ddpm_variance", "diffusion.val_sampler",
-          "diffusion.val_infer_steps", "loss.lambda_diff", "loss.rec_timestep")
+          "diffusion.val_infer_steps", "loss.lambda_diff", "loss.rec_timestep", *_PREFER)
 _CONTRASTIVE = ("augment.*", "loss.cl_sim", "loss.cl_tau", "loss.cl_aug_view")
 # (fields, when they do nothing): declared fields that another field's value switches off.
 INERT_WHEN: tuple[tuple[tuple[str, ...], Callable[[Any], bool]], ...] = (
@@ -59,6 +61,8 @@ INERT_WHEN: tuple[tuple[tuple[str, ...], Callable[[Any], bool]], ...] = (
     (("loss.lambda_cl",), lambda c: not c.model.tri_cl),
     (_CONTRASTIVE, lambda c: not c.model.tri_cl or c.loss.lambda_cl == 0),
     (("loss.ce_chunk_rows",), lambda c: c.loss.ce_impl != "chunked"),
+    (_PREFER[1:], lambda c: c.loss.lambda_prefer == 0),
+    (("train.freeze_items_epochs",), lambda c: c.train.init_from is None),  # it freezes what init_from copied
     (("train.lr_step_epochs", "train.lr_step_gamma"), lambda c: c.train.lr_schedule != "step"),
     (("train.lr_plateau_factor", "train.lr_plateau_patience"), lambda c: c.train.lr_schedule != "plateau"),
     (("eval.noise_seed",), lambda c: c.eval.noise_rate == 0),

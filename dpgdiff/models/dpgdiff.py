@@ -6,6 +6,7 @@ softmax over items (monotone, so raw scores rank). Table 3's ablations are confi
 model.diffusion=false is the `−Diffusion` control: the same network, x_t ≡ 0, no timestep embedding, no L_diff, and
 (under diffusion.precond=edm) the same output head as the model's K = 1 pass from pure noise: σ_d·F (EDM at ᾱ = 0).
 Kept from issue 23's levers (config.py documents each): diffusion.precond (EDM), loss.rec_timestep, model.item_bias.
+Issue 40's option: PreferDiff's preference loss (loss.lambda_prefer, `prefer_loss`), off by default.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from dpgdiff.models.base import Recommender
 from dpgdiff.models.denoiser import DPGDenoiser, HistoryCache, Memory
 from dpgdiff.models.diffusion import EDMPreconditioning, NoiseSchedule, randn_like, reverse_chain
 from dpgdiff.models.encoder import DisentangledEncoder, Guidance, ItemEmbedding, trim_padding
-from dpgdiff.models.losses import diffusion_loss, domain_cross_entropy, tri_view_cl
+from dpgdiff.models.losses import (
+    cosine_error, diffusion_loss, domain_cross_entropy, negative_centroids, preference_loss, tri_view_cl,
+)
 
 
 class DPGDiff(Recommender):
@@ -144,7 +147,8 @@ class DPGDiff(Recommender):
         target_domain: torch.Tensor,
         generator: Optional[torch.Generator] = None,
     ) -> dict[str, torch.Tensor]:
-        """Eq. 14 for a batch -> {"total", "diff", "rec", "rec_c", "rec_s", "cl"}; every entry but "total" is detached."""
+        """Eq. 14 for a batch -> {"total", "diff", "rec", "rec_c", "rec_s", "cl"[, "prefer"]}; every entry but "total"
+        is detached ("prefer": PreferDiff's term, loss.lambda_prefer > 0)."""
         lc, dc = self.config.loss, self.config.diffusion
         target_domain = target_domain.long()
         target_local = self.target_local(target, target_domain)
@@ -178,8 +182,10 @@ class DPGDiff(Recommender):
             drop = (torch.rand(b, generator=generator, device=gen_device) < dc.cfg_p).to(device)
         sigma = self.sigma_data(target_domain)
         terminal = lc.rec_timestep == "terminal" and self.use_diffusion
+        prefer = lc.lambda_prefer > 0 and self.use_diffusion
         x0_hat = None
-        if not terminal or lc.lambda_diff > 0:  # the sampled-t pass feeds L_diff, and the CE unless terminal
+        # The sampled-t pass feeds L_diff and PreferDiff's err⁺, and the CE unless terminal.
+        if not terminal or lc.lambda_diff > 0 or prefer:
             x0_hat = self.denoise(cache, x_t, t, target_domain, memory, drop, generator, sigma)  # Eq. 9
         rec_x0_hat = x0_hat
         if terminal:  # loss.rec_timestep=terminal: the CE reads x̂_0 from x_T ~ N(0, I) at t = T-1, as K = 1 does
@@ -201,10 +207,25 @@ class DPGDiff(Recommender):
             views.append(self.augmented_view(aug, raw_aug, x_t, t, target_domain, memory, generator, sigma))
             out["cl"] = tri_view_cl(views, lc.cl_sim, lc.cl_tau)
             total = total + lc.lambda_cl * out["cl"]
+        if prefer:  # last: every term above draws and computes exactly what it does with the option off
+            out["prefer"] = self.prefer_loss(x0_hat, x0, t, target, target_domain, cache, memory, drop, generator,
+                                             sigma)
+            total = total + lc.lambda_prefer * out["prefer"]
 
         result = {k: v.detach() for k, v in out.items()}
         result["total"] = total
         return result
+
+    def prefer_loss(self, x0_hat, x0, t, target, target_domain, cache, memory, drop, generator, sigma) -> torch.Tensor:
+        """PreferDiff's term (loss.lambda_prefer; models/losses.py: preference_loss): the centroid of each row's
+        in-batch negatives is noised at the row's own t (fresh noise, as the official code draws it) and denoised
+        from the same history and memory; the positive's error is that of x̂_0 (B, d), the pass L_diff reads."""
+        lc = self.config.loss
+        x0_neg, has_negative = negative_centroids(x0, target, target_domain)
+        x_t_neg = self.schedule.add_noise(x0_neg, randn_like(x0_neg, generator), t)
+        x0_hat_neg = self.denoise(cache, x_t_neg, t, target_domain, memory, drop, generator, sigma)
+        return preference_loss(cosine_error(x0_hat, x0), cosine_error(x0_hat_neg, x0_neg), has_negative,
+                               lc.prefer_gamma, lc.prefer_lambda)
 
     def rec_loss(self, x0_hat: torch.Tensor, guidance: Optional[Guidance], target_local: torch.Tensor,
                  target_domain: torch.Tensor) -> dict[str, torch.Tensor]:

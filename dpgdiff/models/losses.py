@@ -1,4 +1,4 @@
-"""Losses: L_diff (Eq. 6), domain-restricted CE L_rec (Eq. 10-12), tri-view InfoNCE (Eq. 13).
+"""Losses: L_diff (Eq. 6), domain-restricted CE L_rec (Eq. 10-12), tri-view InfoNCE (Eq. 13), PreferDiff's loss.
 
 Logits are computed only against the target domain's table: rows are split by d* and each group
 is multiplied by its own E_{d*} (spec §4.1, §8), so no work is spent on the other domain's items.
@@ -28,6 +28,39 @@ def diffusion_loss(x0_hat: torch.Tensor, x0: torch.Tensor, weight: Optional[torc
     if weight is None:
         return F.mse_loss(x0_hat, x0)
     return (weight * (x0_hat - x0).pow(2).mean(-1)).mean()
+
+
+def cosine_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(1 − cos(pred, target))² per row, (B,); pred, target (B, d). PreferDiff's reconstruction error: blind to
+    scale, as the ranking by x̂_0·Eᵀ is (without an item bias) to x̂_0's norm."""
+    return (1.0 - F.cosine_similarity(pred, target, dim=-1)).pow(2)
+
+
+def negative_centroids(x0: torch.Tensor, target: torch.Tensor,
+                       target_domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PreferDiff's in-batch negatives, one centroid per row -> (centroids (B, d), has_negative (B,) bool).
+
+    x0 (B, d) the rows' diffused targets, target (B,) their item ids, target_domain (B,). Row i's negatives are the
+    other rows' targets in i's target domain (x̂_0 is scored against that domain's table only) that are not i's own
+    item; their mean is the one negative it is contrasted with (the paper's centroid of V negatives, which costs
+    one denoiser pass whatever V is). A row with no such negative gets a zero centroid and has_negative False."""
+    pick = (target_domain[:, None] == target_domain[None, :]) & (target[:, None] != target[None, :])  # (B, B)
+    count = pick.sum(1)
+    centroids = (pick.to(x0.dtype) @ x0) / count.clamp_min(1).to(x0.dtype)[:, None]
+    return centroids, count > 0
+
+
+def preference_loss(err_pos: torch.Tensor, err_neg: torch.Tensor, has_negative: torch.Tensor, gamma: float,
+                    lam: float) -> torch.Tensor:
+    """PreferDiff's objective (Liu et al., ICLR 2025, arXiv 2410.13117): −(1−λ)·log σ(−γ·(err⁺ − err⁻)) + λ·err⁺.
+
+    err_pos, err_neg (B,): the positive's and the negative centroid's reconstruction errors at the same t;
+    has_negative (B,) bool: rows without a negative leave the preference term (the mean is over the others) but
+    keep err⁺. Per row inside the log σ, averaged outside, as the paper's expectation is written; the official
+    code (lswhim/PreferDiff) averages each error over the batch first and takes one log σ of the difference."""
+    keep = has_negative.to(err_pos.dtype)
+    prefer = -(F.logsigmoid(-gamma * (err_pos - err_neg)) * keep).sum() / keep.sum().clamp_min(1.0)
+    return (1.0 - lam) * prefer + lam * err_pos.mean()
 
 
 def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:

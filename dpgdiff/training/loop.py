@@ -16,6 +16,9 @@ Every validation pass is timed: `infer_ms` is its wall time in milliseconds per 
 cases (model scoring at the validation sampler and K, plus ranking the candidates), the inference
 cost a multi-objective search trades against accuracy (tune/search.py --objectives).
 
+With train.init_from and train.freeze_items_epochs = N (ADRec's staged training) the item tables are frozen for
+epochs 1..N and trained after (`freeze_item_tables`); the state follows the epoch number, so a resumed run agrees.
+
 After every validation pass the loop writes a checkpoint folder (training/checkpoints.py) that
 holds everything a resumed run needs to continue exactly as an uninterrupted one: model and
 optimizer state, every RNG state (training/reproducibility.py) and the `LoopState`.
@@ -266,6 +269,25 @@ def train_step(
     return values
 
 
+# train.freeze_items_epochs: the per-item tensors that stay frozen (those model.item_bias does not build are absent).
+ITEM_TABLES = ("embedding.item_x", "embedding.item_y", "embedding.bias_x", "embedding.bias_y")
+
+
+def freeze_item_tables(model: torch.nn.Module, frozen: bool) -> list[str]:
+    """Freeze (or thaw) the model's item tables, ITEM_TABLES, in place -> the names of those it has.
+
+    A frozen table gets no gradient: the optimizer skips it (Adam creates no state for it, weight decay does not
+    touch it) and the CE's backward pass skips its table-sized gradient, so the table stays bit-for-bit as
+    train.init_from left it; once thawed, Adam starts its moments from zero, as for a new parameter."""
+    params = dict(model.named_parameters())
+    names = [name for name in ITEM_TABLES if name in params]
+    if not names:
+        raise ValueError(f"train.freeze_items_epochs: {type(model).__name__} has none of {', '.join(ITEM_TABLES)}")
+    for name in names:
+        params[name].requires_grad_(not frozen)
+    return names
+
+
 def _train(config: Config, dataset: Any, device: torch.device, reporter: Optional[Reporter],
            resume_from: str | Path | None, out: Optional[Path], ckpt_root: Optional[Path],
            progress: bool, run_test: bool = True) -> TrainResult:
@@ -307,6 +329,10 @@ def _train(config: Config, dataset: Any, device: torch.device, reporter: Optiona
     model.train()
     while run.epoch < t.epochs and not run.stopped_early:
         epoch = run.epoch + 1
+        if t.freeze_items_epochs > 0:  # ADRec's stages b (frozen tables) and c (all trained), by epoch: resumable
+            frozen = freeze_item_tables(model, epoch <= t.freeze_items_epochs)
+            log.info("epoch %d: item tables %s (%s)", epoch,
+                     "frozen" if epoch <= t.freeze_items_epochs else "trained", ", ".join(frozen))
         start = last_progress = time.perf_counter()
         sums: dict[str, float] = {}
         order = torch.randperm(n, generator=shuffle_gen).to(hist_all.device)
