@@ -67,8 +67,11 @@ def open_storage(url: str) -> Any:
     """optuna.storages.RDBStorage at `url` (created with its tables when new; its folder must exist)."""
     import optuna
 
+    from tune.sqlite_commits import fast_commits
+
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        fast_commits()  # the study's ask, parameters, reports and tell: commits without fsync waits
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.storages.RDBStorage(url)
 

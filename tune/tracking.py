@@ -87,6 +87,9 @@ def artifact_root_for(tracking_uri: str) -> Optional[str]:
 def client_for(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
+    from tune.sqlite_commits import fast_commits
+
+    fast_commits()  # a local SQLite store: commits without fsync waits (tune/sqlite_commits.py)
     create_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
 
@@ -108,7 +111,9 @@ def create_sqlite_store(tracking_uri: str) -> None:
 
     from mlflow.tracking import MlflowClient
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{db.name}.", suffix=".creating", dir=db.parent)
+    from tune.sqlite_commits import CREATING_SUFFIX
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{db.name}.", suffix=CREATING_SUFFIX, dir=db.parent)
     os.close(fd)
     try:
         os.unlink(tmp)  # MLflow creates the file itself
@@ -312,10 +317,11 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
 
     @_timed
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         run_id = self.run_id(trial)
         metrics = trial_metrics(result)
+        tags = []
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
         if result.get("final"):
@@ -324,7 +330,7 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
             self._final_logged.add(run_id)
             step = int(result.get("best_epoch", epoch))
             keep = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "best_epoch"}
-            self.client.set_tag(run_id, BEST_EPOCH_TAG, str(step))
+            tags.append(RunTag(BEST_EPOCH_TAG, str(step)))  # with the metrics: one call, one commit
         else:
             if epoch in self._logged_steps.setdefault(run_id, set()):
                 return  # already logged before a driver restart
@@ -336,8 +342,8 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
                 self._best[run_id] = value
                 keep["best_val_mrr_sum"] = value  # its latest value is the best: report.py sorts by it
         batch = [Metric(k, v if math.isfinite(v) else float("nan"), now, step) for k, v in keep.items()]
-        for i in range(0, len(batch), 1000):
-            self.client.log_batch(run_id, metrics=batch[i:i + 1000])
+        for i in range(0, max(1, len(batch)) if batch or tags else 0, 1000):
+            self.client.log_batch(run_id, metrics=batch[i:i + 1000], tags=tags if i == 0 else [])
 
     @_timed
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
