@@ -58,10 +58,10 @@ def generate_ray_token(home: Path) -> Path:
     return token
 
 
-def run(args: list[str], tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def run(args: list[str], tmp: Path, timeout: float = 240, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """Run to completion in its own session; whatever it leaves behind is stopped by PID."""
-    proc = subprocess.Popen(args, cwd=tmp, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(args, cwd=tmp, env={**env(), **(extra_env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -172,14 +172,7 @@ def _kill_mid_trial(args: list[str], cwd: Path, extra_env: dict, mid_trial, what
 
 def _resume(args: list[str], cwd: Path, extra_env: dict) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
-    e = {**env(), **extra_env}
-    proc = subprocess.Popen(args, cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=300)
-    finally:
-        kill_session(proc.pid)
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    return run(args, cwd, timeout=300, extra_env=extra_env)
 
 
 def _assert_records(tmp: Path, name: str, trials: list, uri: str, storage: str) -> None:

@@ -94,10 +94,7 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=_searcher(settings, space), scheduler=_scheduler(settings), num_samples=settings.num_samples,
-            # Default: as many as fit at once. Without a limit Tune keeps one suggested trial pending at a time with
-            # a searcher, so trials started one driver step after another (bench/scale_search.py, BENCHMARKS.md
-            # "Issue 41"); with it, the trials that fit are suggested and snapshotted in the same step.
-            max_concurrent_trials=settings.max_concurrent or slots, reuse_actors=settings.reuse_actors,
+            max_concurrent_trials=settings.max_concurrent, reuse_actors=settings.reuse_actors,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space, slots),
