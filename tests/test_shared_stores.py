@@ -202,7 +202,8 @@ def test_postgres_behind_mlflow_server_and_optuna_survives_a_killed_driver(postg
     (tmp_path / "mlflow").mkdir()
     server = start_http_server([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres.url("mlflow"),
                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], tmp_path / "mlflow",
-                               f"{uri}/health", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                               f"{uri}/health", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                               timeout=600)  # a new database's migrations: over 3 minutes on 2 loaded cores
     try:
         name, shared = "pg-search", tmp_path / "shared" / "ray_results"
         storage = postgres.url("optuna")
