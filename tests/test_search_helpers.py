@@ -58,10 +58,10 @@ def generate_ray_token(home: Path) -> Path:
     return token
 
 
-def run(args: list[str], tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def run(args: list[str], tmp: Path, timeout: float = 240, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """Run to completion in its own session; whatever it leaves behind is stopped by PID."""
-    proc = subprocess.Popen(args, cwd=tmp, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(args, cwd=tmp, env={**env(), **(extra_env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -120,11 +120,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def mlflow_runs(tmp: Path, search: str) -> tuple[object, list]:
-    """(parent run, its trials' child runs) of one search in the test's MLflow store (confirmation runs excluded)."""
+def mlflow_runs(tmp: Path, search: str, uri: str | None = None) -> tuple[object, list]:
+    """(parent run, its trials' child runs) of one search in the test's MLflow store (confirmation runs excluded).
+    uri: another tracking URI (a tracking server) instead of the test's SQLite store."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri(tmp))
+    client = MlflowClient(uri or tracking_uri(tmp))
     exp = client.get_experiment_by_name("dpgdiff")
     parents = client.search_runs([exp.experiment_id], f"tags.`dpgdiff.search` = '{search}' and tags.`dpgdiff.role` = 'search'")
     assert len(parents) == 1, f"expected one parent run for {search}, got {len(parents)}"
@@ -133,12 +134,14 @@ def mlflow_runs(tmp: Path, search: str) -> tuple[object, list]:
     return parents[0], list(children)
 
 
-def assert_study_agrees_with_mlflow(tmp: Path, search: str) -> set[int]:
+def assert_study_agrees_with_mlflow(tmp: Path, search: str, storage: str | None = None,
+                                    uri: str | None = None) -> set[int]:
     """The search's Optuna study (`optuna.load_study` on its default storage, mlruns/optuna.db) holds the same
     trials as MLflow: one per trial run, matched by Optuna trial number (tag dpgdiff.optuna_trial), with the
     same sampled parameters (tag dpgdiff.sampled) and, for a trial that trained to its last epoch, the value
     MLflow holds (best_val_mrr_sum: the final report's val_mrr_sum). The only other study trials are those a
-    driver kill lost (asked after Tune's last snapshot: FAIL, user attribute dpgdiff.lost) -> their numbers."""
+    driver kill lost (asked after Tune's last snapshot: FAIL, user attribute dpgdiff.lost) -> their numbers.
+    storage, uri: another Optuna storage and MLflow tracking URI (shared stores) instead of the test's SQLite ones."""
     import json
     import math
 
@@ -146,8 +149,8 @@ def assert_study_agrees_with_mlflow(tmp: Path, search: str) -> set[int]:
 
     from tune.names import LOST_TAG
 
-    study = optuna.load_study(study_name=search, storage=f"sqlite:///{tmp / 'mlruns' / 'optuna.db'}")
-    _, children = mlflow_runs(tmp, search)
+    study = optuna.load_study(study_name=search, storage=storage or f"sqlite:///{tmp / 'mlruns' / 'optuna.db'}")
+    _, children = mlflow_runs(tmp, search, uri)
     runs = {int(c.data.tags["dpgdiff.optuna_trial"]): c for c in children}
     trials = {t.number: t for t in study.get_trials()}
     lost = {n for n, t in trials.items() if LOST_TAG in t.user_attrs}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from tune.errors import StoreError
+from tune.sqlite_commits import CREATING_SUFFIX
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 VERSION_TABLE = "alembic_version"  # both MLflow and Optuna record their schema's revision in it, last
@@ -104,7 +105,7 @@ def create_aside(path: Path, build: Callable[[str], None]) -> None:
     with _flock(path.parent / f".{path.name}.lock"):
         if path.exists() and path.stat().st_size > 0:  # another creator finished while we waited
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".creating", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=CREATING_SUFFIX, dir=path.parent)
         os.close(fd)
         try:
             os.unlink(tmp)  # the tool creates the file itself

@@ -77,6 +77,10 @@ def open_storage(url: str) -> Any:
     storage is checked first and built aside (tune/stores.py): StoreError names one that is broken."""
     import optuna
 
+    from tune.sqlite_commits import fast_commits
+
+    if url.startswith("sqlite:///"):
+        fast_commits()  # the study's ask, parameters, reports and tell: commits without fsync waits
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     db = sqlite_file(url)
     if db is None:

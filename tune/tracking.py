@@ -91,6 +91,9 @@ def client_for(tracking_uri: str) -> Any:
     one MLflow cannot open is a StoreError naming it (not SQLAlchemy's traceback)."""
     from mlflow.tracking import MlflowClient
 
+    from tune.sqlite_commits import fast_commits
+
+    fast_commits()  # a local SQLite store: commits without fsync waits (tune/sqlite_commits.py)
     create_sqlite_store(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     db = stores.sqlite_file(tracking_uri)
@@ -313,10 +316,11 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
 
     @_timed
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         run_id = self.run_id(trial)
         metrics = trial_metrics(result)
+        tags = []
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
         if result.get("final"):
@@ -325,7 +329,7 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
             self._final_logged.add(run_id)
             step = int(result.get("best_epoch", epoch))
             keep = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "best_epoch"}
-            self.client.set_tag(run_id, BEST_EPOCH_TAG, str(step))
+            tags.append(RunTag(BEST_EPOCH_TAG, str(step)))  # with the metrics: one call, one commit
         else:
             if epoch in self._logged_steps.setdefault(run_id, set()):
                 return  # already logged before a driver restart
@@ -337,8 +341,8 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
                 self._best[run_id] = value
                 keep["best_val_mrr_sum"] = value  # its latest value is the best: report.py sorts by it
         batch = [Metric(k, v if math.isfinite(v) else float("nan"), now, step) for k, v in keep.items()]
-        for i in range(0, len(batch), 1000):
-            self.client.log_batch(run_id, metrics=batch[i:i + 1000])
+        for i in range(0, max(1, len(batch)) if batch or tags else 0, 1000):
+            self.client.log_batch(run_id, metrics=batch[i:i + 1000], tags=tags if i == 0 else [])
 
     @_timed
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
