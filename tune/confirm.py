@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablations", action="store_true",
                    help="also run Table 3's ablations (-Tri-CL, -G, -DE, Diff) and the -Diffusion control (model.diffusion=false) at each DPG-Diff search's best config")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:section.key=value[,...]",
-                   help="another variant of every best configuration (repeatable)")
+                   help="another variant of every best configuration (repeatable); a LABEL that starts with '-' "
+                        "needs the --variant=LABEL:... form")
     p.add_argument("--trial", action="append", default=[], metavar="SEARCH:TRIAL",
                    help="confirm this trial of SEARCH instead of its best (repeatable; the search need not be in "
                         "--name): the Optuna trial number (trial_015_... in the run name: 15), Tune trial id or run id")
