@@ -4,15 +4,15 @@ before it ends and exits 3 (not "every trial failed")."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import time
 
 import pytest
 
-from tests.test_search_helpers import env, kill_session, mlflow_runs, run, search_args, tune_trials
+from tests.test_search_helpers import (
+    env, kill_session, kill_when_file_appears, mlflow_runs, run, search_args, tune_trials,
+)
 from tune.names import EXIT_BUDGET_TOO_SHORT, EXIT_USAGE
 from tune.settings import STATE_FILE
 
@@ -28,18 +28,7 @@ def test_a_driver_killed_before_ray_starts_is_resumed_anew_and_a_second_driver_i
                        "--scheduler", "fifo", "--set", "model.xt_injection=concat_token", train_fn="train_slow")
     folder = tmp_path / "ray_results" / "early"
     log = tmp_path / "killed.log"
-    with log.open("w") as handle:
-        proc = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=handle, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not (folder / STATE_FILE).exists():
-            assert proc.poll() is None and time.time() < deadline, f"no {STATE_FILE}:\n{log.read_text()[-4000:]}"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        kill_session(proc.pid)
+    kill_when_file_appears(args, tmp_path, folder / STATE_FILE, log, timeout=300)
     assert "ray session" not in log.read_text(), "the kill came after Ray started: the case was not made"
 
     resume = [*search_args(tmp_path, "early", "--resume", train_fn="train_slow")]
@@ -79,7 +68,7 @@ def test_a_budget_too_short_for_one_epoch_says_so_and_exits_3(tmp_path):
     assert note, out[-4000:]
     epoch_s, suggested_min = int(note.group(1)), int(note.group(2))
     assert 120 < epoch_s and suggested_min * 60 > epoch_s, note.group(0)
-    assert f"the time budget ended before any trial finished an epoch (an epoch takes about" in err, err[-3000:]
+    assert "the time budget ended before any trial finished an epoch (an epoch takes about" in err, err[-3000:]
     assert "every trial failed" not in err
     assert re.search(r"2 trial\(s\): .*1 stopped by the time budget, 1 not started \(time budget\)", out), out[-2000:]
     import optuna

@@ -19,6 +19,7 @@ from tests.test_search_helpers import (
     assert_study_agrees_with_mlflow,
     env,
     kill_session,
+    kill_when_file_appears,
     mlflow_runs,
     run,
     search_args,
@@ -268,18 +269,8 @@ def test_resume_after_a_kill_before_tune_saved_any_state_runs_every_trial(tmp_pa
                            "--scheduler", "fifo", "--set", "model.xt_injection=concat_token", train_fn="train_slow")
         folder = workdir / "ray_results" / "early"
         log = workdir / "killed.log"
-        with log.open("w") as handle:
-            proc = subprocess.Popen(args, cwd=workdir, env=env(), stdout=handle, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True)
-        try:
-            deadline = time.time() + 240
-            while not (folder / "tuner.pkl").exists():  # polled tightly: Tune's first state follows within a second
-                assert proc.poll() is None and time.time() < deadline, f"no tuner.pkl:\n{log.read_text()[-4000:]}"
-                time.sleep(0.01)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            kill_session(proc.pid)
+        # polled tightly: Tune's first state follows within a second
+        kill_when_file_appears(args, workdir, folder / "tuner.pkl", log, timeout=240)
         if not experiment_state_saved(str(folder)):
             break
     assert not experiment_state_saved(str(folder)), "every kill came after Tune's first state: the case was not made"

@@ -73,6 +73,23 @@ def run(args: list[str], tmp: Path, timeout: float = 240, extra_env: dict | None
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
+def kill_when_file_appears(args: list[str], cwd: Path, marker: Path, log: Path, timeout: float) -> None:
+    """Start a search in its own session (output to `log`) and SIGKILL it as soon as `marker` exists, polled every
+    10 ms (kill windows in the first seconds are short); what it leaves is stopped by PID."""
+    with log.open("w") as handle:
+        proc = subprocess.Popen(args, cwd=cwd, env=env(), stdout=handle, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline, f"no {marker.name}:\n{log.read_text()[-4000:]}"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_session(proc.pid)
+
+
 def session_pids(sid: int) -> list[int]:
     """PIDs of the processes in session `sid` (a child started with start_new_session=True has sid == pid)."""
     pids = []
