@@ -54,9 +54,9 @@ def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback
     clock.started -= 20  # spent
     assert clock.expired() and not stopper.stop_all(), "the callback decides, with the live trials in hand"
 
-    class T:
+    class T:  # what the callback reads of Tune's Trial
         def __init__(self, tid, status):
-            self.trial_id, self.status = tid, status
+            self.trial_id, self.status, self.last_result = tid, status, {}
 
     callback.on_step_begin(0, [T("a", "RUNNING"), T("b", "TERMINATED"), T("c", "PENDING")])
     assert stopper.stop_all() and budget.budget_ended(clock)
