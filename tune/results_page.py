@@ -37,7 +37,6 @@ class Column:
     """One confirmed configuration of one search, with the search's budget."""
 
     group: report.Confirmed
-    parent: Any
     budget: dict[str, str]
 
     @property
@@ -64,8 +63,7 @@ def _columns(client: Any, experiment_id: str, parents: list[Any]) -> list[Column
     for group in report.confirmed_groups(client, experiment_id, parents):
         if group.variant != BEST:
             continue
-        parent = by_search[group.search]
-        columns.append(Column(group, parent, search_budget(client, experiment_id, parent)))
+        columns.append(Column(group, search_budget(client, experiment_id, by_search[group.search])))
     return columns
 
 
