@@ -1,9 +1,10 @@
 """dpgdiff: DPG-Diff and its baselines for cross-domain sequential recommendation (plain PyTorch).
 
-`dpgdiff/config.py` owns every knob: one typed `Config` (model, diffusion, loss, augment, train,
-eval sections, and the c2dsr and abxi sections of `dpgdiff/config_baselines.py`) with defaults, YAML
-reading and writing, `section.key=value` overrides (`parse_assignment`, `coerce_value`) and the one
-validation, `Config.validate`; `dpgdiff/config_fields.py` says which fields each model reads
+`dpgdiff/config.py` owns every knob: one typed `Config` (the model, diffusion, loss, augment, train
+and eval sections of `dpgdiff/config_sections.py`, each field with its default and why, and the c2dsr
+and abxi sections of `dpgdiff/config_baselines.py`) with YAML reading and writing, `section.key=value`
+overrides (`parse_assignment`, `coerce_value`) and the one validation, `Config.validate`;
+`dpgdiff/config_fields.py` says which fields each model reads
 (`MODEL_FIELDS`), which another field switches off (`INERT_WHEN`), and which levers were retired (`RETIRED`).
 
 `dpgdiff/files.py` owns files in and out: `atomic_write` (temp file in the same folder, then a

@@ -1,6 +1,7 @@
-"""tune/report.py's confirmation tables, on hand-made MLflow runs: mean ± std over seeds, the paired test
-against the strongest other model (seed i paired with seed i, from the runs' test_ranks.npz), and the
-ablation table. The values are recomputed here from the same ranks, so a wrong pairing or a wrong rival fails.
+"""tune/report.py's confirmation tables (tune/confirmed_tables.py), on hand-made MLflow runs: mean ± std over
+seeds, the paired test against the strongest other model (seed i paired with seed i, from the runs'
+test_ranks.npz), and the ablation table. The values are recomputed here from the same ranks, so a wrong
+pairing or a wrong rival fails.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import pytest
 
 from dpgdiff.evaluation import EvalResult, metrics_from_ranks
 from dpgdiff.significance import holm, paired_test
-from tune import report, tracking
+from tune import confirmed_tables as tables
+from tune import tracking
 from tune.names import CONFIRMATION_SEED_TAG, ROLE_CONFIRMATION, VARIANT_TAG
+from tune.report_runs import Confirmed
 
 N_CASES = 400
 
@@ -75,7 +78,7 @@ def store(mlflow_store, tmp_path):
 
 def test_confirmed_table1_means_and_paired_test_against_the_strongest_rival(store):
     client, exp_id, parents, ranks = store
-    text = report.confirmation_tables(client, exp_id, parents)
+    text = tables.confirmation_tables(client, exp_id, parents)
     lines = text.splitlines()
     assert ("| Data | Metric | SASRec [1] | DiffuRec [2] | DPG-Diff [3] | vs | Imp. | diff ×100 [95% CI] | p | "
             "p Holm |") in text
@@ -91,18 +94,18 @@ def test_confirmed_table1_means_and_paired_test_against_the_strongest_rival(stor
     assert cells[5] == "SASRec" and expected.n_pairs == 3  # the training run is the unit
     assert cells[6] == f"{100 * expected.rel_diff:+.1f}%"
     assert cells[7] == f"{100 * expected.diff:+.2f} [{100 * expected.ci_low:+.2f}, {100 * expected.ci_high:+.2f}]"
-    assert cells[8] == report._p(expected.p_value)
+    assert cells[8] == tables.format_p(expected.p_value)
     # Holm over every cell of the table: recompute the family from the same ranks (SASRec is the rival in each)
     family = [paired_test([ranks[("a", "best", s)][("full_" if k.startswith("full_") else "") + d] for s in (1, 2, 3)],
                           [ranks[("b", "best", s)][("full_" if k.startswith("full_") else "") + d] for s in (1, 2, 3)],
                           k.removeprefix("full_")).p_value
-              for d in ("x", "y") for _, k in report.CONFIRMED_METRICS]
-    assert cells[9] == report._p(holm(family)[[k for _, k in report.CONFIRMED_METRICS].index("mrr")])
+              for d in ("x", "y") for _, k in tables.CONFIRMED_METRICS]
+    assert cells[9] == tables.format_p(holm(family)[[k for _, k in tables.CONFIRMED_METRICS].index("mrr")])
     # full-ranking rows pair the full ranks
     row = next(ln for ln in lines if ln.startswith("| Kitchen | N@10 full |"))
     full = paired_test([ranks[("a", "best", s)]["full_y"] for s in (1, 2, 3)],
                        [ranks[("b", "best", s)]["full_y"] for s in (1, 2, 3)], "ndcg10")
-    assert row.split("|")[-3].strip() == report._p(full.p_value)
+    assert row.split("|")[-3].strip() == tables.format_p(full.p_value)
     for search in "abc":  # every column's runs are named by seed
         for seed in (1, 2, 3):
             assert f"seed {seed}: " in text
@@ -111,12 +114,12 @@ def test_confirmed_table1_means_and_paired_test_against_the_strongest_rival(stor
 
 def test_ablation_table_pairs_each_variant_with_the_full_model(store):
     client, exp_id, parents, ranks = store
-    text = report.confirmation_tables(client, exp_id, parents)
+    text = tables.confirmation_tables(client, exp_id, parents)
     assert "## Ablations of search a" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| -G | 3 |"))
     p = [paired_test([ranks[("a", "-G", s)][f"full_{d}"] for s in (1, 2, 3)],
                      [ranks[("a", "best", s)][f"full_{d}"] for s in (1, 2, 3)], "ndcg10").p_value for d in ("x", "y")]
-    assert row.rstrip(" |").endswith(report._p(holm(p)[1]))  # Holm over the table's two tests
+    assert row.rstrip(" |").endswith(tables.format_p(holm(p)[1]))  # Holm over the table's two tests
     assert "## Ablations of search b" not in text  # one variant only: no ablation table
 
 
@@ -125,7 +128,7 @@ def test_no_confirmation_runs_no_tables(mlflow_store):
     client = tracking.client_for(uri)
     exp_id = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(uri))
     parent = client.create_run(exp_id, tags={tracking.SEARCH_TAG: "s", tracking.ROLE_TAG: "search"})
-    assert report.confirmation_tables(client, exp_id, [parent]) == ""
+    assert tables.confirmation_tables(client, exp_id, [parent]) == ""
 
 
 def test_columns_are_labelled_by_the_configuration_not_only_the_model():
@@ -137,13 +140,13 @@ def test_columns_are_labelled_by_the_configuration_not_only_the_model():
 
     def group(search, variant, label=None, model="dpgdiff"):
         run = SimpleNamespace(data=SimpleNamespace(tags={LABEL_TAG: label} if label else {}))
-        return report.Confirmed(search, model, variant, {1: run})
+        return Confirmed(search, model, variant, {1: run})
 
     best = group("s", "best", "DPG-Diff (−DE)")
     control = group("s", "-Diffusion", "DPG-Diff (−Diffusion, −DE)")
     sasrec = group("b", "best", model="sasrec")
     groups = [best, control, sasrec]
-    assert report._column_label(best, [best, sasrec]) == "DPG-Diff (−DE)"
-    assert report._column_label(control, groups) == "DPG-Diff (−DE) -Diffusion (s)"  # two DPG-Diff columns
-    assert report._column_label(control, [control, sasrec]) == "DPG-Diff (−Diffusion, −DE)"
-    assert report._column_label(sasrec, groups) == "SASRec"
+    assert tables.column_label(best, [best, sasrec]) == "DPG-Diff (−DE)"
+    assert tables.column_label(control, groups) == "DPG-Diff (−DE) -Diffusion (s)"  # two DPG-Diff columns
+    assert tables.column_label(control, [control, sasrec]) == "DPG-Diff (−Diffusion, −DE)"
+    assert tables.column_label(sasrec, groups) == "SASRec"

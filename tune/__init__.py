@@ -45,7 +45,9 @@ configurations of earlier searches, mapped onto the new space, enqueued as its f
 `tune/results.py` owns reading results: trial rows from Tune's ResultGrid, the per-domain and Markdown
 tables, and the artifacts attached to the parent run; `tune/report.py` (`dpgdiff-report`) prints a
 search's best trials and the Table 1 comparison from MLflow, and, once confirmation runs exist, mean ±
-std over seeds with paired significance tests and the Table 3 ablations; `tune/results_page.py` writes
+std over seeds with paired significance tests and the Table 3 ablations; `tune/report_runs.py` finds
+the runs a report reads (the named searches, their confirmation runs by variant, their per-case test
+ranks) and `tune/confirmed_tables.py` lays out those confirmed tables; `tune/results_page.py` writes
 RESULTS.md from the same tables (`tune/report.py --results`): a verdict computed from them, the searched
 control, RQ4 and every column's budget.
 

@@ -11,3 +11,7 @@ class SearchError(RuntimeError):
 class StoreError(SearchError):
     """A store or saved state that cannot be used as it is (tune/stores.py): the message names the file, what is
     wrong and what to do; nothing was changed."""
+
+
+class ReportError(RuntimeError):
+    """Nothing to report (unknown search name, empty store)."""

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from dpgdiff.significance import DEFAULT_TEST_NOTE, holm
-from tune import report, tracking
+from tune import tracking
+from tune.confirmed_tables import DOMAIN_NAMES, OURS, ablation_table, confirmed_table1, format_p, paired
 from tune.names import DATASET_TAG, SEARCH_TAG
+from tune.report_runs import Confirmed, RankCache, confirmed_groups, open_experiment, search_parents
 
 # The verdict's cell: full-ranking NDCG@10 (issue 38: the full ranking leads).
 HEADLINE = ("N@10 full", "full_ndcg10")
@@ -36,12 +38,12 @@ BUDGET_KEYS = (("trials", "num_samples"), ("epochs", "epochs"), ("scheduler", "s
 class Column:
     """One confirmed configuration of one search, with the search's budget."""
 
-    group: report.Confirmed
+    group: Confirmed
     budget: dict[str, str]
 
     @property
     def is_control(self) -> bool:
-        return self.group.model == report.OURS and "−Diffusion" in self.group.label
+        return self.group.model == OURS and "−Diffusion" in self.group.label
 
 
 def search_budget(client: Any, experiment_id: str, parent: Any) -> dict[str, str]:
@@ -60,7 +62,7 @@ def _columns(client: Any, experiment_id: str, parents: list[Any]) -> list[Column
 
     by_search = {p.data.tags.get(SEARCH_TAG, p.info.run_id): p for p in parents}
     columns = []
-    for group in report.confirmed_groups(client, experiment_id, parents):
+    for group in confirmed_groups(client, experiment_id, parents):
         if group.variant != BEST:
             continue
         columns.append(Column(group, search_budget(client, experiment_id, by_search[group.search])))
@@ -117,10 +119,10 @@ def _rq4_table(columns: Sequence[Column], domains: tuple[str, str]) -> tuple[str
     return "\n".join(lines), monotone
 
 
-def _headline(ours: report.Confirmed, rival: report.Confirmed, domains: tuple[str, str],
-              ranks: report.RankCache) -> list[tuple[str, Any, float]]:
+def _headline(ours: Confirmed, rival: Confirmed, domains: tuple[str, str],
+              ranks: RankCache) -> list[tuple[str, Any, float]]:
     """(domain name, test, Holm-adjusted p) of ours against rival on the headline metric, both domains."""
-    tests = [report.paired(ours, rival, d, HEADLINE[1], ranks) for d in ("x", "y")]
+    tests = [paired(ours, rival, d, HEADLINE[1], ranks) for d in ("x", "y")]
     return [(name, t, p) for name, t, p in zip(domains, tests, holm([t.p_value for t in tests]))]
 
 
@@ -133,33 +135,33 @@ def _say(ours: str, rival: str, rows: list[tuple[str, Any, float]]) -> str:
             verdict = "ahead" if t.diff > 0 else "behind"
         else:
             verdict = "level"
-        parts.append(f"{name} {verdict} ({100 * t.diff:+.2f} ×100, p Holm = {report._p(p)})")
+        parts.append(f"{name} {verdict} ({100 * t.diff:+.2f} ×100, p Holm = {format_p(p)})")
     return f"{ours} against {rival}, full-ranking N@10: " + "; ".join(parts) + "."
 
 
 def _dataset_section(title: str, client: Any, experiment_id: str, parents: list[Any],
-                     ranks: report.RankCache) -> tuple[list[str], list[str]]:
+                     ranks: RankCache) -> tuple[list[str], list[str]]:
     """(verdict lines, page lines) of one dataset's searches."""
     columns = _columns(client, experiment_id, parents)
     if not columns:
         return [f"{title}: no confirmed configuration yet."], [f"## {title}", "", "No confirmation runs yet."]
     dataset = parents[0].data.tags.get(DATASET_TAG, "")
-    domains = report.DOMAIN_NAMES.get(dataset, ("X", "Y"))
+    domains = DOMAIN_NAMES.get(dataset, ("X", "Y"))
     models = [c for c in columns if not c.is_control]
     controls = [c for c in columns if c.is_control]
     page = [f"## {title}", "", "### Table 1", "",
-            report._confirmed_table1([c.group for c in models], parents, ranks, heading=False)]
+            confirmed_table1([c.group for c in models], parents, ranks, heading=False)]
     verdict = []
-    ours = next((c.group for c in models if c.group.model == report.OURS), None)
+    ours = next((c.group for c in models if c.group.model == OURS), None)
     others = [c.group for c in models if c.group is not ours]
     if ours and others:
         rival = max(others, key=lambda g: g.mean("x", HEADLINE[1]) + g.mean("y", HEADLINE[1]))
         verdict.append(f"{title}: " + _say(ours.label, rival.label, _headline(ours, rival, domains, ranks)))
-    ablations = [g for g in report.confirmed_groups(client, experiment_id, parents)
+    ablations = [g for g in confirmed_groups(client, experiment_id, parents)
                  if ours is not None and g.search == ours.search]
     if ours and (len(ablations) > 1 or controls):
         page += ["", "### Table 3: ablations and the searched −Diffusion control", "",
-                 report._ablation_table(ablations, ranks, [c.group for c in controls], heading=False)]
+                 ablation_table(ablations, ranks, [c.group for c in controls], heading=False)]
     for control in controls:
         verdict.append(f"{title}: " + _say(ours.label, f"its −Diffusion control searched alike ({control.group.search})",
                                            _headline(ours, control.group, domains, ranks)))
@@ -184,18 +186,15 @@ def build_results_page(uri: str, experiment: str, names: Sequence[str], proxy_na
     import tempfile
     from pathlib import Path
 
-    client = tracking.client_for(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise report.ReportError(f"{uri}: no MLflow experiment {experiment!r} (run tune/search.py first)")
+    client, exp = open_experiment(uri, experiment)
     verdict, body = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        ranks = report.RankCache(client, Path(tmp))
+        ranks = RankCache(client, Path(tmp))
         for title, group in (("Food-Kitchen", names), ("Sparse proxy", proxy_names)):
             if not group:
                 verdict.append(f"{title}: not run under this protocol yet.")
                 continue
-            parents = report._parents(client, exp.experiment_id, list(group))
+            parents = search_parents(client, exp.experiment_id, list(group))
             dataset = parents[0].data.tags.get(DATASET_TAG, "")
             title = title if title != "Food-Kitchen" else dataset.replace("_", "-").title() or title
             lines, page = _dataset_section(title, client, exp.experiment_id, parents, ranks)

@@ -5,7 +5,7 @@ softmax over items (monotone, so raw scores rank). Table 3's ablations are confi
 (model.disentangled_encoder, model.guidance, model.tri_cl); a disabled component is not built.
 model.diffusion=false is the `−Diffusion` control: the same network, x_t ≡ 0, no timestep embedding, no L_diff, and
 (under diffusion.precond=edm) the same output head as the model's K = 1 pass from pure noise: σ_d·F (EDM at ᾱ = 0).
-Kept from issue 23's levers (config.py documents each): diffusion.precond (EDM), loss.rec_timestep, model.item_bias.
+Kept from issue 23's levers (config_sections.py documents each): diffusion.precond (EDM), loss.rec_timestep, model.item_bias.
 Issue 40's option: PreferDiff's preference loss (loss.lambda_prefer, `prefer_loss`), off by default.
 """
 
