@@ -38,10 +38,9 @@ from typing import Any, Iterable, Optional
 
 from ray import tune
 
-from tune.names import TUNE_ENDED
+from tune.names import TUNE_ENDED, UNTIL_BUDGET  # noqa: F401  (read here as budget.UNTIL_BUDGET too)
 from tune.storage import read_text, write_text
 
-UNTIL_BUDGET = -1  # num_samples of a search with --time-budget and no --num-samples: trials start until it is spent
 DRIVERS_FILE = "dpgdiff_drivers.json"  # beside Tune's state: when each driver of the search ran Tune, and for how long
 # What a budgeted search ends with besides tune/finish.py's DONE_OUTCOMES; done too, when the budget ended the search
 BUDGET_OUTCOMES = ("stopped by the time budget", "not started (time budget)")

@@ -104,3 +104,5 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 METRIC_TAG, VALUE_TAG = "dpgdiff.metric", "dpgdiff.metric_value"
 PROTOCOL_TAG, STANDARD_TAG = "dpgdiff.eval_protocol", "dpgdiff.standard_protocol"
 SOURCE_RUN_TAG = "source_run_id"  # the parent run it was logged in
+
+UNTIL_BUDGET = -1  # num_samples of a search with --time-budget and no --num-samples: trials start until it is spent

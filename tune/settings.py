@@ -28,6 +28,7 @@ from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
 from tune import study as optuna_study
 from tune.endpoints import check_address, check_tracking_uri, tracking_uri_source
 from tune.errors import SearchError, StoreError
+from tune.names import UNTIL_BUDGET
 from tune.space import SearchSpace, load_space, space_from_text
 from tune.space_choice import card_sizing, default_space
 from tune.storage import read_text
@@ -68,7 +69,7 @@ class SearchSettings:
     space_text: str  # its YAML text (the space is rebuilt from it on resume)
     fixed: Mapping[str, Any]  # --set / --epochs / seed / threads fixed for every trial (dotted names)
     epochs: int  # per trial (ASHA's max_t)
-    num_samples: int  # trials; tune.budget.UNTIL_BUDGET (-1): as many as --time-budget allows
+    num_samples: int  # trials; tune.names.UNTIL_BUDGET (-1): as many as --time-budget allows
     seed: int  # Optuna sampler seed
     startup_trials: int  # random trials before TPE
     scheduler: Literal["asha", "fifo"]
@@ -360,6 +361,7 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri()
     # checked before the warm start reads the store: a bad URI fails here with its source named
     check_tracking_uri(tracking_uri, tracking_uri_source(bool(args.tracking_uri)))
+    optuna_storage = _optuna_storage(args, tracking_uri)  # checked before anything imports Ray
     num_samples = _num_samples(args)
     settings = SearchSettings(
         name=name, dataset=_dataset_ref(args), space_source=_display_path(space_path), space_text=space.text,
@@ -373,7 +375,7 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
         tracking_uri=tracking_uri,
         experiment=args.experiment, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         git_commit=git_commit(), argv=tuple(args.argv), size_from_card=bool(choice and choice.from_card),
-        optuna_storage=_optuna_storage(args, tracking_uri),
+        optuna_storage=optuna_storage,
         warm_start=_warm_start(args, space, tracking_uri, num_samples),
         time_budget_s=parse_duration(args.time_budget) if getattr(args, "time_budget", None) else None, run=run)
     settings.__dict__["space"] = space  # already built and checked: seed the cached property, do not parse twice
@@ -385,9 +387,7 @@ DEFAULT_NUM_SAMPLES = 8
 
 def _num_samples(args: argparse.Namespace) -> int:
     """--num-samples; not given: DEFAULT_NUM_SAMPLES, or with --time-budget as many trials as the budget allows
-    (tune.budget.UNTIL_BUDGET: Tune starts trials until the budget stops the search)."""
-    from tune.budget import UNTIL_BUDGET
-
+    (tune.names.UNTIL_BUDGET: Tune starts trials until the budget stops the search)."""
     if args.num_samples is not None:
         return args.num_samples
     return UNTIL_BUDGET if getattr(args, "time_budget", None) else DEFAULT_NUM_SAMPLES
@@ -396,8 +396,6 @@ def _num_samples(args: argparse.Namespace) -> int:
 def default_startup_trials(num_samples: int) -> int:
     """Random trials before TPE: half the trials, 2 to 10 (Optuna's own default, 10, for a search bounded by its
     time budget only)."""
-    from tune.budget import UNTIL_BUDGET
-
     return 10 if num_samples == UNTIL_BUDGET else min(10, max(2, num_samples // 2))
 
 
@@ -449,7 +447,7 @@ def _optuna_storage(args: argparse.Namespace, tracking_uri: str) -> str:
 
 
 def _default_tracking_uri() -> str:
-    from tune.tracking import local_tracking_uri
+    from tune.stores import local_tracking_uri  # Ray-free: a refused flag must not wait for Ray's import
 
     return local_tracking_uri("mlruns")
 

@@ -11,6 +11,7 @@ half-made, and held by one driver at a time.
   process dies, so a killed driver leaves no stale lock); a second driver with the same name is told who holds it.
 - `parse_saved_json` / `check_types`: a resume file (dpgdiff_search.json, a confirmation's jobs) that is not JSON
   of the saved shape is named, with the key and type that are wrong.
+- `local_tracking_uri`: the default MLflow store, `mlruns/mlflow.db` under the working folder.
 - `check_pickle`: a pickle Tune restores (tuner.pkl) must be a whole pickle stream, checked without loading it.
 
 Nothing here imports Ray, MLflow or Optuna.
@@ -257,3 +258,10 @@ def check_pickle(path: Path, what: str, todo: str) -> None:
             pass
     except Exception as exc:  # noqa: BLE001  genops raises ValueError, but also others on garbage
         raise StoreError(f"{path}: the {what} is corrupt or truncated ({type(exc).__name__}: {exc}); {todo}") from None
+
+
+def local_tracking_uri(root: str | Path = "mlruns") -> str:
+    """sqlite:////abs/mlruns/mlflow.db (absolute, so trials and tools agree whatever their cwd)."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"

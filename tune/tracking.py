@@ -34,6 +34,7 @@ from typing import Any, Iterable, Optional
 from ray import tune
 
 from tune import stores
+from tune.stores import local_tracking_uri  # noqa: F401  (its home is ray-free; callers import it here too)
 from tune.budget import NeedsClock, stopped_by_budget
 from tune.errors import StoreError
 from tune.names import (
@@ -69,13 +70,6 @@ STALE_TAGS = (STOPPED_EARLY_TAG, STOPPED_BY_TAG, INTERRUPTED_TAG, NOTE_TAG, ERRO
 _METRIC_PREFIXES = ("train_", "val_", "test_")
 _METRIC_KEYS = {"epoch_seconds", "best_epoch", "infer_ms"}
 _MAX_TAG = 5000  # MLflow tag values are limited (8000 chars in SQL stores); keep headroom
-
-
-def local_tracking_uri(root: str | Path = "mlruns") -> str:
-    """sqlite:////abs/mlruns/mlflow.db (absolute, so trials and tools agree whatever their cwd)."""
-    root = Path(root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
 
 
 def artifact_root_for(tracking_uri: str) -> Optional[str]:
