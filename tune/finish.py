@@ -83,7 +83,8 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     print(f"\n{len(rows) if until_budget else settings.num_samples} trial(s): "
           + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in DONE_OUTCOMES)
           + (f" (FINISHED in MLflow, tagged {STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
-          + (f" ({STOPPED_BY_TAG}={STOPPED_BY_TIME_BUDGET})" if counts.get("stopped by the time budget") else "")
+          + (f" ({first_epoch_note(rows, clock)}{STOPPED_BY_TAG}={STOPPED_BY_TIME_BUDGET})"
+             if counts.get("stopped by the time budget") else "")
           + f"; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
@@ -220,6 +221,13 @@ def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
             counts["finished" if row["status"] == TrialStatus.FINISHED else "stopped early by ASHA"] += 1
     counts["not started (time budget)" if ended_by_budget else "not started"] += max(0, planned - len(rows))
     return counts
+
+
+def first_epoch_note(rows: list[dict[str, Any]], clock: Optional[budget.BudgetClock]) -> str:
+    """"N inside its first epoch; " for the trials the budget stopped before they reported an epoch (started, so
+    not "not started", and without a result to select), else ""."""
+    n = sum(1 for r in rows if budget.stopped_by_budget(clock, r["trial_id"]) and r.get(METRIC) is None)
+    return f"{n} inside {'its' if n == 1 else 'their'} first epoch; " if n else ""
 
 
 def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace,
