@@ -70,7 +70,7 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         if row["status"] == TrialStatus.STOPPED_EARLY and budget.stopped_by_budget(clock, row["trial_id"]):
             row["status"] = TrialStatus.STOPPED_BY_BUDGET
     ended_by_budget = budget.budget_ended(clock)
-    if settings.optuna_storage:  # the study agrees with Tune: a trial asked before a kill and lost is FAIL there
+    if settings.optuna_storage:  # the study agrees with Tune: no trial Tune ended stays RUNNING there
         report_study(settings, trials, rows, ended_by_budget)
     run_ids = {t.trial_id: parent.tracker.run_id(t, create=False) for t in trials}
     for row in rows:
@@ -139,16 +139,23 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
 
 def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[str, Any]],
                  ended_by_budget: bool = False) -> None:
-    """Close the study's trials that Tune lost or the time budget stopped (tune/study.py; ended_by_budget: the
+    """Close the study's trials that Tune lost, or ended without telling the searcher (tune/study.py; trials: Tune's
+    saved state, whose configs carry the Optuna numbers even of trials without a result; ended_by_budget: the
     --time-budget ended the search); say where it is."""
     from tune.trainable import OPTUNA_TRIAL_KEY
 
-    numbers = [int(t.config[OPTUNA_TRIAL_KEY]) for t in trials if (t.config or {}).get(OPTUNA_TRIAL_KEY) is not None]
-    if ended_by_budget:  # Tune stops these without telling the searcher: the study gets their last values
-        last = {r["optuna_trial"]: [r.get(o, (r["result"].metrics or {}).get(o)) for o in settings.objectives]
-                for r in rows if r.get("optuna_trial") is not None}  # val_mrr_sum: its best epoch's, as selected
-        optuna_study.close_budget_stopped(settings.optuna_storage, settings.name, last)
-    lost = optuna_study.close_lost_trials(settings.optuna_storage, settings.name, numbers)
+    numbers = {t.trial_id: int(t.config[OPTUNA_TRIAL_KEY]) for t in trials
+               if (t.config or {}).get(OPTUNA_TRIAL_KEY) is not None}
+    by_id = {r["trial_id"]: r for r in rows}
+    values = {}  # of the trials Tune ended: val_mrr_sum at the best epoch (as selected), the other objectives last
+    for t in trials:
+        if t.status in TUNE_ENDED and t.trial_id in numbers:
+            row = by_id.get(t.trial_id) or {}
+            last = (row["result"].metrics or {}) if row.get("result") is not None else {}
+            values[numbers[t.trial_id]] = [row.get(o, last.get(o)) for o in settings.objectives]
+    failed = [numbers[t.trial_id] for t in trials if t.status == "ERROR" and t.trial_id in numbers]
+    optuna_study.close_ended_trials(settings.optuna_storage, settings.name, values, failed, by_budget=ended_by_budget)
+    lost = optuna_study.close_lost_trials(settings.optuna_storage, settings.name, numbers.values())
     if lost:
         print(f"Optuna study: trial(s) {', '.join(map(str, lost))} were asked before the driver was killed and "
               f"Tune lost them: FAIL, with user attribute {LOST_TAG}", flush=True)
