@@ -140,7 +140,8 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
 def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[str, Any]],
                  ended_by_budget: bool = False) -> None:
     """Close the study's trials that Tune lost, or ended without telling the searcher (tune/study.py; trials: Tune's
-    saved state, whose configs carry the Optuna numbers even of trials without a result; ended_by_budget: the
+    saved state, whose configs carry the Optuna numbers even of trials without a result; rows: `trial_rows`, or []
+    when the search stopped on an error: then a trial's last result gives its values; ended_by_budget: the
     --time-budget ended the search); say where it is."""
     from tune.trainable import OPTUNA_TRIAL_KEY
 
@@ -151,7 +152,7 @@ def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[st
     for t in trials:
         if t.status in TUNE_ENDED and t.trial_id in numbers:
             row = by_id.get(t.trial_id) or {}
-            last = (row["result"].metrics or {}) if row.get("result") is not None else {}
+            last = (row["result"].metrics or {}) if row.get("result") is not None else (t.last_result or {})
             values[numbers[t.trial_id]] = [row.get(o, last.get(o)) for o in settings.objectives]
     failed = [numbers[t.trial_id] for t in trials if t.status == "ERROR" and t.trial_id in numbers]
     optuna_study.close_ended_trials(settings.optuna_storage, settings.name, values, failed, by_budget=ended_by_budget)
