@@ -132,9 +132,16 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     front = report_pareto_front(parent, rows, space, settings.objectives) if len(settings.objectives) > 1 else []
     _log_best(parent, rows, best, space, wall, settings, dataset, test_ranks, n_pareto=len(front))
     print(f"\nMLflow parent run {run_id}: best checkpoint, config, trials.csv/.md and Optuna plots attached. "
-          f"Browse with:\n    mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1\n"
-          + ui_links(parent.experiment_id, run_id, settings.name), flush=True)
+          f"Browse with:\n    {ui_command(settings)}\n"
+          + ui_links(parent.experiment_id, run_id, settings.name, settings.run.ui_port), flush=True)
     return EXIT_OK
+
+
+def ui_command(settings: SearchSettings) -> str:
+    """The `mlflow ui` command whose pages the printed links open, and how to use another port."""
+    port = settings.run.ui_port
+    return (f"mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1 --port {port}   "
+            f"(the links below are for port {port}; another: search --ui-port PORT or DPGDIFF_UI_PORT)")
 
 
 def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[str, Any]],
