@@ -71,7 +71,8 @@ def test_a_search_that_ends_leaves_no_trial_running_that_tune_ended(tmp_path, ca
         trial.suggest_float("x", 0, 1)
     saved = [SimpleNamespace(trial_id=tid, status=status, config={OPTUNA_TRIAL_KEY: asked[tid].number})
              for tid, status in zip("abcd", ("TERMINATED", "RUNNING", "ERROR", "TERMINATED"))]
-    rows = [{"trial_id": "a", "status": TrialStatus.NOT_RUN, "optuna_trial": None, "result": SimpleNamespace(metrics={})},
+    rows = [{"trial_id": "a", "status": TrialStatus.NOT_RUN, "optuna_trial": None,
+             "result": SimpleNamespace(metrics={})},
             {"trial_id": "b", "status": "RUNNING", "optuna_trial": asked["b"].number,
              "result": SimpleNamespace(metrics={"val_mrr_sum": 0.1})},
             {"trial_id": "c", "status": TrialStatus.ERROR, "optuna_trial": None, "result": SimpleNamespace(metrics={})},

@@ -47,7 +47,8 @@ tables, and the artifacts attached to the parent run; `tune/report.py` (`dpgdiff
 search's best trials and the Table 1 comparison from MLflow, and, once confirmation runs exist, mean ±
 std over seeds with paired significance tests and the Table 3 ablations; `tune/results_page.py` writes
 RESULTS.md from the same tables (`tune/report.py --results`): a verdict computed from them, the searched
-control, RQ4 and every column's budget.
+control, RQ4 and every column's budget; `tune/popularity.py` sets a search's selected trial beside item
+popularity on the same test cases and candidates (`tune/report.py --popularity`).
 
 `tune/confirm.py` (`dpgdiff-confirm`) owns the confirmation command line, and `tune/confirmation.py` runs
 it: the best configuration of finished searches rerun with N seeds (and ablation variants) as Ray trials,
