@@ -60,10 +60,12 @@ def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback
 
     resumed = T("d", "PENDING")  # a resumed trial waiting for its worker: it trained an epoch before
     resumed.last_result = {"training_iteration": 1, "epoch": 1}
-    callback.on_step_begin(0, [T("a", "RUNNING"), T("b", "TERMINATED"), T("c", "PENDING"), resumed])
+    killed_early = T("e", "PENDING")  # resumed too: it ran (Tune saved when), and was killed inside its first epoch
+    killed_early.run_metadata = SimpleNamespace(start_time=time.time() - 100)
+    callback.on_step_begin(0, [T("a", "RUNNING"), T("b", "TERMINATED"), T("c", "PENDING"), resumed, killed_early])
     assert stopper.stop_all() and budget.budget_ended(clock)
-    assert "spent: no new trial starts; stopping 2 live trial(s)" in capsys.readouterr().out
-    assert budget.stopped_by_budget(clock, "a") and budget.stopped_by_budget(clock, "d")
+    assert "spent: no new trial starts; stopping 3 live trial(s)" in capsys.readouterr().out
+    assert all(budget.stopped_by_budget(clock, t) for t in "ade")
     assert not budget.stopped_by_budget(clock, "b")
     assert not budget.stopped_by_budget(clock, "c"), "a PENDING trial that never ran was not started, not stopped"
     # the clock is this driver's: a hook pickled into tuner.pkl and unpickled by a resume comes back without it

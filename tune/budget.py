@@ -194,10 +194,13 @@ class BudgetCallback(NeedsClock, tune.Callback):
 
 
 def started(trial: Any) -> bool:
-    """Whether a Tune trial has started training: it runs (RUNNING, or PAUSED by a scheduler), or reported a result
-    (a resumed trial waiting PENDING for its worker). One stopped inside its first epoch has started: the budget
-    stopped it; a PENDING trial with no result has not."""
-    return trial.status in ("RUNNING", "PAUSED") or bool((trial.last_result or {}).get("training_iteration"))
+    """Whether a Tune trial has started training: it runs (RUNNING, or PAUSED by a scheduler), or ran before (a
+    resumed trial waiting PENDING for its worker: Tune keeps when it first ran, run_metadata.start_time, in its
+    saved state). One stopped inside its first epoch has started: the budget stopped it; a PENDING trial that never
+    ran has not."""
+    ran_before = getattr(getattr(trial, "run_metadata", None), "start_time", None) is not None
+    reported = bool((trial.last_result or {}).get("training_iteration"))
+    return trial.status in ("RUNNING", "PAUSED") or ran_before or reported
 
 
 PROGRESS_LOOK_S = 5.0  # how often the budget reads the first epoch's progress (Ray's key-value store)
