@@ -58,11 +58,16 @@ def test_the_clock_counts_earlier_drivers_and_the_stopper_waits_for_the_callback
         def __init__(self, tid, status):
             self.trial_id, self.status, self.last_result = tid, status, {}
 
-    callback.on_step_begin(0, [T("a", "RUNNING"), T("b", "TERMINATED"), T("c", "PENDING")])
+    resumed = T("d", "PENDING")  # a resumed trial waiting for its worker: it trained an epoch before
+    resumed.last_result = {"training_iteration": 1, "epoch": 1}
+    killed_early = T("e", "PENDING")  # resumed too: it ran (Tune saved when), and was killed inside its first epoch
+    killed_early.run_metadata = SimpleNamespace(start_time=time.time() - 100)
+    callback.on_step_begin(0, [T("a", "RUNNING"), T("b", "TERMINATED"), T("c", "PENDING"), resumed, killed_early])
     assert stopper.stop_all() and budget.budget_ended(clock)
-    assert "spent: no new trial starts; stopping 2 live trial(s)" in capsys.readouterr().out
-    assert budget.stopped_by_budget(clock, "a") and budget.stopped_by_budget(clock, "c")
+    assert "spent: no new trial starts; stopping 3 live trial(s)" in capsys.readouterr().out
+    assert all(budget.stopped_by_budget(clock, t) for t in "ade")
     assert not budget.stopped_by_budget(clock, "b")
+    assert not budget.stopped_by_budget(clock, "c"), "a PENDING trial that never ran was not started, not stopped"
     # the clock is this driver's: a hook pickled into tuner.pkl and unpickled by a resume comes back without it
     for hook in (stopper, callback):
         assert pickle.loads(pickle.dumps(hook)).clock is None
@@ -86,6 +91,29 @@ def test_outcome_counts_name_what_the_budget_stopped_or_left_unstarted():
     assert "stopped by the time budget" not in outcome_counts(rows[:1], saved[:1], planned=1)
     unbounded = outcome_counts(rows, saved, planned=budget.UNTIL_BUDGET, ended_by_budget=True)
     assert unbounded["not started (time budget)"] == 1, "only the trial Tune had made: no count to fall short of"
+
+
+def test_a_trial_the_budget_stopped_inside_its_first_epoch_counts_as_stopped_there(capsys):
+    """Issue 42 §7: a trial at 77% of its first epoch when the budget ended was counted "not started". It started:
+    the summary counts it stopped by the budget and says it was inside its first epoch; the PENDING trial beside it,
+    which never ran, is the one not started."""
+    from types import SimpleNamespace
+
+    from tune.finish import first_epoch_note, outcome_counts
+    from tune.names import TrialStatus
+
+    clock = budget.start_clock(10.0, spent_before=0.0, started=time.time() - 20.0)
+    callback = budget.BudgetCallback(epochs=3, num_samples=2, concurrency=1)
+    callback.clock = clock
+    live = [SimpleNamespace(trial_id="a", status="RUNNING", last_result={}),  # 77% into epoch 1: no result yet
+            SimpleNamespace(trial_id="b", status="PENDING", last_result={})]
+    callback.on_step_begin(0, live)
+    capsys.readouterr()
+    rows = [{"trial_id": t, "status": TrialStatus.NOT_RUN} for t in "ab"]  # neither reported: NOT_RUN rows
+    saved = [SimpleNamespace(trial_id=t, status="TERMINATED") for t in "ab"]
+    counts = outcome_counts(rows, saved, planned=2, ended_by_budget=True, budget_stopped=clock.stopped_ids)
+    assert counts["stopped by the time budget"] == 1 and counts["not started (time budget)"] == 1, counts
+    assert first_epoch_note(rows, clock) == "1 inside its first epoch; "
 
 
 def _timed_search(args: list[str], cwd) -> tuple[str, str, float]:

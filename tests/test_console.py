@@ -16,7 +16,9 @@ CASES = [
     ("optuna.storages._rdb.storage", "A new study created in RDB with name: fk-1", "Trial 3 failed"),
     ("ray.tune.tune", "Experiment has been interrupted, but the most recent state was saved.\nResume experiment "
                       "with: Tuner.restore(path=\"/x\", trainable=...)",
-     "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run."),
+     "Trial trainable_1 errored after 2 iterations."),
+    ("mlflow.pyfunc", "Validating input example against model signature",
+     "Encountered an unexpected error while validating the input example against model signature."),
     ("ray._private.authentication.authentication_token_setup",
      "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
      "Token authentication is disabled for this Ray cluster."),
@@ -55,6 +57,26 @@ def test_known_noise_is_dropped_and_the_rest_kept(monkeypatch, name, noise, kept
     import os
 
     assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+
+
+def test_tunes_stop_signal_warning_is_one_line_in_the_searchs_words():
+    """Issue 42 §7: on Ctrl-C Tune warned "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run. This
+    will try to checkpoint the experiment state one last time. Press CTRL+C (or send SIGINT/SIGKILL/SIGTERM) to
+    skip." It passed the filter; now it says, in one warning, what the search does (and other lines stay)."""
+    logger = logging.getLogger("ray.tune.tune")
+    capture = _Capture()
+    logger.addHandler(capture)
+    try:
+        quiet_known_noise()
+        quiet_known_noise()  # idempotent
+        logger.warning("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run. This will try to "
+                       "checkpoint the experiment state one last time. Press CTRL+C (or send SIGINT/SIGKILL/SIGTERM) "
+                       "to skip. ")
+        logger.warning("Trial %s errored.", "t_1")
+    finally:
+        logger.removeHandler(capture)
+    assert capture.messages == ["Ctrl-C: stopping the search; its state is saved for --resume (Ctrl-C again skips "
+                                "the last save)", "Trial t_1 errored."]
 
 
 def test_joining_a_cluster_keeps_rays_token_auth_notice():

@@ -79,9 +79,33 @@ def test_card_and_fingerprint(tmp_path):
     card = ds.card()
     assert (card.valid_x, card.valid_y, card.test_x, card.test_y) == (1, 1, 0, 2)
     assert card.users == 3 and len(ds.fingerprint) == 64
-    assert ds.cache_dir.is_dir() and ds.cache_dir.parent.parent == tmp_path
+    assert ds.cache_dir.is_dir() and ds.fingerprint[:12] in ds.cache_dir.name
     other = load_dataset(write_log(tmp_path), domains=("movie", "book"))
     assert other.fingerprint != ds.fingerprint
+
+
+def test_derived_files_go_to_the_user_cache_never_into_the_data_folder(tmp_path, monkeypatch):
+    """Issue 42 §7: the loader made `<data folder>/dpgdiff-cache/...`, in a folder that may be shared or read-only.
+    Derived files (the evaluation candidates) go to the per-user cache, or to DPGDIFF_DERIVED_DIR when it is set;
+    a process with an empty cache (a Ray worker on another node) draws the identical candidates again."""
+    from dpgdiff.evaluation.candidates import load_or_draw_candidates
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [(f"u{u}", f"{d}{(u + k) % 8}", d, 4 * u + k) for u in range(4) for k, d in enumerate("mbmb")]
+    log = write_log(data, rows)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DPGDIFF_DERIVED_DIR", raising=False)
+    ds = load_dataset(log)
+    cand, path = load_or_draw_candidates(ds, "test", 1, seed=7)
+    assert path is not None and path.is_file() and path.is_relative_to(tmp_path / "cache" / "dpgdiff" / "derived")
+    assert sorted(data.iterdir()) == [log], "nothing written beside the data"
+
+    monkeypatch.setenv("DPGDIFF_DERIVED_DIR", str(tmp_path / "shared"))  # asked for: a folder of one's choice
+    elsewhere = load_dataset(log)
+    again, shared = load_or_draw_candidates(elsewhere, "test", 1, seed=7)
+    assert shared is not None and shared.is_relative_to(tmp_path / "shared") and shared.name == path.name
+    assert np.array_equal(again, cand) and sorted(data.iterdir()) == [log]
 
 
 @pytest.mark.parametrize(

@@ -215,3 +215,39 @@ def test_the_best_trial_line_survives_a_parameter_column_the_best_trial_lacks(mo
     text = reporter._progress_str([reporter._shown(t) for t in (warm, cold)], False)
     assert "Current best trial: c" in text and "configs/food_kitchen-cpu/dpgdiff.yaml" in text, text
     assert reporter._shown(warm) is warm, "a trial with every column is shown as it is"
+
+
+def test_a_resumed_search_on_a_slower_machine_counts_down(monkeypatch):
+    """Issue 42 §7: a resume's estimate stalled (23:56 at 1:01, 22:38 at 11:02). Its epochs ran slower than the
+    earlier driver's (more load), the estimate kept the earlier pace, and a running trial that outran it added
+    nothing until its next result. With this driver's pace (in-epoch progress, then its epoch times), tables 15 s
+    apart on a fake clock count down by 15 s for the whole 11 minutes."""
+    import pickle
+
+    import tune.progress as progress
+
+    clock = [10_000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
+    reporter = pickle.loads(pickle.dumps(ProgressReporter(max_epochs=3, num_samples=8, concurrency=2)))
+    start, epoch_s = clock[0], 600.0  # the earlier driver's epochs took 200 s each
+    done = [_trial(f"t{i}", "TERMINATED", epoch=3, time_total_s=600.0, training_iteration=3, final=True,
+                   timestamp=5000) for i in range(4)]
+    running = [_trial(f"t{i}", "RUNNING", epoch=1, time_total_s=200.0, training_iteration=1, timestamp=5000)
+               for i in (4, 5)]
+    left = []
+    for step in range(1, 45):
+        clock[0] = now = start + 15 * step
+        into, epochs_now = (now - start) % epoch_s, int((now - start) // epoch_s)
+        for t in running:
+            if epochs_now:  # this driver's epochs, reported
+                t.last_result.update(epoch=1 + epochs_now, training_iteration=1 + epochs_now,
+                                     time_total_s=200.0 + epoch_s * epochs_now, time_this_iter_s=epoch_s,
+                                     timestamp=int(start + epoch_s * epochs_now))
+        published = {t.trial_id: {"epoch": 2 + epochs_now, "done": int(1000 * into / epoch_s), "total": 1000,
+                                  "seconds": into, "time": now} for t in running}
+        reporter._note_results(done + running, now)
+        line = reporter.status_lines(done + running, published, now)[0]
+        h, m, s = map(int, line.split("about ")[1].split(" ")[0].split(":"))
+        left.append(3600 * h + 60 * m + s)
+    drops = [a - b for a, b in zip(left[4:], left[5:])]  # once the pace of this driver's epoch is seen
+    assert all(abs(d - 15) <= 1 for d in drops), left

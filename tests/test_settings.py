@@ -241,3 +241,26 @@ def test_the_test_sessions_ray_token_is_owner_only(_isolated_ray_token):
     import stat
 
     assert stat.S_IMODE(_isolated_ray_token.stat().st_mode) == 0o600
+
+
+def test_the_mlflow_ui_port_of_the_printed_links_is_a_flag_or_env_var(tmp_path, monkeypatch):
+    """Issue 42 §7: the links a search prints hard-coded port 5000. --ui-port (else DPGDIFF_UI_PORT, else 5000)
+    names the port, in the links and in the `mlflow ui` command printed above them, which says how to change it;
+    a value that is not a port is refused naming the flag or variable."""
+    from tune.finish import ui_command
+    from tune.parent_run import ui_links
+
+    monkeypatch.delenv("DPGDIFF_UI_PORT", raising=False)
+    assert settings_from_args(_search_args(tmp_path)).run.ui_port == 5000
+    monkeypatch.setenv("DPGDIFF_UI_PORT", "5077")
+    assert settings_from_args(_search_args(tmp_path)).run.ui_port == 5077
+    settings = settings_from_args(_search_args(tmp_path, "--ui-port", "8123"))  # the flag wins
+    assert settings.run.ui_port == 8123
+    assert "--port 8123" in ui_command(settings) and "--ui-port" in ui_command(settings)
+    links = ui_links("7", "r", "s", 8123).splitlines()
+    assert len(links) == 2 and all(" http://127.0.0.1:8123/#/experiments/7/runs" in line for line in links)
+    for flag, value, env_value in (("--ui-port", "0", None), ("--ui-port", "70000", None), (None, None, "web")):
+        if env_value:
+            monkeypatch.setenv("DPGDIFF_UI_PORT", env_value)
+        with pytest.raises(SearchError, match=(flag or "DPGDIFF_UI_PORT") + ".*expected a port number"):
+            settings_from_args(_search_args(tmp_path, *((flag, value) if flag else ())))

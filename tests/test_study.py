@@ -51,3 +51,39 @@ def test_running_trials_tune_does_not_hold_are_closed_as_lost(tmp_path):
         trials[lost.number].user_attrs
     assert trials[kept.number].state == optuna.trial.TrialState.RUNNING
     assert trials[done.number].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_search_that_ends_leaves_no_trial_running_that_tune_ended(tmp_path, capsys):
+    """Issue 42 §7: after a budgeted search ended, its study kept a trial RUNNING: the one at 77% of its first epoch,
+    which had no result (so no config in Tune's ResultGrid row to find its Optuna number by). Every trial Tune's saved
+    state has ended is closed: the budget-stopped ones COMPLETE at their best value or PRUNED without one, an errored
+    one FAIL. A trial Tune holds unfinished (Ctrl-C: a resume continues it and tells its outcome) stays RUNNING."""
+    from types import SimpleNamespace
+
+    from tune.finish import report_study
+    from tune.names import STOPPED_BY_TAG, TrialStatus
+    from tune.trainable import OPTUNA_TRIAL_KEY
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    asked = {tid: study.ask() for tid in "abcd"}
+    for trial in asked.values():
+        trial.suggest_float("x", 0, 1)
+    saved = [SimpleNamespace(trial_id=tid, status=status, config={OPTUNA_TRIAL_KEY: asked[tid].number})
+             for tid, status in zip("abcd", ("TERMINATED", "RUNNING", "ERROR", "TERMINATED"))]
+    rows = [{"trial_id": "a", "status": TrialStatus.NOT_RUN, "optuna_trial": None,
+             "result": SimpleNamespace(metrics={})},
+            {"trial_id": "b", "status": "RUNNING", "optuna_trial": asked["b"].number,
+             "result": SimpleNamespace(metrics={"val_mrr_sum": 0.1})},
+            {"trial_id": "c", "status": TrialStatus.ERROR, "optuna_trial": None, "result": SimpleNamespace(metrics={})},
+            {"trial_id": "d", "status": TrialStatus.STOPPED_BY_BUDGET, "optuna_trial": asked["d"].number,
+             "val_mrr_sum": 0.3, "result": SimpleNamespace(metrics={"val_mrr_sum": 0.2})}]
+    settings = SimpleNamespace(optuna_storage=url, name="s", objectives=("val_mrr_sum",))
+    report_study(settings, saved, rows, ended_by_budget=True)
+    got = {t.number: t for t in optuna_study.load(url, "s").get_trials()}
+    state = {tid: got[asked[tid].number].state for tid in "abcd"}
+    assert state == {"a": optuna.trial.TrialState.PRUNED, "b": optuna.trial.TrialState.RUNNING,
+                     "c": optuna.trial.TrialState.FAIL, "d": optuna.trial.TrialState.COMPLETE}, state
+    assert got[asked["d"].number].value == 0.3, "the value it is selected by: its best epoch's"
+    assert got[asked["a"].number].user_attrs[STOPPED_BY_TAG] == "time_budget"
+    assert "optuna-dashboard" in capsys.readouterr().out

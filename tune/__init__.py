@@ -49,7 +49,8 @@ std over seeds with paired significance tests and the Table 3 ablations; `tune/r
 the runs a report reads (the named searches, their confirmation runs by variant, their per-case test
 ranks) and `tune/confirmed_tables.py` lays out those confirmed tables; `tune/results_page.py` writes
 RESULTS.md from the same tables (`tune/report.py --results`): a verdict computed from them, the searched
-control, RQ4 and every column's budget.
+control, RQ4 and every column's budget; `tune/popularity.py` sets a search's selected trial beside item
+popularity on the same test cases and candidates (`tune/report.py --popularity`).
 
 `tune/confirm.py` (`dpgdiff-confirm`) owns the confirmation command line, and `tune/confirmation.py` runs
 it: the best configuration of finished searches rerun with N seeds (and ablation variants) as Ray trials,

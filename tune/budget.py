@@ -73,7 +73,7 @@ class BudgetClock:
     spent_before: float
     started: float  # time.time() when this driver started
     stopping: bool = False  # the budget is spent: Tune is stopping the search (BudgetCallback decides when)
-    stopped_ids: frozenset = frozenset()  # the trials that were live (not TERMINATED/ERROR) when it was spent
+    stopped_ids: frozenset = frozenset()  # the trials it stopped: started (`started`) and not ended when it was spent
     # A first epoch's length, extrapolated from a trial's in-epoch progress when it cannot fit (`first_epoch_note`)
     epoch_s: Optional[float] = None
 
@@ -178,7 +178,7 @@ class BudgetCallback(NeedsClock, tune.Callback):
                 print(note, flush=True)
         if clock is None or clock.stopping or not clock.expired():
             return
-        live = frozenset(t.trial_id for t in trials if t.status not in TUNE_ENDED)
+        live = frozenset(t.trial_id for t in trials if t.status not in TUNE_ENDED and started(t))
         clock.stopped_ids, clock.stopping = live, True
         print(f"\ntime budget {clock_text(clock.budget_s)} spent: no new trial starts; stopping {len(live)} live "
               "trial(s), each keeping its checkpoints", flush=True)
@@ -190,6 +190,16 @@ class BudgetCallback(NeedsClock, tune.Callback):
             return
         self._said = True
         print(fit_message(float(seconds), clock.left(), self.epochs, self.num_samples, self.concurrency), flush=True)
+
+
+def started(trial: Any) -> bool:
+    """Whether a Tune trial has started training: it runs (RUNNING, or PAUSED by a scheduler), or ran before (a
+    resumed trial waiting PENDING for its worker: Tune keeps when it first ran, run_metadata.start_time, in its
+    saved state). One stopped inside its first epoch has started: the budget stopped it; a PENDING trial that never
+    ran has not."""
+    ran_before = getattr(getattr(trial, "run_metadata", None), "start_time", None) is not None
+    reported = bool((trial.last_result or {}).get("training_iteration"))
+    return trial.status in ("RUNNING", "PAUSED") or ran_before or reported
 
 
 PROGRESS_LOOK_S = 5.0  # how often the budget reads the first epoch's progress (Ray's key-value store)

@@ -8,10 +8,14 @@ record of those loggers still shows:
   binds it to 127.0.0.1; joining a cluster keeps it);
 - MLflow's "Creating initial MLflow database tables..." and "Updating database tables" (a new local store);
 - Optuna's "A new study created in memory/RDB with name: ..." (one per search: the searcher's study);
+- MLflow's "Validating input example against model signature" (the registered model's example, tune/serving.py;
+  a failed validation still warns);
 - on Ctrl-C, Ray Tune's own resume hint ("Resume experiment with: Tuner.restore(path=..., trainable=...)";
   the project prints its `--resume` command instead), its "Trials did not complete" list (the search's
   summary counts the interrupted trials), and "Failed to fetch metrics ... FileNotFoundError" for trials
-  that never wrote a result.
+  that never wrote a result. Tune's "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run. This
+  will try to checkpoint ..." warning is reworded (`REWORDED`): one line that the search is stopping, its state
+  kept for --resume (what the search's own end then says in full).
 
 MLflow's "Downloading artifacts" progress bars are turned off by its own switch
 (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false), set by the commands unless the user set it.
@@ -31,6 +35,12 @@ NOISE: dict[str, tuple[str, ...]] = {
     "optuna.storages._rdb.storage": ("A new study created in RDB",),  # the search's persistent study (tune/study.py)
     "ray.tune.tune": ("Experiment has been interrupted, but the most recent state was saved",
                       "Trials did not complete"),
+    "mlflow.pyfunc": ("Validating input example against model signature",),
+}
+# logger name -> {the start of a message: what it says instead}
+REWORDED: dict[str, dict[str, str]] = {
+    "ray.tune.tune": {"Stop signal received": "Ctrl-C: stopping the search; its state is saved for --resume "
+                                              "(Ctrl-C again skips the last save)"},
 }
 FETCH_LOGGER = "ray.tune.analysis.experiment_analysis"
 
@@ -50,6 +60,21 @@ class _DropMessages(logging.Filter):
         return not (message.startswith(self.starts) or (self.also is not None and self.also(message)))
 
 
+class _Reword(logging.Filter):
+    """Replaces a record whose message starts with a key of `texts` by that key's text (a warning stays one)."""
+
+    def __init__(self, texts: dict[str, str]) -> None:
+        super().__init__()
+        self.texts = texts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            for start, text in self.texts.items():
+                if record.msg.startswith(start):
+                    record.msg, record.args = text, ()
+        return True
+
+
 def _missing_result_file(message: str) -> bool:
     """Tune's warning for trials whose result file does not exist (they never reported): nothing to fetch."""
     return message.startswith("Failed to fetch metrics") and all(
@@ -65,6 +90,10 @@ def quiet_known_noise(local_ray: bool = True) -> None:
     for name, starts in noise.items():
         _install(logging.getLogger(name), _DropMessages(starts))
     _install(logging.getLogger(FETCH_LOGGER), _DropMessages((), also=_missing_result_file))
+    for name, texts in REWORDED.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Reword) and f.texts == texts for f in logger.filters):
+            logger.addFilter(_Reword(texts))
 
 
 def _install(logger: logging.Logger, flt: _DropMessages) -> None:

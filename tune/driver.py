@@ -25,7 +25,7 @@ import ray
 import dpgdiff
 from tune import budget, ray_internals, stores, tracking
 from tune import study as optuna_study
-from tune.finish import finish
+from tune.finish import finish, report_study
 from tune.names import ERROR_TAG, EXIT_OK
 from tune.parent_run import finished_already, open_parent_run
 from tune.ray_start import check_resources, start_ray
@@ -138,7 +138,10 @@ def _run_held(settings: SearchSettings, train_fn: Optional[Callable[..., Any]],
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             if ray_internals.experiment_state_saved(settings.path):
                 try:  # a second Ctrl-C skips Tune's own ending: close the trials' runs by Tune's saved state
-                    parent.tracker.reconcile(tune_trials(settings.path))
+                    saved = tune_trials(settings.path)
+                    parent.tracker.reconcile(saved)
+                    if settings.optuna_storage:  # and the study's trials that Tune ended (tune/study.py)
+                        report_study(settings, saved, [])
                 except Exception:  # noqa: BLE001  the parent's status below still says what happened
                     pass
             parent.client.set_tag(parent.run_id, ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])

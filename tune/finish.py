@@ -70,7 +70,7 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
         if row["status"] == TrialStatus.STOPPED_EARLY and budget.stopped_by_budget(clock, row["trial_id"]):
             row["status"] = TrialStatus.STOPPED_BY_BUDGET
     ended_by_budget = budget.budget_ended(clock)
-    if settings.optuna_storage:  # the study agrees with Tune: a trial asked before a kill and lost is FAIL there
+    if settings.optuna_storage:  # the study agrees with Tune: no trial Tune ended stays RUNNING there
         report_study(settings, trials, rows, ended_by_budget)
     run_ids = {t.trial_id: parent.tracker.run_id(t, create=False) for t in trials}
     for row in rows:
@@ -83,7 +83,8 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     print(f"\n{len(rows) if until_budget else settings.num_samples} trial(s): "
           + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in DONE_OUTCOMES)
           + (f" (FINISHED in MLflow, tagged {STOPPED_EARLY_TAG})" if counts["stopped early by ASHA"] else "")
-          + (f" ({STOPPED_BY_TAG}={STOPPED_BY_TIME_BUDGET})" if counts.get("stopped by the time budget") else "")
+          + (f" ({first_epoch_note(rows, clock)}{STOPPED_BY_TAG}={STOPPED_BY_TIME_BUDGET})"
+             if counts.get("stopped by the time budget") else "")
           + f"; wall time {wall:.1f} s", flush=True)
 
     client, run_id = parent.client, parent.run_id
@@ -131,23 +132,38 @@ def finish(results: Any, settings: SearchSettings, space: SearchSpace, parent: P
     front = report_pareto_front(parent, rows, space, settings.objectives) if len(settings.objectives) > 1 else []
     _log_best(parent, rows, best, space, wall, settings, dataset, test_ranks, n_pareto=len(front))
     print(f"\nMLflow parent run {run_id}: best checkpoint, config, trials.csv/.md and Optuna plots attached. "
-          f"Browse with:\n    mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1\n"
-          + ui_links(parent.experiment_id, run_id, settings.name), flush=True)
+          f"Browse with:\n    {ui_command(settings)}\n"
+          + ui_links(parent.experiment_id, run_id, settings.name, settings.run.ui_port), flush=True)
     return EXIT_OK
+
+
+def ui_command(settings: SearchSettings) -> str:
+    """The `mlflow ui` command whose pages the printed links open, and how to use another port."""
+    port = settings.run.ui_port
+    return (f"mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1 --port {port}   "
+            f"(the links below are for port {port}; another: search --ui-port PORT or DPGDIFF_UI_PORT)")
 
 
 def report_study(settings: SearchSettings, trials: list[Any], rows: list[dict[str, Any]],
                  ended_by_budget: bool = False) -> None:
-    """Close the study's trials that Tune lost or the time budget stopped (tune/study.py; ended_by_budget: the
+    """Close the study's trials that Tune lost, or ended without telling the searcher (tune/study.py; trials: Tune's
+    saved state, whose configs carry the Optuna numbers even of trials without a result; rows: `trial_rows`, or []
+    when the search stopped on an error: then a trial's last result gives its values; ended_by_budget: the
     --time-budget ended the search); say where it is."""
     from tune.trainable import OPTUNA_TRIAL_KEY
 
-    numbers = [int(t.config[OPTUNA_TRIAL_KEY]) for t in trials if (t.config or {}).get(OPTUNA_TRIAL_KEY) is not None]
-    if ended_by_budget:  # Tune stops these without telling the searcher: the study gets their last values
-        last = {r["optuna_trial"]: [r.get(o, (r["result"].metrics or {}).get(o)) for o in settings.objectives]
-                for r in rows if r.get("optuna_trial") is not None}  # val_mrr_sum: its best epoch's, as selected
-        optuna_study.close_budget_stopped(settings.optuna_storage, settings.name, last)
-    lost = optuna_study.close_lost_trials(settings.optuna_storage, settings.name, numbers)
+    numbers = {t.trial_id: int(t.config[OPTUNA_TRIAL_KEY]) for t in trials
+               if (t.config or {}).get(OPTUNA_TRIAL_KEY) is not None}
+    by_id = {r["trial_id"]: r for r in rows}
+    values = {}  # of the trials Tune ended: val_mrr_sum at the best epoch (as selected), the other objectives last
+    for t in trials:
+        if t.status in TUNE_ENDED and t.trial_id in numbers:
+            row = by_id.get(t.trial_id) or {}
+            last = (row["result"].metrics or {}) if row.get("result") is not None else (t.last_result or {})
+            values[numbers[t.trial_id]] = [row.get(o, last.get(o)) for o in settings.objectives]
+    failed = [numbers[t.trial_id] for t in trials if t.status == "ERROR" and t.trial_id in numbers]
+    optuna_study.close_ended_trials(settings.optuna_storage, settings.name, values, failed, by_budget=ended_by_budget)
+    lost = optuna_study.close_lost_trials(settings.optuna_storage, settings.name, numbers.values())
     if lost:
         print(f"Optuna study: trial(s) {', '.join(map(str, lost))} were asked before the driver was killed and "
               f"Tune lost them: FAIL, with user attribute {LOST_TAG}", flush=True)
@@ -220,6 +236,13 @@ def outcome_counts(rows: list[dict[str, Any]], trials: list[Any], planned: int,
             counts["finished" if row["status"] == TrialStatus.FINISHED else "stopped early by ASHA"] += 1
     counts["not started (time budget)" if ended_by_budget else "not started"] += max(0, planned - len(rows))
     return counts
+
+
+def first_epoch_note(rows: list[dict[str, Any]], clock: Optional[budget.BudgetClock]) -> str:
+    """"N inside its first epoch; " for the trials the budget stopped before they reported an epoch (started, so
+    not "not started", and without a result to select), else ""."""
+    n = sum(1 for r in rows if budget.stopped_by_budget(clock, r["trial_id"]) and r.get(METRIC) is None)
+    return f"{n} inside {'its' if n == 1 else 'their'} first epoch; " if n else ""
 
 
 def _log_best(parent: ParentRun, rows: list[dict[str, Any]], best: dict[str, Any], space: SearchSpace,

@@ -31,9 +31,6 @@ from tune.settings import SearchSettings
 from tune.space import SearchSpace
 
 
-UI_PORT = 5000  # `mlflow ui`'s default port: the printed links assume it
-
-
 @dataclass(frozen=True)
 class ParentRun:
     """The search's MLflow parent run and the callback that keeps one child run per trial."""
@@ -124,7 +121,7 @@ def finished_already(settings: SearchSettings) -> Optional[str]:
             + "): nothing to resume, nothing changed. Start a new search with another --name.")
 
 
-def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = UI_PORT) -> str:
+def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = 5000) -> str:
     """The `mlflow ui` pages of a search: its parent run, and the runs list of this search with every trial
     on its own row. The list uses MLflow 3's runs route, `#/experiments/<id>/runs?...`, which honours the
     query (the experiment's own route, `#/experiments/<id>?...`, ignores it: no filter, sorted by date);
@@ -132,7 +129,7 @@ def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = UI
     the GenAI / model training choice in the browser, and a fresh one shows the GenAI overview, with runs as
     "Evaluation runs" (bench/ui_links_check.py). With a search filter the UI lists the trials flat (it nests
     children only without a filter), here sorted by best_val_mrr_sum (the parent, which has no such metric,
-    comes last)."""
+    comes last). port: `mlflow ui`'s (the search's --ui-port)."""
     base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
     return (f"    parent run:           {base}/runs/{parent_run_id}?workflowType=machine_learning\n"
             f"    its trials (a list):  {base}/runs?{runs_list_query(search)}")

@@ -10,9 +10,11 @@ The line under the table also counts a --time-budget down (tune/budget.py: `prog
 driver hands the reporter (`clock`, never pickled with it).
 
 Time left (`estimate_seconds_left`): every unfinished trial runs to the last epoch (ASHA only shortens it), at
-the median seconds per epoch seen so far, `concurrency` trials at once. Before any epoch is timed, the seconds
-per epoch come from the running trials' in-epoch progress (examples done in how many seconds: training only,
-validation not included yet). A running trial's time since its last result counts as done, so the estimate
+the median seconds per epoch, `concurrency` trials at once. The pace is this driver's where it has one (epochs
+reported since it started, and the running trials' in-epoch progress: examples done in how many seconds, training
+only), else that of every epoch so far: a resumed search on a machine slower than before (more load) would
+otherwise run past the earlier pace, and its estimate stop counting down. A running trial's time since its last
+result counts as done, and one with in-epoch progress finishes its current epoch at its own pace, so the estimate
 counts down between tables even when no result arrives.
 """
 
@@ -41,22 +43,30 @@ class TrialClock:
     seconds: float  # seconds those epochs took (Tune's time_total_s)
     since_result: float = 0.0  # RUNNING: seconds spent since its last result (or since its epoch began)
     epoch_seconds: Optional[float] = None  # seconds per epoch extrapolated from in-epoch progress (training only)
+    recent_epoch_s: Optional[float] = None  # its last epoch's seconds, when it reported it to this driver
 
 
 def estimate_seconds_left(trials: Iterable[Any], max_epochs: int, num_samples: int,
                           concurrency: int) -> Optional[float]:
     """Upper-bound estimate of the search's remaining wall time, or None while nothing has been timed.
 
-    trials: a TrialClock, or (status, epochs done, seconds trained), per trial Tune knows."""
+    trials: a TrialClock, or (status, epochs done, seconds trained), per trial Tune knows. The pace: the median of
+    this driver's epoch times (`recent_epoch_s`, `epoch_seconds`) where there are any, else of every trial's
+    seconds per epoch so far; a trial with in-epoch progress ends its current epoch at its own pace."""
     clocks = [t if isinstance(t, TrialClock) else TrialClock(*t) for t in trials]
-    per_epoch = [c.seconds / c.epochs for c in clocks if c.epochs >= 1 and c.seconds > 0]
-    if not per_epoch:  # the first epoch is under way: extrapolate its progress
-        per_epoch = [c.epoch_seconds for c in clocks if c.epoch_seconds]
+    per_epoch = ([s for c in clocks for s in (c.recent_epoch_s, c.epoch_seconds) if s]
+                 or [c.seconds / c.epochs for c in clocks if c.epochs >= 1 and c.seconds > 0])
     if not per_epoch:
         return None
     epoch = statistics.median(per_epoch)
-    left = sum(max(0.0, max(0, max_epochs - c.epochs) * epoch - c.since_result)
-               for c in clocks if c.status not in TUNE_ENDED)
+    left = 0.0
+    for c in clocks:
+        if c.status in TUNE_ENDED or c.epochs >= max_epochs:
+            continue
+        if c.epoch_seconds:  # in its epoch: the rest of it at its own pace, then the epochs after it
+            left += max(0.0, c.epoch_seconds - c.since_result) + (max_epochs - c.epochs - 1) * epoch
+        else:
+            left += max(0.0, (max_epochs - c.epochs) * epoch - c.since_result)
     left += max(0, num_samples - len(clocks)) * max_epochs * epoch
     return left / max(1, concurrency)
 
@@ -189,8 +199,12 @@ class ProgressReporter(NeedsClock, tune.CLIReporter):
                     epoch_seconds = progress["seconds"] * progress["total"] / progress["done"]
             elif result and trial.trial_id in self._seen:
                 since = now - self._seen[trial.trial_id][1]
+        # the last epoch's time, if this driver saw it (a resumed trial's earlier epochs may have run at another pace)
+        # (not a final report's: it tests and saves, it trains no epoch)
+        recent = (result.get("time_this_iter_s") if int(result.get("timestamp", 0) or 0) >= int(self._start)
+                  and not result.get("final") else None)
         return TrialClock(trial.status, _epochs(trial), float(result.get("time_total_s", 0.0) or 0.0), since,
-                          epoch_seconds)
+                          epoch_seconds, float(recent) if recent else None)
 
     def _shown(self, trial: Any) -> Any:
         """The trial as the table shows it: without a location while its last result is an earlier driver

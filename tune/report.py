@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from dpgdiff.config import MODEL_LABELS
+from dpgdiff.data import DataError
 from dpgdiff.files import atomic_write_text
 from tune import tracking
 from tune.confirmed_tables import DOMAIN_NAMES, MODEL_ORDER, OURS, TABLE_METRICS, confirmation_tables
@@ -77,6 +78,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "to FILE, e.g. RESULTS.md, instead of the search report (tune/results_page.py)")
     p.add_argument("--proxy-name", action="append", default=[], metavar="NAME",
                    help="with --results: the searches on the sparse proxy (bench/sparse_pair.py), its own section")
+    p.add_argument("--popularity", action="store_true",
+                   help="print each --name search's selected trial beside item popularity on the same test cases "
+                        "and candidates (tune/popularity.py), instead of the search report")
+    p.add_argument("--data-dir", default=None, help="with --popularity: where the search's data is on this machine")
     p.add_argument("--out", default=None, help="Markdown file for the comparison (default: reports/<name>-table1.md beside the "
                         "tracking store's mlflow.db, or in the current folder for a tracking server)")
     return p.parse_args(argv)
@@ -94,8 +99,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         check_tracking_uri(uri, tracking_uri_source(bool(args.tracking_uri)))
         if args.results:
             return _write_results(args, uri)
+        if args.popularity:  # tune/popularity.py
+            from tune.popularity import print_popularity
+
+            return print_popularity(uri, args.experiment, args.name, args.data_dir)
         text, out = build_report(uri, args.experiment, args.name, args.top, args.out, args.trial, args.variant)
-    except (ReportError, SearchError) as exc:
+    except (ReportError, SearchError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(text)

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optuna-storage", default=None, metavar="URL",
                    help="database of the search's Optuna study, named as the search (default: optuna.db beside a "
                         "local SQLite MLflow store, e.g. sqlite:///mlruns/optuna.db); browse with optuna-dashboard URL")
+    g.add_argument("--ui-port", type=int, default=None, metavar="PORT",
+                   help="the port of `mlflow ui` that the printed links name (default: $DPGDIFF_UI_PORT, else "
+                        "5000, mlflow ui's own default); start the UI with the same --port")
     g.add_argument("--quiet", action="store_true", help="no trial table while running")
     return p
 

@@ -56,6 +56,7 @@ class RunOptions:
     ship_code: bool = False  # upload dpgdiff/ and tune/ to the workers (runtime_env py_modules)
     quiet: bool = False  # no trial table while running
     retry_errored: bool = False  # resuming: run ERROR trials again, from their last checkpoint
+    ui_port: int = 5000  # the `mlflow ui` port the printed links name (--ui-port, env DPGDIFF_UI_PORT)
     started: float = field(default_factory=time.time)  # when this invocation started (a --time-budget counts from it)
 
 
@@ -182,7 +183,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     """A new search from the command line, or the saved settings of the one to resume."""
     run = RunOptions(storage=_storage_path(args.storage_path), address=args.address, num_cpus=args.num_cpus,
                      ray_temp_dir=args.ray_temp_dir, ship_code=args.ship_code, quiet=args.quiet,
-                     retry_errored=args.retry_errored)
+                     retry_errored=args.retry_errored, ui_port=ui_port(args.ui_port))
     _check_run_options(args, run)
     name = args.name
     if name is None and args.resume:
@@ -257,6 +258,24 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise SearchError(f"{flag} {value}: must be {expected}")
     if args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer():
         raise SearchError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 it must be a whole number")
+
+
+ENV_UI_PORT = "DPGDIFF_UI_PORT"
+
+
+def ui_port(flag: Optional[int]) -> int:
+    """The port of `mlflow ui` that the links a search prints name: --ui-port, else env DPGDIFF_UI_PORT, else
+    5000 (`mlflow ui`'s default). SearchError names the flag or variable of a value that is not a port."""
+    value, source = (flag, "--ui-port") if flag is not None else (os.environ.get(ENV_UI_PORT) or None, ENV_UI_PORT)
+    if value is None:
+        return 5000
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise SearchError(f"{source} {value!r}: expected a port number, 1 to 65535 (the one `mlflow ui --port` uses)")
+    return port
 
 
 def _check_run_options(args: argparse.Namespace, run: RunOptions) -> None:

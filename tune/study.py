@@ -10,6 +10,8 @@ pickle holds only the URL and a cache of trials that Optuna re-reads from the da
 the database is the one source of truth for what was sampled. What a kill can still leave there is a trial
 asked after Tune's last experiment snapshot: the restored search never hears of it (its MLflow run is closed
 as lost, tune/tracking.py), and `close_lost_trials` marks it FAIL with the user attribute LOST_TAG (tune/names.py).
+When a driver ends, `close_ended_trials` closes the trials Tune ended without telling the searcher: a study
+trial stays RUNNING only while Tune's saved state has its trial unfinished (Ctrl-C, a kill: a resume continues it).
 """
 
 from __future__ import annotations
@@ -135,22 +137,34 @@ def close_lost_trials(url: str, name: str, known_numbers: Iterable[int]) -> list
     return lost
 
 
-def close_budget_stopped(url: str, name: str, last_values: dict[int, list[Optional[float]]]) -> None:
-    """The study's RUNNING trials that --time-budget stopped (Tune stops them without telling the searcher):
-    COMPLETE with the values they are selected by (val_mrr_sum at their best epoch so far), or PRUNED without
-    any; user attribute dpgdiff.stopped_by=time_budget. last_values: Optuna trial number -> values per objective."""
+def close_ended_trials(url: str, name: str, values: dict[int, list[Optional[float]]], failed: Iterable[int] = (),
+                       by_budget: bool = False) -> list[int]:
+    """Close the study's RUNNING trials whose Tune trials have ended -> their numbers. Tune ends some without telling
+    the searcher: those --time-budget stops (at 77% of a first epoch, or after some epochs), and those that end
+    before their first result. FAIL for `failed`, COMPLETE with finite values (what they are selected by:
+    val_mrr_sum at their best epoch so far), else PRUNED; `by_budget` (the budget ended the search) adds the user
+    attribute dpgdiff.stopped_by=time_budget. values: Optuna trial number -> values per objective (None: no result)
+    of every trial Tune's saved state has ended. A trial not in it stays RUNNING: Tune has it unfinished, and a
+    resume continues it and tells its outcome (close_lost_trials closes those Tune does not hold)."""
     import optuna
 
+    failed = set(failed)
     study = optuna.load_study(study_name=name, storage=open_storage(url))
+    closed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.number not in last_values:
+        if trial.number not in values:
             continue
-        values = last_values[trial.number]
-        study._storage.set_trial_user_attr(trial._trial_id, STOPPED_BY_TAG, STOPPED_BY_TIME_BUDGET)
-        if values and all(v is not None and math.isfinite(v) for v in values):
-            study.tell(trial.number, values if len(values) > 1 else values[0])
+        got = values[trial.number]
+        if by_budget:
+            study._storage.set_trial_user_attr(trial._trial_id, STOPPED_BY_TAG, STOPPED_BY_TIME_BUDGET)
+        if trial.number in failed:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        elif got and all(v is not None and math.isfinite(v) for v in got):
+            study.tell(trial.number, got if len(got) > 1 else got[0])
         else:
             study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+        closed.append(trial.number)
+    return closed
 
 
 def load(url: str, name: str) -> Optional[Any]:

@@ -196,7 +196,7 @@ def load_c2dsr_folder(
         valid=eval_cases(valid_seqs, valid_users, items, max_len),
         test=eval_cases(test_seqs, test_users, items, max_len),
         fingerprint=fp,
-        cache_dir=derived_cache_dir(folder, name, split, fp),
+        cache_dir=derived_cache_dir(name, split, fp),
         n_users=n_users,
         source=str(folder),
         files=blobs,

@@ -154,7 +154,7 @@ def load_log(path: Path, domains: Sequence[str] | None = None, max_len: int = DE
         valid=cases(v_hist, v_tgt, v_user),
         test=cases(t_hist, t_tgt, t_user),
         fingerprint=fp,
-        cache_dir=derived_cache_dir(path.parent, path.stem, "loo", fp),
+        cache_dir=derived_cache_dir(path.stem, "loo", fp),
         n_users=n_users,
         source=f"{path} (X = {x_val!r}, Y = {y_val!r})",
         files={path.name: digest},

@@ -3,7 +3,8 @@
 Data dir: an explicit `data_dir` (CLI --data-dir) > env DPGDIFF_DATA_DIR > the per-user cache
 ($XDG_CACHE_HOME/dpgdiff/data, default ~/.cache/dpgdiff/data). Each named dataset is a folder in it.
 A missing file is fetched from the FedCSR repository at a pinned commit (base URL overridable with
-env DPGDIFF_DATA_URL) and accepted only if its git blob id matches the one recorded below.
+env DPGDIFF_DATA_URL) and accepted only if its git blob id matches the one recorded below. Derived files
+(evaluation candidates) never go into the data dir: env DPGDIFF_DERIVED_DIR, else the per-user cache.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dpgdiff.files import user_cache_root  # noqa: F401  (re-exported: dpgdiff.d
 
 ENV_DATA_DIR = "DPGDIFF_DATA_DIR"
 ENV_DATA_URL = "DPGDIFF_DATA_URL"
+ENV_DERIVED_DIR = "DPGDIFF_DERIVED_DIR"  # where derived files go (default: the per-user cache)
 PINNED_COMMIT = "0f07854cb7233bd14ded0e3a5599b664545468d3"
 DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/zhengdongyi-sysu/FedCSR/{PINNED_COMMIT}/dataset"
 DOWNLOAD_TIMEOUT_S = 60.0
@@ -108,24 +110,20 @@ def is_writable_dir(path: Path) -> bool:
     return probe.is_dir() and has_write_bit and os.access(probe, os.W_OK | os.X_OK)
 
 
-def derived_cache_dir(folder: Path, name: str, split: str, fingerprint: str) -> Path:
-    """Where derived files (evaluation candidates, ...) of a loaded dataset go, created on return.
+def derived_cache_dir(name: str, split: str, fingerprint: str) -> Path:
+    """Where derived files (evaluation candidates, ...) of a loaded dataset go: env DPGDIFF_DERIVED_DIR, else the
+    per-user cache (…/dpgdiff/derived), in a folder <name>-<split>-<fp12> (created here when it can be).
 
-    Beside the data (folder/dpgdiff-cache/<name>-<split>-<fp12>) when that folder is writable,
-    else the per-user cache (…/dpgdiff/<name>-<fp12>); the fingerprint keys it, so a changed file
-    or split never reuses stale derived files.
-    """
-    candidates = []
-    if is_writable_dir(folder):
-        candidates.append(Path(folder) / "dpgdiff-cache" / f"{name}-{split}-{fingerprint[:12]}")
-    candidates.append(user_cache_root() / f"{name}-{fingerprint[:12]}")
-    for path in candidates:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            return path
-        except OSError:
-            continue
-    return candidates[-1]  # not creatable here; the writer will report the error with the path
+    Never the data folder: it may be shared with others or read-only. The fingerprint keys the folder, so a changed
+    file or split never reuses stale derived files; a process that cannot create it (or finds it empty, e.g. a Ray
+    worker on another node) draws the same files again from their seeds (dpgdiff/evaluation/candidates.py)."""
+    root = Path(os.environ.get(ENV_DERIVED_DIR) or user_cache_root() / "derived").expanduser()
+    path = root / f"{name}-{split}-{fingerprint[:12]}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # not creatable here: the writer warns with the path and uses what it drew unsaved
+    return path
 
 
 def git_blob_id(path: Path) -> str:

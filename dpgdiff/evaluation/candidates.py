@@ -230,7 +230,7 @@ def _write_candidates(path: Path, cand: np.ndarray, meta: dict[str, Any]) -> Non
     buf = io.BytesIO()
     np.savez(buf, candidates=cand, sha256=np.array(_array_digest(cand)),
              **{key: np.array(value) for key, value in meta.items()})
-    # mkstemp makes 0600; a cache beside shared data should stay readable to others
+    # mkstemp makes 0600; a DPGDIFF_DERIVED_DIR shared with others should stay readable to them
     atomic_write_bytes(path, buf.getvalue(), mode=0o644)
 
 
