@@ -276,6 +276,8 @@ def test_address_auto_names_what_it_found(tmp_path, capsys, no_env, monkeypatch)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     _refused(main, [*_search(tmp_path, "auto3"), "--address", "auto"], capsys,
              "--address auto ($RAY_ADDRESS: 127.0.0.1:1): no Ray cluster answers there")
+    _refused(main, [*_search(tmp_path, "auto4"), "--address", "127.0.0.1:2"], capsys,  # Ray would join $RAY_ADDRESS
+             "--address 127.0.0.1:2: $RAY_ADDRESS is 127.0.0.1:1, and Ray would join that one")
 
 
 def test_an_s3_storage_path_whose_endpoint_does_not_answer_is_refused(tmp_path, capsys, no_env, monkeypatch,

@@ -164,6 +164,9 @@ def check_address(address: Optional[str]) -> Optional[str]:
         source += f" ({where}: {address})"
     else:
         source = f"--address {address}"
+        if os.environ.get("RAY_ADDRESS", address) not in (address, "auto"):  # ray.init takes $RAY_ADDRESS over it
+            raise SearchError(f"{source}: $RAY_ADDRESS is {os.environ['RAY_ADDRESS']}, and Ray would join that one; "
+                              "unset RAY_ADDRESS, or pass the same address")
     host, sep, port = str(address).rpartition(":")
     if not sep or not host or not port.isdigit():
         raise SearchError(f"{source}: expected 'auto' or HOST:PORT (a Ray cluster's GCS address)")
