@@ -1,11 +1,14 @@
 """A search on an existing two-node Ray cluster (head + worker on 127.0.0.1, 1 CPU each, own temp dirs).
 
-Checks: `--address` joins the cluster (token auth, search-notes) and runs trials on both nodes at once.
+Checks: `--address` shakes hands with the cluster's GCS (and a wrong token is named), joins the cluster (token auth,
+search-notes) and runs trials on both nodes at once.
 Asking for GPUs or CPUs no node has is an error before any trial starts (checked on a fake cluster). Both nodes are
 started with `ray start` in their own sessions and stopped by PID (never `ray stop`, which kills by name).
 """
 
 from __future__ import annotations
+
+import re
 
 import pandas as pd
 import pytest
@@ -33,11 +36,25 @@ def cluster(tmp_path, monkeypatch):
         nodes.stop()
 
 
-def test_search_on_two_node_cluster(tmp_path, cluster):
+def test_search_on_two_node_cluster(tmp_path, cluster, monkeypatch):
     result = run(search_args(tmp_path, "cluster", "--address", cluster, "--num-samples", "2", "--epochs", "2",
                              "--max-concurrent", "2", "--scheduler", "fifo"), tmp_path, timeout=240)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert re.search(rf"Ray cluster [0-9a-f]{{12}} at {re.escape(cluster)}: answered in [0-9.]+ s", result.stdout), \
+        "the search did not shake hands with the cluster's GCS before joining it"
     assert "Ray: 2 node(s), 2 CPU" in result.stdout
+    # The same handshake with a token that is not the head's: named before Ray starts (ray.init would wait)
+    from tune.endpoints import check_address
+    from tune.errors import SearchError
+
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("0" * 64)
+    wrong.chmod(0o600)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(wrong))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    with pytest.raises(SearchError, match=f"--address {cluster}: the Ray cluster there refused this machine's auth "
+                                          "token"):
+        check_address(cluster)
     trials = tune_trials(tmp_path, "cluster")
     assert len(trials) == 2 and all(t.status == "TERMINATED" for t in trials)
     # 1 CPU per node and 1 CPU per trial: the two trials overlapping in time ran on different nodes.

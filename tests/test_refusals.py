@@ -1,6 +1,7 @@
 """Issue 42 §4-6: what search, --resume, confirm, report and the dpgdiff commands refuse, each with a named error
 and exit 2, before Ray starts and with nothing intact changed: a search name another driver holds, broken saved
-state on --resume, tracking URIs nothing (or something else) answers at, names and numbers out of range.
+state on --resume, tracking URIs nothing (or something else) answers at, a Ray --address that is not Ray (or 'auto'
+with no cluster), an s3:// --storage-path whose endpoint does not answer, names and numbers out of range.
 
 The search rows call `tune.search.main` in this process: none of them gets as far as `ray.init`."""
 
@@ -10,6 +11,7 @@ import http.server
 import json
 import os
 import pickle
+import socket
 import sys
 import threading
 import time
@@ -203,3 +205,96 @@ def test_dpgdiff_commands_refuse_a_bogus_device_and_an_output_file(tmp_path, cap
     assert main(["train", "--dataset", "synthetic", "--out", str(out)]) == 2
     assert "--out " + str(out) + ": a file is there" in capsys.readouterr().err
     assert out.read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------------------- --address and --storage-path
+# Each used to pass the TCP check (or skip it) and then wait minutes in ray.init or Tune (issue 42 §5-6). A live
+# cluster passing the same check: tests/test_cluster.py; a missing bucket at a live S3 endpoint:
+# tests/test_shared_stores.py.
+
+@pytest.fixture
+def not_ray():
+    """A plain TCP server on 127.0.0.1 that accepts connections and never says a word, closed after the test."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed: the test is over
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+@pytest.mark.parametrize("server", ["not_ray", "not_mlflow"])
+def test_an_address_that_is_not_ray_is_refused_by_protocol(server, request, tmp_path, capsys, no_env, monkeypatch,
+                                                           mlflow_store):
+    """A silent TCP server and an HTTP server both accept the connection; neither answers Ray's GCS handshake."""
+    from tune import confirm, tracking
+    from tune.search import main
+
+    address = request.getfixturevalue(server).removeprefix("http://")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # what main sets for a cluster: undone after the test
+    t0 = time.time()
+    message = _refused(main, [*_search(tmp_path, "notray"), "--address", address], capsys, f"--address {address}",
+                       "not as a Ray cluster's GCS", "Ray's handshake")
+    assert time.time() - t0 < 45, f"took {time.time() - t0:.0f} s: {message}"
+    monkeypatch.chdir(tmp_path)
+    tracking.ensure_experiment(tracking.client_for(mlflow_store), "dpgdiff", None)  # confirm reads it first
+    _refused(confirm.main, ["--name", "x", "--tracking-uri", mlflow_store, "--storage-path", str(tmp_path / "r"),
+                            "--address", address], capsys, f"--address {address}", "not as a Ray cluster's GCS")
+
+
+def test_address_auto_names_what_it_found(tmp_path, capsys, no_env, monkeypatch):
+    """--address auto looks where Ray's 'auto' does: a `ray start --head` recorded in Ray's temp folder (here a
+    cluster since stopped), else the Ray GCS processes of this machine (hidden here: the machine may run other
+    Rays, another search's or another test's)."""
+    from ray._private import services
+
+    from tune.search import main
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # Ray's temp root: ray/ray_current_cluster under it
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # what main sets for a cluster: undone after the test
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset())
+    record = tmp_path / "ray" / "ray_current_cluster"
+    _refused(main, [*_search(tmp_path, "auto0"), "--address", "auto"], capsys, "--address auto: no Ray cluster runs on "
+             f"this machine (no $RAY_ADDRESS, nothing recorded in {record}, no Ray GCS process)", "ray start --head")
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset({"127.0.0.1:1", "127.0.0.1:2"}))
+    _refused(main, [*_search(tmp_path, "auto2"), "--address", "auto"], capsys,
+             "--address auto: 2 Ray instances run on this machine (127.0.0.1:1, 127.0.0.1:2)", "--address HOST:PORT")
+    record.parent.mkdir()
+    record.write_text("127.0.0.1:1")  # the last `ray start --head` of a cluster that is gone
+    _refused(main, [*_search(tmp_path, "auto1"), "--address", "auto"], capsys,
+             f"--address auto (recorded by the last `ray start --head` in {record}: 127.0.0.1:1): no Ray cluster "
+             "answers there")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    _refused(main, [*_search(tmp_path, "auto3"), "--address", "auto"], capsys,
+             "--address auto ($RAY_ADDRESS: 127.0.0.1:1): no Ray cluster answers there")
+    _refused(main, [*_search(tmp_path, "auto4"), "--address", "127.0.0.1:2"], capsys,  # Ray would join $RAY_ADDRESS
+             "--address 127.0.0.1:2: $RAY_ADDRESS is 127.0.0.1:1, and Ray would join that one")
+
+
+def test_an_s3_storage_path_whose_endpoint_does_not_answer_is_refused(tmp_path, capsys, no_env, monkeypatch,
+                                                                     mlflow_store):
+    """It used to take 221 s, then a traceback. The endpoint and credentials as the README says: AWS_* variables."""
+    from tune import confirm, tracking
+    from tune.search import main
+
+    for variable, value in {"AWS_ENDPOINT_URL": DEAD, "AWS_ACCESS_KEY_ID": "testing",
+                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                            "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(variable, value)
+    t0 = time.time()
+    message = _refused(main, [*_search(tmp_path, "s3dead"), "--storage-path", "s3://bucket/searches"], capsys,
+                       "--storage-path s3://bucket/searches: the bucket cannot be reached", "AWS_ENDPOINT_URL")
+    assert time.time() - t0 < 30, f"took {time.time() - t0:.0f} s: {message}"
+    monkeypatch.chdir(tmp_path)
+    tracking.ensure_experiment(tracking.client_for(mlflow_store), "dpgdiff", None)  # confirm reads it first
+    _refused(confirm.main, ["--name", "x", "--tracking-uri", mlflow_store, "--storage-path", "s3://bucket/c"], capsys,
+             "--storage-path s3://bucket/c: the bucket cannot be reached")

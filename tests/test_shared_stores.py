@@ -288,3 +288,25 @@ def test_s3_storage_path_survives_a_killed_driver_from_another_directory(s3_serv
         monkeypatch.setenv(variable, value)
     trials = list(ExperimentAnalysis(f"{storage_path}/{name}").trials)
     _assert_records(tracking, name, trials, uri, f"sqlite:///{tracking / 'mlruns' / 'optuna.db'}")
+
+
+def test_a_missing_bucket_at_a_live_s3_endpoint_is_named_before_ray_starts(s3_server, tmp_path, monkeypatch, capsys):
+    """The endpoint answers, the bucket is not there: exit 2 naming the bucket and the endpoint, before Ray starts
+    (an endpoint that does not answer at all: tests/test_refusals.py). The bucket that is there passes."""
+    from tune.endpoints import check_storage_uri
+    from tune.search import main
+
+    for variable, value in s3_server.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    check_storage_uri(f"s3://{BUCKET}/searches")  # no error
+    argv = _search("--name", "nobucket", "--storage-path", "s3://no-such-bucket/searches",
+                   "--tracking-uri", tracking_uri(tmp_path))[len(SEARCH_WITH_STUB) + 1:]  # main's own arguments
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (f"--storage-path s3://no-such-bucket/searches: no bucket 'no-such-bucket' at "
+            f"{s3_server['AWS_ENDPOINT_URL']}; create it first" in err), err[-2000:]
+    assert "Traceback" not in err
+    import ray
+
+    assert not ray.is_initialized(), "Ray was started before the refusal"

@@ -29,7 +29,7 @@ try:
     from dpgdiff.config import ConfigError
     from dpgdiff.data import DataError
     from tune.names import EXIT_INTERRUPTED, EXIT_USAGE
-    from tune.endpoints import check_tracking_uri, tracking_uri_source
+    from tune.endpoints import check_address, check_storage_uri, check_tracking_uri, tracking_uri_source
     from tune.errors import StoreError
     from tune.settings import RunOptions, SearchError, SearchSettings, check_search_name
     from tune.stores import parse_saved_json
@@ -113,9 +113,11 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     if experiment is None:
         raise SearchError(f"{uri}: no MLflow experiment {args.experiment!r} (run tune/search.py first)")
     storage = str(Path(args.storage_path).resolve()) if "://" not in args.storage_path else args.storage_path
+    check_storage_uri(storage)  # an s3:// bucket answers (a local folder is made when the state is written)
+    address = check_address(args.address)  # 'auto' resolved: the cluster checked is the one joined
     name = args.confirm_name or ("confirm-" + "+".join(f"{n}-trial-{trials[n]}" if n in trials else n for n in names)
                                  + ("-ablations" if args.ablations else ""))
-    run = RunOptions(storage=storage, resuming=args.resume, address=args.address, num_cpus=args.num_cpus,
+    run = RunOptions(storage=storage, resuming=args.resume, address=address, num_cpus=args.num_cpus,
                      quiet=args.quiet)
     state_path = f"{storage}/{name}/{CONFIRM_STATE}"
     if args.resume:

@@ -82,6 +82,40 @@ def tighten_auth_token() -> Optional[str]:
     return f"made Ray's auth token {path} readable by its owner only (mode 0600; it was {oct(info.st_mode & 0o777)})"
 
 
+def create_auth_token_privately() -> Optional[Path]:
+    """Before a local `ray.init`: write the auth token Ray would write, owner-only from its creation -> its path,
+    or None when Ray will not write one (token auth off, or a token already there: `tighten_auth_token` then).
+
+    A local Ray with token auth (its default) and no token writes ~/.ray/auth_token itself, with the umask's mode
+    (usually 0644), and the search could only make it 0600 after Ray started: every user of the machine could read
+    it in between. Ray's own steps are followed (ray._private.authentication.authentication_token_setup
+    .ensure_token_if_auth_enabled: its token loader's `has_token`, its default path, its generator); only the
+    file's mode differs. Ray then finds the token and writes none."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return None
+    try:
+        from ray._private.authentication import authentication_token_setup as setup
+        from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+        from ray._raylet import AuthenticationTokenLoader
+
+        loader = AuthenticationTokenLoader.instance()
+        path = setup._get_default_token_path()
+    except (ImportError, AttributeError) as exc:
+        raise RayInternalsChanged(f"ray {_ray_version()}: Ray's auth token setup moved ({exc}); update "
+                                  "tune/ray_internals.py's create_auth_token_privately") from None
+    if loader.has_token(ignore_auth_mode=True):
+        return None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:  # O_EXCL: a token another process wrote meanwhile is kept (and tightened after the start if need be)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(generate_new_authentication_token())
+    loader.reset_cache()
+    return path
+
+
 class RayInternalsChanged(RuntimeError):
     """The installed Ray no longer honours an internal name this project relies on."""
 
@@ -217,6 +251,62 @@ def _ray_version() -> str:
     import ray
 
     return ray.__version__
+
+
+# ------------------------------------------------------------------------------------- a cluster's address
+# `ray.init(address=...)` waits minutes for something that is not a Ray cluster, and `--address auto` may pick any
+# Ray of this machine. Before Ray is imported in the driver, tune/endpoints.py resolves 'auto' with the two
+# sources below and has Ray's own GCS client shake hands with the address (its GetClusterId call, authenticated
+# with this machine's token as ray.init's would be), in a child process: Ray's client waits 5 s per connection
+# (its config gcs_rpc_server_connect_timeout_s, read once per process from the environment), set shorter there
+# without touching the driver's own Ray.
+
+GCS_CONNECT_TIMEOUT_ENV = "RAY_gcs_rpc_server_connect_timeout_s"
+
+
+def auto_address_sources() -> tuple[Optional[str], str, list[str]]:
+    """Where `--address auto` can find a cluster -> (the address the last `ray start --head` of this machine
+    recorded or None, the file Ray records it in, the GCS addresses of the Ray processes running here)."""
+    from ray._common.utils import get_ray_address_file
+    from ray._private import services
+
+    return services.find_bootstrap_address(None), get_ray_address_file(None), sorted(services.find_gcs_addresses())
+
+
+def gcs_handshake(address: str, connect_s: float, answer_s: float, limit_s: float) -> tuple[bool, str]:
+    """Ray's GCS client connects to `address` (within `connect_s` per connection) and asks for its cluster ID
+    (within `answer_s`), in a child process stopped after `limit_s` -> (True, the cluster ID) or (False, why not,
+    in Ray's words)."""
+    import json
+    import subprocess
+    import sys
+
+    child = "import sys; from tune.ray_internals import _handshake_child; _handshake_child(sys.argv[1], sys.argv[2])"
+    env = dict(os.environ, **{GCS_CONNECT_TIMEOUT_ENV: str(max(1, round(connect_s)))})
+    try:
+        done = subprocess.run([sys.executable, "-c", child, address, str(int(answer_s * 1000))], env=env,
+                              capture_output=True, text=True, timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        return False, f"no handshake within {limit_s:g} s"
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return False, f"the check itself failed (exit {done.returncode}): {done.stderr.strip()[-500:]}"
+    return bool(answer["ok"]), str(answer["detail"])
+
+
+def _handshake_child(address: str, answer_ms: str) -> None:
+    """gcs_handshake's child: one JSON line {"ok": bool, "detail": the cluster ID or the error}."""
+    import json
+
+    try:
+        from ray._raylet import InnerGcsClient
+
+        client = InnerGcsClient.standalone(address, None, int(answer_ms))
+        print(json.dumps({"ok": True, "detail": client.cluster_id.hex()}))
+    except Exception as exc:  # noqa: BLE001  Ray's RpcError, AuthenticationError, ...: reported in its own words
+        print(json.dumps({"ok": False, "detail": f"{type(exc).__name__}: {exc}"}))
 
 
 # ------------------------------------------------------------------------------------- experiment snapshots

@@ -32,6 +32,9 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
     # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
     # A temp folder of our own is marked with this driver's PID: if it is killed, the next search cleans up.
     temp_dir = run.ray_temp_dir or leftovers.new_temp_dir()
+    made = ray_internals.create_auth_token_privately()  # 0600 from the start: Ray would write it 0644
+    if made:
+        print(f"note: wrote a new Ray auth token for the local Ray to {made} (mode 0600)", flush=True)
     wait_s = float(os.environ.get(START_WAIT_ENV) or START_WAIT_S)
     for attempt in (1, 2):
         try:  # no dashboard; every other local service binds 127.0.0.1 (tune/ray_internals.py)

@@ -26,7 +26,7 @@ from typing import Any, Literal, Mapping, Optional
 from dpgdiff.config import parse_assignment
 from dpgdiff.data.ref import DatasetRef, dataset_ref_from_args
 from tune import study as optuna_study
-from tune.endpoints import check_address, check_tracking_uri, tracking_uri_source
+from tune.endpoints import check_address, check_storage_uri, check_tracking_uri, tracking_uri_source
 from tune.errors import SearchError, StoreError
 from tune.names import UNTIL_BUDGET
 from tune.space import SearchSpace, load_space, space_from_text
@@ -184,7 +184,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     run = RunOptions(storage=_storage_path(args.storage_path), address=args.address, num_cpus=args.num_cpus,
                      ray_temp_dir=args.ray_temp_dir, ship_code=args.ship_code, quiet=args.quiet,
                      retry_errored=args.retry_errored, ui_port=ui_port(args.ui_port))
-    _check_run_options(args, run)
+    run = _check_run_options(args, run)
     name = args.name
     if name is None and args.resume:
         name = _latest_search(run.storage)
@@ -278,13 +278,13 @@ def ui_port(flag: Optional[int]) -> int:
     return port
 
 
-def _check_run_options(args: argparse.Namespace, run: RunOptions) -> None:
-    """The flags of this invocation (also checked when resuming): --retry-errored, local CPUs, the storage folder."""
+def _check_run_options(args: argparse.Namespace, run: RunOptions) -> RunOptions:
+    """The flags of this invocation (also checked when resuming): --retry-errored, local CPUs, the storage folder,
+    the cluster's address (-> `run` with the address to join: 'auto' resolved)."""
     if args.retry_errored and not args.resume:
         raise SearchError("--retry-errored: only with --resume (it reruns the failed trials of an existing search)")
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SearchError(f"--num-cpus {args.num_cpus}: must be >= 1")
-    check_address(args.address)
     if args.address in (None, "local") and not os.environ.get("RAY_ADDRESS"):  # a local Ray: its socket paths
         from tune.leftovers import RAY_TMPDIR, socket_room_error, temp_root
 
@@ -304,6 +304,9 @@ def _check_run_options(args: argparse.Namespace, run: RunOptions) -> None:
         except OSError as exc:
             raise SearchError(f"--storage-path {args.storage_path}: cannot write there ({exc.strerror or exc}); "
                               "pass a folder this user can write to") from None
+    else:
+        check_storage_uri(run.storage)
+    return dataclasses.replace(run, address=check_address(args.address))  # last: it may take seconds
 
 
 def check_local_cpus(settings: "SearchSettings") -> None:
