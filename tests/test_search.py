@@ -257,7 +257,7 @@ def test_without_max_concurrent_tune_fills_the_slots_and_asks_the_study_for_num_
     from tests.test_search_helpers import assert_study_agrees_with_mlflow
 
     result = run(search_args(tmp_path, "slots", "--epochs", "1", "--num-samples", "3", "--num-cpus", "4",
-                             "--scheduler", "fifo"), tmp_path)
+                             "--scheduler", "fifo"), tmp_path, timeout=400)  # 3 trials at once on 2 cores
     assert result.returncode == 0, _explain(result)
     assert "room for 4 trial(s) at once" in result.stdout
     trials = tune_trials(tmp_path, "slots")
