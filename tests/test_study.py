@@ -55,7 +55,7 @@ def test_running_trials_tune_does_not_hold_are_closed_as_lost(tmp_path):
 
 def test_the_searchers_saved_state_does_not_grow_with_the_trials_and_a_restore_reads_them_from_the_database(tmp_path):
     """Issue 41: Tune saves the searcher with every experiment snapshot. Its pickle leaves out Optuna's in-memory copy
-    of the study's trials and the handles of finished trials (it grew by about 2 KB per trial): its size stays flat as
+    of the study's trials and the handles of finished trials (it grew by about 1.2 KB per trial): its size stays flat as
     trials finish, and a restored searcher still sees every trial (from the database), finishes a trial that was live
     when it was saved, and numbers the next one after them all."""
     from pathlib import Path
