@@ -62,7 +62,7 @@ class NumberedOptunaSearch(OptunaSearch):
         """OptunaSearch's save (its attributes, pickled), but a study in an RDB goes without Optuna's in-memory copy
         of its trials (`_CachedStorage`): the database holds them, and the restored study reads them from there, as
         `optuna.load_study` does. Tune saves the searcher with every experiment snapshot; with that copy each save
-        grew by about 1 KB per trial of the search (BENCHMARKS.md, "Issue 41")."""
+        grew by about 1.2 KB per trial of the search (BENCHMARKS.md, "Issue 41")."""
         with open(checkpoint_path, "wb") as handle:
             _UncachedStudyPickler(handle).dump(self.__dict__.copy())
 
