@@ -161,7 +161,21 @@ def run_stock(args: argparse.Namespace, timer: PhaseTimer) -> None:
     import ray
     from ray import tune
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=args.ray_temp_dir)
+    from tune import ray_internals
+    from tune.ray_start import START_WAIT_ENV, START_WAIT_S
+
+    # as patient with a slow node start as the project's side (tune/ray_start.py: the same wait, $DPGDIFF_RAY_START_S,
+    # and once more): on a loaded machine Ray's own 30 s wait ended the stock side before it ran
+    for attempt in (1, 2):
+        try:
+            with ray_internals.patient_node_start(float(os.environ.get(START_WAIT_ENV) or START_WAIT_S)):
+                ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=args.ray_temp_dir)
+            break
+        except Exception as exc:  # noqa: BLE001  Ray raises a bare Exception when its node start times out
+            if ray_internals.NODE_START_MESSAGE not in str(exc) or attempt == 2:
+                raise
+            ray.shutdown()
+            print("stock side: the local Ray did not start; trying once more", flush=True)
     space = {"lr": tune.loguniform(1e-3, 1e-2), "dim": tune.choice([16, 32]), "dropout": tune.uniform(0.0, 0.3),
              "schedule": tune.choice(["trunc_lin", "cosine"]), "epochs": args.epochs, "seconds": args.trial_seconds}
     # reuse_actors and verbose=2 as in Ray's own scalability workloads (ray.tune.utils.release_test_util)

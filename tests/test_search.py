@@ -244,6 +244,34 @@ def test_every_trial_failing_exits_nonzero_with_first_error(tmp_path):
     assert all("stub failure" in c.data.tags["error"] for c in children)
 
 
+def test_without_max_concurrent_tune_fills_the_slots_and_asks_the_study_for_num_samples_trials(tmp_path):
+    """Issue 41: without --max-concurrent the search's limit is the trials that fit (4 slots of 1 CPU here), given to
+    Tune as max_concurrent_trials, so that Tune keeps that many trials pending and not one at a time. Tune then
+    wraps the searcher in a ConcurrencyLimiter (saved with its state); the limit above --num-samples must not make
+    the searcher ask Optuna for more trials than --num-samples, and every trial's end reaches the limiter (none
+    left live: a resume would wait on it)."""
+    import pickle
+
+    import optuna
+
+    from tests.test_search_helpers import assert_study_agrees_with_mlflow
+
+    result = run(search_args(tmp_path, "slots", "--epochs", "1", "--num-samples", "3", "--num-cpus", "4",
+                             "--scheduler", "fifo"), tmp_path, timeout=400)  # 3 trials at once on 2 cores
+    assert result.returncode == 0, _explain(result)
+    assert "room for 4 trial(s) at once" in result.stdout
+    trials = tune_trials(tmp_path, "slots")
+    assert len(trials) == 3 and all(t.status == "TERMINATED" for t in trials)
+    states = sorted((tmp_path / "ray_results" / "slots").glob("search_gen_state-*.json"))
+    assert len(states) == 1, states
+    limiter = pickle.loads(states[0].read_bytes()).get("name:ConcurrencyLimiter")  # Tune's pickle, named .json
+    assert limiter is not None, "Tune ran the searcher without a ConcurrencyLimiter: one trial pending at a time"
+    assert limiter["max_concurrent"] == 4 and not limiter["live_trials"], limiter
+    assert assert_study_agrees_with_mlflow(tmp_path, "slots") == set()  # one study trial per run, none extra
+    study = optuna.load_study(study_name="slots", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert len(study.trials) == 3, [t.state for t in study.trials]
+
+
 @ON_SEARCH_WORKER
 def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(search, capsys):
     """Issue 10 §2: tune/confirm.py reruns the best trial's configuration with N seeds (and a variant) as Ray

@@ -87,3 +87,45 @@ def test_a_search_that_ends_leaves_no_trial_running_that_tune_ended(tmp_path, ca
     assert got[asked["d"].number].value == 0.3, "the value it is selected by: its best epoch's"
     assert got[asked["a"].number].user_attrs[STOPPED_BY_TAG] == "time_budget"
     assert "optuna-dashboard" in capsys.readouterr().out
+
+
+def test_the_searchers_saved_state_does_not_grow_with_the_trials_and_a_restore_reads_them_from_the_database(tmp_path):
+    """Issue 41: Tune saves the searcher with every experiment snapshot. Its pickle leaves out Optuna's in-memory copy
+    of the study's trials and the handles of finished trials (it grew by about 1.2 KB per trial): its size stays flat as
+    trials finish, and a restored searcher still sees every trial (from the database), finishes a trial that was live
+    when it was saved, and numbers the next one after them all."""
+    from pathlib import Path
+
+    from tune.results import METRIC, MODE
+    from tune.space import load_space
+    from tune.trainable import OPTUNA_TRIAL_KEY
+    from tune.tuner import NumberedOptunaSearch
+
+    space = load_space(Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml")
+    url = f"sqlite:///{tmp_path}/optuna.db"
+
+    def searcher(**study) -> NumberedOptunaSearch:
+        return NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE, **study)
+
+    first = searcher(sampler=optuna.samplers.RandomSampler(seed=0), study_name="s",
+                     storage=optuna_study.open_storage(url))
+    sizes = {}
+    for n in range(40):
+        first.suggest(f"t{n}")
+        first.on_trial_result(f"t{n}", {METRIC: n / 100, "training_iteration": 1})
+        first.on_trial_complete(f"t{n}", {METRIC: n / 100})
+        if n + 1 in (10, 40):
+            first.save(str(tmp_path / f"{n + 1}.pkl"))
+            sizes[n + 1] = (tmp_path / f"{n + 1}.pkl").stat().st_size
+    assert sizes[40] - sizes[10] < 30 * 100, f"{sizes}: it grows by 100 bytes or more per finished trial"
+    live = first.suggest("live")
+    first.save(str(tmp_path / "live.pkl"))
+
+    restored = searcher()
+    restored.restore(str(tmp_path / "live.pkl"))
+    assert len(restored._ot_study.trials) == 41  # read from the database, not from the pickle
+    restored.on_trial_complete("live", {METRIC: 0.99})
+    assert restored.suggest("next")[OPTUNA_TRIAL_KEY] == 41
+    study = optuna.load_study(study_name="s", storage=url)
+    assert study.best_trial.number == live[OPTUNA_TRIAL_KEY] == 40 and study.best_value == 0.99
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 41

@@ -314,8 +314,9 @@ def _handshake_child(address: str, answer_ms: str) -> None:
 # 10 s unless its checkpoint manager's force flag is set. A trial the searcher proposed after the last save is
 # lost if the driver is killed before the next one: the restored searcher proposes its configuration again
 # under a new id (issue 11 §1). The schedulers below set that flag whenever a trial is added, so the state
-# is saved at the end of the very step that created the trial: one save per trial (bench/bench_snapshots.py
-# prints what the saves cost).
+# is saved at the end of the very step that created the trial: one save per step that adds trials (several, when
+# Tune fills several free slots in one step: tune/tuner.py's `trial_limit`; bench/bench_snapshots.py prints what
+# the saves cost).
 
 FORCE_FLAG = "_should_force_sync_up"  # TuneController._checkpoint_manager's "save at the end of this step"
 MARK_FOR_SAVE = "_mark_trial_to_checkpoint"  # TuneController: write this trial's state in the next save

@@ -7,6 +7,7 @@ import pickle
 import warnings
 from typing import Any, Callable, Optional
 
+from optuna.storages import _CachedStorage
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
@@ -51,8 +52,19 @@ class NumberedOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: Optional[dict[str, Any]] = None, error: bool = False) -> None:
         if self._finished_in_study(trial_id):
             self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
+        else:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        # Its outcome is in the study: the handle is not needed again (OptunaSearch checks `_completed_trials` before
+        # it looks one up), and kept it would add about 1 KB per finished trial to every save (`save`).
+        self._ot_trials.pop(trial_id, None)
+
+    def save(self, checkpoint_path: str) -> None:
+        """OptunaSearch's save (its attributes, pickled), but a study in an RDB goes without Optuna's in-memory copy
+        of its trials (`_CachedStorage`): the database holds them, and the restored study reads them from there, as
+        `optuna.load_study` does. Tune saves the searcher with every experiment snapshot; with that copy each save
+        grew by about 1.2 KB per trial of the search (BENCHMARKS.md, "Issue 41")."""
+        with open(checkpoint_path, "wb") as handle:
+            _UncachedStudyPickler(handle).dump(self.__dict__.copy())
 
     def _finished_in_study(self, trial_id: str) -> bool:
         ot_trial = self._ot_trials.get(trial_id)
@@ -61,10 +73,34 @@ class NumberedOptunaSearch(OptunaSearch):
         return ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
 
 
+class _UncachedStudyPickler(pickle.Pickler):
+    """Pickles an Optuna `_CachedStorage` (how a study holds its RDB storage) as a new one around the same database,
+    without its cache of the study's trials."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, _CachedStorage):
+            return _CachedStorage, (obj._backend,)
+        return NotImplemented
+
+
 def restore_saved_state(settings: SearchSettings) -> bool:
     """Whether to `Tuner.restore` the experiment: on --resume, once Tune has saved a state there (a driver killed
     before that leaves nothing to restore, and no trial can have started: its trials begin anew)."""
     return settings.run.resuming and ray_internals.experiment_state_saved(settings.path)
+
+
+def trial_limit(settings: SearchSettings, slots: int) -> int:
+    """Tune's `max_concurrent_trials`: --max-concurrent, else the trials the cluster fits at once (`slots`, from
+    tune/ray_start.py's check_resources).
+
+    Never None: without a limit, Tune keeps one suggested trial pending at a time when a searcher is used
+    (TuneController's `_get_max_pending_trials` is 1 unless the searcher is wrapped in a ConcurrencyLimiter), so
+    each trial was suggested, snapshotted and started only once the one before it had started (BENCHMARKS.md,
+    "Issue 41"). With the limit, Tune wraps the searcher in a ConcurrencyLimiter and keeps up to that many trials
+    pending: the free slots fill in one driver step, and one experiment-state save covers every trial that step
+    added. The searcher is still asked only while Tune's trial count is under --num-samples (SearchGenerator),
+    and never for more trials than the limit at once."""
+    return max(1, settings.max_concurrent or slots)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -96,12 +132,12 @@ def build_tuner(settings: SearchSettings, space: SearchSpace, parent: ParentRun,
 
     # --time-budget: saved with the run config, so a resume keeps it (the clock itself is this driver's)
     budgeted = settings.time_budget_s is not None
-    hooks = [budget.BudgetCallback(settings.epochs, settings.num_samples, min(slots, settings.max_concurrent or slots))]
+    hooks = [budget.BudgetCallback(settings.epochs, settings.num_samples, min(slots, trial_limit(settings, slots)))]
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=_searcher(settings, space), scheduler=_scheduler(settings), num_samples=settings.num_samples,
-            max_concurrent_trials=settings.max_concurrent, reuse_actors=settings.reuse_actors,
+            max_concurrent_trials=trial_limit(settings, slots), reuse_actors=settings.reuse_actors,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.run.storage, progress_reporter=_progress(settings, space, slots),
@@ -154,7 +190,7 @@ def _progress(settings: SearchSettings, space: SearchSpace, slots: int = 1) -> O
     params = ([p for p in preferred if p in space.params] + [p for p in space.params if p not in preferred])[:4]
     return ProgressReporter(
         max_epochs=settings.epochs, num_samples=settings.num_samples, early_stopping=settings.scheduler == "asha",
-        concurrency=min(slots, settings.max_concurrent or slots,
+        concurrency=min(slots, trial_limit(settings, slots),
                         slots if settings.num_samples == budget.UNTIL_BUDGET else settings.num_samples),
         metric_columns={"epoch": "epoch", "train_loss": "loss", "val_x_mrr": "val MRR X",
                         "val_y_mrr": "val MRR Y", METRIC: "val MRR sum",
