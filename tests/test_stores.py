@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.busy import scaled
 from tune import stores
 from tune.errors import SearchError, StoreError
 
@@ -125,7 +126,7 @@ def test_concurrent_first_time_creation_makes_one_whole_store(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     procs = [subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{db}"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
+    outs = [p.communicate(timeout=scaled(600)) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     stores.check_sqlite_store(db, "MLflow store", "--tracking-uri")
     assert not list(db.parent.glob("*.creating"))
@@ -260,3 +261,21 @@ def test_a_local_ray_that_does_not_start_is_tried_once_more_then_named(monkeypat
     assert "did not start, twice" in message and "within 45 s" in message and "load average" in message
     assert f"{ray_start.START_WAIT_ENV}=90" in message and "Traceback" not in message
     assert "trying once more" in capsys.readouterr().out
+
+
+def test_a_busy_machine_gives_the_local_ray_longer_to_start(monkeypatch):
+    """Issue 42 §2: the wait for a local Ray's node grows with the load per CPU (a start took over 120 s at a load
+    of 25 on 2 cores), within bounds; DPGDIFF_RAY_START_S sets it, and a bad value is named."""
+    from tune import ray_start
+
+    monkeypatch.delenv(ray_start.START_WAIT_ENV, raising=False)
+    monkeypatch.setattr(ray_start.os, "cpu_count", lambda: 2)
+    for load, expected in ((0.5, 120.0), (2.0, 120.0), (5.0, 300.0), (25.0, ray_start.START_WAIT_MAX_S)):
+        monkeypatch.setattr(ray_start.os, "getloadavg", lambda load=load: (load, load, load))
+        assert ray_start.start_wait_s() == expected, load
+    monkeypatch.setenv(ray_start.START_WAIT_ENV, "45")
+    assert ray_start.start_wait_s() == 45.0
+    for bad in ("soon", "0", "-3", "nan"):
+        monkeypatch.setenv(ray_start.START_WAIT_ENV, bad)
+        with pytest.raises(SearchError, match=rf"\${ray_start.START_WAIT_ENV}='{bad}': expected the seconds"):
+            ray_start.start_wait_s()

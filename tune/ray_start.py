@@ -15,8 +15,10 @@ from tune.settings import SearchError, SearchSettings
 
 
 TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's workers with --ship-code
-# How long a local Ray's node may take to start (Ray's own wait is 30 s; a loaded machine needs more); then once more
-START_WAIT_S, START_WAIT_ENV = 120.0, "DPGDIFF_RAY_START_S"
+# How long a local Ray's node may take to start (Ray's own wait is 30 s; a loaded machine needs more), then once more:
+# START_WAIT_S, times the load per CPU when that is above 1 (the node's processes then get that much less of a CPU;
+# at a load of 25 on 2 cores a start took over 120 s), up to START_WAIT_MAX_S. $DPGDIFF_RAY_START_S sets it.
+START_WAIT_S, START_WAIT_MAX_S, START_WAIT_ENV = 120.0, 600.0, "DPGDIFF_RAY_START_S"
 
 
 def start_ray(settings: SearchSettings) -> Optional[str]:
@@ -32,7 +34,10 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
     # Workers are children of this process: they import dpgdiff and tune as it does (installed package).
     # A temp folder of our own is marked with this driver's PID: if it is killed, the next search cleans up.
     temp_dir = run.ray_temp_dir or leftovers.new_temp_dir()
-    wait_s = float(os.environ.get(START_WAIT_ENV) or START_WAIT_S)
+    wait_s = start_wait_s()
+    if wait_s > START_WAIT_S and not os.environ.get(START_WAIT_ENV):
+        print(f"note: the machine is busy (load average {_load_text()} on {os.cpu_count()} CPU(s)): the local Ray "
+              f"gets up to {wait_s:.0f} s to start", flush=True)
     for attempt in (1, 2):
         try:  # no dashboard; every other local service binds 127.0.0.1 (tune/ray_internals.py)
             with ray_internals.patient_node_start(wait_s):
@@ -44,7 +49,7 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
             if ray_internals.NODE_START_MESSAGE not in str(exc):
                 raise
             _stop_failed_start()
-            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            load = _load_text()
             if attempt == 2:
                 if not run.ray_temp_dir:
                     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -57,6 +62,28 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
     print_ray_processes(session)
     _tighten_auth_token()  # a local Ray with token auth writes one when there is none
     return None if run.ray_temp_dir else temp_dir
+
+
+def start_wait_s() -> float:
+    """Seconds a local Ray's node may take to register, per attempt: $DPGDIFF_RAY_START_S, else START_WAIT_S scaled
+    by the 1-minute load average per CPU above 1, at most START_WAIT_MAX_S. SearchError naming the variable when
+    it is not a positive number."""
+    value = os.environ.get(START_WAIT_ENV, "").strip()
+    if value:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = 0.0
+        if not seconds > 0:
+            raise SearchError(f"${START_WAIT_ENV}={value!r}: expected the seconds a local Ray may take to start "
+                              f"(a number > 0; unset: {START_WAIT_S:g} s, longer on a busy machine)")
+        return seconds
+    per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return min(START_WAIT_MAX_S, START_WAIT_S * max(1.0, per_cpu))
+
+
+def _load_text() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _stop_failed_start() -> None:
