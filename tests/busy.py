@@ -10,8 +10,10 @@ the tests' wall-clock waits grow when they run.
   so a test only scales its own waits.
 - `busy_processes(n)`: n such processes for one test (tests/test_busy_machine.py's kill rounds), stopped by PID.
 
-A busy process is `python -c "while True: pass"` in a session of its own: one full core when it can get it, no
-memory, no files. It inherits the test run's niceness (`nice -n 10 python -m pytest` loads at that level).
+A busy process is a Python loop in a session of its own: one full core when it can get it, no memory, no files,
+and it ends by itself when the process that started it is gone (checked every few tens of milliseconds), so even
+a pytest run that is SIGKILLed leaves none behind. It inherits the test run's niceness (`nice -n 10 python -m
+pytest` loads at that level).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from typing import Iterator
 
 BUSY_ENV = "DPGDIFF_BUSY"  # how many CPU-bound processes run beside the whole test run
 MARGIN_ENV = "DPGDIFF_TEST_MARGIN"  # the factor on the tests' waits (default: from DPGDIFF_BUSY)
-BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
+# Spins while its parent (PID in argv: read at its start, the parent may already be gone) lives: an orphan's parent
+# changes, so a test run that is itself killed leaves none behind
+BUSY_LOOP = [sys.executable, "-c", "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n"
+             "    for _ in range(1_000_000): pass  # busy: a CPU-bound process"]
 
 
 def _env_number(name: str, kind: type, low: float) -> float | None:
@@ -62,7 +67,7 @@ def start_busy(n: int) -> list[subprocess.Popen]:
     procs = []
     try:
         for _ in range(n):
-            procs.append(subprocess.Popen(BUSY_LOOP, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            procs.append(subprocess.Popen([*BUSY_LOOP, str(os.getpid())], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, start_new_session=True))
     except BaseException:
         stop_busy(procs)
