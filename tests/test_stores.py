@@ -279,3 +279,42 @@ def test_a_busy_machine_gives_the_local_ray_longer_to_start(monkeypatch):
         monkeypatch.setenv(ray_start.START_WAIT_ENV, bad)
         with pytest.raises(SearchError, match=rf"\${ray_start.START_WAIT_ENV}='{bad}': expected the seconds"):
             ray_start.start_wait_s()
+
+
+def test_a_raylet_that_exits_during_start_ends_the_wait(monkeypatch, tmp_path):
+    """Under load Ray's raylet aborts when its agents are slow to write their port files, and its node never
+    registers: the start-up wait notices the exited raylet (a child process named raylet, not reaped) and gives up
+    at once instead of waiting its whole time; a raylet that had exited before the start is not counted."""
+    import shutil
+    import subprocess
+
+    from ray._private import services
+
+    from tune import ray_internals, ray_start
+
+    fake = tmp_path / "raylet"  # the process name (/proc/PID/comm) is the file's name
+    shutil.copy(shutil.which("true"), fake)
+    older = subprocess.Popen([str(fake)])
+    try:
+        while older.pid not in ray_start._exited_raylets():
+            time.sleep(0.05)
+        raylet_exited = ray_start._watch_raylet()
+        assert not raylet_exited(), "a raylet that exited before the start counts"
+        newer = subprocess.Popen([str(fake)])  # not waited for: a zombie child, as Ray's exited raylet is
+        deadline = time.time() + 60
+        while not raylet_exited() and time.time() < deadline:
+            time.sleep(0.05)
+        assert raylet_exited()
+
+        def never(*args):
+            raise RuntimeError("node not registered")
+
+        monkeypatch.setattr(services, "get_node", never)
+        t0 = time.monotonic()
+        with ray_internals.patient_node_start(600, hopeless=raylet_exited):
+            with pytest.raises(RuntimeError):
+                services.get_node("gcs", "id")
+        assert time.monotonic() - t0 < 30, "the wait went on after the raylet exited"
+        newer.wait()
+    finally:
+        older.wait()

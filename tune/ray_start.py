@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import ray
 
@@ -39,8 +39,9 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
         print(f"note: the machine is busy (load average {_load_text()} on {os.cpu_count()} CPU(s)): the local Ray "
               f"gets up to {wait_s:.0f} s to start", flush=True)
     for attempt in (1, 2):
+        raylet_exited = _watch_raylet()
         try:  # no dashboard; every other local service binds 127.0.0.1 (tune/ray_internals.py)
-            with ray_internals.patient_node_start(wait_s):
+            with ray_internals.patient_node_start(wait_s, hopeless=raylet_exited):
                 session = ray_internals.init_local_ray(temp_dir, num_cpus=run.num_cpus or os.cpu_count(),
                                                        include_dashboard=False, dashboard_host="127.0.0.1",
                                                        logging_level="WARNING", runtime_env=runtime_env or None)
@@ -48,17 +49,19 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
         except Exception as exc:  # noqa: BLE001  Ray raises a bare Exception when its node start times out
             if ray_internals.NODE_START_MESSAGE not in str(exc):
                 raise
+            exited = raylet_exited()  # a longer wait would not have helped
+            why = ("its raylet exited during start-up (on a busy machine Ray's agents can be too slow to write their "
+                   "port files)" if exited else f"its node did not register within {wait_s:g} s")
             _stop_failed_start()
             load = _load_text()
             if attempt == 2:
                 if not run.ray_temp_dir:
                     shutil.rmtree(temp_dir, ignore_errors=True)
-                raise SearchError(f"the local Ray did not start, twice: its node did not register within {wait_s:g} "
-                                  f"s (load average {load} on {os.cpu_count()} CPU(s): the machine is busy). Run the "
-                                  f"command again when it is less loaded, or give Ray longer with {START_WAIT_ENV}="
-                                  f"{2 * wait_s:g}") from None
-            print(f"note: the local Ray did not start within {wait_s:g} s (load average {load}); trying once more",
-                  flush=True)
+                raise SearchError(f"the local Ray did not start, twice: {why} (load average {load} on "
+                                  f"{os.cpu_count()} CPU(s): the machine is busy). Run the command again when it is "
+                                  "less loaded" + ("" if exited else f", or give Ray longer with {START_WAIT_ENV}="
+                                                   f"{2 * wait_s:g}")) from None
+            print(f"note: the local Ray did not start: {why} (load average {load}); trying once more", flush=True)
     print_ray_processes(session)
     _tighten_auth_token()  # a local Ray with token auth writes one when there is none
     return None if run.ray_temp_dir else temp_dir
@@ -80,6 +83,28 @@ def start_wait_s() -> float:
         return seconds
     per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
     return min(START_WAIT_MAX_S, START_WAIT_S * max(1.0, per_cpu))
+
+
+def _watch_raylet() -> Callable[[], bool]:
+    """-> whether a raylet started from now on has exited (one that had exited before is not counted)."""
+    before = _exited_raylets()
+    return lambda: bool(_exited_raylets() - before)
+
+
+def _exited_raylets() -> set[int]:
+    """PIDs of the raylets below this process that have exited and are not reaped yet (Ray reaps them at shutdown).
+    On a loaded machine a raylet aborts when its agents take too long to write their port files ("Timed out
+    waiting for file ... metrics_agent_port" in its raylet.out); its node then never registers."""
+    exited = set()
+    for pid in _descendant_pids(os.getpid()):
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if name == "raylet" and state == "Z":
+            exited.add(pid)
+    return exited
 
 
 def _load_text() -> str:
