@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import busy
-from tests.test_search_helpers import env
+from tests.test_search_helpers import env, process_alive
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -82,18 +82,11 @@ def test_a_busy_process_ends_when_its_starter_is_killed():
     try:
         pid = int(starter.stdout.readline())
         time.sleep(0.5)
-        assert _running(pid), "the busy process did not start"
+        assert process_alive(pid), "the busy process did not start"
     finally:
         starter.kill()
         starter.wait(timeout=30)
     deadline = time.time() + busy.scaled(30)
-    while _running(pid) and time.time() < deadline:
+    while process_alive(pid) and time.time() < deadline:
         time.sleep(0.1)
-    assert not _running(pid), f"busy process {pid} outlived the process that started it"
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    assert not process_alive(pid), f"busy process {pid} outlived the process that started it"

@@ -129,13 +129,13 @@ def kill_session(sid: int, grace: float = 5.0) -> None:
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.time() + grace
-    while time.time() < deadline and any(_alive(p) for p in pids):
+    while time.time() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.2)
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             _signal(pid, signal.SIGKILL)
     deadline = time.time() + grace
-    while time.time() < deadline and any(_alive(p) for p in pids):
+    while time.time() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.1)
 
 
@@ -146,7 +146,8 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (exists and is not a zombie)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
