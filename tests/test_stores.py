@@ -318,3 +318,33 @@ def test_a_raylet_that_exits_during_start_ends_the_wait(monkeypatch, tmp_path):
         newer.wait()
     finally:
         older.wait()
+
+
+def test_a_raylet_that_keeps_exiting_is_started_again_up_to_max_starts(monkeypatch, capsys, tmp_path):
+    """A raylet that exits during start-up (a busy machine) is tried again, not just once more, up to MAX_STARTS
+    within two full waits; then the named error says how many times and why."""
+    from tests.test_search_helpers import search_args
+    from tune import ray_internals, ray_start
+    from tune.search import build_parser
+    from tune.settings import settings_from_args
+
+    argv = search_args(tmp_path, "s", "--epochs", "1")[2:]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    tries = []
+
+    def times_out(temp_dir, **kwargs):
+        tries.append(temp_dir)
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray_internals, "init_local_ray", times_out)
+    monkeypatch.setattr(ray_start, "_stop_failed_start", lambda: None)
+    monkeypatch.setattr(ray_start, "_watch_raylet", lambda: (lambda: True))  # each start's raylet exited
+    monkeypatch.setenv(ray_start.START_WAIT_ENV, "45")
+    with pytest.raises(SearchError) as err:
+        ray_start.start_ray(settings_from_args(args))
+    assert len(tries) == ray_start.MAX_STARTS
+    message = str(err.value)
+    assert f"did not start, {ray_start.MAX_STARTS} times: its raylet exited during start-up" in message, message
+    assert ray_start.START_WAIT_ENV not in message, "a longer wait would not help: not suggested"
+    assert capsys.readouterr().out.count("trying once more") == ray_start.MAX_STARTS - 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -19,6 +20,7 @@ TUNE_PACKAGE_DIR = Path(__file__).resolve().parent  # shipped to a cluster's wor
 # START_WAIT_S, times the load per CPU when that is above 1 (the node's processes then get that much less of a CPU;
 # at a load of 25 on 2 cores a start took over 120 s), up to START_WAIT_MAX_S. $DPGDIFF_RAY_START_S sets it.
 START_WAIT_S, START_WAIT_MAX_S, START_WAIT_ENV = 120.0, 600.0, "DPGDIFF_RAY_START_S"
+MAX_STARTS = 5  # a raylet that exits during start-up (a busy machine) is tried again, within two full waits
 
 
 def start_ray(settings: SearchSettings) -> Optional[str]:
@@ -38,7 +40,8 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
     if wait_s > START_WAIT_S and not os.environ.get(START_WAIT_ENV):
         print(f"note: the machine is busy (load average {_load_text()} on {os.cpu_count()} CPU(s)): the local Ray "
               f"gets up to {wait_s:.0f} s to start", flush=True)
-    for attempt in (1, 2):
+    give_up_at = time.monotonic() + 2 * wait_s  # two full waits: what two node-registration timeouts take
+    for attempt in range(1, MAX_STARTS + 1):
         raylet_exited = _watch_raylet()
         try:  # no dashboard; every other local service binds 127.0.0.1 (tune/ray_internals.py)
             with ray_internals.patient_node_start(wait_s, hopeless=raylet_exited):
@@ -54,10 +57,13 @@ def start_ray(settings: SearchSettings) -> Optional[str]:
                    "port files)" if exited else f"its node did not register within {wait_s:g} s")
             _stop_failed_start()
             load = _load_text()
-            if attempt == 2:
+            # a node that did not register is tried once more; a raylet that exited (within a minute or two) again
+            # while two full waits have not passed: on a busy machine one of the starts gets its agents up in time
+            if (attempt >= 2 and not exited) or attempt == MAX_STARTS or time.monotonic() >= give_up_at:
                 if not run.ray_temp_dir:
                     shutil.rmtree(temp_dir, ignore_errors=True)
-                raise SearchError(f"the local Ray did not start, twice: {why} (load average {load} on "
+                tries = "twice" if attempt == 2 else f"{attempt} times"
+                raise SearchError(f"the local Ray did not start, {tries}: {why} (load average {load} on "
                                   f"{os.cpu_count()} CPU(s): the machine is busy). Run the command again when it is "
                                   "less loaded" + ("" if exited else f", or give Ray longer with {START_WAIT_ENV}="
                                                    f"{2 * wait_s:g}")) from None
