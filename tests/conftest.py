@@ -10,9 +10,30 @@ from pathlib import Path
 import pytest
 
 from dpgdiff.data import CrossDomainDataset, load_dataset
+from tests import busy
 
 # Small but realistic: 1,200 items per domain leave room for 999 sampled negatives outside any history.
 SYNTHETIC_TEST_OPTIONS = dict(n_users=400, n_items_x=1200, n_items_y=1200, seed=7)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """DPGDIFF_BUSY=N: N CPU-bound processes beside the whole run (tests/busy.py), started here by the pytest
+    process itself (xdist workers, which have `workerinput`, start none) and stopped by PID at its end."""
+    n = busy.busy_count()  # a bad value stops the run here, naming the variable
+    if n and not hasattr(config, "workerinput"):
+        config._dpgdiff_busy = busy.start_busy(n)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    busy.stop_busy(getattr(config, "_dpgdiff_busy", []))
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    procs = getattr(config, "_dpgdiff_busy", [])
+    if not procs:
+        return None
+    return (f"{busy.BUSY_ENV}={len(procs)}: CPU-bound processes {' '.join(str(p.pid) for p in procs)} run beside the "
+            f"tests; their wall-clock waits are x{busy.margin():g}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

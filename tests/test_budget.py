@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.busy import scaled
 from tests.test_search_helpers import (
     assert_study_agrees_with_mlflow,
     env,
@@ -123,7 +124,7 @@ def _timed_search(args: list[str], cwd) -> tuple[str, str, float]:
     proc = subprocess.Popen(args, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=600)
+        out, err = proc.communicate(timeout=scaled(600))
     finally:
         kill_session(proc.pid)
     wall = time.time() - t0
@@ -137,7 +138,7 @@ def test_a_budgeted_search_ends_within_budget_plus_margin_and_keeps_the_trial_it
     search inside the first trial. It ends within budget + the margin it printed (timed from before the process starts), the trial
     running at the deadline is FINISHED in MLflow with stopped_by=time_budget (not stopped early, not failed),
     and the study agrees with MLflow."""
-    name, budget_s = "budgeted", 75
+    name, budget_s = "budgeted", round(scaled(75))  # the driver's clock counts Ray's start: slower when busy
     # One trial alone outlasts the budget (100 epochs of >= 1 s each), so the deadline falls inside a trial, never
     # in the gap between two (under load, starting the next trial can take seconds; a 3-epoch setting was flaky).
     args = search_args(tmp_path, name, "--epochs", "100", "--num-samples", "3", "--max-concurrent", "1",
@@ -182,7 +183,7 @@ def test_a_budget_only_search_runs_trials_until_it_is_spent_and_a_resume_continu
     from tests.test_search_helpers import run, trial_results
     from tune.budget import read_drivers
 
-    name, budget_s = "until-spent", 60
+    name, budget_s = "until-spent", round(scaled(60))  # two trials must finish in it, after Ray's start
     args = search_args(tmp_path, name, "--epochs", "1", "--max-concurrent", "1", "--scheduler", "fifo",
                        "--set", "model.xt_injection=concat_token", "--time-budget", f"{budget_s}s")
     log = tmp_path / "first.log"
@@ -192,7 +193,7 @@ def test_a_budget_only_search_runs_trials_until_it_is_spent_and_a_resume_continu
         proc = subprocess.Popen(args, cwd=tmp_path, env=e, stdout=handle, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + scaled(240)
         finished: list = []
         while time.time() < deadline and proc.poll() is None:
             finished = [d for d in (tmp_path / "ray_results" / name).glob("trial_*")
@@ -202,7 +203,7 @@ def test_a_budget_only_search_runs_trials_until_it_is_spent_and_a_resume_continu
             time.sleep(0.5)
         assert len(finished) >= 2 and proc.poll() is None, log.read_text()[-4000:]
         os.kill(proc.pid, signal.SIGINT)
-        proc.wait(timeout=90)
+        proc.wait(timeout=scaled(90))
     finally:
         kill_session(proc.pid)
     text = log.read_text()

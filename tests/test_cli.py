@@ -16,6 +16,7 @@ import yaml
 from dpgdiff.cli import main
 from dpgdiff.evaluation import load_ranks
 
+from tests.busy import scaled
 from tests.conftest import SYNTHETIC_TEST_OPTIONS
 
 SYNTHETIC = ",".join(f"{k}={v}" for k, v in SYNTHETIC_TEST_OPTIONS.items())
@@ -148,7 +149,7 @@ def test_python_dash_m_train(synthetic_data_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.run(
         [sys.executable, "-m", "dpgdiff", "train", *data_args(synthetic_data_dir), *TINY, "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=scaled(300),
     )
     assert proc.returncode == 0, proc.stderr
     assert "MRR_X + MRR_Y (sampled)" in proc.stdout

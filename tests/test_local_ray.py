@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.busy import scaled
 from tests.search_with_stub import KILL_AT_ENV
 from tests.test_search_helpers import env, kill_session, run, search_args, session_pids
 from tune.leftovers import MARKER, RAY_TMPDIR, TEMP_PREFIX, process_start_time, temp_root
@@ -205,11 +206,12 @@ def killed_and_resumed(tmp_path_factory):
             t0 = time.time()
 
             def wait_for(condition, what: str) -> None:
-                deadline = time.time() + 240
+                deadline = time.time() + scaled(240)
                 while not condition():
                     assert proc.poll() is None, (f"seed {seed}, kill {i} ({kill.phase}): the search exited (rc "
                                                  f"{proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")
-                    assert time.time() < deadline, f"seed {seed}: no {what} after 240 s:\n{log.read_text()[-4000:]}"
+                    assert time.time() < deadline, \
+                        f"seed {seed}: no {what} after {scaled(240):g} s:\n{log.read_text()[-4000:]}"
                     time.sleep(0.05)
 
             if kill.phase == "before the first trial":
@@ -223,7 +225,7 @@ def killed_and_resumed(tmp_path_factory):
                 wait_for(lambda: _saved_trials(tmp) > max(base_saved, 1), "a new trial in Tune's saved state")
                 time.sleep(kill.delay)
             elif kill.phase == REGISTRATION:  # it kills itself: wait for that, then check what it left
-                deadline = time.time() + 300
+                deadline = time.time() + scaled(300)
                 while proc.poll() is None and time.time() < deadline:
                     time.sleep(0.1)
                 assert proc.returncode == -signal.SIGKILL, (f"seed {seed}: the driver was not killed {REGISTRATION} "
@@ -357,13 +359,13 @@ def test_leftovers_command_lists_then_stops_a_killed_drivers_ray_processes(tmp_p
     try:
         assert agent.stdout.readline().strip() == "up"  # it holds its file open now
         command = [sys.executable, "-m", "tune.leftovers", "--root", str(tmp_path)]
-        listed = subprocess.run([*command, "--dry-run"], env=env(), capture_output=True, text=True, timeout=120)
+        listed = subprocess.run([*command, "--dry-run"], env=env(), capture_output=True, text=True, timeout=scaled(120))
         assert listed.returncode == 0 and f"would stop pids {agent.pid}, remove {folder}" in listed.stdout, listed
         assert agent.poll() is None and folder.exists()
-        cleaned = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=120)
+        cleaned = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=scaled(120))
         assert cleaned.returncode == 0 and f"stopped pids {agent.pid}, removed {folder}" in cleaned.stdout, cleaned
         assert agent.wait(timeout=30) is not None and not folder.exists()
-        again = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=120)
+        again = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=scaled(120))
         assert "nothing to clean up" in again.stdout
     finally:
         if agent.poll() is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dpgdiff import mkl_amd
+from tests.busy import scaled
 
 AMD_HERE = mkl_amd.cpu_vendor() in mkl_amd.AMD_VENDORS and sys.platform == "linux"
 NEEDS_CC = pytest.mark.skipif(mkl_amd.compiler() is None, reason="no C compiler on PATH to build the shim")
@@ -21,7 +22,7 @@ NEEDS_CC = pytest.mark.skipif(mkl_amd.compiler() is None, reason="no C compiler 
 def run_python(code: str, *argv: str, **env: str) -> str:
     """stdout of `python -c code argv...` in a fresh process, with `env` added to this one's."""
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *argv], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=120)
+                            env={**os.environ, **env}, timeout=scaled(120))
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.busy import scaled
 from tests.test_search_helpers import (LoopbackCluster, env, generate_ray_token, kill_session, mlflow_runs,
                                        node_processes, search_args, session_pids, trial_results, tune_trials)
 from tests.test_search_stubs import EPOCH_LOG_ENV
@@ -91,7 +92,7 @@ def lose_the_worker(head: LoopbackCluster, name: str, max_failures: int) -> dict
         os.kill(raylets[0], signal.SIGKILL)
         killed_at = time.time()
         try:
-            proc.wait(timeout=400)
+            proc.wait(timeout=scaled(400))
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the search did not end after the node loss:\n{log.read_text()[-4000:]}")
         trained = [row for row in _epochs_trained(tmp / "epochs.log") if row[0] == lost]

@@ -20,6 +20,7 @@ from dpgdiff.data.ids import ItemIdMap
 from dpgdiff.models import build_model
 from dpgdiff.recommend import Recommender, RecommendError, read_requests
 from dpgdiff import train
+from tests.busy import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model.dim=16", "model.n_c_layers=1", "train.epochs=1", "train.mode=last", "train.batch_size=256",
@@ -174,7 +175,7 @@ def test_cli_bad_input_exits_2_without_traceback(synthetic_run, tmp_path, capsys
     (tmp_path / "bad.jsonl").write_text('{"history": [12]}\n{"history": []}\n')
     base = ["recommend", "--checkpoint", str(synthetic_run / "best.pt")]
     proc = subprocess.run([sys.executable, "-m", "dpgdiff", *base, "--history", ","], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=scaled(120))
     assert proc.returncode == 2 and "--history: empty history" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     (tmp_path / "latin1.csv").write_bytes("history,domain\n12 55,y\n13,caf\xe9\n".encode("latin-1"))

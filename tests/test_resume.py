@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.busy import scaled
 from tests.test_search_helpers import (
     REPORT,
     assert_study_agrees_with_mlflow,
@@ -61,7 +62,7 @@ def _start(tmp: Path, *extra: str, quiet: bool = True) -> tuple[subprocess.Popen
 
 
 def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
+    deadline = time.time() + scaled(timeout)
     while time.time() < deadline:
         if condition():
             return
@@ -86,7 +87,7 @@ def test_ctrl_c_then_resume(tmp_path):
         _wait_for(finished_and_in_flight, proc, log, 240, "one finished and one running trial")
         before = _rows(tmp_path)
         os.kill(proc.pid, signal.SIGINT)
-        proc.wait(timeout=90)
+        proc.wait(timeout=scaled(90))
     finally:
         kill_session(proc.pid)
     text = log.read_text()
@@ -233,8 +234,7 @@ def test_a_driver_that_raised_says_how_to_resume_and_the_resume_completes(tmp_pa
                                    "--max-concurrent", "1", "--scheduler", "fifo",
                                    "--set", "model.xt_injection=concat_token", train_fn="train_slow")
             if a != "--quiet"]  # the trial table is what raises
-    crashed = subprocess.run(args, cwd=tmp_path, env={**env(), KILL_AT_ENV: "table"}, capture_output=True,
-                             text=True, timeout=300)
+    crashed = run(args, tmp_path, timeout=300, extra_env={KILL_AT_ENV: "table"})
     assert crashed.returncode != 0 and "RuntimeError: stub: the trial table failed" in crashed.stderr
     assert "stopped on RuntimeError; its state is saved" in crashed.stderr and "--resume" in crashed.stderr, \
         crashed.stderr[-3000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.busy import scaled
 from tests.test_search_helpers import mlflow_runs, run, search_args, tracking_uri, tune_trials
 
 pytestmark = pytest.mark.slow
@@ -412,7 +413,7 @@ def test_mlflow_server_shows_the_search_as_a_user_would_find_it(search, tmp_path
         url = f"{base}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         data = json.dumps(payload).encode() if payload is not None else None
         request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=scaled(30)) as response:
             return json.loads(response.read().decode())
 
     try:

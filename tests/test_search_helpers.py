@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
+
+from tests.busy import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
@@ -51,7 +54,7 @@ def generate_ray_token(home: Path) -> Path:
     for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
         e.pop(var, None)
     proc = subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], env=e, capture_output=True, text=True,
-                          timeout=600)  # seconds when quiet; importing Ray on a loaded 2-core machine can take minutes
+                          timeout=scaled(600))  # seconds when quiet; importing Ray on a loaded 2-core machine can take minutes
     token = home / ".ray" / "auth_token"
     assert proc.returncode == 0 and token.is_file(), f"ray get-auth-token --generate failed:\n{proc.stderr[-2000:]}"
     token.chmod(0o600)  # Ray writes it 0644 (README: the cluster recipe); a token the tests write is 0600
@@ -59,9 +62,11 @@ def generate_ray_token(home: Path) -> Path:
 
 
 def run(args: list[str], tmp: Path, timeout: float = 240, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run to completion in its own session; whatever it leaves behind is stopped by PID."""
+    """Run to completion in its own session; whatever it leaves behind is stopped by PID. timeout: on a quiet
+    machine (scaled by the busy mode, tests/busy.py)."""
     proc = subprocess.Popen(args, cwd=tmp, env={**env(), **(extra_env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    timeout = scaled(timeout)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -76,18 +81,30 @@ def run(args: list[str], tmp: Path, timeout: float = 240, extra_env: dict | None
 def kill_when_file_appears(args: list[str], cwd: Path, marker: Path, log: Path, timeout: float) -> None:
     """Start a search in its own session (output to `log`) and SIGKILL it as soon as `marker` exists, polled every
     10 ms (kill windows in the first seconds are short); what it leaves is stopped by PID."""
+    proc = kill_when(args, cwd, log, marker.exists, timeout, f"no {marker.name}")
+    kill_session(proc.pid)
+
+
+def kill_when(args: list[str], cwd: Path, log: Path, ready: Callable[[], bool], timeout: float, what: str,
+              extra_env: dict | None = None) -> subprocess.Popen:
+    """Start a search in its own session (output to `log`), SIGKILL its driver as soon as `ready()` (polled every
+    10 ms) and reap it -> its Popen. The driver's Ray processes are left to the caller (kill_session(proc.pid)
+    stops them by PID; the next search cleans them up), and stopped here only when this fails: `what` says what
+    never came before `timeout` (scaled by the busy mode) or before the search ended."""
     with log.open("w") as handle:
-        proc = subprocess.Popen(args, cwd=cwd, env=env(), stdout=handle, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(args, cwd=cwd, env={**env(), **(extra_env or {})}, stdout=handle,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.time() + timeout
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline, f"no {marker.name}:\n{log.read_text()[-4000:]}"
+        deadline = time.time() + scaled(timeout)
+        while not ready():
+            assert proc.poll() is None and time.time() < deadline, f"{what}:\n{log.read_text()[-4000:]}"
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
+    except BaseException:
         kill_session(proc.pid)
+        raise
+    return proc
 
 
 def session_pids(sid: int) -> list[int]:
@@ -112,13 +129,13 @@ def kill_session(sid: int, grace: float = 5.0) -> None:
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.time() + grace
-    while time.time() < deadline and any(_alive(p) for p in pids):
+    while time.time() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.2)
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             _signal(pid, signal.SIGKILL)
     deadline = time.time() + grace
-    while time.time() < deadline and any(_alive(p) for p in pids):
+    while time.time() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.1)
 
 
@@ -129,7 +146,8 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (exists and is not a zombie)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -237,7 +255,7 @@ def start_http_server(cmd: list[str], folder: Path, ready_url: str, extra_env: d
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=folder, env={**env(), **(extra_env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + timeout  # seconds when the machine is idle; minutes under a heavy load
+    deadline = time.time() + scaled(timeout)  # seconds when the machine is idle; minutes under a heavy load
     while True:
         try:
             with urllib.request.urlopen(ready_url, timeout=2) as r:
@@ -261,7 +279,7 @@ def ray_start(args: list[str], log: Path, token: Path, extra_env: dict | None = 
         proc = subprocess.Popen([*RAY_CLI, "start", *args, "--disable-usage-stats"], env=e, stdout=handle,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        proc.wait(timeout=120)
+        proc.wait(timeout=scaled(120))
     except subprocess.TimeoutExpired:
         pass
     if proc.returncode != 0:  # a start that failed or hangs (a loaded machine) leaves its GCS and agents running

@@ -16,6 +16,7 @@ mlflow = pytest.importorskip("mlflow")
 
 from dpgdiff.config import Config  # noqa: E402
 from dpgdiff import train  # noqa: E402
+from tests.busy import scaled  # noqa: E402
 from tests.test_search_helpers import free_port, kill_session, start_http_server, tracking_uri  # noqa: E402
 from tune import tracking  # noqa: E402
 from tune.names import VALUE_TAG  # noqa: E402
@@ -160,7 +161,7 @@ def test_search_alias_keeps_to_mlflows_alias_characters():
 def _post(url: str, payload: dict) -> tuple[int, str]:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=scaled(60)) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -242,7 +243,7 @@ def test_a_driver_killed_during_registration_leaves_one_model_and_version_once_r
     parent = _new_parent(registry)
     script = KILLED_PUBLISH.replace("{options}", repr(SYNTHETIC_TEST_OPTIONS))
     proc = subprocess.run([sys.executable, "-c", script, point, registry["uri"], parent, str(registry["checkpoint"]),
-                           str(synthetic_data_dir)], env=env(), capture_output=True, text=True, timeout=600)
+                           str(synthetic_data_dir)], env=env(), capture_output=True, text=True, timeout=scaled(600))
     assert proc.returncode == -9, f"the driver was not killed at {point}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
     assert len(_logged_models(registry, parent)) == 1
     assert len(registered_from(registry["uri"], parent)) == (0 if point == "after logging" else 1)

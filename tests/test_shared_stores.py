@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.busy import scaled
 from tests.test_search_helpers import (
     REPO,
     SEARCH_WITH_STUB,
@@ -93,7 +94,7 @@ class Postgres:
                 stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, **self.user)
         import psycopg  # psycopg 3: SQLAlchemy 2.1's default PostgreSQL driver (the [cluster] extra)
 
-        deadline = time.time() + 120
+        deadline = time.time() + scaled(120)
         while True:
             try:
                 connection = psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
@@ -156,7 +157,7 @@ def _kill_mid_trial(args: list[str], cwd: Path, extra_env: dict, mid_trial, what
         proc = subprocess.Popen(args, cwd=cwd, env={**env(), **extra_env, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
                                 stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + scaled(300)
         while not mid_trial():
             if proc.poll() is not None:
                 raise AssertionError(f"the search ended (rc {proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")

@@ -27,7 +27,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 TEMP_DIR_KEYWORD = "_temp_dir"  # ray.init's keyword for the root temp dir of a local Ray
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode (node address 127.0.0.1)
@@ -219,8 +219,9 @@ NODE_START_MESSAGE = "timed out during startup"  # in the exception Ray raises w
 
 
 @contextmanager
-def patient_node_start(seconds: float) -> Iterator[None]:
-    """Within it, a starting local Ray waits up to about `seconds` (not 30) for its node to register."""
+def patient_node_start(seconds: float, hopeless: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Within it, a starting local Ray waits up to about `seconds` (not 30) for its node to register, or until
+    `hopeless()` says it never will (its raylet exited: Ray's own loop then ends within its 30 s)."""
     from ray._private import services
 
     original = getattr(services, "get_node", None)
@@ -236,7 +237,7 @@ def patient_node_start(seconds: float) -> Iterator[None]:
             try:
                 return original(*args, **kwargs)
             except RuntimeError:
-                if time.monotonic() > deadline[0]:
+                if time.monotonic() > deadline[0] or hopeless():
                     raise
                 time.sleep(0.5)
 
