@@ -235,7 +235,8 @@ def test_patient_node_start_polls_past_rays_own_wait(monkeypatch):
             services.get_node("gcs", "id")
 
 
-def test_a_local_ray_that_does_not_start_is_tried_once_more_then_named(monkeypatch, capsys, tmp_path):
+def _search_whose_ray_never_starts(tmp_path, monkeypatch) -> tuple:
+    """A search's settings and the temp folders of its Ray starts, each of which times out as Ray's does."""
     from tests.test_search_helpers import search_args
     from tune import ray_internals, ray_start
     from tune.search import build_parser
@@ -244,7 +245,6 @@ def test_a_local_ray_that_does_not_start_is_tried_once_more_then_named(monkeypat
     argv = search_args(tmp_path, "s", "--epochs", "1")[2:]
     args = build_parser().parse_args(argv)
     args.argv = argv
-    settings = settings_from_args(args)
     tries = []
 
     def times_out(temp_dir, **kwargs):
@@ -254,6 +254,13 @@ def test_a_local_ray_that_does_not_start_is_tried_once_more_then_named(monkeypat
     monkeypatch.setattr(ray_internals, "init_local_ray", times_out)
     monkeypatch.setattr(ray_start, "_stop_failed_start", lambda: None)
     monkeypatch.setenv(ray_start.START_WAIT_ENV, "45")
+    return settings_from_args(args), tries
+
+
+def test_a_local_ray_that_does_not_start_is_tried_once_more_then_named(monkeypatch, capsys, tmp_path):
+    from tune import ray_start
+
+    settings, tries = _search_whose_ray_never_starts(tmp_path, monkeypatch)
     with pytest.raises(SearchError) as err:
         ray_start.start_ray(settings)
     assert len(tries) == 2 and tries[0] == tries[1] and not Path(tries[0]).exists()  # its temp folder removed
@@ -323,26 +330,12 @@ def test_a_raylet_that_exits_during_start_ends_the_wait(monkeypatch, tmp_path):
 def test_a_raylet_that_keeps_exiting_is_started_again_up_to_max_starts(monkeypatch, capsys, tmp_path):
     """A raylet that exits during start-up (a busy machine) is tried again, not just once more, up to MAX_STARTS
     within two full waits; then the named error says how many times and why."""
-    from tests.test_search_helpers import search_args
-    from tune import ray_internals, ray_start
-    from tune.search import build_parser
-    from tune.settings import settings_from_args
+    from tune import ray_start
 
-    argv = search_args(tmp_path, "s", "--epochs", "1")[2:]
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    tries = []
-
-    def times_out(temp_dir, **kwargs):
-        tries.append(temp_dir)
-        raise Exception("The current node timed out during startup. This could happen because ...")
-
-    monkeypatch.setattr(ray_internals, "init_local_ray", times_out)
-    monkeypatch.setattr(ray_start, "_stop_failed_start", lambda: None)
+    settings, tries = _search_whose_ray_never_starts(tmp_path, monkeypatch)
     monkeypatch.setattr(ray_start, "_watch_raylet", lambda: (lambda: True))  # each start's raylet exited
-    monkeypatch.setenv(ray_start.START_WAIT_ENV, "45")
     with pytest.raises(SearchError) as err:
-        ray_start.start_ray(settings_from_args(args))
+        ray_start.start_ray(settings)
     assert len(tries) == ray_start.MAX_STARTS
     message = str(err.value)
     assert f"did not start, {ray_start.MAX_STARTS} times: its raylet exited during start-up" in message, message
