@@ -46,10 +46,10 @@ REPO = Path(__file__).resolve().parent.parent
 def build_store(folder: Path, n_trials: int) -> tuple[str, str, str, list[str], list[str], list[str]]:
     """-> (tracking uri, experiment id, parent run id, this search's run names, the other search's run names,
     this search's trial run ids)."""
-    from tune import tracking
+    from tune import stores, tracking
     from tune.space import parse_space
 
-    uri = tracking.local_tracking_uri(folder / "mlruns")
+    uri = stores.local_tracking_uri(folder / "mlruns")
     client = tracking.client_for(uri)
     exp = tracking.ensure_experiment(client, "dpgdiff", tracking.artifact_root_for(uri))
     space = parse_space({"params": {"model.dim": {"type": "categorical", "values": [16, 32]}}}, source="bench")

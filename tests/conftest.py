@@ -85,7 +85,7 @@ def _empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def mlflow_store(_empty_mlflow_store: Path, tmp_path: Path) -> str:
     """The tracking URI of a new, empty MLflow SQLite store at tmp_path/mlruns/mlflow.db (the path that
-    tune.tracking.local_tracking_uri and the tests' tracking_uri give), copied from `_empty_mlflow_store`:
+    tune.stores.local_tracking_uri and the tests' tracking_uri give), copied from `_empty_mlflow_store`:
     MLflow's schema migrations take 4-8 s per store on 2 busy cores. For tests of what goes into a store;
     making one is tested in tests/test_lost_trials.py and by every search test."""
     db = tmp_path / "mlruns" / "mlflow.db"

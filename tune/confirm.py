@@ -32,7 +32,7 @@ try:
     from tune.endpoints import check_address, check_storage_uri, check_tracking_uri, tracking_uri_source
     from tune.errors import StoreError
     from tune.settings import RunOptions, SearchError, SearchSettings, check_search_name
-    from tune.stores import parse_saved_json
+    from tune.stores import local_tracking_uri, parse_saved_json
     from tune.storage import read_text, write_text
 except ModuleNotFoundError as exc:
     if not str(exc.name).startswith(("dpgdiff", "tune")):
@@ -106,7 +106,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     names = list(dict.fromkeys([*args.name, *trials]))
     if not names and not args.resume:
         raise SearchError("name at least one finished search with --name (or a trial of one with --trial)")
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri("mlruns")
     check_tracking_uri(uri, tracking_uri_source(bool(args.tracking_uri)))
     client = tracking.client_for(uri)
     experiment = client.get_experiment_by_name(args.experiment)

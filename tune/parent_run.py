@@ -27,7 +27,7 @@ from tune.names import (
     SOURCE_COMMIT_TAG,
 )
 from tune.results import METRIC, tune_trials
-from tune.settings import SearchSettings
+from tune.settings import DEFAULT_UI_PORT, SearchSettings
 from tune.space import SearchSpace
 
 
@@ -121,7 +121,7 @@ def finished_already(settings: SearchSettings) -> Optional[str]:
             + "): nothing to resume, nothing changed. Start a new search with another --name.")
 
 
-def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = 5000) -> str:
+def ui_links(experiment_id: str, parent_run_id: str, search: str, port: int = DEFAULT_UI_PORT) -> str:
     """The `mlflow ui` pages of a search: its parent run, and the runs list of this search with every trial
     on its own row. The list uses MLflow 3's runs route, `#/experiments/<id>/runs?...`, which honours the
     query (the experiment's own route, `#/experiments/<id>?...`, ignores it: no filter, sorted by date);

@@ -38,7 +38,7 @@ from typing import Any, Optional, Sequence
 from dpgdiff.config import MODEL_LABELS
 from dpgdiff.data import DataError
 from dpgdiff.files import atomic_write_text
-from tune import tracking
+from tune import stores, tracking
 from tune.confirmed_tables import DOMAIN_NAMES, MODEL_ORDER, OURS, TABLE_METRICS, confirmation_tables
 from tune.endpoints import check_tracking_uri, tracking_uri_source
 from tune.errors import ReportError, SearchError
@@ -92,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded ranks file
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_tracking_uri("mlruns")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or stores.local_tracking_uri("mlruns")
     try:
         if args.top < 1:
             raise ReportError(f"--top {args.top}: must be >= 1 (the best trials listed per search)")

@@ -42,6 +42,7 @@ MAX_NAME_LENGTH = 100
 # The no-argument search: a smaller synthetic set so it finishes in minutes on 2 CPU cores.
 SYNTHETIC_DEFAULT_OPTIONS = {"n_users": 400}
 FIXED_SOURCE = "--set/--epochs"  # how errors name the command line's fixed values
+DEFAULT_UI_PORT = 5000  # `mlflow ui`'s own default port
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class RunOptions:
     ship_code: bool = False  # upload dpgdiff/ and tune/ to the workers (runtime_env py_modules)
     quiet: bool = False  # no trial table while running
     retry_errored: bool = False  # resuming: run ERROR trials again, from their last checkpoint
-    ui_port: int = 5000  # the `mlflow ui` port the printed links name (--ui-port, env DPGDIFF_UI_PORT)
+    ui_port: int = DEFAULT_UI_PORT  # the `mlflow ui` port the printed links name (--ui-port, env DPGDIFF_UI_PORT)
     started: float = field(default_factory=time.time)  # when this invocation started (a --time-budget counts from it)
 
 
@@ -268,7 +269,7 @@ def ui_port(flag: Optional[int]) -> int:
     5000 (`mlflow ui`'s default). SearchError names the flag or variable of a value that is not a port."""
     value, source = (flag, "--ui-port") if flag is not None else (os.environ.get(ENV_UI_PORT) or None, ENV_UI_PORT)
     if value is None:
-        return 5000
+        return DEFAULT_UI_PORT
     try:
         port = int(value)
     except ValueError:

@@ -34,7 +34,6 @@ from typing import Any, Iterable, Optional
 from ray import tune
 
 from tune import stores
-from tune.stores import local_tracking_uri  # noqa: F401  (its home is ray-free; callers import it here too)
 from tune.budget import NeedsClock, stopped_by_budget
 from tune.errors import StoreError
 from tune.names import (
