@@ -72,6 +72,28 @@ def _isolated_ray_token(tmp_path_factory: pytest.TempPathFactory):
         yield token
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_ray_temp_root():
+    """A Ray temp root ($RAY_TMPDIR, inherited by every subprocess) of this test process's own (one per xdist
+    worker), so that a search in one worker never cleans up the Ray of a driver that a test in another worker
+    killed on purpose (tune/leftovers.py cleans every marked folder under the root whose driver is gone).
+    At the end, what killed drivers left there is stopped (by PID) and the folder removed.
+    Short (/tmp/tXXXXXXXX): Ray's socket paths under it, and under the tests' own roots inside it, stay under
+    the 107 bytes a Unix socket path may have."""
+    import tempfile
+
+    from tune.leftovers import RAY_TMPDIR, clean_leftovers
+
+    root = Path(tempfile.mkdtemp(prefix="t", dir="/tmp" if Path("/tmp").is_dir() else None))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(RAY_TMPDIR, str(root))
+            yield root
+    finally:
+        clean_leftovers(root, grace_s=2)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def _empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite store, its schema made once per session (per xdist worker)."""

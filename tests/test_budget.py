@@ -173,9 +173,12 @@ def test_a_budgeted_search_ends_within_budget_plus_margin_and_keeps_the_trial_it
 @pytest.mark.slow
 def test_a_budget_only_search_runs_trials_until_it_is_spent_and_a_resume_continues_the_count(tmp_path):
     """--time-budget without --num-samples: Tune starts trials (1 short epoch each, one at a time) until the budget
-    stops the search. Interrupted (Ctrl-C) once two trials have finished, it is UNFINISHED; resumed, it goes on
+    stops the search. Interrupted (Ctrl-C) once a trial has finished, it is UNFINISHED; resumed, it goes on
     starting new trials (none rerun, no Optuna trial number twice) until the budget, counted over both drivers,
-    is spent, and it is then complete (exit 0), with the study agreeing with MLflow."""
+    is spent, and it is then complete (exit 0), with the study agreeing with MLflow.
+
+    The budget leaves the resume room for new trials on a loaded machine: it counts the first driver's time in
+    Tune and all of the resume's, its Ray start included (20-40 s on 2 cores beside two other workers)."""
     import json
     import os
     import signal
@@ -183,7 +186,7 @@ def test_a_budget_only_search_runs_trials_until_it_is_spent_and_a_resume_continu
     from tests.test_search_helpers import run, trial_results
     from tune.budget import read_drivers
 
-    name, budget_s = "until-spent", round(scaled(60))  # two trials must finish in it, after Ray's start
+    name, budget_s = "until-spent", round(scaled(90))
     args = search_args(tmp_path, name, "--epochs", "1", "--max-concurrent", "1", "--scheduler", "fifo",
                        "--set", "model.xt_injection=concat_token", "--time-budget", f"{budget_s}s")
     log = tmp_path / "first.log"
@@ -198,10 +201,10 @@ def test_a_budget_only_search_runs_trials_until_it_is_spent_and_a_resume_continu
         while time.time() < deadline and proc.poll() is None:
             finished = [d for d in (tmp_path / "ray_results" / name).glob("trial_*")
                         if any(r.get("final") for r in trial_results(d))]
-            if len(finished) >= 2:
+            if finished:
                 break
             time.sleep(0.5)
-        assert len(finished) >= 2 and proc.poll() is None, log.read_text()[-4000:]
+        assert finished and proc.poll() is None, log.read_text()[-4000:]
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(timeout=scaled(90))
     finally:
@@ -215,11 +218,12 @@ def test_a_budget_only_search_runs_trials_until_it_is_spent_and_a_resume_continu
     assert resumed.returncode == 0, f"{resumed.stdout[-4000:]}\n{resumed.stderr[-4000:]}"
     assert "UNFINISHED" not in resumed.stderr and "Best trial" in resumed.stdout
     trials = tune_trials(tmp_path, name)
-    assert before < {t.trial_id for t in trials}, "the resume starts new trials: the count is the budget's"
+    drivers = read_drivers(str(tmp_path / "ray_results" / name))
+    assert before < {t.trial_id for t in trials}, \
+        f"the resume starts new trials: the count is the budget's\n{drivers}\n{resumed.stdout[-3000:]}"
     assert all(t.status == "TERMINATED" for t in trials), [t.status for t in trials]
     summary = re.search(r"\n(\d+) trial\(s\): .*; wall time", resumed.stdout)
     assert summary and int(summary.group(1)) == len(trials), resumed.stdout[-3000:]
-    drivers = read_drivers(str(tmp_path / "ray_results" / name))
     assert len(drivers) == 2 and sum(d["wall_s"] for d in drivers) <= budget_s + budget.margin_s(budget_s), drivers
     parent, children = mlflow_runs(tmp_path, name)
     assert parent.info.status == "FINISHED" and "dpgdiff.unfinished" not in parent.data.tags

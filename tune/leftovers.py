@@ -3,9 +3,9 @@
 A local search makes its Ray temp folder with `new_temp_dir` and writes MARKER there before Ray starts:
 the driver's PID and start time. A driver that ends normally stops its Ray and removes the folder
 (tune.driver.run_search). A driver killed by SIGKILL (or the OOM killer) cannot: Ray's agents outlive
-it, adopted by PID 1, and the folder stays. `clean_leftovers`, run when the next search starts
-(tune/search.py), finds the folders with MARKER whose driver is gone, stops the processes that still
-hold files open in them (by PID: SIGTERM, then SIGKILL) and removes the folder.
+it, adopted by PID 1, and the folder stays. `clean_leftovers`, run when the next search starts (tune/search.py,
+once its flags are accepted), finds the folders with MARKER whose driver is gone, stops the processes that
+still hold files open in them (by PID: SIGTERM, then SIGKILL) and removes the folder.
 
 The same cleanup without starting a search (issue 27 §6):
 

@@ -284,6 +284,9 @@ def gcs_handshake(address: str, connect_s: float, answer_s: float, limit_s: floa
 
     child = "import sys; from tune.ray_internals import _handshake_child; _handshake_child(sys.argv[1], sys.argv[2])"
     env = dict(os.environ, **{GCS_CONNECT_TIMEOUT_ENV: str(max(1, round(connect_s)))})
+    # the child imports this module from the repository, wherever the command runs and whether or not it is installed
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
     try:
         done = subprocess.run([sys.executable, "-c", child, address, str(int(answer_s * 1000))], env=env,
                               capture_output=True, text=True, timeout=limit_s)

@@ -136,12 +136,13 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: Optional[Callable[..., 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    for line in clean_leftovers():  # the local Ray of an earlier search whose driver was killed
-        print(f"cleaned up {line}", flush=True)
     _auth_for_existing_cluster(args.address)
     quiet_known_noise(local_ray=_local_ray(args.address))
     try:
         settings = settings_from_args(args)  # bad flags, space or settings: refused before Ray is imported
+        # Only a command that will run touches anything: a refused one prints its error and nothing else.
+        for line in clean_leftovers():  # the local Ray of an earlier search whose driver was killed
+            print(f"cleaned up {line}", flush=True)
         from tune.driver import run_search  # imports Ray: only after its auth mode is set
 
         return run_search(settings, train_fn=train_fn)
