@@ -156,7 +156,8 @@ def _dataset_section(title: str, client: Any, experiment_id: str, parents: list[
     others = [c.group for c in models if c.group is not ours]
     if ours and others:
         rival = max(others, key=lambda g: g.mean("x", HEADLINE[1]) + g.mean("y", HEADLINE[1]))
-        verdict.append(f"{title}: " + _say(ours.label, rival.label, _headline(ours, rival, domains, ranks)))
+        strongest = f"the strongest baseline ({rival.label})" if len(others) > 1 else rival.label
+        verdict.append(f"{title}: " + _say(ours.label, strongest, _headline(ours, rival, domains, ranks)))
     ablations = [g for g in confirmed_groups(client, experiment_id, parents)
                  if ours is not None and g.search == ours.search]
     if ours and (len(ablations) > 1 or controls):
