@@ -129,3 +129,38 @@ def test_the_searchers_saved_state_does_not_grow_with_the_trials_and_a_restore_r
     study = optuna.load_study(study_name="s", storage=url)
     assert study.best_trial.number == live[OPTUNA_TRIAL_KEY] == 40 and study.best_value == 0.99
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 41
+
+
+def test_a_restored_searcher_looks_up_only_the_trials_live_at_its_save_and_keeps_their_outcome(tmp_path):
+    """Issue 41: the study is read for a trial's state only for trials that were live at the save a resume restores
+    (one of them may have finished in the study before the driver was killed), once each; a searcher that was not
+    restored reads nothing for it. A trial whose outcome reached the study after the save keeps that outcome when
+    the resumed Tune reports it again; the other live trial is told as usual."""
+    from pathlib import Path
+
+    from tune import study as optuna_study
+    from tune.results import METRIC, MODE
+    from tune.space import load_space
+    from tune.tuner import NumberedOptunaSearch
+
+    space = load_space(Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml")
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    first = NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=optuna.samplers.RandomSampler(seed=0),
+                                 study_name="s", storage=optuna_study.open_storage(url))
+    first.suggest("a"), first.suggest("b")
+    first.save(str(tmp_path / "saved.pkl"))
+    first.on_trial_result("a", {METRIC: 0.5, "training_iteration": 1})
+    first.on_trial_complete("a", {METRIC: 0.5})  # then the driver is killed before Tune's next save
+    assert "_live_at_save" not in first.__dict__ and not first._finished_in_study("b")
+
+    restored = NumberedOptunaSearch(space=space, metric=METRIC, mode=MODE)
+    restored.restore(str(tmp_path / "saved.pkl"))
+    assert restored._live_at_save == {"a", "b"}
+    restored.on_trial_result("b", {METRIC: 0.6, "training_iteration": 1})
+    assert restored._live_at_save == {"a"}  # b was looked up once: unfinished, so this driver tells it
+    restored.on_trial_result("a", {METRIC: 0.1, "training_iteration": 1})  # a repeated report of a finished trial
+    restored.on_trial_complete("a", {METRIC: 0.1})
+    restored.on_trial_complete("b", {METRIC: 0.7})
+    trials = {t.number: t for t in optuna.load_study(study_name="s", storage=url).trials}
+    assert [(trials[n].state, trials[n].value) for n in (0, 1)] == [(optuna.trial.TrialState.COMPLETE, 0.5),
+                                                                   (optuna.trial.TrialState.COMPLETE, 0.7)]

@@ -88,6 +88,9 @@ class _ShownTrial:
         return str(self._trial)
 
 
+_LIVE = ("RUNNING", "PENDING", "PAUSED")  # Tune's statuses of a trial that has not ended
+
+
 class ProgressReporter(NeedsClock, tune.CLIReporter):
     """Ray Tune's CLIReporter with FINISHED / STOPPED_EARLY statuses, plus lines: elapsed time and the time
     left, and how far the running trials are in their epochs (examples/s, fraction of the epoch)."""
@@ -184,6 +187,11 @@ class ProgressReporter(NeedsClock, tune.CLIReporter):
 
     def _note_results(self, trials: list[Any], now: float) -> None:
         for t in trials:
+            # Tune calls this every step with every trial of the search: an ended trial's clock is never read again,
+            # and its `last_result` (a property that copies) over thousands of them cost the driver O(trials) per
+            # step (issue 41)
+            if t.status not in _LIVE:
+                continue
             # a new result, or the trial started running (a resumed trial waits PENDING first): the clock restarts
             key = ((t.last_result or {}).get("training_iteration"), t.status == "RUNNING")
             if t.trial_id not in self._seen or self._seen[t.trial_id][0] != key:

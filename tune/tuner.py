@@ -45,6 +45,12 @@ class NumberedOptunaSearch(OptunaSearch):
     # With the study in its RDB (tune/study.py), a driver killed after a trial's outcome reached the study but
     # before Tune's next snapshot comes back with Tune holding the trial unfinished: its repeated reports must
     # not crash the search on a study trial that is already finished (the study keeps the outcome it has).
+    # Only the trials live at the save that a resume restores can be such a trial, so only those are looked up
+    # in the study (once each): a lookup per result cost the driver a database read per report (issue 41).
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._live_at_save = {tid for tid in self._ot_trials if tid not in self._completed_trials}
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if not self._finished_in_study(trial_id):
             super().on_trial_result(trial_id, result)
@@ -67,10 +73,15 @@ class NumberedOptunaSearch(OptunaSearch):
             _UncachedStudyPickler(handle).dump(self.__dict__.copy())
 
     def _finished_in_study(self, trial_id: str) -> bool:
+        """Whether a trial live at the restored save has its outcome in the study already (see `restore`)."""
+        live_at_save = self.__dict__.get("_live_at_save", set())
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
+        if trial_id not in live_at_save or ot_trial is None or trial_id in self._completed_trials:
             return False
-        return ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+        finished = ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+        if not finished:  # this driver reports its outcome from now on: no need to look again
+            live_at_save.discard(trial_id)
+        return finished
 
 
 class _UncachedStudyPickler(pickle.Pickler):
