@@ -67,13 +67,16 @@ class Config:
 
     def label(self) -> str:
         """What tables call this configuration: the model, and for DPG-Diff the components switched off, e.g.
-        "DPG-Diff (−DE)", or "DPG-Diff (full)" with all of them ("−G" is not listed where "−DE" already removes it)."""
+        "DPG-Diff (−DE)", or "DPG-Diff (full)" with all of them ("−G" is not listed where "−DE" already removes it),
+        then issue 40's training options when on: "DPG-Diff (full, +PreferDiff)", "DPG-Diff (−DE, +staged)"."""
         name = MODEL_LABELS[self.model.name]
         if self.model.name != "dpgdiff":
             return name
         off = [tag for dotted, tag in COMPONENT_SWITCHES if not _get(self, dotted)
                and not (tag == "−G" and not self.model.disentangled_encoder)]
-        return f"{name} ({', '.join(off) if off else 'full'})"
+        added = (["+PreferDiff"] if self.loss.lambda_prefer > 0 else []) + \
+            (["+staged"] if self.train.init_from and self.train.freeze_items_epochs > 0 else [])
+        return f"{name} ({', '.join((off or ['full']) + added)})"
 
     def to_file_dict(self) -> dict[str, dict[str, Any]]:
         """`to_dict` restricted to `fields_read()`: what a config file for this model lists."""

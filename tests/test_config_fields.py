@@ -79,6 +79,10 @@ def test_labels_say_which_dpgdiff_a_configuration_is():
     assert Config.from_yaml(root / "dpgdiff-full.yaml").label() == "DPG-Diff (full)"
     assert Config().with_overrides({"model.diffusion": False}).label() == "DPG-Diff (−Diffusion)"
     assert Config().with_overrides({"model.name": "sasrec_single"}).label() == "SASRec-single"
+    # issue 40's options, when on, are named after the components
+    assert Config().with_overrides({"loss.lambda_prefer": 1.0}).label() == "DPG-Diff (full, +PreferDiff)"
+    staged = {"train.init_from": "stage-a/best.pt", "train.freeze_items_epochs": 1, "model.disentangled_encoder": False}
+    assert Config().with_overrides(staged).label() == "DPG-Diff (−DE, +staged)"
     # the committed files' first line names the variant by the same label
     for name in ("dpgdiff", "dpgdiff-full"):
         first = (root / f"{name}.yaml").read_text().splitlines()[0]
