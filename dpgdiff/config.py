@@ -130,8 +130,10 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, saved: bool = False) -> "Config":
+        """A config file. One that lists most of the fields its model never reads is a run's config.yaml from an
+        earlier version (it listed every field): it is read as saved (`from_dict`), the unread fields dropped."""
         data, _ = read_yaml(path, "config", ConfigError)
-        return cls.from_dict(data, source=str(path), saved=saved)
+        return cls.from_dict(data, source=str(path), saved=saved or _is_full_dump(data))
 
     def to_yaml(self, path: str | os.PathLike, header: str = "") -> None:
         """Write the fields the model reads (`to_file_dict`) atomically, after `header` (comment lines)."""
@@ -389,3 +391,19 @@ def coerce_value(value: Any, hint: Any, dotted: str, source: str) -> Any:
             raise ConfigError(f"{source}: {dotted}={value!r} must be a string")
         return value
     raise TypeError(f"unsupported config annotation {hint!r} for {dotted}")  # programming error
+
+
+def _is_full_dump(data: Any) -> bool:
+    """Whether a config file's mapping lists at least half (and 5 or more) of the fields its model never reads:
+    what `to_dict` wrote for runs before config files listed a model's own fields. A hand-written file that sets
+    an unread field by mistake names one or a few, and is refused by name."""
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        return False
+    name = data["model"].get("name", Config().model.name)
+    listed = {f"{s}.{k}" for s, values in data.items() if isinstance(values, dict) for k in values}
+    try:
+        unread = {dotted for dotted in Config.field_names() if not model_reads(name, dotted)}
+    except Exception:  # an unknown model name: from_dict refuses it by name
+        return False
+    return len(listed & unread) >= max(5, len(unread) / 2)
+

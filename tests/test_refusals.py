@@ -121,6 +121,19 @@ def test_a_new_search_refused_in_the_driver_leaves_no_folder_to_be_taken_for_a_r
     assert not (tmp_path / "ray_results" / "taken").exists()
 
 
+def test_a_stage_a_checkpoint_that_trials_cannot_open_is_refused_before_any_trial(tmp_path, capsys, no_env):
+    """train.init_from is opened by every trial, in its own folder: a relative or missing path would fail all of
+    them after Ray started (it did: issue 40's first staged search); the driver refuses it first."""
+    from tune.search import main
+
+    _refused(main, _search(tmp_path, "rel", "--set", "train.init_from=runs/stage-a/best.pt"), capsys,
+             "--set train.init_from='runs/stage-a/best.pt'", "give an absolute path")
+    missing = tmp_path / "stage-a" / "best.pt"
+    _refused(main, _search(tmp_path, "gone", "--set", f"train.init_from={missing}"), capsys,
+             f"--set train.init_from='{missing}'", "no such file")
+    assert not [name for name in ("rel", "gone") if (tmp_path / "ray_results" / name).exists()]
+
+
 def test_ray_tmpdir_too_long_for_rays_sockets_is_refused(tmp_path, capsys, no_env, monkeypatch):
     from tune.search import main
 

@@ -66,13 +66,20 @@ def test_trial_runs_survive_restart_and_end_with_the_right_status(store):
     assert rb.data.tags["dpgdiff.stopped_by"] == "scheduler" and rb.data.tags["dpgdiff.stopped_early"] == "1"
     assert "Stopped early by the ASHA scheduler after epoch 1" in rb.data.tags["mlflow.note.content"]
     assert "dpgdiff.stopped_early" not in ra.data.tags
-    # only the sampled parameters are params; the full resolved config is the artifact config.yaml
+    # only the sampled parameters are params; the resolved config is the artifact config.yaml, listing the fields
+    # its model reads, so that `python -m dpgdiff train --config` takes it as it is
     assert ra.data.params == {"model.dim": "16"} and rb.data.params == {"model.dim": "32"}
     assert ra.data.tags["model.name"] == "dpgdiff"
     import yaml
 
-    saved = yaml.safe_load(open(client.download_artifacts(ra.info.run_id, "config.yaml")))
+    from dpgdiff.config import Config, model_reads
+
+    artifact = client.download_artifacts(ra.info.run_id, "config.yaml")
+    saved = yaml.safe_load(open(artifact))
     assert saved["model"]["dim"] == 16 and saved["train"]["lr"] > 0
+    assert "c2dsr" not in saved and "abxi" not in saved  # other models' sections
+    assert all(model_reads("dpgdiff", f"{s}.{k}") for s, values in saved.items() for k in values)
+    assert Config.from_yaml(artifact).model.dim == 16
     # the Optuna trial number: tag and run name
     assert [r.data.tags[tracking.OPTUNA_TAG] for r in (ra, rb, rc)] == ["0", "1", "2"]
     assert rb.info.run_name == "trial_001_b"

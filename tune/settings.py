@@ -372,6 +372,7 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
     file_space = load_space(space_path)  # validates: errors name the file and key
     fixed = _fixed_values(args, file_space)
     space = file_space.with_fixed(fixed, source=FIXED_SOURCE)
+    _check_init_from(space.base_values().get("train.init_from"), space_path, fixed, run)
     epochs = space.base_values()["train.epochs"]
     if not args.experiment.strip():
         raise SearchError(f"--experiment {args.experiment!r}: an MLflow experiment name cannot be empty")
@@ -403,6 +404,19 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
         time_budget_s=parse_duration(args.time_budget) if getattr(args, "time_budget", None) else None, run=run)
     settings.__dict__["space"] = space  # already built and checked: seed the cached property, do not parse twice
     return settings
+
+
+def _check_init_from(value: Any, space_path: Path, fixed: Mapping[str, Any], run: RunOptions) -> None:
+    """train.init_from (a stage-a checkpoint every trial copies) before Ray starts: every trial would otherwise
+    fail on it. Trials run in their own folders, so the path must be absolute; on a local Ray it must exist."""
+    if not value:
+        return
+    source = "--set train.init_from" if "train.init_from" in fixed else f"{_display_path(space_path)}: train.init_from"
+    if not Path(value).is_absolute():
+        raise SearchError(f"{source}={value!r}: trials run in their own folders; give an absolute path "
+                          f"(e.g. --set train.init_from=$PWD/{value})")
+    if run.address in (None, "local") and not os.environ.get("RAY_ADDRESS") and not Path(value).is_file():
+        raise SearchError(f"{source}={value!r}: no such file (expected a trained checkpoint, e.g. a SASRec's best.pt)")
 
 
 DEFAULT_NUM_SAMPLES = 8

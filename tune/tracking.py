@@ -15,7 +15,7 @@ meaningful metrics are logged (train_*, val_*, test_*, epoch_seconds, best_epoch
 with step = epoch.
 
 What a child run holds: only the trial's sampled parameters as params (the parent holds the
-search's full base config), its full resolved config as the artifact `config.yaml`, and the tag
+search's full base config), its resolved config as the artifact `config.yaml` (the fields its model reads: what `python -m dpgdiff train --config` takes), and the tag
 `dpgdiff.optuna_trial` with its Optuna trial number (also in the run name, `trial_003_<tune id>`),
 so that Optuna's plots, which number trials 0, 1, ..., can be matched to runs.
 
@@ -270,7 +270,7 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
             number = trial.config.get(OPTUNA_TRIAL_KEY)
             try:
                 resolved = self.space.resolve(sampled)
-                config, label = resolved.to_dict(), resolved.label()
+                config, label = resolved.to_file_dict(), resolved.label()
             except Exception:  # invalid combination: the trial itself fails with the message
                 config, label = {}, ""
             model_name = (config.get("model") or {}).get("name", "")
@@ -294,7 +294,7 @@ class MLflowTrialTracker(NeedsClock, tune.Callback):
             log_params(self.client, run_id, sampled)  # only what was sampled; the parent has the base config
             if config:
                 try:
-                    self.client.log_dict(run_id, config, "config.yaml")  # the full resolved config
+                    self.client.log_dict(run_id, config, "config.yaml")  # what `train --config` reads back
                 except Exception:  # the artifact store is optional for the run to be tracked
                     pass
             self._logged_steps[run_id] = set()

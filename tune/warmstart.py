@@ -165,7 +165,7 @@ def map_onto_space(config: dict[str, Any], sampled: Sequence[str], space: Search
 
 def _run_config(client: Any, run: Any) -> tuple[dict[str, Any], list[str]]:
     """A trial run's (flat config, the keys its search sampled): the config is its config.yaml artifact (the
-    full resolved config), else its sampled parameters (tag dpgdiff.sampled)."""
+    resolved config), else its sampled parameters (tag dpgdiff.sampled)."""
     sampled = json.loads(run.data.tags.get(SAMPLED_TAG) or "{}")
     config: dict[str, Any] = {}
     try:
