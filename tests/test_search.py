@@ -342,9 +342,15 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
                              ("other=no-cl", "search 'other' is not reported"), (NAME, "expected SEARCH=VARIANT")):
         assert report.main(["--name", NAME, "--variant", variant, "--tracking-uri", tracking_uri(tmp)]) == 2
         assert message in capsys.readouterr().err
-    # confirming the same seeds again is refused; resuming the finished confirmation reruns nothing
-    again = run(args, tmp)
+    # confirming the same seeds again is refused; with --write-configs it writes the files and runs nothing;
+    # resuming the finished confirmation reruns nothing
+    again = run([a for a in args if a not in ("--write-configs", str(configs))], tmp)
     assert again.returncode == 2 and "confirmed already" in again.stderr, _explain(again)
+    written = (configs / "dpgdiff.yaml").read_text()
+    (configs / "dpgdiff.yaml").unlink()
+    rewritten = run(args, tmp)
+    assert rewritten.returncode == 0 and "confirmed already: nothing to run" in rewritten.stdout, _explain(rewritten)
+    assert (configs / "dpgdiff.yaml").read_text() == written
     resumed = run([*CONFIRM, "--confirm-name", f"confirm-{NAME}", "--resume", "--quiet", "--storage-path",
                    str(tmp / "ray_results"), "--tracking-uri", tracking_uri(tmp)], tmp)
     assert resumed.returncode == 0 and "4 confirmation trial(s): 4 finished" in resumed.stdout, _explain(resumed)

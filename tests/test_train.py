@@ -247,7 +247,7 @@ def test_example_configs_are_valid():
     assert {p.name for p in configs} >= {"paper.yaml", "cpu-small.yaml"}
     # the study's committed configurations (tune/confirm.py --write-configs): one per model, at CPU size
     study = {p.stem: Config.from_yaml(p) for p in configs if p.parent.name == "food_kitchen-cpu"}
-    assert set(study) == {"dpgdiff", "dpgdiff-full", "sasrec", "sasrec_single", "diffurec"}
+    assert set(study) == {"dpgdiff", "dpgdiff-full", "sasrec", "sasrec_single", "diffurec", "abxi"}
     assert all(c.model.name == name.removesuffix("-full") and c.model.dim == 64 for name, c in study.items())
     for path in configs:
         Config.from_yaml(path)

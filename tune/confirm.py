@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted confirmation --confirm-name")
     p.add_argument("--data-dir", default=None, help="where the searches' data is on this machine (default: as saved)")
     p.add_argument("--write-configs", default=None, metavar="DIR",
-                   help="write each search's best configuration to DIR/<model>.yaml (python -m dpgdiff train --config)")
+                   help="write each search's best configuration to DIR/<model>.yaml (python -m dpgdiff train --config); "
+                        "when every requested seed is confirmed already, write them and run nothing")
     p.add_argument("--storage-path", default="ray_results")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite ./mlruns/mlflow.db")
     p.add_argument("--experiment", default="dpgdiff")
@@ -95,8 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
     from tune import tracking
-    from tune.confirmation import (BEST, CONFIRM_STATE, Job, build_jobs, export_config, parse_trial, parse_variant,
-                                   run_confirmation, tune_state_exists)
+    from tune.confirmation import (CONFIRM_STATE, Job, NothingToConfirm, best_configuration, build_jobs, export_config,
+                                   parse_trial, parse_variant, run_confirmation, tune_state_exists)
 
     if args.seeds < 1:
         raise SearchError(f"--seeds must be >= 1, got {args.seeds}")
@@ -136,18 +137,24 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         variants = dict(parse_variant(v) for v in args.variant)
         seeds = list(range(args.seed, args.seed + args.seeds))
-        first, jobs = build_jobs(client, experiment.experiment_id, names, seeds, variants, args.ablations,
-                                 args.data_dir, trials)
+        if args.write_configs:  # each search's configuration, confirmed already or not
+            for search in names:
+                found, _, run_id, config = best_configuration(client, experiment.experiment_id, search, args.data_dir,
+                                                              trials.get(search))
+                path = Path(args.write_configs) / f"{config.model.name}.yaml"
+                export_config(config.with_overrides({"train.seed": seeds[0]}, source="--seed"), path, search, run_id,
+                              f"python -m dpgdiff train --dataset {found.dataset.name} --split {found.dataset.split} "
+                              f"--config {path} --out runs/{path.stem}", trials.get(search))
+                print(f"wrote {path}")
+        try:
+            first, jobs = build_jobs(client, experiment.experiment_id, names, seeds, variants, args.ablations,
+                                     args.data_dir, trials)
+        except NothingToConfirm as exc:
+            if not args.write_configs:
+                raise
+            print(f"{exc}: nothing to run", flush=True)
+            return 0
         settings = first.replace(name=name, tracking_uri=uri, run=run, argv=tuple(argv))
-        if args.write_configs:
-            for job in jobs:
-                if job.variant == BEST and job.seed == seeds[0]:
-                    path = Path(args.write_configs) / f"{job.config.model.name}.yaml"  # seed: the first confirmation seed
-                    export_config(job.config, path, job.search, job.best_run_id,
-                                  f"python -m dpgdiff train --dataset {settings.dataset.name} "
-                                  f"--split {settings.dataset.split} --config {path} --out runs/{path.stem}",
-                                  trials.get(job.search))
-                    print(f"wrote {path}")
         if tune_state_exists(settings.path):
             raise SearchError(f"{settings.path} exists: pass --resume to continue it, or another --confirm-name")
         write_text(state_path, json.dumps({"settings": settings.to_saved(), "jobs": [j.to_saved() for j in jobs]},

@@ -163,6 +163,10 @@ def best_configuration(client: Any, experiment_id: str, search: str, data_dir: O
     return settings, parent, run_id, config
 
 
+class NothingToConfirm(SearchError):
+    """Every requested (search, variant, seed) has its FINISHED confirmation run already."""
+
+
 def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Sequence[int],
                variants: dict[str, dict[str, Any]], ablations: bool, data_dir: Optional[str],
                trials: Optional[dict[str, str]] = None) -> tuple[SearchSettings, list[Job]]:
@@ -194,7 +198,7 @@ def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Seq
                                 config.with_overrides({"train.seed": seed}, source="--seed")))
     assert first is not None
     if not jobs:
-        raise SearchError("every requested (search, variant, seed) is confirmed already; tune/report.py shows them")
+        raise NothingToConfirm("every requested (search, variant, seed) is confirmed already; tune/report.py shows them")
     jobs.sort(key=lambda j: j.seed)  # seed-major: an interrupted confirmation has every configuration's first seeds
     return first, jobs
 
