@@ -77,3 +77,19 @@ def test_with_several_baselines_the_verdict_names_the_strongest(store, tmp_path)
     first = lines[lines.index("## Verdict") + 2]
     assert first.startswith("1. Food-Kitchen: DPG-Diff (−DE) against the strongest baseline (DiffuRec), "
                             "full-ranking N@10: Food level"), first
+
+
+def test_a_preface_opens_the_page_and_is_named_in_its_command(store, tmp_path, capsys):
+    """--preface FILE: a hand-written finding (a lever's pre-registered verdict) above everything the page computes;
+    the command at the top names the file, so a rerun keeps it. An unreadable file is refused by name."""
+    preface = tmp_path / "preface.md"
+    preface.write_text("**Not kept:** both levers, under the protocol of BENCHMARKS.md.\n")
+    out = tmp_path / "RESULTS.md"
+    argv = ["--results", str(out), "--name", "sas", "--name", "dpg", "--tracking-uri", store]
+    assert report.main([*argv, "--preface", str(preface)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[:3] == ["# Results: where DPG-Diff stands", "", "**Not kept:** both levers, under the protocol of "
+                         "BENCHMARKS.md."]
+    assert lines.index("## Verdict") > 3 and f"--preface {preface} --tracking-uri" in out.read_text()
+    assert report.main([*argv, "--preface", str(tmp_path / "missing.md")]) == 2
+    assert "--preface " + str(tmp_path / "missing.md") + ": cannot read it" in capsys.readouterr().err

@@ -78,6 +78,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "to FILE, e.g. RESULTS.md, instead of the search report (tune/results_page.py)")
     p.add_argument("--proxy-name", action="append", default=[], metavar="NAME",
                    help="with --results: the searches on the sparse proxy (bench/sparse_pair.py), its own section")
+    p.add_argument("--preface", default=None, metavar="FILE",
+                   help="with --results: a Markdown file whose text opens the page, under its title (a finding the "
+                        "tables cannot show, e.g. the verdict on levers run under a pre-registered protocol)")
     p.add_argument("--popularity", action="store_true",
                    help="print each --name search's selected trial beside item popularity on the same test cases "
                         "and candidates (tune/popularity.py), instead of the search report")
@@ -123,10 +126,18 @@ def _write_results(args: argparse.Namespace, uri: str) -> int:
         raise ReportError("--results needs the searches to summarise (--name, repeatable)")
     words = ["python tune/report.py", "--results", args.results]
     words += [w for n in args.name for w in ("--name", n)] + [w for n in args.proxy_name for w in ("--proxy-name", n)]
+    preface = None
+    if args.preface:
+        try:
+            preface = Path(args.preface).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReportError(f"--preface {args.preface}: cannot read it ({type(exc).__name__}: {exc}); expected a "
+                              "Markdown file") from None
+        words += ["--preface", args.preface]
     if args.tracking_uri:
         words += ["--tracking-uri", args.tracking_uri]
     command = " ".join(shlex.quote(w) if i else w for i, w in enumerate(words))
-    text = build_results_page(uri, args.experiment, args.name, args.proxy_name, command, git_commit())
+    text = build_results_page(uri, args.experiment, args.name, args.proxy_name, command, git_commit(), preface)
     atomic_write_text(Path(args.results), text)
     print(text)
     print(f"written to {args.results} ({len(text.splitlines())} lines)")

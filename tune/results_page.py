@@ -183,7 +183,9 @@ def _dataset_section(title: str, client: Any, experiment_id: str, parents: list[
 
 
 def build_results_page(uri: str, experiment: str, names: Sequence[str], proxy_names: Sequence[str],
-                       command: str, commit: Optional[str]) -> str:
+                       command: str, commit: Optional[str], preface: Optional[str] = None) -> str:
+    """The page: title, `preface` (hand-written Markdown, e.g. a lever's verdict) if any, the command that wrote
+    it, the verdict, then each dataset's section."""
     import tempfile
     from pathlib import Path
 
@@ -202,7 +204,7 @@ def build_results_page(uri: str, experiment: str, names: Sequence[str], proxy_na
             verdict += lines
             body += page + [""]
     today = datetime.date.today().isoformat()
-    head = ["# Results: where DPG-Diff stands", "",
+    head = ["# Results: where DPG-Diff stands", "", *([preface, ""] if preface else []),
             f"Written {today} from the MLflow store `{uri}` (git {commit or 'unknown'}) by:", "",
             "```bash", command, "```", "",
             "Do not edit by hand: rerun the command. How each figure was reached, with the searches' commands, "
