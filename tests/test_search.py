@@ -310,10 +310,15 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
         config = full_config(r.info.run_id)
         assert config["train"]["seed"] == int(r.data.tags["dpgdiff.seed"])
         assert config["model"]["tri_cl"] == (r.data.tags["dpgdiff.variant"] == "best")
+        read = Config.from_yaml(Path(client.download_artifacts(r.info.run_id, "config.yaml", str(tmp)))).fields_read()
         for section, values in reference.items():  # the best trial's configuration, but for seed and variant
             for key, value in values.items():
-                if (section, key) not in (("train", "seed"), ("model", "tri_cl")):
-                    assert config[section][key] == value, f"{section}.{key}"
+                if (section, key) in (("train", "seed"), ("model", "tri_cl")):
+                    continue
+                if key not in config.get(section, {}):  # a field the variant switches off (no Tri-CL: augment.*)
+                    assert f"{section}.{key}" not in read and r.data.tags["dpgdiff.variant"] == "no-cl", key
+                    continue
+                assert config[section][key] == value, f"{section}.{key}"
         assert 0 <= r.data.metrics["test_mrr_sum"] <= 2
         assert 0 <= r.data.metrics["test_k1_y_ndcg10"] <= 1  # RQ4: the test pass at K = 1 (and 2, 4, 8 <= T)
         names = {a.path for a in client.list_artifacts(r.info.run_id)}
@@ -349,7 +354,7 @@ def test_confirm_reruns_the_best_configuration_with_seeds_as_tracked_children(se
     written = (configs / "dpgdiff.yaml").read_text()
     (configs / "dpgdiff.yaml").unlink()
     rewritten = run(args, tmp)
-    assert rewritten.returncode == 0 and "confirmed already: nothing to run" in rewritten.stdout, _explain(rewritten)
+    assert rewritten.returncode == 0 and "shows them: nothing to run" in rewritten.stdout, _explain(rewritten)
     assert (configs / "dpgdiff.yaml").read_text() == written
     resumed = run([*CONFIRM, "--confirm-name", f"confirm-{NAME}", "--resume", "--quiet", "--storage-path",
                    str(tmp / "ray_results"), "--tracking-uri", tracking_uri(tmp)], tmp)
