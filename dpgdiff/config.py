@@ -400,10 +400,9 @@ def _is_full_dump(data: Any) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         return False
     name = data["model"].get("name", Config().model.name)
-    listed = {f"{s}.{k}" for s, values in data.items() if isinstance(values, dict) for k in values}
-    try:
-        unread = {dotted for dotted in Config.field_names() if not model_reads(name, dotted)}
-    except Exception:  # an unknown model name: from_dict refuses it by name
+    if name not in MODEL_FIELDS:  # an unknown model: from_dict refuses it by name
         return False
+    listed = {f"{s}.{k}" for s, values in data.items() if isinstance(values, dict) for k in values}
+    unread = {dotted for dotted in Config.field_names() if not model_reads(name, dotted)}
     return len(listed & unread) >= max(5, len(unread) / 2)
 

@@ -137,18 +137,17 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         variants = dict(parse_variant(v) for v in args.variant)
         seeds = list(range(args.seed, args.seed + args.seeds))
+        bests = {search: best_configuration(client, experiment.experiment_id, search, args.data_dir,
+                                            trials.get(search)) for search in names}
         if args.write_configs:  # each search's configuration, confirmed already or not
-            for search in names:
-                found, _, run_id, config = best_configuration(client, experiment.experiment_id, search, args.data_dir,
-                                                              trials.get(search))
+            for search, (found, _, run_id, config) in bests.items():
                 path = Path(args.write_configs) / f"{config.model.name}.yaml"
                 export_config(config.with_overrides({"train.seed": seeds[0]}, source="--seed"), path, search, run_id,
                               f"python -m dpgdiff train --dataset {found.dataset.name} --split {found.dataset.split} "
                               f"--config {path} --out runs/{path.stem}", trials.get(search))
                 print(f"wrote {path}")
         try:
-            first, jobs = build_jobs(client, experiment.experiment_id, names, seeds, variants, args.ablations,
-                                     args.data_dir, trials)
+            first, jobs = build_jobs(client, experiment.experiment_id, bests, seeds, variants, args.ablations)
         except NothingToConfirm as exc:
             if not args.write_configs:
                 raise

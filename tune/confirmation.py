@@ -167,16 +167,14 @@ class NothingToConfirm(SearchError):
     """Every requested (search, variant, seed) has its FINISHED confirmation run already."""
 
 
-def build_jobs(client: Any, experiment_id: str, names: Sequence[str], seeds: Sequence[int],
-               variants: dict[str, dict[str, Any]], ablations: bool, data_dir: Optional[str],
-               trials: Optional[dict[str, str]] = None) -> tuple[SearchSettings, list[Job]]:
+def build_jobs(client: Any, experiment_id: str, bests: dict[str, tuple[SearchSettings, Any, str, Config]],
+               seeds: Sequence[int], variants: dict[str, dict[str, Any]],
+               ablations: bool) -> tuple[SearchSettings, list[Job]]:
     """Every (search, variant, seed) job, and the first search's settings (dataset, resources per trial).
-    trials: search -> the trial to confirm instead of its best (--trial)."""
+    bests: search -> its `best_configuration` (the trial to confirm)."""
     jobs: list[Job] = []
     first: Optional[SearchSettings] = None
-    for name in names:
-        settings, parent, run_id, best = best_configuration(client, experiment_id, name, data_dir,
-                                                            (trials or {}).get(name))
+    for name, (settings, parent, run_id, best) in bests.items():
         if first is None:
             first = settings
         elif settings.fingerprint != first.fingerprint:

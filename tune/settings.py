@@ -286,7 +286,7 @@ def _check_run_options(args: argparse.Namespace, run: RunOptions) -> RunOptions:
         raise SearchError("--retry-errored: only with --resume (it reruns the failed trials of an existing search)")
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SearchError(f"--num-cpus {args.num_cpus}: must be >= 1")
-    if args.address in (None, "local") and not os.environ.get("RAY_ADDRESS"):  # a local Ray: its socket paths
+    if _local_ray(args.address):  # its socket paths
         from tune.leftovers import RAY_TMPDIR, socket_room_error, temp_root
 
         too_long = (socket_room_error(args.ray_temp_dir, "--ray-temp-dir", inside=False) if args.ray_temp_dir
@@ -406,6 +406,11 @@ def _new_settings(args: argparse.Namespace, name: Optional[str], run: RunOptions
     return settings
 
 
+def _local_ray(address: Optional[str]) -> bool:
+    """Whether the search starts a Ray of its own on this machine (no --address, no RAY_ADDRESS)."""
+    return address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+
+
 def _check_init_from(value: Any, space_path: Path, fixed: Mapping[str, Any], run: RunOptions) -> None:
     """train.init_from (a stage-a checkpoint every trial copies) before Ray starts: every trial would otherwise
     fail on it. Trials run in their own folders, so the path must be absolute; on a local Ray it must exist."""
@@ -415,7 +420,7 @@ def _check_init_from(value: Any, space_path: Path, fixed: Mapping[str, Any], run
     if not Path(value).is_absolute():
         raise SearchError(f"{source}={value!r}: trials run in their own folders; give an absolute path "
                           f"(e.g. --set train.init_from=$PWD/{value})")
-    if run.address in (None, "local") and not os.environ.get("RAY_ADDRESS") and not Path(value).is_file():
+    if _local_ray(run.address) and not Path(value).is_file():
         raise SearchError(f"{source}={value!r}: no such file (expected a trained checkpoint, e.g. a SASRec's best.pt)")
 
 

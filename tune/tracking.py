@@ -15,9 +15,10 @@ meaningful metrics are logged (train_*, val_*, test_*, epoch_seconds, best_epoch
 with step = epoch.
 
 What a child run holds: only the trial's sampled parameters as params (the parent holds the
-search's full base config), its resolved config as the artifact `config.yaml` (the fields its model reads: what `python -m dpgdiff train --config` takes), and the tag
-`dpgdiff.optuna_trial` with its Optuna trial number (also in the run name, `trial_003_<tune id>`),
-so that Optuna's plots, which number trials 0, 1, ..., can be matched to runs.
+search's full base config), its resolved config as the artifact `config.yaml` (the fields its
+model reads: what `python -m dpgdiff train --config` takes), and the tag `dpgdiff.optuna_trial`
+with its Optuna trial number (also in the run name, `trial_003_<tune id>`), so that Optuna's plots,
+which number trials 0, 1, ..., can be matched to runs.
 
 Default store: SQLite `mlruns/mlflow.db` with artifacts in `mlruns/artifacts` (a plain file
 store is refused by MLflow 3 by default).
